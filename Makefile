@@ -1,0 +1,50 @@
+# Two commands for a fresh machine: `make run` and `make test`. Both set up .venv when needed and are
+# idempotent: the stamp file records the hash of the dependency files, so a second run installs nothing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.ragops-installed
+DEPS_HASH := $(shell cat pyproject.toml constraints.txt 2>/dev/null | sha256sum | cut -c1-16)
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+# Nothing leaves the machine: no model hub calls, no telemetry.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup run ingest serve test lint typecheck bench clean
+
+setup: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned: it is a CPU wheel on local disk; an unpinned torch pulls a multi-GB CUDA build.
+	$(PIP) install --quiet torch==2.13.0
+
+$(STAMP): $(PY) pyproject.toml constraints.txt
+	@if [ "$$(cat $(STAMP) 2>/dev/null)" != "$(DEPS_HASH)" ]; then \
+		$(PIP) install --quiet --constraint constraints.txt -e '.[dev]' && echo "$(DEPS_HASH)" > $(STAMP); \
+	else touch $(STAMP); fi
+
+ingest: setup
+	$(VENV)/bin/ragops ingest data/sample --collection sample
+
+serve: setup
+	$(VENV)/bin/ragops serve --host $(HOST) --port $(PORT)
+
+run: ingest serve
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest
+
+bench: setup
+	$(PY) bench/retrieval.py
+
+clean:
+	rm -rf .ragops .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import ServicesDep, TenantDep
+from app.api.errors import ApiError
+from app.api.schemas import COLLECTION_PATTERN, IngestRequest
+from retrieval.index import Scope
+from retrieval.loaders import LoaderError, document_from_record
+
+router = APIRouter(tags=["documents"])
+CollectionQuery = Annotated[str | None, Query(pattern=COLLECTION_PATTERN)]
+
+
+@router.post("/v1/documents")
+def ingest_documents(body: IngestRequest, services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
+    """Add or update documents (by id; unchanged ones cost nothing). All are validated before any is written."""
+    settings = services.settings
+    if len(body.documents) > settings.max_documents_per_request:
+        raise ApiError(400, f"at most {settings.max_documents_per_request} documents a request", param="documents")
+    documents = []
+    seen: set[str] = set()
+    for position, item in enumerate(body.documents):
+        if item.id in seen:
+            raise ApiError(400, f"duplicate document id {item.id!r}", param=f"documents.{position}.id")
+        seen.add(item.id)
+        try:
+            documents.append(document_from_record(item.model_dump(exclude_none=True)))
+        except LoaderError as exc:
+            raise ApiError(400, str(exc), param=f"documents.{position}") from exc
+    scope = Scope(body.collection or settings.default_collection, tenant)
+    report = services.ingestor.ingest_documents(documents, scope)
+    if report.errors:  # a failed batch is rolled back; say which documents did not make it
+        failed = ", ".join(error["source"] for error in report.errors[:5])
+        raise ApiError(
+            503,
+            f"indexing failed for {len(report.errors)} document(s) ({failed}): "
+            f"{report.errors[0]['error']}; the others were written",
+        )
+    return {"collection": scope.collection, **report.to_dict()}
+
+
+@router.get("/v1/documents")
+def list_documents(services: ServicesDep, tenant: TenantDep, collection: CollectionQuery = None) -> dict[str, Any]:
+    scope = Scope(collection or services.settings.default_collection, tenant)
+    hashes = services.index.document_hashes(scope)
+    return {
+        "collection": scope.collection,
+        "documents": [{"id": doc_id, "content_hash": sorted(h)[0]} for doc_id, h in sorted(hashes.items())],
+    }
+
+
+@router.delete("/v1/documents/{doc_id:path}")
+def delete_document(
+    doc_id: str, services: ServicesDep, tenant: TenantDep, collection: CollectionQuery = None
+) -> dict[str, Any]:
+    scope = Scope(collection or services.settings.default_collection, tenant)
+    if not services.ingestor.delete(scope, doc_id):
+        raise ApiError(404, f"no document {doc_id!r} in collection {scope.collection!r}", param="doc_id")
+    return {"id": doc_id, "collection": scope.collection, "deleted": True}

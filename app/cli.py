@@ -1,0 +1,224 @@
+"""The ``ragops`` command line. Errors are one line on stderr with an exit code:
+0 ok, 1 runtime failure, 2 bad usage or input, 3 partial (some inputs failed, the rest were processed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+SEARCH_MODES = ("hybrid", "dense", "sparse")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ragops", description="Retrieval-augmented chat service and LLMOps harness.")
+    parser.add_argument("--data-dir", type=Path, help="index, caches and logs (default: $RAGOPS_DATA_DIR or ./.ragops)")
+    parser.add_argument("--config", type=Path, help="TOML settings file (default: $RAGOPS_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ingest = commands.add_parser("ingest", help="index files: .md .txt .rst .html .pdf .jsonl, or directories")
+    ingest.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    ingest.add_argument("--collection", help="collection name (default: settings.default_collection)")
+    ingest.add_argument("--tenant", help="tenant (default: settings.default_tenant)")
+    ingest.add_argument("--prune", action="store_true", help="remove documents of the collection not seen now")
+    ingest.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    search = commands.add_parser("search", help="search a collection")
+    search.add_argument("query", nargs="?", help="the query (or --queries FILE.jsonl)")
+    search.add_argument("--queries", type=Path, help='JSONL of {"id", "query"}: one JSON line of hits per query')
+    search.add_argument("--collection")
+    search.add_argument("--tenant")
+    search.add_argument("-k", "--top-k", type=int, dest="top_k", help="number of hits (1-100)")
+    search.add_argument("--mode", choices=SEARCH_MODES)
+    search.add_argument("--json", action="store_true", help="print hits as JSON")
+
+    serve = commands.add_parser("serve", help="serve the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+    snapshot = commands.add_parser("snapshot", help="write or restore a snapshot of the embedded index")
+    snapshot_commands = snapshot.add_subparsers(dest="snapshot_command", required=True, metavar="ACTION")
+    snapshot_commands.add_parser("create", help="write the index to FILE (.tar.gz)").add_argument("file", type=Path)
+    snapshot_commands.add_parser("restore", help="replace the index with FILE's").add_argument("file", type=Path)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from app.settings import load_settings
+
+    overrides: dict[str, Any] = {}
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    try:
+        return load_settings(args.config, **overrides)
+    except FileNotFoundError as exc:
+        raise CliError(str(exc)) from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise CliError(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+
+
+def _services(settings: Any) -> Any:
+    from app.container import build_services
+    from retrieval.index import IndexUnavailableError
+
+    try:
+        return build_services(settings)
+    except IndexUnavailableError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from exc
+
+
+def _name(value: str | None, default: str, what: str) -> str:
+    import re
+
+    name = value or default
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        raise CliError(f"{what} must be 1-64 letters, digits, '.', '_' or '-': {name!r}")
+    return name
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from retrieval.index import Scope
+
+    settings = _settings(args)
+    scope = Scope(
+        _name(args.collection, settings.default_collection, "collection"),
+        _name(args.tenant, settings.default_tenant, "tenant"),
+    )
+    services = _services(settings)
+    try:
+
+        def progress(total: int) -> Any:
+            return tqdm(total=total, unit="chunk", desc="indexing", disable=True if args.json else None)
+
+        report = services.ingestor.ingest_paths(args.paths, scope, prune=args.prune, progress=progress)
+    finally:
+        services.close()
+    if args.json:
+        print(json.dumps({"collection": scope.collection, "tenant": scope.tenant, **report.to_dict()}))
+    else:
+        for error in report.errors:
+            print(f"skipped {error['source']}: {error['error']}", file=sys.stderr)
+        print(report.summary())
+    return EXIT_PARTIAL if report.errors else EXIT_OK
+
+
+def _read_queries(path: Path) -> list[tuple[str, str]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read {path}: {exc}") from exc
+    queries: list[tuple[str, str]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"{path}:{number}: invalid JSON ({exc.msg})") from exc
+        if not isinstance(record, dict) or not isinstance(record.get("query"), str) or not record["query"].strip():
+            raise CliError(f'{path}:{number}: expected {{"id", "query"}} with a non-empty query')
+        queries.append((str(record.get("id", number)), record["query"]))
+    return queries
+
+
+def _search(args: argparse.Namespace) -> int:
+    from retrieval.index import Scope
+
+    if (args.query is None) == (args.queries is None):
+        raise CliError("give a QUERY or --queries FILE.jsonl (not both)")
+    if args.query is not None and not args.query.strip():
+        raise CliError("the query must not be blank")
+    if args.top_k is not None and not 1 <= args.top_k <= 100:
+        raise CliError("-k must be between 1 and 100")
+    queries = [("query", args.query)] if args.query is not None else _read_queries(args.queries)
+    settings = _settings(args)
+    scope = Scope(
+        _name(args.collection, settings.default_collection, "collection"),
+        _name(args.tenant, settings.default_tenant, "tenant"),
+    )
+    top_k, mode = args.top_k or settings.default_top_k, args.mode or settings.default_mode
+    services = _services(settings)
+    try:
+        for query_id, query in queries:
+            result = services.searcher.search(query, scope, top_k, mode)
+            hits = [hit.to_dict() for hit in result.hits]
+            if args.queries is not None:
+                print(json.dumps({"id": query_id, "query": query, "hits": hits}, ensure_ascii=False))
+            elif args.json:
+                print(json.dumps({"hits": hits, "timings_ms": result.timings_ms}, ensure_ascii=False))
+            else:
+                for rank, hit in enumerate(result.hits, 1):
+                    snippet = " ".join(hit.text.split())[:160]
+                    print(f"{rank}. [{hit.score:.4f}] {hit.doc_id}#{hit.chunk_index}  {snippet}")
+                if not result.hits:
+                    print("no hits")
+    finally:
+        services.close()
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    if not 0 < args.port < 65536:
+        raise CliError("--port must be between 1 and 65535")
+    settings = _settings(args)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    return EXIT_OK
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings.qdrant_url is not None:
+        raise CliError("snapshots cover the embedded index; use Qdrant's own snapshots for a server")
+    services = _services(settings)
+    from retrieval.index import IndexUnavailableError
+
+    try:
+        if args.snapshot_command == "create":
+            print(services.index.snapshot(args.file))
+        else:
+            services.index.restore(args.file)
+            print(f"restored {args.file}: {services.index.count()} points")
+    except IndexUnavailableError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from exc
+    finally:
+        services.close()
+    return EXIT_OK
+
+
+_COMMANDS = {"ingest": _ingest, "search": _search, "serve": _serve, "snapshot": _snapshot}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except CliError as exc:
+        print(f"ragops: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("ragops: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

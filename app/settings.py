@@ -1,0 +1,109 @@
+"""Typed settings: environment variables with the ``RAGOPS_`` prefix, an optional TOML file, defaults.
+
+Precedence (highest first): explicit keyword arguments, ``RAGOPS_*`` environment variables, the TOML file named
+by ``--config`` on the CLI (or ``RAGOPS_CONFIG``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+SearchMode = Literal["hybrid", "dense", "sparse"]
+EmbedderBackend = Literal["onnx", "torch"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAGOPS_", extra="forbid", frozen=True)
+
+    data_dir: Path = Field(Path(".ragops"), description="Index, caches and logs live here.")
+
+    # Embeddings
+    embedder: EmbedderBackend = Field(
+        "onnx",
+        description="onnx: int8 export of the model made locally on first use (fast); torch: reference.",
+    )
+    embedding_model: str = Field("all-MiniLM-L6-v2", description="Name of the bundled sentence-transformers model.")
+    embedding_batch_size: int = Field(32, ge=1, le=1024)
+    query_cache_size: int = Field(4096, ge=0, description="In-memory LRU of query embeddings.")
+
+    # Chunking
+    chunk_tokens: int = Field(200, ge=16, le=512, description="Token budget of a chunk (model tokenizer).")
+    chunk_overlap: int = Field(32, ge=0, le=256)
+
+    # Index
+    qdrant_url: str | None = Field(
+        None,
+        description="Qdrant server URL (http://host:6333). Unset: the embedded qdrant-edge index under data_dir. "
+        "':memory:' or a path: qdrant-client's local mode.",
+    )
+    qdrant_api_key: str | None = None
+    qdrant_collection: str = Field("ragops", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    rrf_k: int = Field(60, ge=1, description="Reciprocal-rank-fusion constant of hybrid search.")
+    prefetch_limit: int = Field(50, ge=1, le=1000, description="Candidates each retriever feeds the fusion.")
+
+    # Search defaults
+    default_collection: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    default_tenant: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    default_top_k: int = Field(5, ge=1, le=100)
+    default_mode: SearchMode = "hybrid"
+
+    # API
+    api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="API key -> tenant (JSON in RAGOPS_API_KEYS). Empty: no auth; the X-Tenant header or "
+        "default_tenant picks the tenant.",
+    )
+    max_query_chars: int = Field(2000, ge=1)
+    max_documents_per_request: int = Field(1000, ge=1)
+
+    @model_validator(mode="after")
+    def _overlap_below_budget(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError("chunk_overlap must be smaller than chunk_tokens")
+        return self
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file reads settings_cls.model_config["toml_file"]; load_settings() sets it.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from overrides, the environment and the TOML file (argument, else ``RAGOPS_CONFIG``)."""
+    path = config_file or (Path(os.environ["RAGOPS_CONFIG"]) if os.environ.get("RAGOPS_CONFIG") else None)
+    if path is None:
+        return Settings(**overrides)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with_file = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+    settings: Settings = with_file(**overrides)
+    return settings

@@ -1,0 +1,103 @@
+"""The vector-index protocol and the value types that cross it.
+
+One physical index holds every collection and tenant; each point carries ``collection`` and ``tenant`` in its
+payload (keyword indexes, tenant-optimised), and every read and write is scoped to one (collection, tenant)
+pair, so one tenant's documents never show up in another's results or statistics.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+SearchMode = Literal["hybrid", "dense", "sparse"]
+SEARCH_MODES: tuple[SearchMode, ...] = ("hybrid", "dense", "sparse")
+MetadataValue = str | int | bool
+DENSE_VECTOR = "dense"
+SPARSE_VECTOR = "bm25"
+_CHUNK_NAMESPACE = uuid.UUID("6c3b9f7e-1f0c-4a57-9d8a-2f4d0b6e5a11")
+
+
+class IndexUnavailableError(Exception):
+    """The index cannot do what was asked (locked by another process, incompatible, corrupt)."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    collection: str
+    tenant: str
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    indices: list[int]
+    values: list[float]
+
+
+@dataclass(frozen=True)
+class IndexPoint:
+    id: str
+    dense: npt.NDArray[np.float32]
+    sparse: SparseVector
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Narrows a search inside its scope: document ids, and metadata fields (value or any of a list)."""
+
+    doc_ids: tuple[str, ...] = ()
+    metadata: dict[str, MetadataValue | list[MetadataValue]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScoredPayload:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+def chunk_point_id(scope: Scope, doc_id: str, content_hash: str, chunk_index: int) -> str:
+    """Deterministic: the same chunk of the same document version always lands on the same point."""
+    name = "\x1f".join((scope.collection, scope.tenant, doc_id, content_hash, str(chunk_index)))
+    return str(uuid.uuid5(_CHUNK_NAMESPACE, name))
+
+
+class VectorIndex(Protocol):
+    def upsert(self, points: Sequence[IndexPoint]) -> None: ...
+
+    def delete_document(self, scope: Scope, doc_id: str, keep_hash: str | None = None) -> None:
+        """Delete a document's points; with ``keep_hash``, only those of other versions."""
+        ...
+
+    def document_hashes(self, scope: Scope) -> dict[str, set[str]]:
+        """doc_id -> the content hashes present (more than one only after an interrupted replace)."""
+        ...
+
+    def search(
+        self,
+        scope: Scope,
+        mode: SearchMode,
+        dense: npt.NDArray[np.float32] | None,
+        sparse: SparseVector | None,
+        limit: int,
+        search_filter: SearchFilter,
+    ) -> list[ScoredPayload]: ...
+
+    def count(self, scope: Scope | None = None) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class SnapshotIndex(VectorIndex, Protocol):
+    """An index that can write its whole state to one file and come back from it."""
+
+    def snapshot(self, target: Path) -> Path: ...
+
+    def restore(self, source: Path) -> None: ...
