@@ -9,9 +9,9 @@ from pathlib import Path
 
 from app.settings import Settings
 from retrieval.chunking import Chunker
-from retrieval.embedding import build_embedder
+from retrieval.embedding import Embedder, build_embedder
 from retrieval.embedding_cache import CachedEmbedder, SqliteEmbeddingStore
-from retrieval.index import VectorIndex
+from retrieval.index import FusionParams, VectorIndex
 from retrieval.ingest import Ingestor
 from retrieval.search import Searcher
 from retrieval.sparse import Bm25Encoder
@@ -50,15 +50,11 @@ def _index_dir(settings: Settings, model_id: str) -> Path:
 
 
 def build_index(settings: Settings, model_id: str, dimension: int) -> VectorIndex:
+    fusion = FusionParams(settings.rrf_k, settings.rrf_weights, settings.prefetch_limit)
     if settings.qdrant_url is None:
         from retrieval.qdrant_edge_index import QdrantEdgeIndex
 
-        return QdrantEdgeIndex(
-            _index_dir(settings, model_id),
-            dimension,
-            rrf_k=settings.rrf_k,
-            prefetch_limit=settings.prefetch_limit,
-        )
+        return QdrantEdgeIndex(_index_dir(settings, model_id), dimension, fusion)
     from qdrant_client import QdrantClient
 
     from retrieval.qdrant_server_index import QdrantServerIndex
@@ -69,16 +65,16 @@ def build_index(settings: Settings, model_id: str, dimension: int) -> VectorInde
     else:  # ':memory:' or a directory: qdrant-client's local mode
         client = QdrantClient(location=url) if url == ":memory:" else QdrantClient(path=url)
     collection = f"{settings.qdrant_collection}-{re.sub(r'[^A-Za-z0-9]+', '-', model_id)}"[:255]
-    return QdrantServerIndex(
-        client, collection, dimension, rrf_k=settings.rrf_k, prefetch_limit=settings.prefetch_limit
-    )
+    return QdrantServerIndex(client, collection, dimension, fusion)
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
+    """Wire every part from settings; a given ``embedder`` is shared instead of loading the model again."""
     apply_offline_environment()
-    embedder = build_embedder(
-        settings.embedder, settings.embedding_model, settings.models_dir, settings.embedding_batch_size
-    )
+    if embedder is None:
+        embedder = build_embedder(
+            settings.embedder, settings.embedding_model, settings.model_cache_dir, settings.embedding_batch_size
+        )
     store = SqliteEmbeddingStore(settings.cache_dir / "embeddings.sqlite")
     cached = CachedEmbedder(embedder, store, lru_size=settings.query_cache_size)
     index = build_index(settings, embedder.model_id, embedder.dimension)

@@ -29,11 +29,6 @@ class _Span:
     tokens: int
 
 
-def whitespace_token_count(text: str) -> int:
-    """A model-free stand-in for a tokenizer (about 1.3 word pieces a word)."""
-    return max(1, round(len(text.split()) * 1.3))
-
-
 class Chunker:
     def __init__(self, count_tokens: TokenCounter, max_tokens: int = 200, overlap: int = 32) -> None:
         if not 0 <= overlap < max_tokens:

@@ -12,6 +12,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -197,16 +198,18 @@ def export_int8_onnx(model_dir: Path, target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         fp32 = Path(tmp) / "model.onnx"
         int8 = Path(tmp) / "model-int8.onnx"
-        torch.onnx.export(
-            _LastHiddenState(model),
-            (sample, torch.ones_like(sample), torch.zeros_like(sample)),
-            str(fp32),
-            input_names=names,
-            output_names=["last_hidden_state"],
-            dynamic_axes={name: {0: "batch", 1: "sequence"} for name in [*names, "last_hidden_state"]},
-            opset_version=17,
-            dynamo=False,
-        )
+        with warnings.catch_warnings():  # the tracer's notes on control flow are expected here
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _LastHiddenState(model),
+                (sample, torch.ones_like(sample), torch.zeros_like(sample)),
+                str(fp32),
+                input_names=names,
+                output_names=["last_hidden_state"],
+                dynamic_axes={name: {0: "batch", 1: "sequence"} for name in [*names, "last_hidden_state"]},
+                opset_version=17,
+                dynamo=False,
+            )
         quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
         int8.replace(target)
 

@@ -78,9 +78,9 @@ class SqliteEmbeddingStore:
 
 @dataclass
 class CacheStats:
-    memory_hits: int = 0
-    store_hits: int = 0
-    computed: int = 0
+    memory_hits: int = 0  # queries answered by the LRU
+    store_hits: int = 0  # texts served without running the model (stored, or repeated within a call)
+    computed: int = 0  # texts the model embedded
 
 
 class CachedEmbedder:
@@ -117,7 +117,7 @@ class CachedEmbedder:
                 missing.setdefault(key, []).append(i)
             else:
                 out[i] = np.frombuffer(blob, dtype=np.float32)
-        hits = len(texts) - sum(len(positions) for positions in missing.values())
+        hits = len(texts) - len(missing)  # found in the store, or a repeat of a text in this call
         if missing:
             computed = self._embedder.embed([texts[positions[0]] for positions in missing.values()])
             for positions, vector in zip(missing.values(), computed, strict=True):

@@ -57,6 +57,15 @@ class SearchFilter:
 
 
 @dataclass(frozen=True)
+class FusionParams:
+    """How hybrid search fuses its two rankings: weighted reciprocal-rank fusion over prefetched candidates."""
+
+    rrf_k: int = 2
+    weights: tuple[float, float] = (1.0, 1.5)  # dense, BM25
+    prefetch_limit: int = 50
+
+
+@dataclass(frozen=True)
 class ScoredPayload:
     id: str
     score: float

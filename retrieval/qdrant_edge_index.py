@@ -17,6 +17,7 @@ import qdrant_edge as qe
 from retrieval.index import (
     DENSE_VECTOR,
     SPARSE_VECTOR,
+    FusionParams,
     IndexPoint,
     IndexUnavailableError,
     Scope,
@@ -49,11 +50,15 @@ def _sparse(vector: SparseVector) -> qe.SparseVector:
 
 
 class QdrantEdgeIndex:
-    def __init__(self, path: Path, dimension: int, rrf_k: int = 60, prefetch_limit: int = 50) -> None:
+    def __init__(
+        self,
+        path: Path,
+        dimension: int,
+        fusion: FusionParams = FusionParams(),
+    ) -> None:
         self._path = path
         self._dimension = dimension
-        self._rrf_k = rrf_k
-        self._prefetch_limit = prefetch_limit
+        self._fusion = fusion
         self._write_lock = threading.RLock()
         self._shard = self._open()
 
@@ -145,14 +150,14 @@ class QdrantEdgeIndex:
                 limit=limit, query=sparse_query, filter=condition, with_payload=True, params=sparse_params
             )
         else:
-            prefetch_limit = max(limit, self._prefetch_limit)
+            prefetch_limit = max(limit, self._fusion.prefetch_limit)
             request = qe.QueryRequest(
                 limit=limit,
                 prefetches=[
                     qe.Prefetch(limit=prefetch_limit, query=dense_query, filter=condition),
                     qe.Prefetch(limit=prefetch_limit, query=sparse_query, filter=condition, params=sparse_params),
                 ],
-                query=qe.Fusion.Rrf(k=self._rrf_k),  # type: ignore[arg-type]  # the stub omits the nested class
+                query=qe.Fusion.Rrf(k=self._fusion.rrf_k, weights=list(self._fusion.weights)),  # type: ignore[arg-type]
                 filter=condition,
                 with_payload=True,
             )

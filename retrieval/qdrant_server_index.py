@@ -13,6 +13,7 @@ from qdrant_client import QdrantClient, models
 from retrieval.index import (
     DENSE_VECTOR,
     SPARSE_VECTOR,
+    FusionParams,
     IndexPoint,
     Scope,
     ScoredPayload,
@@ -43,12 +44,15 @@ def _sparse(vector: SparseVector) -> models.SparseVector:
 
 class QdrantServerIndex:
     def __init__(
-        self, client: QdrantClient, collection: str, dimension: int, rrf_k: int = 60, prefetch_limit: int = 50
+        self,
+        client: QdrantClient,
+        collection: str,
+        dimension: int,
+        fusion: FusionParams = FusionParams(),
     ) -> None:
         self._client = client
         self._collection = collection
-        self._rrf_k = rrf_k
-        self._prefetch_limit = prefetch_limit
+        self._fusion = fusion
         if not client.collection_exists(collection):
             client.create_collection(
                 collection,
@@ -125,14 +129,14 @@ class QdrantServerIndex:
                 self._collection, query=sparse_query, using=SPARSE_VECTOR, query_filter=condition, limit=limit
             )
         else:
-            prefetch_limit = max(limit, self._prefetch_limit)
+            prefetch_limit = max(limit, self._fusion.prefetch_limit)
             response = self._client.query_points(
                 self._collection,
                 prefetch=[
                     models.Prefetch(query=dense_query, using=DENSE_VECTOR, limit=prefetch_limit, filter=condition),
                     models.Prefetch(query=sparse_query, using=SPARSE_VECTOR, limit=prefetch_limit, filter=condition),
                 ],
-                query=models.RrfQuery(rrf=models.Rrf(k=self._rrf_k)),
+                query=models.RrfQuery(rrf=models.Rrf(k=self._fusion.rrf_k, weights=list(self._fusion.weights))),
                 query_filter=condition,
                 limit=limit,
             )

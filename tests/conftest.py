@@ -1,0 +1,100 @@
+"""Shared fixtures. Everything is real: the bundled model, Qdrant's engine, HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.container import Services, apply_offline_environment, build_services
+from app.settings import Settings, load_settings
+from retrieval.documents import Document, Section
+from retrieval.embedding import Embedder, OnnxEmbedder
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_CORPUS = ROOT / "data" / "sample" / "disfl_qa_passages.jsonl"
+SAMPLE_QUESTIONS = ROOT / "evals" / "datasets" / "disfl_qa_questions.jsonl"
+SUBSET_SIZE = 60
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline() -> None:
+    apply_offline_environment()
+    for key in [k for k in os.environ if k.startswith("RAGOPS_")]:
+        del os.environ[key]  # tests set what they need explicitly
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ONNX export for the whole run (ragops keeps it under RAGOPS_MODELS_DIR)."""
+    shared = os.environ.get("RAGOPS_TEST_MODELS_DIR")
+    return Path(shared) if shared else tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def embedder(models_dir: Path) -> Embedder:
+    return OnnxEmbedder("all-MiniLM-L6-v2", models_dir)
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, models_dir: Path) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        overrides.setdefault("data_dir", tmp_path / "data")
+        return load_settings(models_dir=models_dir, **overrides)
+
+    return make
+
+
+@pytest.fixture(params=["edge", "qdrant-local"])
+def index_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_services(
+    make_settings: Callable[..., Settings], embedder: Embedder, tmp_path: Path
+) -> Iterator[Callable[..., Services]]:
+    opened: list[Services] = []
+
+    def make(backend: str = "edge", **overrides: Any) -> Services:
+        if backend == "qdrant-local":
+            overrides.setdefault("qdrant_url", str(tmp_path / "qdrant-local"))
+        services = build_services(make_settings(**overrides), embedder=embedder)
+        opened.append(services)
+        return services
+
+    yield make
+    for services in opened:
+        with contextlib.suppress(Exception):  # already closed by the test
+            services.close()
+
+
+@pytest.fixture
+def services(make_services: Callable[..., Services], index_backend: str) -> Services:
+    return make_services(index_backend)
+
+
+def load_sample_records(limit: int = SUBSET_SIZE) -> list[dict[str, Any]]:
+    with SAMPLE_CORPUS.open() as handle:
+        return [json.loads(line) for _, line in zip(range(limit), handle, strict=False)]
+
+
+def sample_documents(limit: int = SUBSET_SIZE) -> list[Document]:
+    return [Document(r["id"], (Section(r["text"]),), source="sample") for r in load_sample_records(limit)]
+
+
+def sample_questions(passage_ids: set[str], limit: int = 20) -> list[dict[str, Any]]:
+    found = []
+    with SAMPLE_QUESTIONS.open() as handle:
+        for line in handle:
+            record = json.loads(line)
+            if record["passage_id"] in passage_ids:
+                found.append(record)
+                if len(found) == limit:
+                    break
+    return found

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.embedding import Embedder, TorchEmbedder
+from retrieval.embedding_cache import CachedEmbedder, SqliteEmbeddingStore
+
+
+def test_vectors_are_normalised_and_deterministic(embedder: Embedder) -> None:
+    vectors = embedder.embed(
+        ["The Normans lived in Normandy.", "A cat sat on a mat.", "The Normans lived in Normandy."]
+    )
+    assert vectors.shape == (3, embedder.dimension) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(vectors[0], vectors[2])
+    assert float(vectors[0] @ embedder.embed(["Normandy was home to the Normans."])[0]) > float(vectors[0] @ vectors[1])
+
+
+def test_store_hits_after_restart_and_lru_for_queries(tmp_path: Path, embedder: Embedder) -> None:
+    path = tmp_path / "cache.sqlite"
+    first = CachedEmbedder(embedder, SqliteEmbeddingStore(path))
+    original = first.embed(["alpha", "beta", "alpha"])
+    assert (first.stats.computed, first.stats.store_hits) == (2, 1)  # duplicates are embedded once
+
+    second = CachedEmbedder(embedder, SqliteEmbeddingStore(path))  # a new process, same file
+    again = second.embed(["beta", "alpha", "gamma"])
+    assert (second.stats.computed, second.stats.store_hits) == (1, 2)
+    assert np.array_equal(again[0], original[1]) and np.array_equal(again[1], original[0])
+
+    second.embed_query("hot query")
+    second.embed_query("hot query")
+    assert second.stats.memory_hits == 1
+
+
+def test_lru_is_bounded(tmp_path: Path, embedder: Embedder) -> None:
+    cached = CachedEmbedder(embedder, SqliteEmbeddingStore(tmp_path / "c.sqlite"), lru_size=2)
+    for text in ["a", "b", "c", "a"]:
+        cached.embed_query(text)
+    assert cached.stats.memory_hits == 0  # "a" was evicted by "c"
+
+
+def test_changing_the_model_never_serves_stale_vectors(tmp_path: Path, embedder: Embedder) -> None:
+    store = SqliteEmbeddingStore(tmp_path / "cache.sqlite")
+    onnx = CachedEmbedder(embedder, store)
+    onnx.embed(["shared text"])
+    torch_model = TorchEmbedder("all-MiniLM-L6-v2")
+    assert torch_model.model_id != embedder.model_id
+    torch_cached = CachedEmbedder(torch_model, store)
+    vector = torch_cached.embed(["shared text"])[0]
+    assert torch_cached.stats.computed == 1 and torch_cached.stats.store_hits == 0
+    assert np.array_equal(vector, torch_model.embed(["shared text"])[0])
+    # The int8 export stays close to the reference model it was made from.
+    assert float(vector @ onnx.embed(["shared text"])[0]) > 0.98

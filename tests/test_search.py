@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from app.container import Services
+from retrieval.documents import Document, Section
+from retrieval.index import IndexUnavailableError, Scope, SearchFilter
+from tests.conftest import sample_documents, sample_questions
+
+SCOPE = Scope("sample", "default")
+
+
+@pytest.fixture
+def indexed(services: Services) -> Services:
+    services.ingestor.ingest_documents(sample_documents(), SCOPE)
+    return services
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense", "sparse"])
+def test_each_mode_finds_the_answering_passage(indexed: Services, mode: str) -> None:
+    questions = sample_questions({d.id for d in sample_documents()}, limit=20)
+    found = 0
+    for question in questions:
+        hits = indexed.searcher.search(question["question"], SCOPE, top_k=5, mode=mode).hits  # type: ignore[arg-type]
+        assert len(hits) == 5
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        found += question["passage_id"] in {h.doc_id for h in hits}
+    assert found >= 14, f"{mode}: {found}/20 questions found their passage in the top 5"
+
+
+def test_hit_shape(indexed: Services) -> None:
+    result = indexed.searcher.search("Normans in Normandy", SCOPE, top_k=3)
+    hit = result.hits[0]
+    assert hit.doc_id.startswith("p") and hit.text and hit.source == "sample" and hit.chunk_id
+    assert set(hit.to_dict()) >= {"doc_id", "chunk_id", "score", "text", "title", "source", "metadata"}
+    assert set(result.timings_ms) == {"embed", "search"}
+
+
+def test_filters_by_document_and_metadata(services: Services) -> None:
+    services.ingestor.ingest_documents(
+        [
+            Document("en", (Section("The river flows to the sea."),), metadata={"lang": "en", "year": 2020}),
+            Document("fr", (Section("La rivière coule vers la mer. river"),), metadata={"lang": "fr", "year": 2021}),
+            Document("de", (Section("Der Fluss fließt ins Meer. river"),), metadata={"lang": "de", "year": 2021}),
+        ],
+        SCOPE,
+    )
+    search = services.searcher.search
+
+    def ids(search_filter: SearchFilter) -> set[str]:
+        return {h.doc_id for h in search("river", SCOPE, top_k=10, search_filter=search_filter).hits}
+
+    assert ids(SearchFilter()) == {"en", "fr", "de"}
+    assert ids(SearchFilter(doc_ids=("fr",))) == {"fr"}
+    assert ids(SearchFilter(metadata={"lang": "en"})) == {"en"}
+    assert ids(SearchFilter(metadata={"lang": ["fr", "de"]})) == {"fr", "de"}
+    assert ids(SearchFilter(metadata={"year": 2021, "lang": "de"})) == {"de"}
+    assert ids(SearchFilter(metadata={"lang": "es"})) == set()
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense", "sparse"])
+def test_tenants_never_see_each_other(services: Services, mode: str) -> None:
+    services.ingestor.ingest_documents(
+        [Document("secret", (Section("Tenant one payroll figures."),))], Scope("c", "one")
+    )
+    services.ingestor.ingest_documents(
+        [Document("public", (Section("Tenant two cafeteria menu."),))], Scope("c", "two")
+    )
+    hits = services.searcher.search("payroll figures", Scope("c", "two"), top_k=10, mode=mode).hits  # type: ignore[arg-type]
+    assert {h.doc_id for h in hits} <= {"public"}
+    assert services.searcher.search("payroll", Scope("other", "one"), mode=mode).hits == []  # type: ignore[arg-type]
+
+
+def test_index_persists_across_restart(make_services: Callable[..., Services], index_backend: str) -> None:
+    first = make_services(index_backend)
+    first.ingestor.ingest_documents(sample_documents(10), SCOPE)
+    before = [h.chunk_id for h in first.searcher.search("Normans", SCOPE).hits]
+    first.close()
+    second = make_services(index_backend)
+    assert [h.chunk_id for h in second.searcher.search("Normans", SCOPE).hits] == before
+    assert len(second.ingestor.ingest_documents(sample_documents(10), SCOPE).unchanged) == 10
+
+
+def test_snapshot_and_restore(make_services: Callable[..., Services], tmp_path: Path) -> None:
+    services = make_services()
+    services.ingestor.ingest_documents([Document("keep", (Section("Snapshot me."),))], SCOPE)
+    snapshot = services.index.snapshot(tmp_path / "snap.tar.gz")  # type: ignore[attr-defined]
+    services.ingestor.ingest_documents([Document("later", (Section("Added after the snapshot."),))], SCOPE)
+    assert services.index.count(SCOPE) == 2
+    services.index.restore(snapshot)  # type: ignore[attr-defined]
+    assert set(services.index.document_hashes(SCOPE)) == {"keep"}
+    assert services.searcher.search("snapshot", SCOPE).hits[0].doc_id == "keep"
+    (tmp_path / "junk.tar.gz").write_bytes(b"not a tarball")
+    with pytest.raises(IndexUnavailableError, match="not a ragops snapshot"):
+        services.index.restore(tmp_path / "junk.tar.gz")  # type: ignore[attr-defined]
+    assert set(services.index.document_hashes(SCOPE)) == {"keep"}  # a bad snapshot changes nothing
+
+
+def test_second_process_gets_a_clear_error(make_services: Callable[..., Services]) -> None:
+    make_services()
+    with pytest.raises(IndexUnavailableError, match="in use by another process"):
+        make_services()
