@@ -76,17 +76,11 @@ def _normalise(vectors: npt.NDArray[Any]) -> Vectors:
     return normalised
 
 
-class TorchEmbedder:
-    """sentence-transformers on torch: the reference implementation."""
+class _LocalModelEmbedder:
+    """What both backends share: identity, dimension, and the empty-input case."""
 
-    def __init__(self, model_name: str, batch_size: int = 32) -> None:
-        from sentence_transformers import SentenceTransformer
-
-        model_dir = resolve_model_dir(model_name)
-        self._model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-        self._batch_size = batch_size
-        self._model_id = f"{model_name}:torch:{model_fingerprint(model_dir)}"
-        self._dimension = int(self._model.get_embedding_dimension() or 0)
+    _model_id: str
+    _dimension: int
 
     @property
     def model_id(self) -> str:
@@ -99,6 +93,25 @@ class TorchEmbedder:
     def embed(self, texts: Sequence[str]) -> Vectors:
         if not texts:
             return np.zeros((0, self._dimension), dtype=np.float32)
+        return self._embed(texts)
+
+    def _embed(self, texts: Sequence[str]) -> Vectors:
+        raise NotImplementedError
+
+
+class TorchEmbedder(_LocalModelEmbedder):
+    """sentence-transformers on torch: the reference implementation."""
+
+    def __init__(self, model_name: str, batch_size: int = 32) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        model_dir = resolve_model_dir(model_name)
+        self._model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+        self._batch_size = batch_size
+        self._model_id = f"{model_name}:torch:{model_fingerprint(model_dir)}"
+        self._dimension = int(self._model.get_embedding_dimension() or 0)
+
+    def _embed(self, texts: Sequence[str]) -> Vectors:
         vectors = self._model.encode(
             list(texts), batch_size=self._batch_size, normalize_embeddings=True, convert_to_numpy=True
         )
@@ -108,7 +121,7 @@ class TorchEmbedder:
         return len(self._model.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(_LocalModelEmbedder):
     """The same model as int8 ONNX on onnxruntime, with mean pooling as in sentence-transformers."""
 
     _export_lock = threading.Lock()
@@ -142,17 +155,7 @@ class OnnxEmbedder:
         self._batch_size = batch_size
         self._dimension = int(json.loads((model_dir / "config.json").read_text())["hidden_size"])
 
-    @property
-    def model_id(self) -> str:
-        return self._model_id
-
-    @property
-    def dimension(self) -> int:
-        return self._dimension
-
-    def embed(self, texts: Sequence[str]) -> Vectors:
-        if not texts:
-            return np.zeros((0, self._dimension), dtype=np.float32)
+    def _embed(self, texts: Sequence[str]) -> Vectors:
         # Sorting by length keeps padding small inside each batch; the result is put back in input order.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.empty((len(texts), self._dimension), dtype=np.float32)

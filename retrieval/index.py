@@ -8,7 +8,7 @@ pair, so one tenant's documents never show up in another's results or statistics
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -76,6 +76,13 @@ def chunk_point_id(scope: Scope, doc_id: str, content_hash: str, chunk_index: in
     """Deterministic: the same chunk of the same document version always lands on the same point."""
     name = "\x1f".join((scope.collection, scope.tenant, doc_id, content_hash, str(chunk_index)))
     return str(uuid.uuid5(_CHUNK_NAMESPACE, name))
+
+
+def add_document_hashes(hashes: dict[str, set[str]], payloads: Iterable[dict[str, Any] | None]) -> None:
+    """Fold scrolled payloads (doc_id, content_hash) into doc_id -> hashes."""
+    for payload in payloads:
+        if payload:
+            hashes.setdefault(payload["doc_id"], set()).add(payload["content_hash"])
 
 
 class VectorIndex(Protocol):

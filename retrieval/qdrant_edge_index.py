@@ -25,6 +25,7 @@ from retrieval.index import (
     SearchFilter,
     SearchMode,
     SparseVector,
+    add_document_hashes,
 )
 
 _KEYWORD_FIELDS = {"collection": True, "tenant": True, "doc_id": False}  # field -> is_tenant
@@ -123,9 +124,7 @@ class QdrantEdgeIndex:
                     with_payload=["doc_id", "content_hash"],
                 )
             )
-            for record in records:
-                payload = record.payload or {}
-                hashes.setdefault(payload["doc_id"], set()).add(payload["content_hash"])
+            add_document_hashes(hashes, (record.payload for record in records))
             if offset is None:
                 return hashes
 

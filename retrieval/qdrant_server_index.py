@@ -20,6 +20,7 @@ from retrieval.index import (
     SearchFilter,
     SearchMode,
     SparseVector,
+    add_document_hashes,
 )
 
 
@@ -102,9 +103,7 @@ class QdrantServerIndex:
                 offset=offset,
                 with_payload=["doc_id", "content_hash"],
             )
-            for record in records:
-                payload = record.payload or {}
-                hashes.setdefault(payload["doc_id"], set()).add(payload["content_hash"])
+            add_document_hashes(hashes, (record.payload for record in records))
             if offset is None:
                 return hashes
 
