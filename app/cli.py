@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--mode", choices=SEARCH_MODES)
     search.add_argument("--json", action="store_true", help="print hits as JSON")
 
+    ask = commands.add_parser("ask", help="answer a question from a collection, with citations")
+    ask.add_argument("question")
+    ask.add_argument("--collection")
+    ask.add_argument("--tenant")
+    ask.add_argument("--generator", choices=("llamacpp", "vllm", "extractive"), help="first generator of the chain")
+    ask.add_argument("--json", action="store_true", help="print the whole answer as JSON")
+
     serve = commands.add_parser("serve", help="serve the HTTP API")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -56,10 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _settings(args: argparse.Namespace, **overrides: Any) -> Any:
     from app.settings import load_settings
 
-    overrides: dict[str, Any] = {}
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
     try:
@@ -173,6 +179,36 @@ def _search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _ask(args: argparse.Namespace) -> int:
+    from retrieval.index import Scope
+    from serving.pipeline import AnswerRequest
+
+    if not args.question.strip():
+        raise CliError("the question must not be blank")
+    settings = _settings(args, **({"generator": args.generator} if args.generator else {}))
+    scope = Scope(
+        _name(args.collection, settings.default_collection, "collection"),
+        _name(args.tenant, settings.default_tenant, "tenant"),
+    )
+    services = _services(settings)
+    try:
+        answer = services.pipeline.answer(AnswerRequest(args.question.strip(), scope, settings.chat_top_k))
+    finally:
+        services.close()
+    if args.json:
+        print(json.dumps(answer.to_dict(), ensure_ascii=False))
+        return EXIT_OK
+    print(answer.answer)
+    for citation in answer.citations:
+        if citation.cited:
+            print(f"  [{citation.index}] {citation.title or citation.doc_id} ({citation.doc_id})")
+    note = f"generator: {answer.generator}"
+    if answer.fallback:
+        note += f" (fallback from {answer.fallback['from']}: {answer.fallback['reason']})"
+    print(note, file=sys.stderr)
+    return EXIT_OK
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -205,7 +241,7 @@ def _snapshot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"ingest": _ingest, "search": _search, "serve": _serve, "snapshot": _snapshot}
+_COMMANDS = {"ingest": _ingest, "search": _search, "ask": _ask, "serve": _serve, "snapshot": _snapshot}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

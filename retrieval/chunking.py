@@ -18,7 +18,9 @@ from retrieval.documents import Chunk, Document
 TokenCounter = Callable[[str], int]
 
 _PARAGRAPH = re.compile(r"\S(?:.*?\S)?(?=\n\s*\n|\s*$)", re.DOTALL)
-_SENTENCE = re.compile(r"\S.*?(?:[.!?][\"')\]]*(?=\s+|$)|$)", re.DOTALL)
+# A sentence ends at . ! or ? (and closing quotes or brackets) before a capital letter, a quote or the end;
+# "20 . 8 %" or "e.g. this" do not end one.
+_SENTENCE = re.compile(r"\S.*?(?:[.!?][\"')\]]*(?=\s+[A-Z\"'(\[])|$)", re.DOTALL)
 _WORD = re.compile(r"\S+")
 
 
@@ -27,6 +29,10 @@ class _Span:
     start: int
     end: int
     tokens: int
+
+
+def split_sentences(text: str) -> list[str]:
+    return [match.group().strip() for match in _SENTENCE.finditer(text)]
 
 
 class Chunker:

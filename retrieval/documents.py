@@ -48,6 +48,11 @@ class Document:
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
+def embedding_text(headings: tuple[str, ...], text: str) -> str:
+    """What the embedder sees for a chunk: the heading path gives a short chunk its context."""
+    return " > ".join(headings) + "\n" + text if headings else text
+
+
 @dataclass(frozen=True)
 class Chunk:
     """A piece of a document small enough to embed; it knows its document, position and heading path."""
@@ -61,10 +66,7 @@ class Chunk:
 
     @property
     def embedding_text(self) -> str:
-        """What the embedder sees: the heading path gives a short chunk its context."""
-        if not self.headings:
-            return self.text
-        return " > ".join(self.headings) + "\n" + self.text
+        return embedding_text(self.headings, self.text)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,10 @@ class Hit:
     metadata: JsonDict
     headings: tuple[str, ...] = ()
     chunk_index: int = 0
+
+    @property
+    def embedding_text(self) -> str:
+        return embedding_text(self.headings, self.text)
 
     def to_dict(self) -> JsonDict:
         return {

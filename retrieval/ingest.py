@@ -92,6 +92,7 @@ class Ingestor:
         self._sparse = sparse
         self._chunker = chunker
         self._batch_chunks = batch_chunks
+        self.version = 0  # bumped on every change to the index; answer caches key on it
 
     def ingest_paths(
         self,
@@ -167,6 +168,8 @@ class Ingestor:
                 for doc_id in sorted(set(indexed) - set(seen)):
                     self._index.delete_document(scope, doc_id)
                     report.removed.append(doc_id)
+        if report.added or report.updated or report.removed or report.errors:
+            self.version += 1
         report.seconds = time.perf_counter() - started
         return report
 
@@ -175,6 +178,7 @@ class Ingestor:
         if doc_id not in self._index.document_hashes(scope):
             return False
         self._index.delete_document(scope, doc_id)
+        self.version += 1
         return True
 
     def _batches(self, pending: list[_PendingDocument]) -> Iterable[list[_PendingDocument]]:

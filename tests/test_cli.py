@@ -116,3 +116,15 @@ def test_snapshot_round_trip(corpus: Path, tmp_path: Path, models_dir: Path) -> 
     ragops("ingest", str(corpus / "sample.jsonl"), models_dir=models_dir, data_dir=data)
     restored = ragops("snapshot", "restore", str(snap), models_dir=models_dir, data_dir=data)
     assert restored.returncode == 0 and "1 points" in restored.stdout
+
+
+def test_ask_answers_with_citations(corpus: Path, tmp_path: Path, models_dir: Path) -> None:
+    data = tmp_path / "data"
+    ragops("ingest", str(corpus), models_dir=models_dir, data_dir=data)
+    env_args = ("ask", "How long should tea steep?", "--generator", "extractive")
+    text = ragops(*env_args, models_dir=models_dir, data_dir=data)
+    assert text.returncode == 0 and "three minutes" in text.stdout and "[1] Howto (howto.md)" in text.stdout
+    as_json = json.loads(ragops(*env_args, "--json", models_dir=models_dir, data_dir=data).stdout)
+    assert as_json["generator"] == "extractive" and as_json["citations"][0]["doc_id"] == "howto.md"
+    blank = ragops("ask", " ", models_dir=models_dir, data_dir=data)
+    assert blank.returncode == 2 and "must not be blank" in blank.stderr

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,3 +60,41 @@ class DocumentBody(StrictModel):
 class IngestRequest(StrictModel):
     documents: list[DocumentBody] = Field(min_length=1)
     collection: str | None = Field(None, pattern=COLLECTION_PATTERN)
+
+
+class ChatTurn(StrictModel):
+    role: Literal["user", "assistant"]
+    content: str = Field(max_length=20_000)
+
+
+class ChatRequest(StrictModel):
+    question: str = Field(min_length=1)
+    collection: str | None = Field(None, pattern=COLLECTION_PATTERN)
+    top_k: int | None = Field(None, ge=1, le=20)
+    stream: bool = False
+    history: list[ChatTurn] = Field(default_factory=list, max_length=50)
+
+
+class OpenAIMessage(BaseModel):
+    # Lenient like OpenAI's own API: unknown fields (name, tool_calls, ...) are accepted and ignored.
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(str(part.get("text", "")) for part in self.content if part.get("type") == "text")
+        return self.content or ""
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat-completions body; sampling parameters are accepted, the prompt version decides them.
+    ``collection`` and ``top_k`` are ragops extensions (the SDK's ``extra_body``)."""
+
+    model: str
+    messages: list[OpenAIMessage] = Field(min_length=1, max_length=100)
+    stream: bool = False
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=1)
+    collection: str | None = Field(None, pattern=COLLECTION_PATTERN)
+    top_k: int | None = Field(None, ge=1, le=20)

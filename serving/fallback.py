@@ -1,0 +1,150 @@
+"""The fallback chain: generators in order; a failure moves to the next, and the answer says which generator
+produced it and why an earlier one was passed over. A circuit breaker per backend stops calling one that keeps
+failing and lets one trial call through after a cool-down."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+
+from serving.generation import (
+    Generation,
+    GenerationRequest,
+    Generator,
+    GeneratorError,
+    StreamDelta,
+    check_output,
+)
+
+CUT_OFF_NOTICE = "\n\n[The answer above was cut off; a fallback answer follows.]\n\n"
+
+
+class CircuitBreaker:
+    """Closed: calls pass. After ``failure_threshold`` failures in a row: open for ``cooldown_s``, calls are
+    refused. Then half-open: one trial call; success closes it, failure opens it again."""
+
+    def __init__(
+        self, failure_threshold: int = 3, cooldown_s: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._threshold = failure_threshold
+        self._cooldown_s = cooldown_s
+        self._clock = clock
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._trial_running = False
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            if self._opened_at is None:
+                return "closed"
+            return "half_open" if self._clock() - self._opened_at >= self._cooldown_s else "open"
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self._opened_at is None:
+                return True
+            if self._clock() - self._opened_at < self._cooldown_s or self._trial_running:
+                return False
+            self._trial_running = True
+            return True
+
+    def record_success(self) -> None:
+        with self._lock:
+            self._failures, self._opened_at, self._trial_running = 0, None, False
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._trial_running or self._failures >= self._threshold:
+                self._opened_at = self._clock()
+            self._trial_running = False
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """Why the answer did not come from the first generator."""
+
+    from_: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"from": self.from_, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    generation: Generation
+    generator: str
+    fallback: Fallback | None
+
+
+@dataclass(frozen=True)
+class ChainDelta:
+    text: str
+
+
+class FallbackChain:
+    def __init__(self, generators: Sequence[Generator], failure_threshold: int = 3, cooldown_s: float = 30.0) -> None:
+        if not generators:
+            raise ValueError("a fallback chain needs at least one generator")
+        self.generators = list(generators)
+        self.breakers = {g.name: CircuitBreaker(failure_threshold, cooldown_s) for g in generators}
+
+    @property
+    def names(self) -> list[str]:
+        return [g.name for g in self.generators]
+
+    def generate(self, request: GenerationRequest) -> ChainResult:
+        first_failure: Fallback | None = None
+        for position, generator in enumerate(self.generators):
+            if not self._admit(generator, position):
+                first_failure = first_failure or Fallback(generator.name, "circuit_open")
+                continue
+            try:
+                generation = check_output(generator.generate(request), generator.name)
+            except GeneratorError as exc:
+                self.breakers[generator.name].record_failure()
+                first_failure = first_failure or Fallback(generator.name, f"{exc.kind}: {exc}")
+                continue
+            self.breakers[generator.name].record_success()
+            return ChainResult(generation, generator.name, first_failure)
+        raise GeneratorError("error", f"every generator failed; first: {first_failure}")
+
+    def stream(self, request: GenerationRequest) -> Iterator[ChainDelta | ChainResult]:
+        """Deltas, then the ``ChainResult``. A backend failing before its first token is replaced silently by
+        the next; one failing mid-answer is followed by the next backend's whole answer after a notice."""
+        first_failure: Fallback | None = None
+        emitted = False
+        for position, generator in enumerate(self.generators):
+            if not self._admit(generator, position):
+                first_failure = first_failure or Fallback(generator.name, "circuit_open")
+                continue
+            cut_off = emitted  # an earlier backend streamed part of an answer before failing
+            notice = ""
+            try:
+                for event in generator.stream(request):
+                    if isinstance(event, StreamDelta):
+                        if cut_off and not notice:
+                            notice = CUT_OFF_NOTICE
+                            yield ChainDelta(notice)
+                        emitted = True
+                        yield ChainDelta(event.text)
+                    else:
+                        generation = check_output(event, generator.name)
+                        self.breakers[generator.name].record_success()
+                        if notice:
+                            generation = replace(generation, text=notice.strip() + "\n\n" + generation.text)
+                        yield ChainResult(generation, generator.name, first_failure)
+                        return
+            except GeneratorError as exc:
+                self.breakers[generator.name].record_failure()
+                first_failure = first_failure or Fallback(generator.name, f"{exc.kind}: {exc}")
+        raise GeneratorError("error", f"every generator failed; first: {first_failure}")
+
+    def _admit(self, generator: Generator, position: int) -> bool:
+        # The last generator is the deterministic safety net: its breaker never keeps it out.
+        return position == len(self.generators) - 1 or self.breakers[generator.name].allow()

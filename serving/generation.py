@@ -1,0 +1,72 @@
+"""One chat interface over every generator backend: messages in; text, usage and finish reason out; tokens
+streamed. The request also carries the question and passages, which the extractive backend works from."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from prompts.loader import ModelParams, PromptPassage
+
+NOT_IN_DOCUMENTS = "The documents do not contain the answer."
+FailureKind = Literal["timeout", "connection", "status", "empty", "malformed", "circuit_open", "error"]
+
+
+class GeneratorError(Exception):
+    """A backend failed in a way the fallback chain understands."""
+
+    def __init__(self, kind: FailureKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    messages: list[dict[str, str]]
+    question: str
+    passages: list[PromptPassage]
+    params: ModelParams = field(default_factory=ModelParams)
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    usage: Usage
+    finish_reason: str
+    model: str
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    """A piece of text; the last event of a stream is the whole ``Generation`` instead."""
+
+    text: str
+
+
+class Generator(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def generate(self, request: GenerationRequest) -> Generation: ...
+
+    def stream(self, request: GenerationRequest) -> Iterator[StreamDelta | Generation]:
+        """Deltas, then one ``Generation`` with the full text, usage and finish reason."""
+        ...
+
+
+def check_output(generation: Generation, backend: str) -> Generation:
+    """An empty answer is a failure the chain falls back on, not something to show a user."""
+    if not generation.text.strip():
+        raise GeneratorError("empty", f"{backend} returned an empty answer")
+    return generation

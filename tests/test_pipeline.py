@@ -1,0 +1,80 @@
+"""The answering pipeline in process: citations, abstention, the answer cache and its invalidation."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+
+from app.container import Services
+from retrieval.documents import Document, Section
+from retrieval.index import Scope
+from serving.generation import NOT_IN_DOCUMENTS
+from serving.pipeline import Answer, AnswerRequest, resolve_citations
+from tests.conftest import sample_documents
+
+SCOPE = Scope("sample", "default")
+
+
+@pytest.fixture
+def extractive(make_services: Callable[..., Services]) -> Services:
+    services = make_services(generator="extractive")
+    services.ingestor.ingest_documents(sample_documents(40), SCOPE)
+    return services
+
+
+def test_answer_cites_retrieved_passages(extractive: Services) -> None:
+    answer = extractive.pipeline.answer(AnswerRequest("What part of the Earth's atmosphere is oxygen?", SCOPE))
+    assert answer.generator == "extractive" and answer.fallback is None and not answer.cached
+    assert answer.prompt["name"] == "rag_answer" and answer.prompt["version"] == "v1"
+    assert [c.index for c in answer.citations] == list(range(1, len(answer.citations) + 1))
+    numbers = {int(n) for n in re.findall(r"\[(\d+)\]", answer.answer)}
+    assert numbers and numbers == {c.index for c in answer.citations if c.cited}
+    assert set(answer.timings_ms) >= {"embed", "search", "generate", "total"}
+
+
+def test_unrelated_question_abstains_without_calling_a_model(extractive: Services) -> None:
+    answer = extractive.pipeline.answer(AnswerRequest("How do I reset my router password?", SCOPE))
+    assert (answer.answer, answer.generator, answer.citations, answer.abstained) == (
+        NOT_IN_DOCUMENTS,
+        "abstain",
+        [],
+        True,
+    )
+    empty = extractive.pipeline.answer(AnswerRequest("anything", Scope("empty-collection", "default")))
+    assert empty.abstained and empty.relevance is None
+
+
+def test_cache_hit_and_invalidation_on_index_change(extractive: Services) -> None:
+    question = AnswerRequest("What part of the Earth's atmosphere is oxygen?", SCOPE)
+    first = extractive.pipeline.answer(question)
+    again = extractive.pipeline.answer(AnswerRequest("  what part of the earth's atmosphere is OXYGEN ", SCOPE))
+    assert again.cached and again.answer == first.answer and set(again.timings_ms) == {"total"}
+    extractive.ingestor.ingest_documents([Document("new", (Section("Oxygen makes up a fifth of air."),))], SCOPE)
+    assert not extractive.pipeline.answer(question).cached  # the index changed
+    other_tenant = AnswerRequest(question.question, Scope("sample", "someone-else"))
+    assert not extractive.pipeline.answer(other_tenant).cached
+
+
+def test_semantic_cache_matches_a_paraphrase(make_services: Callable[..., Services]) -> None:
+    services = make_services(generator="extractive", semantic_cache_threshold=0.9)
+    services.ingestor.ingest_documents(sample_documents(40), SCOPE)
+    services.pipeline.answer(AnswerRequest("What part of the Earth's atmosphere is oxygen?", SCOPE))
+    assert services.pipeline.answer(AnswerRequest("What part of Earth's atmosphere is oxygen", SCOPE)).cached
+    assert not services.pipeline.answer(AnswerRequest("Who were the Normans?", SCOPE)).cached
+
+
+def test_streaming_yields_deltas_then_the_answer(extractive: Services) -> None:
+    events = list(extractive.pipeline.stream(AnswerRequest("Who were the Normans?", SCOPE)))
+    assert isinstance(events[-1], Answer) and all(isinstance(e, str) for e in events[:-1])
+    assert "".join(str(e) for e in events[:-1]).strip() == events[-1].answer
+
+
+def test_unknown_citation_numbers_are_dropped() -> None:
+    from retrieval.documents import Hit
+
+    hits = [Hit("a", "c1", 1.0, "A.", None, None, {}), Hit("b", "c2", 0.5, "B.", None, None, {})]
+    text, citations = resolve_citations("Alpha [1]. Beta [2, 7]. Gamma [9].", hits)
+    assert text == "Alpha [1]. Beta [2]. Gamma ."
+    assert [(c.index, c.cited) for c in citations] == [(1, True), (2, True)]
