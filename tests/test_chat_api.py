@@ -79,6 +79,16 @@ def test_chat_streams_server_sent_events(server: LiveServer) -> None:
     assert final["type"] == "answer" and final["generator"] == "llamacpp" and final["citations"]
 
 
+def test_client_leaving_mid_stream_does_not_wedge_the_server(server: LiveServer) -> None:
+    payload = {"question": "Tell me about the Normans and their conquests.", "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/chat", json=payload, timeout=60) as response:
+        for line in response.iter_lines():
+            if '"type": "delta"' in line:
+                break  # hang up after the first token
+    body = httpx.post(f"{server.url}/v1/chat", json={"question": "Who were the Normans?"}, timeout=60).json()
+    assert body["answer"] and body["generator"] == "llamacpp"
+
+
 def test_openai_sdk_works_unchanged(server: LiveServer) -> None:
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
     assert [m.id for m in client.models.list()] == ["ragops"]

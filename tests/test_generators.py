@@ -69,6 +69,15 @@ def test_llamacpp_generates_and_streams(llamacpp: LlamaCppGenerator) -> None:
     assert "".join(deltas).strip() == events[-1].text == result.text  # temperature 0, seeded: same answer
 
 
+def test_llamacpp_consumer_stopping_early_does_not_wedge_the_model(llamacpp: LlamaCppGenerator) -> None:
+    stream = llamacpp.stream(request(max_tokens=64))
+    assert isinstance(next(stream), StreamDelta)
+    stream.close()  # like a client that disconnects after the first token
+    started = time.monotonic()
+    assert llamacpp.generate(request()).text
+    assert time.monotonic() - started < 20
+
+
 def test_llamacpp_deadline_is_a_timeout(llamacpp: LlamaCppGenerator) -> None:
     slow = LlamaCppGenerator.__new__(LlamaCppGenerator)
     slow.__dict__.update(llamacpp.__dict__)

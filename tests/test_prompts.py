@@ -26,9 +26,8 @@ def test_shipped_prompt_loads_and_renders_numbered_delimited_passages() -> None:
     assert [m["role"] for m in messages] == ["system", "user"]
     assert "only" in messages[0]["content"] and "do not contain the answer" in messages[0]["content"]
     user = messages[1]["content"]
-    assert '<passage number="1" title="Race">\nAlpha won.\n</passage>' in user
-    assert '<passage number="2" title="b">' in user and user.rstrip().endswith("(cite passages like [1]):")
-    assert "Question: Who won?" in user
+    assert user.startswith('Passage [1]: """Alpha won."""\nPassage [2]: """Beta."""\n')
+    assert user.endswith("Question: Who won?")
     assert "v1" in list_versions("rag_answer")
 
 

@@ -1,0 +1,65 @@
+"""The vLLM path against a real vLLM engine: the generator directly, and the whole service configured for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from prompts.loader import ModelParams, PromptPassage, load_prompt
+from serving.generation import Generation, GenerationRequest, StreamDelta
+from serving.openai_compat import OpenAICompatibleGenerator
+from tests import vllm_server
+from tests.conftest import load_sample_records
+from tests.live_server import LiveServer
+
+pytestmark = pytest.mark.skipif(not vllm_server.available(), reason="no vLLM engine: run `make vllm`")
+
+
+@pytest.fixture(scope="session")
+def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[vllm_server.VllmServer]:
+    server = vllm_server.VllmServer(tmp_path_factory.mktemp("vllm") / "vllm.log")
+    yield server
+    server.stop()
+
+
+def request() -> GenerationRequest:
+    passages = [PromptPassage(1, "paris", "Paris is the capital of France.")]
+    question = "What is the capital of France?"
+    messages = load_prompt("rag_answer", "v1").render(question, passages)
+    return GenerationRequest(messages, question, passages, ModelParams(temperature=0.0, max_tokens=24))
+
+
+def test_generator_against_vllm(vllm: vllm_server.VllmServer) -> None:
+    generator = OpenAICompatibleGenerator(vllm.base_url, vllm_server.SERVED_NAME, timeout_s=60)
+    result = generator.generate(request())
+    assert result.text and result.model == vllm_server.SERVED_NAME
+    assert result.usage.prompt_tokens > 20 and 0 < result.usage.completion_tokens <= 24
+    events = list(generator.stream(request()))
+    deltas = [e.text for e in events if isinstance(e, StreamDelta)]
+    final = events[-1]
+    assert isinstance(final, Generation) and len(deltas) > 1
+    assert "".join(deltas).strip() == final.text == result.text  # temperature 0: the same answer
+    assert final.usage.completion_tokens == result.usage.completion_tokens
+
+
+def test_service_answers_through_vllm(vllm: vllm_server.VllmServer, tmp_path: Path, models_dir: Path) -> None:
+    env = {
+        "RAGOPS_DATA_DIR": str(tmp_path / "data"),
+        "RAGOPS_MODELS_DIR": str(models_dir),
+        "RAGOPS_GENERATOR": "vllm",
+        "RAGOPS_VLLM_BASE_URL": vllm.base_url,
+        "RAGOPS_VLLM_MODEL": vllm_server.SERVED_NAME,
+    }
+    server = LiveServer(env, tmp_path / "server.log")
+    try:
+        httpx.post(f"{server.url}/v1/documents", json={"documents": load_sample_records(20)}, timeout=120)
+        body = httpx.post(
+            f"{server.url}/v1/chat", json={"question": "What part of the Earth's atmosphere is oxygen?"}, timeout=120
+        ).json()
+        assert body["generator"] == "vllm" and body["fallback"] is None and body["answer"]
+        assert body["usage"]["completion_tokens"] > 0
+    finally:
+        server.stop()
