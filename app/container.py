@@ -125,7 +125,8 @@ def build_pipeline(services: Services) -> RagPipeline:
         cache=InMemoryAnswerCache(settings.answer_cache_size, settings.semantic_cache_threshold),
         index_version=lambda: services.ingestor.version,
         abstain_below=settings.abstain_below,
-        context_sentences=settings.context_sentences,
+        # The extractive generator ranks sentences itself: compressing its context first would do it twice.
+        context_sentences=0 if primary.name == "extractive" else settings.context_sentences,
     )
 
 
