@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from prompts.loader import PromptError
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 SEARCH_MODES = ("hybrid", "dense", "sparse")
 
@@ -49,7 +51,25 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--collection")
     ask.add_argument("--tenant")
     ask.add_argument("--generator", choices=("llamacpp", "vllm", "extractive"), help="first generator of the chain")
+    ask.add_argument("--prompt", metavar="NAME[@VERSION|@LABEL]", help="prompt to answer with")
     ask.add_argument("--json", action="store_true", help="print the whole answer as JSON")
+
+    prompts = commands.add_parser("prompts", help="prompt versions and labels")
+    prompt_commands = prompts.add_subparsers(dest="prompts_command", required=True, metavar="ACTION")
+    prompt_commands.add_parser("list", help="prompts, versions and labels").add_argument("--json", action="store_true")
+    show = prompt_commands.add_parser("show", help="print a prompt version")
+    show.add_argument("ref", metavar="NAME[@VERSION|@LABEL]")
+    diff = prompt_commands.add_parser("diff", help="unified diff of two versions or labels")
+    diff.add_argument("name")
+    diff.add_argument("a")
+    diff.add_argument("b")
+    promote = prompt_commands.add_parser("promote", help="point a label at a version (releases the version)")
+    promote.add_argument("name")
+    promote.add_argument("version")
+    promote.add_argument("--label", required=True)
+    rollback = prompt_commands.add_parser("rollback", help="return a label to its previous version")
+    rollback.add_argument("name")
+    rollback.add_argument("--label", required=True)
 
     serve = commands.add_parser("serve", help="serve the HTTP API")
     serve.add_argument("--host", default="127.0.0.1")
@@ -185,7 +205,8 @@ def _ask(args: argparse.Namespace) -> int:
 
     if not args.question.strip():
         raise CliError("the question must not be blank")
-    settings = _settings(args, **({"generator": args.generator} if args.generator else {}))
+    overrides = {key: value for key in ("generator", "prompt") if (value := getattr(args, key))}
+    settings = _settings(args, **overrides)
     scope = Scope(
         _name(args.collection, settings.default_collection, "collection"),
         _name(args.tenant, settings.default_tenant, "tenant"),
@@ -193,6 +214,8 @@ def _ask(args: argparse.Namespace) -> int:
     services = _services(settings)
     try:
         answer = services.pipeline.answer(AnswerRequest(args.question.strip(), scope, settings.chat_top_k))
+    except PromptError as exc:
+        raise CliError(str(exc)) from exc
     finally:
         services.close()
     if args.json:
@@ -206,6 +229,45 @@ def _ask(args: argparse.Namespace) -> int:
     if answer.fallback:
         note += f" (fallback from {answer.fallback['from']}: {answer.fallback['reason']})"
     print(note, file=sys.stderr)
+    return EXIT_OK
+
+
+def _prompts(args: argparse.Namespace) -> int:
+    from prompts.registry import PromptRegistry
+
+    settings = _settings(args)
+    registry = PromptRegistry(settings.prompts_dir) if settings.prompts_dir else PromptRegistry()
+    try:
+        if args.prompts_command == "list":
+            listing: list[dict[str, Any]] = [
+                {
+                    "name": name,
+                    "versions": registry.versions(name),
+                    "labels": registry.labels(name),
+                    "released": sorted(registry.released(name)),
+                }
+                for name in registry.names()
+            ]
+            if args.json:
+                print(json.dumps(listing))
+            else:
+                for item in listing:
+                    labels = ", ".join(f"{label}={version}" for label, version in sorted(item["labels"].items()))
+                    print(f"{item['name']}: versions {' '.join(item['versions'])}; labels {labels or '(none)'}")
+        elif args.prompts_command == "show":
+            prompt = registry.resolve(args.ref)
+            assert prompt.path is not None
+            print(f"# {prompt.ref} (hash {prompt.content_hash})")
+            print(prompt.path.read_text(), end="")
+        elif args.prompts_command == "diff":
+            print(registry.diff(args.name, args.a, args.b), end="")
+        elif args.prompts_command == "promote":
+            prompt = registry.promote(args.name, args.version, args.label)
+            print(f"{args.name}@{args.label} -> {prompt.version} (hash {prompt.content_hash})")
+        else:
+            print(f"{args.name}@{args.label} -> {registry.rollback(args.name, args.label)}")
+    except PromptError as exc:
+        raise CliError(str(exc)) from exc
     return EXIT_OK
 
 
@@ -241,7 +303,14 @@ def _snapshot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"ingest": _ingest, "search": _search, "ask": _ask, "serve": _serve, "snapshot": _snapshot}
+_COMMANDS = {
+    "ingest": _ingest,
+    "search": _search,
+    "ask": _ask,
+    "prompts": _prompts,
+    "serve": _serve,
+    "snapshot": _snapshot,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 
 from app.settings import Settings
-from prompts.loader import load_prompt
+from prompts.registry import PromptRegistry, PromptSelector
 from retrieval.chunking import Chunker
 from retrieval.embedding import Embedder, build_embedder
 from retrieval.embedding_cache import CachedEmbedder, SqliteEmbeddingStore
@@ -116,12 +116,14 @@ def build_pipeline(services: Services) -> RagPipeline:
     primary = build_generator(settings, services.embedder)
     generators = [primary] if primary.name == "extractive" else [primary, ExtractiveGenerator(services.embedder)]
     chain = FallbackChain(generators, settings.breaker_failures, settings.breaker_cooldown_s)
-    prompt = load_prompt(settings.prompt_name, settings.prompt_version)
+    registry = PromptRegistry(settings.prompts_dir) if settings.prompts_dir else PromptRegistry()
+    canary = registry.resolve(settings.canary_prompt) if settings.canary_prompt else None
+    prompts = PromptSelector(registry.resolve(settings.prompt), canary, settings.canary_share)
     return RagPipeline(
         searcher=services.searcher,
         embedder=services.embedder,
         chain=chain,
-        prompt=lambda: prompt,
+        prompt=prompts,
         cache=InMemoryAnswerCache(settings.answer_cache_size, settings.semantic_cache_threshold),
         index_version=lambda: services.ingestor.version,
         abstain_below=settings.abstain_below,

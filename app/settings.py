@@ -69,8 +69,10 @@ class Settings(BaseSettings):
     generator: GeneratorBackend = Field(
         "llamacpp", description="First generator of the chain; the extractive generator always backs it up."
     )
-    prompt_name: str = "rag_answer"
-    prompt_version: str = "v1"
+    prompts_dir: Path | None = Field(None, description="Prompt files and registry (default: the bundled prompts/).")
+    prompt: str = Field("rag_answer@production", description="NAME[@VERSION|@LABEL] answering by default.")
+    canary_prompt: str | None = Field(None, description="e.g. rag_answer@canary; takes canary_share of users.")
+    canary_share: float = Field(0.0, ge=0, le=1, description="Share of users (sticky by user id) on the canary.")
     chat_top_k: int = Field(4, ge=1, le=20, description="Passages put in the prompt.")
     context_sentences: int = Field(
         3, ge=0, le=100, description="Keep only the N sentences that best match the question in the prompt; 0: all."

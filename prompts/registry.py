@@ -10,7 +10,7 @@ References: ``NAME`` (the production label), ``NAME@VERSION`` or ``NAME@LABEL``.
 from __future__ import annotations
 
 import difflib
-import os
+import hashlib
 import re
 import tempfile
 from dataclasses import dataclass
@@ -147,4 +147,23 @@ class PromptRegistry:
         )
         with tempfile.NamedTemporaryFile("w", dir=self.root, delete=False, suffix=".tmp") as tmp:
             tmp.write(text)
-        os.replace(tmp.name, self.path)
+        Path(tmp.name).replace(self.path)
+
+
+class PromptSelector:
+    """Which prompt answers a request: the stable one, or for a configured share of users the canary. The
+    choice hashes the user (or session) id, so a user keeps seeing the same version; anonymous requests get the
+    stable prompt."""
+
+    def __init__(self, stable: Prompt, canary: Prompt | None = None, canary_share: float = 0.0) -> None:
+        if not 0.0 <= canary_share <= 1.0:
+            raise ValueError("canary_share must be within [0, 1]")
+        self.stable = stable
+        self.canary = canary
+        self.canary_share = canary_share
+
+    def __call__(self, user: str | None = None) -> Prompt:
+        if self.canary is None or user is None or not self.canary_share:
+            return self.stable
+        bucket = int.from_bytes(hashlib.sha256(user.encode()).digest()[:8], "big") / 2**64
+        return self.canary if bucket < self.canary_share else self.stable

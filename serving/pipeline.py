@@ -87,6 +87,7 @@ class AnswerRequest:
     scope: Scope
     top_k: int = 4
     history: list[dict[str, str]] = field(default_factory=list)
+    user: str | None = None  # picks the prompt when a canary takes a share of users (sticky per user)
 
 
 def resolve_citations(text: str, hits: list[Hit]) -> tuple[str, list[Citation]]:
@@ -113,7 +114,7 @@ class RagPipeline:
         searcher: Searcher,
         embedder: CachedEmbedder,
         chain: FallbackChain,
-        prompt: Callable[[], Prompt],
+        prompt: Callable[[str | None], Prompt],
         cache: AnswerCache,
         index_version: Callable[[], int],
         abstain_below: float = 0.0,
@@ -139,7 +140,7 @@ class RagPipeline:
     def stream(self, request: AnswerRequest) -> Iterator[str | Answer]:
         """Text deltas, then the complete ``Answer`` (cached answers and abstentions come as one delta)."""
         started = time.perf_counter()
-        prompt = self._prompt()
+        prompt = self._prompt(request.user)
         query_vector = self._embedder.embed_query(request.question)
         key = CacheKey(
             normalise_question(request.question),

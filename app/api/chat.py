@@ -32,6 +32,7 @@ def answer_request(
     collection: str | None,
     top_k: int | None,
     history: list[dict[str, str]],
+    user: str | None = None,
 ) -> AnswerRequest:
     settings = services.settings
     question = question.strip()
@@ -40,13 +41,19 @@ def answer_request(
     if len(question) > settings.max_query_chars:
         raise ApiError(400, f"the question is longer than {settings.max_query_chars} characters", param="question")
     scope = Scope(collection or settings.default_collection, tenant)
-    return AnswerRequest(question, scope, top_k or settings.chat_top_k, history)
+    return AnswerRequest(question, scope, top_k or settings.chat_top_k, history, user)
 
 
 @router.post("/v1/chat", response_model=None)
 def chat(body: ChatRequest, services: ServicesDep, tenant: TenantDep) -> dict[str, Any] | StreamingResponse:
     request = answer_request(
-        services, tenant, body.question, body.collection, body.top_k, [t.model_dump() for t in body.history]
+        services,
+        tenant,
+        body.question,
+        body.collection,
+        body.top_k,
+        [t.model_dump() for t in body.history],
+        body.user,
     )
     if not body.stream:
         return services.pipeline.answer(request).to_dict()

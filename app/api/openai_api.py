@@ -45,7 +45,7 @@ def chat_completions(
     if not turns or turns[-1].role != "user":
         raise ApiError(400, "the last message must come from the user", param="messages")
     history = [{"role": m.role, "content": m.text()} for m in turns[:-1]]
-    request = answer_request(services, tenant, turns[-1].text(), body.collection, body.top_k, history)
+    request = answer_request(services, tenant, turns[-1].text(), body.collection, body.top_k, history, body.user)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     if not body.stream:

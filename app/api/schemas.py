@@ -73,6 +73,7 @@ class ChatRequest(StrictModel):
     top_k: int | None = Field(None, ge=1, le=20)
     stream: bool = False
     history: list[ChatTurn] = Field(default_factory=list, max_length=50)
+    user: str | None = Field(None, max_length=256, description="User or session id: keeps a user on one prompt.")
 
 
 class OpenAIMessage(BaseModel):
@@ -98,3 +99,4 @@ class ChatCompletionRequest(BaseModel):
     n: int | None = Field(None, ge=1, le=1)
     collection: str | None = Field(None, pattern=COLLECTION_PATTERN)
     top_k: int | None = Field(None, ge=1, le=20)
+    user: str | None = Field(None, max_length=256)
