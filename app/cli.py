@@ -1,5 +1,6 @@
 """The ``ragops`` command line. Errors are one line on stderr with an exit code:
-0 ok, 1 runtime failure, 2 bad usage or input, 3 partial (some inputs failed, the rest were processed)."""
+0 ok, 1 runtime failure (``eval gate``: a regression), 2 bad usage or input (``eval gate``: a broken run),
+3 partial (some inputs failed, the rest were processed)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,21 @@ def _parser() -> argparse.ArgumentParser:
     rollback = prompt_commands.add_parser("rollback", help="return a label to its previous version")
     rollback.add_argument("name")
     rollback.add_argument("--label", required=True)
+
+    evals = commands.add_parser("eval", help="run eval suites and gate prompt changes")
+    eval_commands = evals.add_subparsers(dest="eval_command", required=True, metavar="ACTION")
+    run = eval_commands.add_parser("run", help="run a suite: results.json under --out")
+    run.add_argument("suite", type=Path)
+    run.add_argument("--prompt", metavar="NAME[@VERSION|@LABEL]", help="default: the suite's prompt")
+    run.add_argument("--generator", choices=("llamacpp", "vllm", "extractive"), help="default: the suite's")
+    run.add_argument("--out", type=Path, help="directory for results.json (default: DATA_DIR/evals/...)")
+    run.add_argument("--json", action="store_true", help="print the aggregate as JSON")
+    gate = eval_commands.add_parser("gate", help="candidate vs baseline: exit 0 pass, 1 regression, 2 broken")
+    gate.add_argument("suite", type=Path)
+    gate.add_argument("--baseline", required=True, help="a results.json, or a prompt reference to run")
+    gate.add_argument("--candidate", metavar="NAME[@VERSION|@LABEL]", help="default: the suite's prompt")
+    gate.add_argument("--generator", choices=("llamacpp", "vllm", "extractive"), help="default: the suite's")
+    gate.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
     serve = commands.add_parser("serve", help="serve the HTTP API")
     serve.add_argument("--host", default="127.0.0.1")
@@ -271,6 +287,61 @@ def _prompts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _eval_run(args: argparse.Namespace, suite: Any, prompt: str | None) -> dict[str, Any]:
+    """Run ``suite`` with ``prompt`` (default: the suite's), its own services, closed afterwards."""
+    from tqdm import tqdm
+
+    from evals.runner import run_suite
+
+    settings = _settings(
+        args, prompt=prompt or suite.prompt, generator=args.generator or suite.generator, canary_prompt=None
+    )
+    services = _services(settings)
+    try:
+        results, stats = run_suite(suite, services, lambda total: tqdm(total=total, unit="sample", desc=suite.name))
+    finally:
+        services.close()
+    print(
+        f"{suite.name}: {stats.samples} samples ({stats.cached} from cache) in {stats.seconds:.1f}s "
+        f"with {results['prompt']['ref']} on {results['generator']}",
+        file=sys.stderr,
+    )
+    return results
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from evals.gate import REGRESSION, compare, verdict_table
+    from evals.suite import SuiteError, load_suite
+
+    try:
+        suite = load_suite(args.suite)
+        if args.eval_command == "run":
+            results = _eval_run(args, suite, args.prompt)
+            out = args.out or _settings(args).data_dir / "evals" / (
+                f"{suite.name}-{results['prompt']['version']}-{results['generator']}"
+            )
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "results.json").write_text(json.dumps(results, indent=1))
+            if args.json:
+                print(json.dumps({"results": str(out / "results.json"), "aggregate": results["aggregate"]}))
+            else:
+                for metric, summary in results["aggregate"].items():
+                    print(f"{metric}: {summary['mean']} (n={summary['n']}, excluded={summary['excluded']})")
+                print(f"results: {out / 'results.json'}")
+            return EXIT_OK
+        baseline_path = Path(args.baseline)
+        if baseline_path.is_file():
+            baseline = json.loads(baseline_path.read_text())
+        else:
+            baseline = _eval_run(args, suite, args.baseline)
+        candidate = _eval_run(args, suite, args.candidate)
+    except (SuiteError, PromptError, json.JSONDecodeError, KeyError) as exc:
+        raise CliError(f"broken eval run: {exc}") from exc
+    verdicts = compare(baseline, candidate, suite, seed=args.seed)
+    print(verdict_table(verdicts, baseline["prompt"]["ref"], candidate["prompt"]["ref"]))
+    return EXIT_FAILURE if any(v.verdict == REGRESSION for v in verdicts) else EXIT_OK
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -308,6 +379,7 @@ _COMMANDS = {
     "search": _search,
     "ask": _ask,
     "prompts": _prompts,
+    "eval": _eval,
     "serve": _serve,
     "snapshot": _snapshot,
 }

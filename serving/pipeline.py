@@ -129,6 +129,10 @@ class RagPipeline:
         self._abstain_below = abstain_below
         self._context_sentences = context_sentences
 
+    def prompt_for(self, user: str | None = None) -> Prompt:
+        """The prompt version that answers this user."""
+        return self._prompt(user)
+
     def answer(self, request: AnswerRequest) -> Answer:
         result: Answer | None = None
         for event in self.stream(request):

@@ -1,0 +1,1 @@
+"""Eval suites: datasets, metrics, the runner and the regression gate."""

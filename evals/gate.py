@@ -1,0 +1,109 @@
+"""The regression gate: a candidate run against a baseline run of the same suite, metric by metric.
+
+Small models are noisy, so a regression is judged on the paired per-sample differences (candidate minus
+baseline, on the samples both scored) with a seeded bootstrap confidence interval of their mean. A metric
+regresses when the change is both real and large: the interval lies wholly below zero (worse beyond noise)
+and the mean difference is below ``-tolerance`` (worse by more than the suite accepts); or when the
+candidate's mean falls under the metric's absolute ``threshold``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from evals.suite import Suite
+
+PASS, REGRESSION = "pass", "regression"
+
+
+@dataclass(frozen=True)
+class MetricVerdict:
+    metric: str
+    baseline: float | None
+    candidate: float | None
+    difference: float | None
+    ci_low: float | None
+    ci_high: float | None
+    pairs: int
+    threshold: float | None
+    tolerance: float
+    verdict: str
+    reason: str
+
+
+def bootstrap_interval(
+    differences: list[float], seed: int = 0, resamples: int = 2000, confidence: float = 0.95
+) -> tuple[float, float]:
+    rng = random.Random(seed)
+    n = len(differences)
+    means = sorted(sum(rng.choices(differences, k=n)) / n for _ in range(resamples))
+    tail = (1 - confidence) / 2
+    return means[int(tail * resamples)], means[min(resamples - 1, int((1 - tail) * resamples))]
+
+
+def compare(baseline: dict[str, Any], candidate: dict[str, Any], suite: Suite, seed: int = 0) -> list[MetricVerdict]:
+    base_rows = {row["id"]: row for row in baseline["samples"]}
+    verdicts = []
+    for metric, spec in suite.metrics.items():
+        pairs = [
+            (base_rows[row["id"]]["metrics"].get(metric), row["metrics"].get(metric))
+            for row in candidate["samples"]
+            if row["id"] in base_rows
+        ]
+        scored = [(b, c) for b, c in pairs if b is not None and c is not None]
+        candidate_mean = candidate["aggregate"].get(metric, {}).get("mean")
+        baseline_mean = baseline["aggregate"].get(metric, {}).get("mean")
+        difference = ci_low = ci_high = None
+        verdict, reason = PASS, "within tolerance"
+        if scored:
+            differences = [c - b for b, c in scored]
+            difference = sum(differences) / len(differences)
+            ci_low, ci_high = bootstrap_interval(differences, seed)
+            if ci_high < 0 and difference < -spec.tolerance:
+                verdict, reason = REGRESSION, f"worse by more than {spec.tolerance}, 95% CI below 0"
+        else:
+            reason = "no sample scored by both runs"
+        if spec.threshold is not None and (candidate_mean is None or candidate_mean < spec.threshold):
+            verdict, reason = REGRESSION, f"mean below threshold {spec.threshold}"
+        verdicts.append(
+            MetricVerdict(
+                metric,
+                baseline_mean,
+                candidate_mean,
+                difference,
+                ci_low,
+                ci_high,
+                len(scored),
+                spec.threshold,
+                spec.tolerance,
+                verdict,
+                reason,
+            )
+        )
+    return verdicts
+
+
+def verdict_table(verdicts: list[MetricVerdict], baseline_ref: str, candidate_ref: str) -> str:
+    """A Markdown table (it reads in a terminal and renders as a CI job summary)."""
+
+    def number(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    lines = [
+        f"Gate: candidate {candidate_ref} vs baseline {baseline_ref}",
+        "",
+        "| metric | baseline | candidate | diff | 95% CI | pairs | threshold | tolerance | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in verdicts:
+        interval = "n/a" if v.ci_low is None else f"[{v.ci_low:+.3f}, {v.ci_high:+.3f}]"
+        lines.append(
+            f"| {v.metric} | {number(v.baseline)} | {number(v.candidate)} | "
+            f"{'n/a' if v.difference is None else f'{v.difference:+.3f}'} | {interval} | {v.pairs} | "
+            f"{number(v.threshold)} | {v.tolerance} | **{v.verdict}**: {v.reason} |"
+        )
+    overall = REGRESSION if any(v.verdict == REGRESSION for v in verdicts) else PASS
+    lines += ["", f"Overall: **{overall.upper()}**"]
+    return "\n".join(lines)

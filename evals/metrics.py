@@ -1,0 +1,114 @@
+"""Deterministic answer metrics. Each returns a float in [0, 1], or None when it does not apply to the sample
+(a "not applicable" is left out of means, never counted as 0 or 1)."""
+
+from __future__ import annotations
+
+import collections
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from serving.generation import NOT_IN_DOCUMENTS
+
+_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalise(text: str) -> str:
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def strip_citations(answer: str) -> str:
+    return _CITATION.sub("", answer).strip()
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    question: str
+    answers: tuple[str, ...] = ()
+    reference_doc_ids: tuple[str, ...] = ()
+    expected: str = "answer"  # answer | abstain | refuse
+
+
+def exact_match(sample: Sample, result: dict[str, Any]) -> float | None:
+    if sample.expected != "answer" or not sample.answers:
+        return None
+    prediction = normalise(strip_citations(result["answer"]))
+    return float(any(prediction == normalise(a) for a in sample.answers))
+
+
+def token_f1(sample: Sample, result: dict[str, Any]) -> float | None:
+    if sample.expected != "answer" or not sample.answers:
+        return None
+    predicted = normalise(strip_citations(result["answer"])).split()
+    best = 0.0
+    for answer in sample.answers:
+        gold = normalise(answer).split()
+        common = sum((collections.Counter(predicted) & collections.Counter(gold)).values())
+        if common:
+            precision, recall = common / len(predicted), common / len(gold)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+def contains_answer(sample: Sample, result: dict[str, Any]) -> float | None:
+    if sample.expected != "answer" or not sample.answers:
+        return None
+    prediction = normalise(result["answer"])
+    return float(any(normalise(a) in prediction for a in sample.answers))
+
+
+def citation_accuracy(sample: Sample, result: dict[str, Any]) -> float | None:
+    """A chunk the answer cites contains a gold answer (or, without answers, is a reference document)."""
+    if sample.expected != "answer":
+        return None
+    cited = [c for c in result["citations"] if c["cited"]]
+    if sample.answers:
+        return float(any(normalise(a) in normalise(c["text"]) for c in cited for a in sample.answers))
+    if sample.reference_doc_ids:
+        return float(any(c["doc_id"] in sample.reference_doc_ids for c in cited))
+    return None
+
+
+def citation_format(sample: Sample, result: dict[str, Any]) -> float | None:
+    """An answer cites at least one passage, and every [n] in it points at a listed citation."""
+    if sample.expected != "answer" or result.get("abstained"):
+        return None
+    numbers = {int(n) for group in _CITATION.findall(result["answer"]) for n in re.split(r"\s*,\s*", group)}
+    listed = {c["index"] for c in result["citations"]}
+    return float(bool(numbers) and numbers <= listed)
+
+
+def abstained_when_expected(sample: Sample, result: dict[str, Any]) -> float | None:
+    """Abstains on what it should (unanswerable), answers what it should: 1 when behaviour matches."""
+    abstained = bool(result.get("abstained")) or NOT_IN_DOCUMENTS.lower() in result["answer"].lower()
+    if sample.expected == "abstain":
+        return float(abstained)
+    if sample.expected == "answer":
+        return float(not abstained)
+    return None
+
+
+def retrieval_recall(sample: Sample, result: dict[str, Any]) -> float | None:
+    """Share of the reference documents among the retrieved passages (context recall with reference)."""
+    if not sample.reference_doc_ids:
+        return None
+    retrieved = {c["doc_id"] for c in result["citations"]}
+    return sum(doc in retrieved for doc in sample.reference_doc_ids) / len(sample.reference_doc_ids)
+
+
+Metric = Callable[[Sample, dict[str, Any]], float | None]
+METRICS: dict[str, Metric] = {
+    "exact_match": exact_match,
+    "token_f1": token_f1,
+    "contains_answer": contains_answer,
+    "citation_accuracy": citation_accuracy,
+    "citation_format": citation_format,
+    "abstained_when_expected": abstained_when_expected,
+    "retrieval_recall": retrieval_recall,
+}
