@@ -355,18 +355,18 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _snapshot(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    if settings.qdrant_url is not None:
-        raise CliError("snapshots cover the embedded index; use Qdrant's own snapshots for a server")
-    services = _services(settings)
-    from retrieval.index import IndexUnavailableError
+    from retrieval.index import IndexUnavailableError, SnapshotIndex
 
+    services = _services(_settings(args))
     try:
+        index = services.index
+        if not isinstance(index, SnapshotIndex):
+            raise CliError("snapshots cover the embedded index; use Qdrant's own snapshots for a server")
         if args.snapshot_command == "create":
-            print(services.index.snapshot(args.file))
+            print(index.snapshot(args.file))
         else:
-            services.index.restore(args.file)
-            print(f"restored {args.file}: {services.index.count()} points")
+            index.restore(args.file)
+            print(f"restored {args.file}: {index.count()} points")
     except IndexUnavailableError as exc:
         raise CliError(str(exc), EXIT_FAILURE) from exc
     finally:

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -111,6 +111,7 @@ class VectorIndex(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
 class SnapshotIndex(VectorIndex, Protocol):
     """An index that can write its whole state to one file and come back from it."""
 

@@ -7,7 +7,7 @@ import pytest
 
 from app.container import Services
 from retrieval.documents import Document, Section
-from retrieval.index import IndexUnavailableError, Scope, SearchFilter
+from retrieval.index import IndexUnavailableError, Scope, SearchFilter, SnapshotIndex
 from tests.conftest import sample_documents, sample_questions
 
 SCOPE = Scope("sample", "default")
@@ -86,16 +86,18 @@ def test_index_persists_across_restart(make_services: Callable[..., Services], i
 
 def test_snapshot_and_restore(make_services: Callable[..., Services], tmp_path: Path) -> None:
     services = make_services()
+    index = services.index
+    assert isinstance(index, SnapshotIndex)
     services.ingestor.ingest_documents([Document("keep", (Section("Snapshot me."),))], SCOPE)
-    snapshot = services.index.snapshot(tmp_path / "snap.tar.gz")  # type: ignore[attr-defined]
+    snapshot = index.snapshot(tmp_path / "snap.tar.gz")
     services.ingestor.ingest_documents([Document("later", (Section("Added after the snapshot."),))], SCOPE)
     assert services.index.count(SCOPE) == 2
-    services.index.restore(snapshot)  # type: ignore[attr-defined]
+    index.restore(snapshot)
     assert set(services.index.document_hashes(SCOPE)) == {"keep"}
     assert services.searcher.search("snapshot", SCOPE).hits[0].doc_id == "keep"
     (tmp_path / "junk.tar.gz").write_bytes(b"not a tarball")
     with pytest.raises(IndexUnavailableError, match="not a ragops snapshot"):
-        services.index.restore(tmp_path / "junk.tar.gz")  # type: ignore[attr-defined]
+        index.restore(tmp_path / "junk.tar.gz")
     assert set(services.index.document_hashes(SCOPE)) == {"keep"}  # a bad snapshot changes nothing
 
 
