@@ -18,7 +18,7 @@ from tests.live_server import LiveServer
 pytestmark = pytest.mark.skipif(not vllm_server.available(), reason="no vLLM engine: run `make vllm`")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[vllm_server.VllmServer]:
     server = vllm_server.VllmServer(tmp_path_factory.mktemp("vllm") / "vllm.log")
     yield server
@@ -61,5 +61,31 @@ def test_service_answers_through_vllm(vllm: vllm_server.VllmServer, tmp_path: Pa
         ).json()
         assert body["generator"] == "vllm" and body["fallback"] is None and body["answer"]
         assert body["usage"]["completion_tokens"] > 0
+    finally:
+        server.stop()
+
+
+def test_vllm_stopped_mid_run_falls_back(vllm: vllm_server.VllmServer, tmp_path: Path, models_dir: Path) -> None:
+    """Runs last in this module: it stops the engine."""
+    env = {
+        "RAGOPS_DATA_DIR": str(tmp_path / "data"),
+        "RAGOPS_MODELS_DIR": str(models_dir),
+        "RAGOPS_GENERATOR": "vllm",
+        "RAGOPS_VLLM_BASE_URL": vllm.base_url,
+        "RAGOPS_VLLM_MODEL": vllm_server.SERVED_NAME,
+        "RAGOPS_VLLM_MAX_RETRIES": "0",
+        "RAGOPS_BREAKER_FAILURES": "2",
+    }
+    server = LiveServer(env, tmp_path / "server.log")
+    try:
+        records = load_sample_records(20)
+        httpx.post(f"{server.url}/v1/documents", json={"documents": records}, timeout=120)
+        first = httpx.post(f"{server.url}/v1/chat", json={"question": "Who were the Normans?"}, timeout=120).json()
+        assert first["generator"] == "vllm"
+        vllm.stop()
+        questions = [" ".join(record["text"].split()[:12]) for record in records[1:4]]  # surely answerable
+        bodies = [httpx.post(f"{server.url}/v1/chat", json={"question": q}, timeout=60).json() for q in questions]
+        assert all(b["generator"] == "extractive" and b["answer"] for b in bodies)
+        assert [b["fallback"]["reason"].split(":")[0] for b in bodies] == ["connection", "connection", "circuit_open"]
     finally:
         server.stop()

@@ -41,6 +41,8 @@ def answer_request(
     if len(question) > settings.max_query_chars:
         raise ApiError(400, f"the question is longer than {settings.max_query_chars} characters", param="question")
     scope = Scope(collection or settings.default_collection, tenant)
+    if services.index.count(scope) == 0:
+        raise ApiError(404, f"collection {scope.collection!r} has no documents", param="collection")
     return AnswerRequest(question, scope, top_k or settings.chat_top_k, history, user)
 
 
