@@ -18,7 +18,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-SearchMode = Literal["hybrid", "dense", "sparse"]
+from retrieval.index import FusionParams, SearchMode
+
 EmbedderBackend = Literal["onnx", "torch"]
 GeneratorBackend = Literal["llamacpp", "vllm", "extractive"]
 
@@ -53,11 +54,13 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = None
     qdrant_collection: str = Field("ragops", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     # Tuned with bench/retrieval.py on Disfl-QA questions 4000-4999 (the README reports questions 0-1999).
-    rrf_k: int = Field(2, ge=1, description="Reciprocal-rank-fusion constant of hybrid search (Qdrant's default).")
+    rrf_k: int = Field(FusionParams.rrf_k, ge=1, description="Reciprocal-rank-fusion constant of hybrid search.")
     rrf_weights: tuple[float, float] = Field(
-        (1.0, 1.5), description="Weights of the dense and the BM25 ranking in the fusion."
+        FusionParams.weights, description="Weights of the dense and the BM25 ranking in the fusion."
     )
-    prefetch_limit: int = Field(50, ge=1, le=1000, description="Candidates each retriever feeds the fusion.")
+    prefetch_limit: int = Field(
+        FusionParams.prefetch_limit, ge=1, le=1000, description="Candidates each retriever feeds the fusion."
+    )
 
     # Search defaults
     default_collection: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")

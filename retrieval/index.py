@@ -60,6 +60,7 @@ class SearchFilter:
 class FusionParams:
     """How hybrid search fuses its two rankings: weighted reciprocal-rank fusion over prefetched candidates."""
 
+    # Tuned with bench/retrieval.py on Disfl-QA questions 4000-4999 (k=2 is also Qdrant's default).
     rrf_k: int = 2
     weights: tuple[float, float] = (1.0, 1.5)  # dense, BM25
     prefetch_limit: int = 50
