@@ -45,15 +45,21 @@ def test_generator_against_vllm(vllm: vllm_server.VllmServer) -> None:
     assert final.usage.completion_tokens == result.usage.completion_tokens
 
 
-def test_service_answers_through_vllm(vllm: vllm_server.VllmServer, tmp_path: Path, models_dir: Path) -> None:
-    env = {
+def serve_with_vllm(vllm: vllm_server.VllmServer, tmp_path: Path, models_dir: Path, **env: str) -> LiveServer:
+    """A ``ragops serve`` whose first generator is the vLLM engine."""
+    settings = {
         "RAGOPS_DATA_DIR": str(tmp_path / "data"),
         "RAGOPS_MODELS_DIR": str(models_dir),
         "RAGOPS_GENERATOR": "vllm",
         "RAGOPS_VLLM_BASE_URL": vllm.base_url,
         "RAGOPS_VLLM_MODEL": vllm_server.SERVED_NAME,
+        **env,
     }
-    server = LiveServer(env, tmp_path / "server.log")
+    return LiveServer(settings, tmp_path / "server.log")
+
+
+def test_service_answers_through_vllm(vllm: vllm_server.VllmServer, tmp_path: Path, models_dir: Path) -> None:
+    server = serve_with_vllm(vllm, tmp_path, models_dir)
     try:
         httpx.post(f"{server.url}/v1/documents", json={"documents": load_sample_records(20)}, timeout=120)
         body = httpx.post(
@@ -67,16 +73,7 @@ def test_service_answers_through_vllm(vllm: vllm_server.VllmServer, tmp_path: Pa
 
 def test_vllm_stopped_mid_run_falls_back(vllm: vllm_server.VllmServer, tmp_path: Path, models_dir: Path) -> None:
     """Runs last in this module: it stops the engine."""
-    env = {
-        "RAGOPS_DATA_DIR": str(tmp_path / "data"),
-        "RAGOPS_MODELS_DIR": str(models_dir),
-        "RAGOPS_GENERATOR": "vllm",
-        "RAGOPS_VLLM_BASE_URL": vllm.base_url,
-        "RAGOPS_VLLM_MODEL": vllm_server.SERVED_NAME,
-        "RAGOPS_VLLM_MAX_RETRIES": "0",
-        "RAGOPS_BREAKER_FAILURES": "2",
-    }
-    server = LiveServer(env, tmp_path / "server.log")
+    server = serve_with_vllm(vllm, tmp_path, models_dir, RAGOPS_VLLM_MAX_RETRIES="0", RAGOPS_BREAKER_FAILURES="2")
     try:
         records = load_sample_records(20)
         httpx.post(f"{server.url}/v1/documents", json={"documents": records}, timeout=120)
