@@ -9,14 +9,17 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
+from app.settings import GeneratorBackend
 from prompts.loader import PromptError
+from retrieval.index import Scope, SearchMode
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
-SEARCH_MODES = ("hybrid", "dense", "sparse")
+SEARCH_MODES = get_args(SearchMode)
+GENERATORS = get_args(GeneratorBackend)
 
 
 class CliError(Exception):
@@ -51,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     ask.add_argument("--collection")
     ask.add_argument("--tenant")
-    ask.add_argument("--generator", choices=("llamacpp", "vllm", "extractive"), help="first generator of the chain")
+    ask.add_argument("--generator", choices=GENERATORS, help="first generator of the chain")
     ask.add_argument("--prompt", metavar="NAME[@VERSION|@LABEL]", help="prompt to answer with")
     ask.add_argument("--json", action="store_true", help="print the whole answer as JSON")
 
@@ -77,14 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     run = eval_commands.add_parser("run", help="run a suite: results.json under --out")
     run.add_argument("suite", type=Path)
     run.add_argument("--prompt", metavar="NAME[@VERSION|@LABEL]", help="default: the suite's prompt")
-    run.add_argument("--generator", choices=("llamacpp", "vllm", "extractive"), help="default: the suite's")
+    run.add_argument("--generator", choices=GENERATORS, help="default: the suite's")
     run.add_argument("--out", type=Path, help="directory for results.json (default: DATA_DIR/evals/...)")
     run.add_argument("--json", action="store_true", help="print the aggregate as JSON")
     gate = eval_commands.add_parser("gate", help="candidate vs baseline: exit 0 pass, 1 regression, 2 broken")
     gate.add_argument("suite", type=Path)
     gate.add_argument("--baseline", required=True, help="a results.json, or a prompt reference to run")
     gate.add_argument("--candidate", metavar="NAME[@VERSION|@LABEL]", help="default: the suite's prompt")
-    gate.add_argument("--generator", choices=("llamacpp", "vllm", "extractive"), help="default: the suite's")
+    gate.add_argument("--generator", choices=GENERATORS, help="default: the suite's")
     gate.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
     serve = commands.add_parser("serve", help="serve the HTTP API")
@@ -123,25 +126,27 @@ def _services(settings: Any) -> Any:
         raise CliError(str(exc), EXIT_FAILURE) from exc
 
 
-def _name(value: str | None, default: str, what: str) -> str:
+def _scope(args: argparse.Namespace, settings: Any) -> Scope:
+    """The (collection, tenant) of ``--collection`` and ``--tenant``, or the settings' defaults."""
     import re
 
-    name = value or default
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
-        raise CliError(f"{what} must be 1-64 letters, digits, '.', '_' or '-': {name!r}")
-    return name
+    names = []
+    for what, value, default in (
+        ("collection", args.collection, settings.default_collection),
+        ("tenant", args.tenant, settings.default_tenant),
+    ):
+        name = value or default
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            raise CliError(f"{what} must be 1-64 letters, digits, '.', '_' or '-': {name!r}")
+        names.append(name)
+    return Scope(*names)
 
 
 def _ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from retrieval.index import Scope
-
     settings = _settings(args)
-    scope = Scope(
-        _name(args.collection, settings.default_collection, "collection"),
-        _name(args.tenant, settings.default_tenant, "tenant"),
-    )
+    scope = _scope(args, settings)
     services = _services(settings)
     try:
 
@@ -180,8 +185,6 @@ def _read_queries(path: Path) -> list[tuple[str, str]]:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from retrieval.index import Scope
-
     if (args.query is None) == (args.queries is None):
         raise CliError("give a QUERY or --queries FILE.jsonl (not both)")
     if args.query is not None and not args.query.strip():
@@ -190,10 +193,7 @@ def _search(args: argparse.Namespace) -> int:
         raise CliError("-k must be between 1 and 100")
     queries = [("query", args.query)] if args.query is not None else _read_queries(args.queries)
     settings = _settings(args)
-    scope = Scope(
-        _name(args.collection, settings.default_collection, "collection"),
-        _name(args.tenant, settings.default_tenant, "tenant"),
-    )
+    scope = _scope(args, settings)
     top_k, mode = args.top_k or settings.default_top_k, args.mode or settings.default_mode
     services = _services(settings)
     try:
@@ -216,17 +216,13 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from retrieval.index import Scope
     from serving.pipeline import AnswerRequest
 
     if not args.question.strip():
         raise CliError("the question must not be blank")
     overrides = {key: value for key in ("generator", "prompt") if (value := getattr(args, key))}
     settings = _settings(args, **overrides)
-    scope = Scope(
-        _name(args.collection, settings.default_collection, "collection"),
-        _name(args.tenant, settings.default_tenant, "tenant"),
-    )
+    scope = _scope(args, settings)
     services = _services(settings)
     try:
         answer = services.pipeline.answer(AnswerRequest(args.question.strip(), scope, settings.chat_top_k))

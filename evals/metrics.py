@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from serving.generation import NOT_IN_DOCUMENTS
+from serving.pipeline import CITATION, citation_numbers
 
-_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 _PUNCTUATION = set(string.punctuation)
 
 
@@ -23,7 +23,7 @@ def normalise(text: str) -> str:
 
 
 def strip_citations(answer: str) -> str:
-    return _CITATION.sub("", answer).strip()
+    return CITATION.sub("", answer).strip()
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def citation_format(sample: Sample, result: dict[str, Any]) -> float | None:
     """An answer cites at least one passage, and every [n] in it points at a listed citation."""
     if sample.expected != "answer" or result.get("abstained"):
         return None
-    numbers = {int(n) for group in _CITATION.findall(result["answer"]) for n in re.split(r"\s*,\s*", group)}
+    numbers = {n for group in CITATION.findall(result["answer"]) for n in citation_numbers(group)}
     listed = {c["index"] for c in result["citations"]}
     return float(bool(numbers) and numbers <= listed)
 

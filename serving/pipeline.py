@@ -22,7 +22,12 @@ from serving.fallback import ChainDelta, ChainResult, FallbackChain
 from serving.generation import NOT_IN_DOCUMENTS, GenerationRequest, GeneratorError, Usage
 from serving.sentences import compress_passages
 
-_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")  # [1] or [1, 3]
+
+
+def citation_numbers(marker_body: str) -> list[int]:
+    """The numbers inside one citation marker's brackets."""
+    return [int(n) for n in re.split(r"\s*,\s*", marker_body)]
 
 
 @dataclass(frozen=True)
@@ -96,12 +101,12 @@ def resolve_citations(text: str, hits: list[Hit]) -> tuple[str, list[Citation]]:
     cited: set[int] = set()
 
     def keep(match: re.Match[str]) -> str:
-        numbers = [int(n) for n in re.split(r"\s*,\s*", match.group(1))]
+        numbers = citation_numbers(match.group(1))
         kept = [n for n in numbers if n in valid]
         cited.update(kept)
         return "[" + ", ".join(map(str, kept)) + "]" if kept else ""
 
-    cleaned = re.sub(r"[ \t]{2,}", " ", _CITATION.sub(keep, text)).strip()
+    cleaned = re.sub(r"[ \t]{2,}", " ", CITATION.sub(keep, text)).strip()
     citations = [
         Citation(i, h.doc_id, h.chunk_id, h.title, h.source, h.text, h.score, i in cited) for i, h in enumerate(hits, 1)
     ]

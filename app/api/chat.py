@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import ServicesDep, TenantDep
+from app.api.deps import ServicesDep, TenantDep, require_text
 from app.api.errors import ApiError
 from app.api.schemas import ChatRequest
 from app.container import Services
@@ -35,11 +35,7 @@ def answer_request(
     user: str | None = None,
 ) -> AnswerRequest:
     settings = services.settings
-    question = question.strip()
-    if not question:
-        raise ApiError(400, "the question must not be blank", param="question")
-    if len(question) > settings.max_query_chars:
-        raise ApiError(400, f"the question is longer than {settings.max_query_chars} characters", param="question")
+    question = require_text(question, services, "question")
     scope = Scope(collection or settings.default_collection, tenant)
     if services.index.count(scope) == 0:
         raise ApiError(404, f"collection {scope.collection!r} has no documents", param="collection")

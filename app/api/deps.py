@@ -47,3 +47,14 @@ def get_tenant(
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]
+
+
+def require_text(text: str, services: Services, param: str) -> str:
+    """A query or question: stripped, not blank, within the configured length."""
+    text = text.strip()
+    limit = services.settings.max_query_chars
+    if not text:
+        raise ApiError(400, f"{param} must not be blank", param=param)
+    if len(text) > limit:
+        raise ApiError(400, f"{param} is longer than {limit} characters", param=param)
+    return text

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import ServicesDep, TenantDep
-from app.api.errors import ApiError
+from app.api.deps import ServicesDep, TenantDep, require_text
 from app.api.schemas import HitBody, SearchRequest, SearchResponse
 from retrieval.index import Scope, SearchFilter
 
@@ -13,11 +12,7 @@ router = APIRouter(tags=["search"])
 @router.post("/v1/search")
 def search(body: SearchRequest, services: ServicesDep, tenant: TenantDep) -> SearchResponse:
     settings = services.settings
-    query = body.query.strip()
-    if not query:
-        raise ApiError(400, "query must not be blank", param="query")
-    if len(query) > settings.max_query_chars:
-        raise ApiError(400, f"query is longer than {settings.max_query_chars} characters", param="query")
+    query = require_text(body.query, services, "query")
     collection = body.collection or settings.default_collection
     mode = body.mode or settings.default_mode
     search_filter = (
