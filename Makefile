@@ -71,6 +71,7 @@ test: setup browser vllm
 bench: setup
 	$(PY) bench/retrieval.py --out bench/results/retrieval.json
 	$(PY) bench/answer.py --out bench/results/answer.json
+	$(PY) bench/evals.py --out bench/results/evals.json
 
 clean:
 	rm -rf .ragops .pytest_cache .mypy_cache .ruff_cache

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,14 +82,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("suite", type=Path)
     run.add_argument("--prompt", metavar="NAME[@VERSION|@LABEL]", help="default: the suite's prompt")
     run.add_argument("--generator", choices=GENERATORS, help="default: the suite's")
-    run.add_argument("--out", type=Path, help="directory for results.json (default: DATA_DIR/evals/...)")
+    run.add_argument("--out", type=Path, help="directory for results.json and report.html (default: under DATA_DIR)")
+    run.add_argument("--baseline", type=Path, metavar="RESULTS_JSON", help="a run to diff against in the report")
     run.add_argument("--json", action="store_true", help="print the aggregate as JSON")
+    run.add_argument("--upload", action="store_true", help="upload the run to LangSmith (needs LANGSMITH_API_KEY)")
     gate = eval_commands.add_parser("gate", help="candidate vs baseline: exit 0 pass, 1 regression, 2 broken")
     gate.add_argument("suite", type=Path)
     gate.add_argument("--baseline", required=True, help="a results.json, or a prompt reference to run")
     gate.add_argument("--candidate", metavar="NAME[@VERSION|@LABEL]", help="default: the suite's prompt")
     gate.add_argument("--generator", choices=GENERATORS, help="default: the suite's")
     gate.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    gate.add_argument("--out", type=Path, help="directory for the candidate's results.json and report.html")
 
     serve = commands.add_parser("serve", help="serve the HTTP API")
     serve.add_argument("--host", default="127.0.0.1")
@@ -305,6 +309,26 @@ def _eval_run(args: argparse.Namespace, suite: Any, prompt: str | None) -> dict[
     return results
 
 
+def _read_results(path: Path) -> dict[str, Any]:
+    try:
+        results: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{path} is not a results.json: {exc}") from exc
+    if not isinstance(results, dict) or not {"samples", "aggregate", "prompt"} <= set(results):
+        raise CliError(f"{path} is not a results.json (no samples, aggregate or prompt)")
+    return results
+
+
+def _write_run(out: Path, results: dict[str, Any], baseline: dict[str, Any] | None) -> Path:
+    from evals.report import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    return write_report(out / "report.html", results, baseline)
+
+
 def _eval(args: argparse.Namespace) -> int:
     from evals.gate import REGRESSION, compare, verdict_table
     from evals.suite import SuiteError, load_suite
@@ -312,30 +336,55 @@ def _eval(args: argparse.Namespace) -> int:
     try:
         suite = load_suite(args.suite)
         if args.eval_command == "run":
+            baseline = _read_results(args.baseline) if args.baseline else None
+            if args.upload and not os.environ.get("LANGSMITH_API_KEY"):
+                raise CliError("--upload needs LANGSMITH_API_KEY (and LANGSMITH_ENDPOINT for a self-hosted LangSmith)")
             results = _eval_run(args, suite, args.prompt)
             out = args.out or _settings(args).data_dir / "evals" / (
                 f"{suite.name}-{results['prompt']['version']}-{results['generator']}"
             )
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "results.json").write_text(json.dumps(results, indent=1))
+            report = _write_run(out, results, baseline)
+            uploaded = _upload(results) if args.upload else None
             if args.json:
-                print(json.dumps({"results": str(out / "results.json"), "aggregate": results["aggregate"]}))
+                print(json.dumps({"results": str(out / "results.json"), "report": str(report),
+                                  "langsmith": uploaded, "aggregate": results["aggregate"]}))  # fmt: skip
             else:
                 for metric, summary in results["aggregate"].items():
-                    print(f"{metric}: {summary['mean']} (n={summary['n']}, excluded={summary['excluded']})")
-                print(f"results: {out / 'results.json'}")
+                    print(
+                        f"{metric}: {summary['mean']} (n={summary['n']}, not applicable={summary['not_applicable']}, "
+                        f"failed={summary['failed']})"
+                    )
+                print(f"results: {out / 'results.json'}\nreport: {report}")
+                if uploaded:
+                    print(f"langsmith: experiment {uploaded['experiment']}")
             return EXIT_OK
+        if (args.generator or suite.generator) == "extractive":
+            raise CliError("the gate judges prompts through a model; the extractive generator ignores prompts")
         baseline_path = Path(args.baseline)
-        if baseline_path.is_file():
-            baseline = json.loads(baseline_path.read_text())
-        else:
-            baseline = _eval_run(args, suite, args.baseline)
+        baseline = _read_results(baseline_path) if baseline_path.is_file() else _eval_run(args, suite, args.baseline)
         candidate = _eval_run(args, suite, args.candidate)
-    except (SuiteError, PromptError, json.JSONDecodeError, KeyError) as exc:
+    except (SuiteError, PromptError) as exc:
         raise CliError(f"broken eval run: {exc}") from exc
+    if candidate["dataset"]["hash"] != baseline.get("dataset", {}).get("hash"):
+        raise CliError("broken eval run: the baseline was run on another dataset (dataset hashes differ)")
+    if candidate["generator"] != baseline.get("generator"):
+        raise CliError(
+            f"broken eval run: the baseline was run on {baseline.get('generator')}, not {candidate['generator']}"
+        )
     verdicts = compare(baseline, candidate, suite, seed=args.seed)
     print(verdict_table(verdicts, baseline["prompt"]["ref"], candidate["prompt"]["ref"]))
+    if args.out:
+        print(f"report: {_write_run(args.out, candidate, baseline)}", file=sys.stderr)
     return EXIT_FAILURE if any(v.verdict == REGRESSION for v in verdicts) else EXIT_OK
+
+
+def _upload(results: dict[str, Any]) -> dict[str, str]:
+    from evals.langsmith_upload import upload_experiment
+
+    try:
+        return upload_experiment(results)
+    except Exception as exc:  # the run is saved; an upload that fails says so and the command fails
+        raise CliError(f"LangSmith upload failed (results are saved locally): {type(exc).__name__}: {exc}") from exc
 
 
 def _serve(args: argparse.Namespace) -> int:

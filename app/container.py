@@ -33,6 +33,9 @@ OFFLINE_ENVIRONMENT = {
     "TRANSFORMERS_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    "RAGAS_DO_NOT_TRACK": "true",
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # litellm (under ragas) would fetch its price list
+    "LANGSMITH_TEST_TRACKING": "false",
 }
 
 

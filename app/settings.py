@@ -107,6 +107,13 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(2000, ge=1)
     max_documents_per_request: int = Field(1000, ge=1)
 
+    # Evals: the judge LLM of ragas' faithfulness and answer relevancy (optional)
+    judge_base_url: str | None = Field(None, description="OpenAI-compatible judge, e.g. a vLLM server's /v1 URL.")
+    judge_model: str = "smollm2"
+    judge_api_key: str | None = None
+    judge_timeout_s: float = Field(60.0, gt=0)
+    judge_max_tokens: int = Field(512, ge=16, description="Per judge call; ragas asks for JSON statements.")
+
     @model_validator(mode="after")
     def _overlap_below_budget(self) -> Settings:
         if self.chunk_overlap >= self.chunk_tokens:

@@ -33,6 +33,7 @@ class Sample:
     answers: tuple[str, ...] = ()
     reference_doc_ids: tuple[str, ...] = ()
     expected: str = "answer"  # answer | abstain | refuse
+    reference_contexts: tuple[str, ...] = ()  # the reference documents' text, filled in from the suite's corpus
 
 
 def exact_match(sample: Sample, result: dict[str, Any]) -> float | None:

@@ -16,6 +16,9 @@ from typing import Any
 import yaml
 
 from evals.metrics import METRICS, Sample
+from evals.ragas_metrics import JUDGE_METRICS, RAGAS_METRICS
+
+METRIC_NAMES = (*METRICS, *RAGAS_METRICS, *JUDGE_METRICS)
 
 EXPECTED_BEHAVIOURS = ("answer", "abstain", "refuse")
 
@@ -84,8 +87,8 @@ def load_suite(path: Path, root: Path | None = None) -> Suite:
     if not isinstance(data["metrics"], dict) or not data["metrics"]:
         raise SuiteError(f"{path}: 'metrics' must map metric names to {{threshold, tolerance}}")
     for name, spec in data["metrics"].items():
-        if name not in METRICS:
-            raise SuiteError(f"{path}: unknown metric {name!r} (known: {', '.join(sorted(METRICS))})")
+        if name not in METRIC_NAMES:
+            raise SuiteError(f"{path}: unknown metric {name!r} (known: {', '.join(sorted(METRIC_NAMES))})")
         spec = spec or {}
         if not isinstance(spec, dict) or set(spec) - {"threshold", "tolerance"}:
             raise SuiteError(f"{path}: metric {name!r} takes threshold and tolerance")
@@ -138,5 +141,8 @@ def load_dataset(path: Path, limit: int | None = None) -> list[Sample]:
 
 
 def dataset_hash(samples: list[Sample]) -> str:
-    canonical = json.dumps([s.__dict__ for s in samples], sort_keys=True, default=list)
+    """The dataset's own content (reference contexts come from the corpus, which has its own hash)."""
+    canonical = json.dumps(
+        [[s.id, s.question, s.answers, s.reference_doc_ids, s.expected] for s in samples], sort_keys=True
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

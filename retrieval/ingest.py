@@ -20,7 +20,7 @@ from retrieval.chunking import Chunker
 from retrieval.documents import Chunk, Document
 from retrieval.embedding_cache import CachedEmbedder
 from retrieval.index import IndexPoint, Scope, VectorIndex, chunk_point_id
-from retrieval.loaders import LoaderError, discover, load_file
+from retrieval.loaders import load_paths
 from retrieval.sparse import SparseEncoder
 
 ProgressFactory = Callable[[int], Any]  # total -> object with update(n) and close()
@@ -102,18 +102,7 @@ class Ingestor:
         progress: ProgressFactory | None = None,
     ) -> IngestReport:
         started = time.perf_counter()
-        documents: list[Document] = []
-        errors: list[dict[str, str]] = []
-        for path in paths:
-            if not path.exists():
-                errors.append({"source": str(path), "error": "no such file or directory"})
-        for path, doc_id in discover([p for p in paths if p.exists()]):
-            try:
-                documents.extend(load_file(path, doc_id))
-            except LoaderError as exc:
-                errors.append({"source": str(path), "error": str(exc)})
-            except OSError as exc:
-                errors.append({"source": str(path), "error": exc.strerror or str(exc)})
+        documents, errors = load_paths(list(paths))
         report = self.ingest_documents(documents, scope, prune=prune, progress=progress, load_errors=errors)
         report.seconds = time.perf_counter() - started
         return report

@@ -268,6 +268,20 @@ def load_file(path: Path, doc_id: str) -> list[Document]:
     ]
 
 
+def load_paths(paths: list[Path]) -> tuple[list[Document], list[dict[str, str]]]:
+    """Every document under ``paths``, and an error record for each path or file that could not be read."""
+    documents: list[Document] = []
+    errors = [{"source": str(path), "error": "no such file or directory"} for path in paths if not path.exists()]
+    for path, doc_id in discover([p for p in paths if p.exists()]):
+        try:
+            documents.extend(load_file(path, doc_id))
+        except LoaderError as exc:
+            errors.append({"source": str(path), "error": str(exc)})
+        except OSError as exc:
+            errors.append({"source": str(path), "error": exc.strerror or str(exc)})
+    return documents, errors
+
+
 def discover(paths: list[Path]) -> Iterator[tuple[Path, str]]:
     """Files under ``paths`` with their document ids: the path relative to a directory argument, or the name."""
     for root in paths:

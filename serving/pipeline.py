@@ -66,12 +66,14 @@ class Answer:
     timings_ms: dict[str, float]
     abstained: bool = False
     relevance: float | None = None
+    model: str | None = None  # what the generator ran (None: no model answered)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "answer": self.answer,
             "citations": [c.to_dict() for c in self.citations],
             "generator": self.generator,
+            "model": self.model,
             "fallback": self.fallback,
             "cached": self.cached,
             "prompt": self.prompt,
@@ -221,6 +223,7 @@ class RagPipeline:
                 "total": _ms(started),
             },
             relevance=relevance,
+            model=chain_result.generation.model,
         )
         if answer.fallback is None and not request.history:
             self._cache.put(key, answer, query_vector)  # a fallback answer is not worth keeping

@@ -4,7 +4,6 @@ LangChain's ChatOpenAI) and the web page in headless Chromium."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from tests.browser import launch, needs_chromium
 from tests.conftest import load_sample_records
 from tests.faulty_server import FaultyServer
 from tests.live_server import LiveServer
@@ -217,16 +217,13 @@ def test_misbehaving_backend_still_gets_a_200_with_the_fallback_named(
         backend.close()
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium is not installed (make setup does it)")
+@needs_chromium
 def test_web_page_streams_an_answer_with_citations(server: LiveServer, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     errors: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=shutil.which("chromium"),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
+        browser = launch(playwright)
         page = browser.new_page()
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto(server.url + "/")

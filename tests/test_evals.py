@@ -15,8 +15,15 @@ import pytest
 
 from evals.gate import PASS, REGRESSION, bootstrap_interval, compare
 from evals.metrics import METRICS, Sample
+from evals.ragas_metrics import RAGAS_METRICS, JudgeConfig, judge_metrics
+from evals.report import write_report
+from evals.runner import aggregate, performance, score
 from evals.suite import MetricSpec, Suite, SuiteError, load_dataset, load_suite
 from prompts.loader import PROMPTS_DIR
+from retrieval.embedding import Embedder
+from tests.browser import launch, needs_chromium
+from tests.http_receiver import HttpReceiver
+from tests.live_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,12 +97,15 @@ def test_suite_and_dataset_validation(tmp_path: Path) -> None:
         load_dataset(data)
 
 
-def ragops_eval(*args: str, data_dir: Path, models_dir: Path, prompts_dir: Path) -> subprocess.CompletedProcess[str]:
+def ragops_eval(
+    *args: str, data_dir: Path, models_dir: Path, prompts_dir: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "RAGOPS_DATA_DIR": str(data_dir),
         "RAGOPS_MODELS_DIR": str(models_dir),
         "RAGOPS_PROMPTS_DIR": str(prompts_dir),
+        **(env or {}),
     }
     return subprocess.run(
         [sys.executable, "-m", "app.cli", "eval", *args], env=env, capture_output=True, text=True, timeout=900
@@ -115,6 +125,14 @@ def prompts_dir(tmp_path: Path) -> Path:
     (root / "rag_answer" / "v92.yaml").write_text(  # drops the passages: answers from the model's own knowledge
         v1.replace("version: v1", "version: v92").split("user: |")[0] + own_knowledge
     )
+    cite = "Answer in one short sentence using only the numbered passages, and end the\n  sentence with the"
+    assert cite in v1
+    (root / "rag_answer" / "v93.yaml").write_text(  # drops citations
+        v1.replace("version: v1", "version: v93").replace(
+            cite + " passage number in brackets, like [1].",
+            "Answer in one short sentence using only the passages.\n  Never write passage numbers or brackets.",
+        )
+    )
     return root
 
 
@@ -125,12 +143,15 @@ def test_eval_run_writes_results_and_reruns_from_cache(tmp_path: Path, models_di
     assert first.returncode == 0, first.stderr
     summary = json.loads(first.stdout)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert (tmp_path / "out" / "report.html").is_file() and summary["report"].endswith("report.html")
     assert saved["prompt"]["ref"] == "rag_answer@v1" and saved["generator"] == "extractive"
     assert saved["dataset"]["samples"] == 40 and len(saved["samples"]) == 40 and saved["dataset"]["hash"]
     assert summary["aggregate"]["retrieval_recall"]["mean"] >= 0.8
     assert not math.isnan(summary["aggregate"]["token_f1"]["mean"])
     again = ragops_eval(*args, data_dir=tmp_path / "d", models_dir=models_dir, prompts_dir=prompts_dir)
     assert "(40 from cache)" in again.stderr and json.loads(again.stdout)["aggregate"] == summary["aggregate"]
+    assert summary["aggregate"]["context_recall"]["mean"] >= 0.8  # ragas, against the reference passages
+    assert summary["aggregate"]["faithfulness"] == {"mean": None, "n": 0, "failed": 0, "not_applicable": 40}
 
 
 def test_gate_catches_a_broken_prompt_and_passes_a_rewording(
@@ -138,7 +159,7 @@ def test_gate_catches_a_broken_prompt_and_passes_a_rewording(
 ) -> None:
     """With the embedded model (llama.cpp), as the gate runs in CI."""
     suite_file = str(ROOT / "evals" / "suites" / "qa.yaml")
-    common = {"data_dir": tmp_path / "d", "models_dir": models_dir, "prompts_dir": prompts_dir}
+    common: dict[str, Any] = {"data_dir": tmp_path / "d", "models_dir": models_dir, "prompts_dir": prompts_dir}
     baseline = ragops_eval("run", suite_file, "--out", str(tmp_path / "base"), **common)
     assert baseline.returncode == 0, baseline.stderr
     base_file = str(tmp_path / "base" / "results.json")
@@ -148,5 +169,134 @@ def test_gate_catches_a_broken_prompt_and_passes_a_rewording(
     broken = ragops_eval("gate", suite_file, "--baseline", base_file, "--candidate", "rag_answer@v92", **common)
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "regression" in broken.stdout and "95% CI" in broken.stdout
+    # The citations suite answers the same questions over the same corpus: v1 and v91 come from the cache.
+    citations = str(ROOT / "evals" / "suites" / "citations.yaml")
+    for candidate, exit_code in (("rag_answer@v91", 0), ("rag_answer@v93", 1)):
+        gated = ragops_eval("gate", citations, "--baseline", "rag_answer@v1", "--candidate", candidate, **common)
+        assert gated.returncode == exit_code, gated.stdout + gated.stderr
+    fired = next(line for line in gated.stdout.splitlines() if line.startswith("| citation_format"))
+    assert "**regression**" in fired  # v93 stopped citing
     missing = ragops_eval("gate", suite_file, "--baseline", "rag_answer@v404", **common)
     assert missing.returncode == 2 and missing.stderr.startswith("ragops: error: broken eval run")
+    extractive = ragops_eval("gate", suite_file, "--baseline", base_file, "--generator", "extractive", **common)
+    assert extractive.returncode == 2 and "extractive generator ignores prompts" in extractive.stderr
+
+
+def test_failed_judgements_are_reported_and_left_out_of_means() -> None:
+    def judge(sample: Sample, result: dict[str, Any]) -> float | None:
+        if sample.id == "nan":
+            return math.nan
+        if sample.id == "error":
+            raise TimeoutError("judge did not answer")
+        return None if sample.id == "n/a" else 0.5
+
+    rows: list[dict[str, Any]] = []
+    for sample_id in ("ok", "nan", "error", "n/a"):
+        scored = score(judge, Sample(sample_id, "q"), body("a"))
+        rows.append({"metrics": {"faithfulness": scored.value}, "failures": {"faithfulness": scored.failure}
+                     if scored.failure else {}})  # fmt: skip
+    failures = [r["failures"].get("faithfulness") for r in rows]
+    assert failures == [None, "NaN", "TimeoutError: judge did not answer", None]
+    assert aggregate(rows, ["faithfulness"])["faithfulness"] == {"mean": 0.5, "n": 1, "failed": 2, "not_applicable": 1}
+
+
+def test_ragas_context_metrics_against_reference_passages() -> None:
+    reference = "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy."
+    sample = Sample("s", "Who gave their name to Normandy?", reference_doc_ids=("p1",), reference_contexts=(reference,))
+    first = body("x", [(1, "p1", reference), (2, "p2", "Cats purr when they are content.")])
+    second = body("x", [(1, "p2", "Cats purr when they are content."), (2, "p1", reference)])
+    assert RAGAS_METRICS["context_recall"](sample, first) == pytest.approx(1.0)
+    assert RAGAS_METRICS["context_precision"](sample, first) == pytest.approx(1.0)
+    assert RAGAS_METRICS["context_precision"](sample, second) == pytest.approx(0.5)
+    assert RAGAS_METRICS["context_recall"](sample, body("x", [(1, "p2", "Cats purr.")])) == pytest.approx(0.0)
+    assert RAGAS_METRICS["context_recall"](Sample("u", "q"), first) is None  # no reference: not applicable
+
+
+def test_an_unreachable_judge_fails_each_judgement(embedder: Embedder) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    metrics = judge_metrics(JudgeConfig(nobody, "judge", timeout_s=2), embedder)
+    sample = Sample("s", "Who came?", ("the Normans",))
+    scored = score(metrics["faithfulness"], sample, body("The Normans [1].", [(1, "p1", "The Normans came.")]))
+    assert scored.value is None and scored.failure and "Connection" in scored.failure
+    assert judge_metrics(None, embedder)["answer_relevancy"](sample, body("x")) is None  # no judge: n/a
+
+
+def run_results(ref: str, scores: list[float | None], answers: list[str]) -> dict[str, Any]:
+    rows = [
+        {
+            "id": f"s{i}", "question": f"Question {i}?", "expected": "answer", "answers": ["gold"],
+            "reference_doc_ids": ["p1"], "answer": answer, "generator": "llamacpp", "model": "m", "fallback": None,
+            "abstained": False, "latency_ms": 10.0 + i, "tokens": 5,
+            "citations": [{"index": 1, "doc_id": "p1", "cited": True, "score": 0.5, "text": f"<b>Passage</b> {i}"}],
+            "metrics": {"token_f1": value, "faithfulness": None},
+            "failures": {"faithfulness": "NaN"} if i == 0 else {},
+        }
+        for i, (value, answer) in enumerate(zip(scores, answers, strict=True))
+    ]  # fmt: skip
+    return {
+        "suite": "qa", "prompt": {"ref": ref, "name": "rag_answer", "version": ref.split("@")[1], "hash": "0" * 64},
+        "generator": "llamacpp", "model": "m", "embedder": "e", "judge": None,
+        "dataset": {"path": "qa.jsonl", "hash": "d", "samples": len(rows)}, "corpus_hash": "c",
+        "timestamp": "2026-11-26T10:00:00+00:00", "thresholds": {"token_f1": {"threshold": 0.2, "tolerance": 0.0}},
+        "aggregate": aggregate(rows, ["token_f1", "faithfulness"]), "performance": performance(rows), "samples": rows,
+    }  # fmt: skip
+
+
+@needs_chromium
+def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
+    baseline = run_results("rag_answer@v1", [0.9, 0.8, 0.1, 0.5], ["a", "b", "c", "d"])
+    candidate = run_results("rag_answer@v2", [0.9, 0.2, 0.1, 0.7], ["a", "b2", "c", "d2"])
+    report = write_report(tmp_path / "report.html", candidate, baseline)
+    html = report.read_text()
+    assert "<script" not in html and "http" not in html  # self-contained: nothing to fetch
+    assert "&lt;b&gt;Passage&lt;/b&gt;" in html  # contexts are escaped
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        page = browser.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.goto(report.as_uri())
+        charts = page.locator("figure.chart")
+        assert charts.count() == 2  # one per metric
+        bars = page.locator("figure.chart[data-metric=token_f1] rect.bar")
+        heights = [bars.nth(i).bounding_box()["height"] for i in range(bars.count())]
+        assert bars.count() == 10 and sum(h > 0 for h in heights) == 4  # scores fall in 4 bins: drawn
+        worst = page.locator("details.sample summary").all_inner_texts()
+        assert worst[0].startswith("s0") and "s2" in worst[1]  # the failed judgement first, then the lowest
+        diff = page.locator("details.diff summary").all_inner_texts()
+        assert len(diff) == 2 and diff[0].startswith("s1") and "-0.600" in diff[0]  # the largest drop first
+        assert "+0.200" in diff[1]
+        assert page.locator("#metrics").inner_text().count("n/a") >= 1  # faithfulness: no mean, not a 0
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert errors == []
+
+
+def test_langsmith_upload_to_a_local_receiver(tmp_path: Path, models_dir: Path, prompts_dir: Path) -> None:
+    suite_file = tmp_path / "small.yaml"
+    suite_file.write_text(
+        (ROOT / "evals" / "suites" / "qa.yaml").read_text().replace("evals/", f"{ROOT}/evals/") + "samples: 3\n"
+    )
+    common: dict[str, Any] = {"data_dir": tmp_path / "d", "models_dir": models_dir, "prompts_dir": prompts_dir}
+    args = ("run", str(suite_file), "--generator", "extractive", "--upload", "--json", "--out", str(tmp_path / "o"))
+    no_key = ragops_eval(*args, **common, env={"LANGSMITH_API_KEY": ""})
+    assert no_key.returncode == 2 and "--upload needs LANGSMITH_API_KEY" in no_key.stderr
+    receiver = HttpReceiver()
+    try:
+        done = ragops_eval(*args, **common, env={"LANGSMITH_API_KEY": "test", "LANGSMITH_ENDPOINT": receiver.url})
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["langsmith"]["experiment"].startswith("qa-v1-extractive-")
+        posted = {r.path.split("?")[0]: r for r in receiver.requests if r.method == "POST"}
+        assert posted["/datasets"].json()["name"].startswith("ragops-qa-")
+        assert len(posted["/examples/bulk"].json()) == 3
+        assert posted["/sessions"].json()["extra"]["metadata"]["prompt"] == "rag_answer@v1"
+        runs = [r for r in receiver.requests if r.path.startswith("/runs")]
+        assert runs and all(b"ragops.answer" in r.body for r in runs)
+        feedback = [r.json() for r in receiver.requests if r.path == "/feedback"]
+        assert {f["key"] for f in feedback} >= {"token_f1", "context_recall"}
+        assert all(r.headers.get("x-api-key") == "test" for r in receiver.requests if r.method == "POST")
+    finally:
+        receiver.close()

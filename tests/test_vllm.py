@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +19,7 @@ from tests import vllm_server
 from tests.conftest import load_sample_records
 from tests.live_server import LiveServer
 
+ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not vllm_server.available(), reason="no vLLM engine: run `make vllm`")
 
 
@@ -86,3 +91,34 @@ def test_vllm_stopped_mid_run_falls_back(vllm: vllm_server.VllmServer, tmp_path:
         assert [b["fallback"]["reason"].split(":")[0] for b in bodies] == ["connection", "connection", "circuit_open"]
     finally:
         server.stop()
+
+
+def test_ragas_judge_through_vllm(vllm: vllm_server.VllmServer, tmp_path: Path, models_dir: Path) -> None:
+    """ragas' faithfulness and relevancy asked of the vLLM engine. SmolLM2-135M cannot follow ragas' JSON
+    schemas, so its judgements come back as failures: reported per sample, counted, left out of the means."""
+    suite = tmp_path / "judged.yaml"
+    suite.write_text(
+        f"name: judged\ndataset: {ROOT}/evals/datasets/qa.jsonl\ncorpus: {ROOT}/evals/corpora/qa_corpus.jsonl\n"
+        "collection: eval-qa\nsamples: 2\ngenerator: extractive\n"
+        "metrics: {faithfulness: {}, answer_relevancy: {}, context_recall: {}}\n"
+    )
+    env = {
+        **os.environ,
+        "RAGOPS_DATA_DIR": str(tmp_path / "data"),
+        "RAGOPS_MODELS_DIR": str(models_dir),
+        "RAGOPS_JUDGE_BASE_URL": vllm.base_url,
+        "RAGOPS_JUDGE_MODEL": vllm_server.SERVED_NAME,
+        "RAGOPS_JUDGE_MAX_TOKENS": "48",
+    }
+    argv = [sys.executable, "-m", "app.cli", "eval", "run", str(suite), "--out", str(tmp_path / "out"), "--json"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["judge"] == vllm_server.SERVED_NAME
+    for metric in ("faithfulness", "answer_relevancy"):
+        summary = results["aggregate"][metric]
+        assert summary["n"] + summary["failed"] + summary["not_applicable"] == 2
+        for row in results["samples"]:
+            value, failure = row["metrics"][metric], row["failures"].get(metric)
+            assert value is None or (0.0 <= value <= 1.0 and failure is None)
+    assert results["aggregate"]["context_recall"]["mean"] == 1.0
