@@ -72,6 +72,7 @@ bench: setup
 	$(PY) bench/retrieval.py --out bench/results/retrieval.json
 	$(PY) bench/answer.py --out bench/results/answer.json
 	$(PY) bench/evals.py --out bench/results/evals.json
+	$(PY) bench/guards.py --out bench/results/guards.json
 
 clean:
 	rm -rf .ragops .pytest_cache .mypy_cache .ruff_cache

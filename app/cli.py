@@ -8,7 +8,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
@@ -99,6 +99,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
+    guard = commands.add_parser("guard", help="run the guards on texts")
+    guard_commands = guard.add_subparsers(dest="guard_command", required=True, metavar="ACTION")
+    check = guard_commands.add_parser(
+        "check", help='stdin: one JSON line per text, {"text": ..., "guard": "input"|"output", "contexts": [...]}'
+    )
+    check.add_argument("--json", action="store_true", help="one JSON verdict per line")
+    grounded = commands.add_parser(
+        "groundedness", help='score answers; stdin: one JSON line each, {"question", "answer", "contexts": [...]}'
+    )
+    grounded.add_argument("--json", action="store_true", help="one JSON result per line")
+
     snapshot = commands.add_parser("snapshot", help="write or restore a snapshot of the embedded index")
     snapshot_commands = snapshot.add_subparsers(dest="snapshot_command", required=True, metavar="ACTION")
     snapshot_commands.add_parser("create", help="write the index to FILE (.tar.gz)").add_argument("file", type=Path)
@@ -169,23 +180,36 @@ def _ingest(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if report.errors else EXIT_OK
 
 
-def _read_queries(path: Path) -> list[tuple[str, str]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CliError(f"cannot read {path}: {exc}") from exc
-    queries: list[tuple[str, str]] = []
+def _json_lines(lines: Iterable[str], where: str, required: tuple[str, ...]) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; ``required`` keys must hold non-blank strings. A bad line
+    stops the command with its number (exit 2), before anything ran."""
+    records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise CliError(f"{path}:{number}: invalid JSON ({exc.msg})") from exc
-        if not isinstance(record, dict) or not isinstance(record.get("query"), str) or not record["query"].strip():
-            raise CliError(f'{path}:{number}: expected {{"id", "query"}} with a non-empty query')
-        queries.append((str(record.get("id", number)), record["query"]))
-    return queries
+            raise CliError(f"{where}:{number}: invalid JSON ({exc.msg})") from exc
+        if not isinstance(record, dict) or any(
+            not isinstance(record.get(k), str) or not record[k].strip() for k in required
+        ):
+            raise CliError(f"{where}:{number}: expected an object with non-empty string {', '.join(required)}")
+        contexts = record.get("contexts", [])
+        if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
+            raise CliError(f"{where}:{number}: 'contexts' must be a list of strings")
+        records.append((number, record))
+    return records
+
+
+def _read_queries(path: Path) -> list[tuple[str, str]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read {path}: {exc}") from exc
+    return [
+        (str(record.get("id", number)), record["query"]) for number, record in _json_lines(lines, str(path), ("query",))
+    ]
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -294,7 +318,12 @@ def _eval_run(args: argparse.Namespace, suite: Any, prompt: str | None) -> dict[
     from evals.runner import run_suite
 
     settings = _settings(
-        args, prompt=prompt or suite.prompt, generator=args.generator or suite.generator, canary_prompt=None
+        args,
+        prompt=prompt or suite.prompt,
+        generator=args.generator or suite.generator,
+        canary_prompt=None,
+        output_guard="report",  # score the model's own answers; groundedness is a metric here
+        tracing=False,  # --upload sends the run as an experiment instead
     )
     services = _services(settings)
     try:
@@ -390,12 +419,14 @@ def _upload(results: dict[str, Any]) -> dict[str, str]:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.logs import configure_logging
     from app.main import create_app
 
     if not 0 < args.port < 65536:
         raise CliError("--port must be between 1 and 65535")
     settings = _settings(args)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    configure_logging(args.log_level)  # JSON lines with request ids, PII redacted (uvicorn's too)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, log_config=None)
     return EXIT_OK
 
 
@@ -419,12 +450,70 @@ def _snapshot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _guard(args: argparse.Namespace) -> int:
+    from app.container import build_cached_embedder, build_guards
+    from safety.guards import PolicyError
+
+    numbered = _json_lines(sys.stdin, "stdin", ("text",))
+    for number, record in numbered:
+        if record.get("guard", "input") not in ("input", "output"):
+            raise CliError(f"stdin:{number}: 'guard' must be input or output")
+    records = [record for _, record in numbered]
+    settings = _settings(args, guards=True)
+    embedder = build_cached_embedder(settings)
+    try:
+        guards = build_guards(settings, embedder)
+    except PolicyError as exc:
+        embedder.store.close()
+        raise CliError(f"bad guard policy: {exc}") from exc
+    assert guards is not None and guards.input is not None and guards.output is not None
+    blocked = False
+    try:
+        for record in records:
+            guard = guards.output if record.get("guard") == "output" else guards.input
+            contexts = record.get("contexts", [])
+            verdict = guard.check(record["text"], {"contexts": contexts, "passages": len(contexts)})
+            blocked = blocked or not verdict.passed
+            if args.json:
+                print(json.dumps({"guard": guard.name, "text": verdict.text, **verdict.to_dict()}))
+            else:
+                fired = ", ".join(f"{f.validator} ({f.action})" for f in verdict.fired) or "-"
+                print(f"{verdict.action}\t{fired}\t{verdict.text}")
+    finally:
+        embedder.store.close()
+    return EXIT_FAILURE if blocked else EXIT_OK
+
+
+def _groundedness(args: argparse.Namespace) -> int:
+    from app.container import build_cached_embedder
+    from safety.groundedness import GroundednessScorer
+
+    records = [record for _, record in _json_lines(sys.stdin, "stdin", ("question", "answer"))]
+    settings = _settings(args)
+    embedder = build_cached_embedder(settings)
+    scorer = GroundednessScorer(embedder.embed, settings.groundedness_threshold)
+    try:
+        for record in records:
+            result = scorer.score(record["answer"], record.get("contexts", []))
+            supported = result.score is None or result.score >= scorer.threshold
+            if args.json:
+                print(json.dumps({**result.to_dict(), "supported": supported}))
+            else:
+                score = "n/a" if result.score is None else f"{result.score:.3f}"
+                print(f"{score}\t{'supported' if supported else 'UNSUPPORTED'}\t{' | '.join(result.unsupported)}")
+    finally:
+        embedder.store.close()
+    return EXIT_OK
+
+
 _COMMANDS = {
     "ingest": _ingest,
     "search": _search,
     "ask": _ask,
     "prompts": _prompts,
     "eval": _eval,
+    "guard": _guard,
+    "groundedness": _groundedness,
     "serve": _serve,
     "snapshot": _snapshot,
 }

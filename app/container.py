@@ -13,17 +13,20 @@ from app.settings import Settings
 from prompts.registry import PromptRegistry, PromptSelector
 from retrieval.chunking import Chunker
 from retrieval.embedding import Embedder, build_embedder
-from retrieval.embedding_cache import CachedEmbedder, SqliteEmbeddingStore
+from retrieval.embedding_cache import CachedEmbedder, EmbeddingStore, SqliteEmbeddingStore
 from retrieval.index import FusionParams, VectorIndex
 from retrieval.ingest import Ingestor
 from retrieval.search import Searcher
 from retrieval.sparse import Bm25Encoder
+from safety.guards import Guards
 from serving.answer_cache import InMemoryAnswerCache
 from serving.extractive import ExtractiveGenerator
 from serving.fallback import FallbackChain
 from serving.generation import Generation, GenerationRequest, Generator, GeneratorError, StreamDelta
+from serving.metrics import AlertThresholds, ServiceMetrics
 from serving.openai_compat import OpenAICompatibleGenerator
-from serving.pipeline import RagPipeline
+from serving.pipeline import Answer, AnswerRequest, RagPipeline
+from serving.tracing import LangSmithTracer, NoTracer
 
 logger = logging.getLogger("ragops")
 
@@ -55,7 +58,7 @@ class Services:
         index: VectorIndex,
         ingestor: Ingestor,
         searcher: Searcher,
-        store: SqliteEmbeddingStore,
+        store: EmbeddingStore,
     ) -> None:
         self.settings = settings
         self.embedder = embedder
@@ -68,7 +71,32 @@ class Services:
     def pipeline(self) -> RagPipeline:
         return build_pipeline(self)
 
+    @cached_property
+    def tracer(self) -> LangSmithTracer | NoTracer:
+        s = self.settings
+        if not s.tracing or not (s.langsmith_api_key or s.langsmith_endpoint):
+            return NoTracer()
+        from safety.pii import redact
+
+        endpoint = s.langsmith_endpoint or "https://api.smith.langchain.com"
+        return LangSmithTracer(endpoint, s.langsmith_api_key, s.langsmith_project, redact if s.trace_redact else None)
+
+    def observe(self, request: AnswerRequest, answer: Answer) -> None:
+        """Every final answer: metered, and traced when tracing is on."""
+        self.metrics.observe(answer)
+        self.tracer.record(request, answer)
+
+    @cached_property
+    def metrics(self) -> ServiceMetrics:
+        s = self.settings
+        thresholds = AlertThresholds(
+            s.alert_hallucination_rate, s.alert_fallback_rate, s.alert_window, s.alert_min_answers
+        )
+        return ServiceMetrics(s.groundedness_threshold, thresholds)
+
     def close(self) -> None:
+        if "tracer" in self.__dict__:
+            self.tracer.close()
         self.index.close()
         self._store.close()
 
@@ -122,6 +150,7 @@ def build_pipeline(services: Services) -> RagPipeline:
     registry = PromptRegistry(settings.prompts_dir) if settings.prompts_dir else PromptRegistry()
     canary = registry.resolve(settings.canary_prompt) if settings.canary_prompt else None
     prompts = PromptSelector(registry.resolve(settings.prompt), canary, settings.canary_share)
+    fallback = generators[-1]
     return RagPipeline(
         searcher=services.searcher,
         embedder=services.embedder,
@@ -132,6 +161,33 @@ def build_pipeline(services: Services) -> RagPipeline:
         abstain_below=settings.abstain_below,
         # The extractive generator ranks sentences itself: compressing its context first would do it twice.
         context_sentences=0 if primary.name == "extractive" else settings.context_sentences,
+        guards=build_guards(settings, services.embedder),
+        fallback_generator=fallback,
+        enforce_output_guard=settings.output_guard == "enforce",
+        observer=services.observe,
+    )
+
+
+def build_guards(settings: Settings, embedder: CachedEmbedder) -> Guards | None:
+    if not settings.guards:
+        return None
+    from safety.groundedness import GroundednessScorer
+    from safety.guards import POLICIES_DIR, GuardContext, build_guard, load_context_action, load_injection_settings
+    from safety.injection import InjectionDetector, load_attacks
+
+    policies = settings.policies_dir or POLICIES_DIR
+    patterns, threshold = load_injection_settings(policies)
+    attacks = load_attacks(policies / "attacks.jsonl")
+    detector = InjectionDetector(
+        patterns, attacks, embedder.embed, threshold, embedder.embed_query, settings.model_cache_dir
+    )
+    detector.warm()  # not on the first question
+    context = GuardContext(detector, GroundednessScorer(embedder.embed, settings.groundedness_threshold))
+    return Guards(
+        input=build_guard("input", policies / "input.yaml", context),
+        output=build_guard("output", policies / "output.yaml", context),
+        context=detector.patterns,
+        context_action=load_context_action(policies),
     )
 
 
@@ -159,15 +215,20 @@ def build_index(settings: Settings, model_id: str, dimension: int) -> VectorInde
     return QdrantServerIndex(client, collection, dimension, fusion)
 
 
-def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
-    """Wire every part from settings; a given ``embedder`` is shared instead of loading the model again."""
+def build_cached_embedder(settings: Settings, embedder: Embedder | None = None) -> CachedEmbedder:
     apply_offline_environment()
     if embedder is None:
         embedder = build_embedder(
             settings.embedder, settings.embedding_model, settings.model_cache_dir, settings.embedding_batch_size
         )
     store = SqliteEmbeddingStore(settings.cache_dir / "embeddings.sqlite")
-    cached = CachedEmbedder(embedder, store, lru_size=settings.query_cache_size)
+    return CachedEmbedder(embedder, store, lru_size=settings.query_cache_size)
+
+
+def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
+    """Wire every part from settings; a given ``embedder`` is shared instead of loading the model again."""
+    cached = build_cached_embedder(settings, embedder)
+    embedder = cached.inner
     index = build_index(settings, embedder.model_id, embedder.dimension)
     sparse = Bm25Encoder()
     chunker = Chunker(embedder.count_tokens, settings.chunk_tokens, settings.chunk_overlap)
@@ -177,5 +238,5 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         index=index,
         ingestor=Ingestor(index, cached, sparse, chunker),
         searcher=Searcher(index, cached, sparse),
-        store=store,
+        store=cached.store,
     )

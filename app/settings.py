@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -106,6 +106,41 @@ class Settings(BaseSettings):
     )
     max_query_chars: int = Field(2000, ge=1)
     max_documents_per_request: int = Field(1000, ge=1)
+
+    # Guards and groundedness
+    guards: bool = Field(True, description="Input and output guards on every chat request.")
+    policies_dir: Path | None = Field(None, description="Guard policies (default: the bundled guardrails/).")
+    output_guard: Literal["enforce", "report"] = Field(
+        "enforce",
+        description="enforce: the output guard's block and fallback actions apply; report: verdicts only (eval "
+        "runs, which measure the model's own answers). Redaction applies in both.",
+    )
+    groundedness_threshold: float = Field(
+        0.66,
+        ge=0,
+        le=1,
+        description="Answers whose least-supported sentence scores lower are unsupported "
+        "(calibrated by bench/guards.py).",
+    )
+
+    # Monitoring: alerts over a rolling window of answers
+    alert_hallucination_rate: float = Field(0.2, ge=0, le=1, description="Share of answers below the threshold.")
+    alert_fallback_rate: float = Field(0.3, ge=0, le=1)
+    alert_window: int = Field(100, ge=1, description="Answers in the rolling window.")
+    alert_min_answers: int = Field(20, ge=1, description="No alert before the window holds this many.")
+
+    # Tracing (LangSmith): on when an API key or an endpoint is set; LangSmith's own variable names work too
+    langsmith_api_key: str | None = Field(
+        None, validation_alias=AliasChoices("RAGOPS_LANGSMITH_API_KEY", "LANGSMITH_API_KEY")
+    )
+    langsmith_endpoint: str | None = Field(
+        None, validation_alias=AliasChoices("RAGOPS_LANGSMITH_ENDPOINT", "LANGSMITH_ENDPOINT")
+    )
+    langsmith_project: str = Field(
+        "ragops", validation_alias=AliasChoices("RAGOPS_LANGSMITH_PROJECT", "LANGSMITH_PROJECT")
+    )
+    trace_redact: bool = Field(True, description="Redact PII and secrets in traced inputs and outputs.")
+    tracing: bool = Field(True, description="Trace requests when LangSmith is configured (eval runs turn it off).")
 
     # Evals: the judge LLM of ragas' faithfulness and answer relevancy (optional)
     judge_base_url: str | None = Field(None, description="OpenAI-compatible judge, e.g. a vLLM server's /v1 URL.")

@@ -27,6 +27,7 @@ from retrieval.loaders import load_paths
 from serving.pipeline import AnswerRequest
 
 ProgressFactory = Callable[[int], Any]
+ANSWER_FORMAT = 2  # bumped when answers gain fields metrics read (2: guards and groundedness)
 
 
 class AnswerStore:
@@ -157,6 +158,7 @@ def run_suite(
     try:
         for sample in samples:
             key = _key(
+                ANSWER_FORMAT,
                 sample.question,
                 prompt.content_hash,
                 settings.generator,

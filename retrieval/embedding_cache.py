@@ -95,6 +95,14 @@ class CachedEmbedder:
         self.stats = CacheStats()
 
     @property
+    def inner(self) -> Embedder:
+        return self._embedder
+
+    @property
+    def store(self) -> EmbeddingStore:
+        return self._store
+
+    @property
     def model_id(self) -> str:
         return self._embedder.model_id
 

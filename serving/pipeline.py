@@ -1,6 +1,10 @@
-"""The answering pipeline: answer cache -> retrieval -> abstention -> versioned prompt -> generator chain ->
-citations. Every answer says which generator produced it, whether a fallback was used and why, whether it came
-from the cache, and which prompt version made it."""
+"""The answering pipeline: input guard -> answer cache -> retrieval -> context screening -> abstention ->
+versioned prompt -> generator chain -> output guard (PII, citations, groundedness) -> citations. Every answer
+says which generator produced it, whether a fallback was used and why, whether it came from the cache, which
+prompt version made it, what the guards found, and how well the passages support it.
+
+Streaming: the output guard needs the whole answer, so it runs after the last delta; the final event carries
+the guarded answer (redacted, or replaced by the fallback) and clients must show that one."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +25,12 @@ from serving.answer_cache import AnswerCache, CacheKey, normalise_question
 from serving.fallback import ChainDelta, ChainResult, FallbackChain
 from serving.generation import NOT_IN_DOCUMENTS, GenerationRequest, GeneratorError, Usage
 from serving.sentences import compress_passages
+
+if TYPE_CHECKING:
+    from safety.guards import Guards, GuardVerdict
+    from serving.generation import Generator
+
+REFUSAL = "I can't help with that request."
 
 CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")  # [1] or [1, 3]
 
@@ -67,6 +77,9 @@ class Answer:
     abstained: bool = False
     relevance: float | None = None
     model: str | None = None  # what the generator ran (None: no model answered)
+    refused: bool = False  # a guard blocked the question or the answer
+    guards: dict[str, Any] | None = None  # verdicts: {"input": ..., "context": ..., "output": ...}
+    groundedness: dict[str, Any] | None = None  # {"score", "unsupported"}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +96,9 @@ class Answer:
                 "total_tokens": self.usage.total_tokens,
             },
             "timings_ms": self.timings_ms,
+            "refused": self.refused,
+            "guards": self.guards,
+            "groundedness": self.groundedness,
             "abstained": self.abstained,
             "relevance": self.relevance,
         }
@@ -126,6 +142,10 @@ class RagPipeline:
         index_version: Callable[[], int],
         abstain_below: float = 0.0,
         context_sentences: int = 0,
+        guards: Guards | None = None,
+        fallback_generator: Generator | None = None,
+        enforce_output_guard: bool = True,
+        observer: Callable[[AnswerRequest, Answer], None] | None = None,
     ) -> None:
         self._searcher = searcher
         self._embedder = embedder
@@ -135,6 +155,10 @@ class RagPipeline:
         self._index_version = index_version
         self._abstain_below = abstain_below
         self._context_sentences = context_sentences
+        self._guards = guards
+        self._fallback_generator = fallback_generator  # answers when the output guard rejects an answer
+        self._enforce_output_guard = enforce_output_guard  # False: verdicts only (evals measure the model)
+        self._observer = observer  # sees every final answer (metrics, tracing)
 
     def prompt_for(self, user: str | None = None) -> Prompt:
         """The prompt version that answers this user."""
@@ -150,8 +174,25 @@ class RagPipeline:
 
     def stream(self, request: AnswerRequest) -> Iterator[str | Answer]:
         """Text deltas, then the complete ``Answer`` (cached answers and abstentions come as one delta)."""
+        for event in self._stream(request):
+            if isinstance(event, Answer) and self._observer is not None:
+                self._observer(request, event)
+            yield event
+
+    def _stream(self, request: AnswerRequest) -> Iterator[str | Answer]:
         started = time.perf_counter()
         prompt = self._prompt(request.user)
+        prompt_info = {"name": prompt.name, "version": prompt.version, "hash": prompt.content_hash}
+        verdicts: dict[str, Any] = {}
+        if self._guards is not None and self._guards.input is not None:
+            checked = self._guards.input.check(request.question)
+            verdicts["input"] = checked.to_dict()
+            if not checked.passed:
+                refusal = self._refusal(checked, prompt_info, verdicts, started)
+                yield refusal.answer
+                yield refusal
+                return
+            request = replace(request, question=checked.text)  # PII redacted: nothing downstream sees it
         query_vector = self._embedder.embed_query(request.question)
         key = CacheKey(
             normalise_question(request.question),
@@ -171,17 +212,28 @@ class RagPipeline:
 
         result = self._searcher.search(request.question, request.scope, top_k=request.top_k)
         timings = dict(result.timings_ms)
-        relevance = self._relevance(query_vector, result.hits)
-        prompt_info = {"name": prompt.name, "version": prompt.version, "hash": prompt.content_hash}
+        hits = result.hits
+        if self._guards is not None:
+            keep, fired = self._guards.screen_passages([hit.text for hit in hits])
+            if fired:
+                verdicts["context"] = {"fired": [f.__dict__ for f in fired], "kept": len(keep), "of": len(hits)}
+                hits = [
+                    replace(hits[i], text=self._guards.neutralise(hits[i].text))
+                    if self._guards.context_action == "neutralise"
+                    else hits[i]
+                    for i in keep
+                ]
+        relevance = self._relevance(query_vector, hits)
         if relevance is None or relevance < self._abstain_below:
             abstention = self._fixed_answer("abstain", None, prompt_info, timings, started, relevance)
+            abstention = replace(abstention, guards=verdicts or None)
             if not request.history:
                 self._cache.put(key, abstention, query_vector)
             yield abstention.answer
             yield abstention
             return
 
-        passages = [PromptPassage(i, h.doc_id, h.text, h.title) for i, h in enumerate(result.hits, 1)]
+        passages = [PromptPassage(i, h.doc_id, h.text, h.title) for i, h in enumerate(hits, 1)]
         if self._context_sentences:
             passages = compress_passages(request.question, passages, self._embedder, self._context_sentences)
         generation_request = GenerationRequest(
@@ -207,27 +259,75 @@ class RagPipeline:
             yield answer
             return
         assert chain_result is not None
-        text, citations = resolve_citations(chain_result.generation.text, result.hits)
+        generation, generator = chain_result.generation, chain_result.generator
+        fallback = chain_result.fallback.to_dict() if chain_result.fallback else None
+        timings["generate"] = _ms(generate_started)
+        groundedness = None
+        if self._guards is not None and self._guards.output is not None:
+            guard_started = time.perf_counter()
+            checked = self._guards.output.check(
+                generation.text, {"contexts": [h.text for h in hits], "passages": len(hits)}
+            )
+            verdicts["output"] = {**checked.to_dict(), "enforced": self._enforce_output_guard}
+            groundedness = checked.details.get("groundedness")
+            enforce = self._enforce_output_guard
+            if enforce and checked.action == "block":
+                refusal = self._refusal(checked, prompt_info, verdicts, started)
+                yield refusal
+                return
+            if enforce and checked.action == "fallback" and self._fallback_generator and generator != "extractive":
+                reason = "; ".join(f"{f.validator}: {f.reason}" for f in checked.fired if f.action == "fallback")
+                fallback = {"from": generator, "reason": f"output guard: {reason}"}
+                generation = self._fallback_generator.generate(generation_request)
+                generator = self._fallback_generator.name
+                rechecked = self._guards.output.check(
+                    generation.text, {"contexts": [h.text for h in hits], "passages": len(hits)}
+                )
+                verdicts["fallback_output"] = rechecked.to_dict()
+                groundedness = rechecked.details.get("groundedness")
+                checked = rechecked
+            generation = replace(generation, text=checked.text)
+            timings["output_guard"] = _ms(guard_started)
+        text, citations = resolve_citations(generation.text, hits)
         answer = Answer(
             answer=text,
             citations=citations,
-            generator=chain_result.generator,
-            fallback=chain_result.fallback.to_dict() if chain_result.fallback else None,
+            generator=generator,
+            fallback=fallback,
             cached=False,
             prompt=prompt_info,
-            usage=chain_result.generation.usage,
+            usage=generation.usage,
             timings_ms={
                 **timings,
                 "first_token": round((first_token - started) * 1000, 3) if first_token else _ms(started),
-                "generate": _ms(generate_started),
                 "total": _ms(started),
             },
             relevance=relevance,
-            model=chain_result.generation.model,
+            model=generation.model,
+            guards=verdicts or None,
+            groundedness=groundedness,
         )
         if answer.fallback is None and not request.history:
             self._cache.put(key, answer, query_vector)  # a fallback answer is not worth keeping
         yield answer
+
+    def _refusal(
+        self, verdict: GuardVerdict, prompt_info: dict[str, str], verdicts: dict[str, Any], started: float
+    ) -> Answer:
+        fired = [f for f in verdict.fired if f.action == verdict.action]
+        why = "; ".join(f"{f.validator}: {f.reason}" for f in fired)
+        return Answer(
+            answer=f"{REFUSAL} ({why})",
+            citations=[],
+            generator="guard",
+            fallback=None,
+            cached=False,
+            prompt=prompt_info,
+            usage=Usage(),
+            timings_ms={"total": _ms(started)},
+            refused=True,
+            guards=verdicts,
+        )
 
     def _fixed_answer(
         self,

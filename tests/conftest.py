@@ -29,6 +29,17 @@ def _offline() -> None:
         del os.environ[key]  # tests set what they need explicitly
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _guardrails_imported_first() -> None:
+    """CPython 3.11.7 can leave its AST recursion counter wrong after a failure in another thread (gh-106905,
+    fixed in 3.11.8); importing guardrails late in a long session then fails in lark, compiling the grammar of
+    jsonschema's URI format check. Servers import it first thing at startup; the test session does too."""
+    from safety.guards import disable_guardrails_metrics
+
+    disable_guardrails_metrics()
+    import safety.validators  # noqa: F401
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One ONNX export for the whole run (ragops keeps it under RAGOPS_MODELS_DIR)."""

@@ -57,8 +57,8 @@ class ServerProcess:
 
 
 class LiveServer(ServerProcess):
-    def __init__(self, env: dict[str, str], log_path: Path, timeout: float = 120.0) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, timeout: float = 120.0, log_level: str = "warning") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        argv = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--log-level", "warning"]
+        argv = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--log-level", log_level]
         super().__init__(argv, {**os.environ, **env}, log_path, f"{self.url}/readyz", timeout)

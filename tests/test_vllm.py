@@ -58,6 +58,7 @@ def serve_with_vllm(vllm: vllm_server.VllmServer, tmp_path: Path, models_dir: Pa
         "RAGOPS_GENERATOR": "vllm",
         "RAGOPS_VLLM_BASE_URL": vllm.base_url,
         "RAGOPS_VLLM_MODEL": vllm_server.SERVED_NAME,
+        "RAGOPS_OUTPUT_GUARD": "report",  # follow vLLM's own answers (see test_chat_api.py)
         **env,
     }
     return LiveServer(settings, tmp_path / "server.log")

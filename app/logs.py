@@ -1,0 +1,58 @@
+"""Structured logs: one JSON object per line, with the request id, and PII and secrets redacted.
+
+``ragops serve`` installs this on the root logger (uvicorn's loggers included). The request id comes from the
+``X-Request-ID`` header or is made up, is echoed in the response, and tags every line logged while the request
+is handled (a context variable, so threads serving the request see it too).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+from safety.pii import redact
+
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+# Attributes every LogRecord has: the rest are the caller's ``extra`` fields.
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "color_message"}
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value if isinstance(value, int | float | bool) or value is None else redact(str(value))
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+            "request_id": request_id.get(),
+        }
+        payload.update({k: _clean(v) for k, v in record.__dict__.items() if k not in _STANDARD})
+        if record.exc_info:
+            payload["exception"] = redact(self.formatException(record.exc_info))
+        return json.dumps(payload, ensure_ascii=False, default=str)
+
+
+def configure_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True

@@ -1,0 +1,236 @@
+"""Guards: an ordered list of guardrails-ai validators, each with an on-fail action, loaded from a policy file
+(``guardrails/input.yaml``, ``guardrails/output.yaml``).
+
+Actions: ``block`` (refuse with a clear message), ``redact`` (continue with the validator's fix, e.g. PII
+replaced by placeholders), ``fallback`` (replace the answer by the extractive fallback), ``flag`` (report only).
+A validator that raises counts as fired with its action (``redact``, having no fix, becomes ``block``): a guard
+never fails open and never turns into a 500.
+
+The validators run directly rather than through ``guardrails.Guard``: on this machine ``Guard.validate`` adds
+about 6 ms per call for its history and tracing, more than all of our validators together (``bench/guards.py``).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from safety.groundedness import GroundednessScorer
+from safety.injection import InjectionDetector, PatternDetector
+
+ACTIONS = ("flag", "redact", "fallback", "block")  # in increasing severity
+POLICIES_DIR = Path(__file__).resolve().parents[1] / "guardrails"
+GUARDRAILS_RC = Path("~/.guardrailsrc")
+
+
+class PolicyError(Exception):
+    """A policy file that cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class Fired:
+    validator: str
+    action: str
+    reason: str
+
+
+@dataclass
+class GuardVerdict:
+    action: str  # "pass" or the most severe action of the validators that fired
+    text: str  # the text after redactions
+    fired: list[Fired] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    latency_ms: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.action in ("pass", "flag", "redact")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "passed": self.passed,
+            "fired": [{"validator": f.validator, "action": f.action, "reason": f.reason} for f in self.fired],
+            **self.details,
+            "latency_ms": round(self.latency_ms, 3),
+        }
+
+
+@dataclass(frozen=True)
+class GuardStep:
+    name: str
+    validator: Any  # a guardrails Validator
+    action: str
+
+
+class Guard:
+    def __init__(self, name: str, steps: list[GuardStep]) -> None:
+        self.name = name
+        self.steps = steps
+
+    @property
+    def validators(self) -> list[str]:
+        return [step.name for step in self.steps]
+
+    def check(self, text: str, metadata: dict[str, Any] | None = None) -> GuardVerdict:
+        started = time.perf_counter()
+        verdict = GuardVerdict("pass", text)
+        for step in self.steps:
+            try:
+                result = step.validator.validate(verdict.text, metadata or {})
+            except Exception as exc:  # a broken validator fires; it does not let the text through unchecked
+                action = "block" if step.action == "redact" else step.action
+                verdict.fired.append(Fired(step.name, action, f"validator error: {type(exc).__name__}: {exc}"))
+                verdict.action = _severest(verdict.action, action)
+                continue
+            if result.metadata:
+                verdict.details.update(result.metadata)
+            if str(getattr(result.outcome, "value", result.outcome)) != "fail":
+                continue  # (Hub validators return their own FailResult class: compare outcomes, not types)
+            action = step.action
+            if action == "redact":
+                if result.fix_value is None:
+                    action = "block"
+                else:
+                    verdict.text = result.fix_value
+            verdict.fired.append(Fired(step.name, action, result.error_message or step.name))
+            verdict.action = _severest(verdict.action, action)
+        verdict.latency_ms = (time.perf_counter() - started) * 1000
+        return verdict
+
+
+def _severest(current: str, action: str) -> str:
+    rank = {"pass": -1, **{a: i for i, a in enumerate(ACTIONS)}}
+    return action if rank[action] > rank[current] else current
+
+
+def disable_guardrails_metrics(rc_path: Path = GUARDRAILS_RC) -> None:
+    """guardrails-ai sends usage metrics unless ``enable_metrics=false`` is in ~/.guardrailsrc (the only switch
+    that stops it in 0.11): set it there, keeping the file's other lines, then in the loaded settings."""
+    path = rc_path.expanduser()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        kept = [line for line in lines if line.split("=", 1)[0].strip() not in ("enable_metrics", "no_metrics")]
+        if [*kept, "enable_metrics=false"] != lines:
+            path.write_text("\n".join([*kept, "enable_metrics=false"]) + "\n", encoding="utf-8")
+    except OSError:
+        pass  # a read-only home: the in-process setting below still holds for validators we build
+    from guardrails.settings import settings
+
+    settings.rc.enable_metrics = False
+
+
+@dataclass
+class GuardContext:
+    """What ragops' own validators need: built by the composition root."""
+
+    injection: InjectionDetector | None = None
+    groundedness: GroundednessScorer | None = None
+
+
+def load_policy(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PolicyError(f"{path}: {exc}") from exc
+    steps = data.get("validators") if isinstance(data, dict) else None
+    if not isinstance(steps, list) or not steps:
+        raise PolicyError(f"{path}: expected 'validators', a list")
+    for step in steps:
+        if not isinstance(step, dict) or not {"name", "type", "on_fail"} <= set(step):
+            raise PolicyError(f"{path}: each validator needs name, type and on_fail: {step!r}")
+        if step["on_fail"] not in ACTIONS:
+            raise PolicyError(f"{path}: {step['name']}: on_fail must be one of {', '.join(ACTIONS)}")
+    return steps
+
+
+def build_guard(name: str, path: Path, context: GuardContext) -> Guard:
+    steps = load_policy(path)
+    disable_guardrails_metrics()
+    # SecretsPresent warns on every one-line text (it prefers code); questions and answers are mostly one line.
+    warnings.filterwarnings("ignore", message="The DetectSecrets validator works best", category=UserWarning)
+    from guardrails_ai.ban_list import BanList
+    from guardrails_ai.profanity_free import ProfanityFree
+    from guardrails_ai.regex_match import RegexMatch
+    from guardrails_ai.secrets_present import SecretsPresent
+    from guardrails_ai.valid_length import ValidLength
+
+    from safety import validators
+
+    factories: dict[str, Callable[..., Any]] = {
+        "valid_length": ValidLength,
+        "regex_match": RegexMatch,
+        "secrets_present": SecretsPresent,
+        "ban_list": lambda **p: BanList(**{"max_l_dist": 0, **p}),
+        "profanity_free": ProfanityFree,
+        "pii": validators.PersonalData,
+        "citations_valid": validators.CitationsValid,
+    }
+    if context.injection is not None:
+        factories["prompt_injection"] = partial(validators.PromptInjection, context.injection)
+    if context.groundedness is not None:
+        factories["groundedness"] = partial(validators.Grounded, context.groundedness)
+    built = []
+    for step in steps:
+        factory = factories.get(step["type"])
+        if factory is None:
+            raise PolicyError(f"{path}: {step['name']}: unknown validator type {step['type']!r}")
+        try:
+            validator = factory(**(step.get("params") or {}), on_fail="noop")
+        except (TypeError, ValueError) as exc:
+            raise PolicyError(f"{path}: {step['name']}: {exc}") from exc
+        built.append(GuardStep(step["name"], validator, step["on_fail"]))
+    return Guard(name, built)
+
+
+@dataclass
+class Guards:
+    """The guards of the answering pipeline; any of them may be off (None)."""
+
+    input: Guard | None = None
+    output: Guard | None = None
+    context: PatternDetector | None = None  # instructions in retrieved passages
+    context_action: str = "drop"  # or "neutralise"
+
+    def screen_passages(self, texts: list[str]) -> tuple[list[int], list[Fired]]:
+        """Indexes of the passages to keep, and what fired on the others (``neutralise`` keeps them all)."""
+        if self.context is None:
+            return list(range(len(texts))), []
+        keep, fired = [], []
+        for i, text in enumerate(texts):
+            pattern = self.context.first_match(text)
+            if pattern is None or self.context_action == "neutralise":
+                keep.append(i)
+            if pattern is not None:
+                fired.append(Fired("context_injection", self.context_action, f"passage {i + 1}: {pattern}"))
+        return keep, fired
+
+    def neutralise(self, text: str) -> str:
+        return self.context.neutralise(text) if self.context is not None else text
+
+
+def load_injection_settings(policies_dir: Path) -> tuple[list[str], float]:
+    path = policies_dir / "injection.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return [str(p) for p in data["patterns"]], float(data["similarity_threshold"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise PolicyError(f"{path}: {exc}") from exc
+
+
+def load_context_action(policies_dir: Path) -> str:
+    path = policies_dir / "context.yaml"
+    try:
+        action = str((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("action", "drop"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PolicyError(f"{path}: {exc}") from exc
+    if action not in ("drop", "neutralise"):
+        raise PolicyError(f"{path}: action must be drop or neutralise")
+    return action

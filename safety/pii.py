@@ -1,0 +1,120 @@
+"""Personal data and secrets in text: detection with checksums where the format has one, and redaction.
+
+Patterns find candidates; checks keep false positives down: a card number must pass Luhn, an IBAN the ISO 13616
+mod-97 check, an IP address must parse, a US SSN must not use a never-issued area. Secrets (API keys, tokens,
+private keys) come from known key formats here and from detect-secrets through guardrails' SecretsPresent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    start: int
+    end: int
+
+    @property
+    def placeholder(self) -> str:
+        return f"[{self.kind.upper()}]"
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def iban_valid(candidate: str) -> bool:
+    iban = candidate.replace(" ", "").upper()
+    if not 15 <= len(iban) <= 34:
+        return False
+    rearranged = iban[4:] + iban[:4]
+    return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
+
+
+def _card(match: re.Match[str]) -> bool:
+    digits = re.sub(r"\D", "", match.group())
+    return 13 <= len(digits) <= 19 and luhn_valid(digits)
+
+
+def _ip(match: re.Match[str]) -> bool:
+    try:
+        ipaddress.ip_address(match.group())
+    except ValueError:
+        return False
+    return True
+
+
+def _ssn(match: re.Match[str]) -> bool:
+    area, group, serial = match.group().split("-")
+    return area not in {"000", "666"} and not area.startswith("9") and group != "00" and serial != "0000"
+
+
+def _phone(match: re.Match[str]) -> bool:
+    return 10 <= len(re.sub(r"\D", "", match.group())) <= 15  # 9 digits is an SSN shape, not a phone
+
+
+# (kind, pattern, check). Order matters where spans overlap: the first finding wins.
+_DETECTORS: list[tuple[str, re.Pattern[str], Callable[[re.Match[str]], bool] | None]] = [
+    ("secret", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"), None),
+    (
+        "secret",
+        re.compile(
+            r"\b(?:sk-(?:proj-)?[A-Za-z0-9_-]{20,}|sk-ant-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}"
+            r"|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,}|xox[abprs]-[A-Za-z0-9-]{10,}"
+            r"|AIza[0-9A-Za-z_-]{35}|lsv2_(?:pt|sk)_[A-Za-z0-9_]{20,}|hf_[A-Za-z0-9]{30,}"
+            r"|eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,})"
+        ),
+        None,
+    ),
+    ("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"), None),
+    (
+        "iban",
+        re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"),
+        lambda m: iban_valid(m.group()),
+    ),
+    ("credit_card", re.compile(r"\b\d(?:[ -]?\d){12,18}\b"), _card),
+    ("us_ssn", re.compile(r"\b\d{3}-\d{2}-\d{4}\b"), _ssn),
+    ("uk_nino", re.compile(r"\b[A-CEGHJ-PR-TW-Z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"), None),
+    ("ip_address", re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b|\b(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{1,4}\b"), _ip),
+    (
+        "phone",
+        re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){2,4}\b"),
+        _phone,
+    ),
+]
+
+PII_KINDS = tuple(dict.fromkeys(kind for kind, _, _ in _DETECTORS))
+
+
+def find_pii(text: str, kinds: Iterable[str] = PII_KINDS) -> list[Finding]:
+    """Non-overlapping findings of the given kinds, in text order."""
+    wanted = set(kinds)
+    taken: list[Finding] = []
+    for kind, pattern, check in _DETECTORS:
+        if kind not in wanted:
+            continue
+        for match in pattern.finditer(text):
+            if check is not None and not check(match):
+                continue
+            if any(match.start() < f.end and f.start < match.end() for f in taken):
+                continue
+            taken.append(Finding(kind, match.start(), match.end()))
+    return sorted(taken, key=lambda f: f.start)
+
+
+def redact(text: str, findings: list[Finding] | None = None) -> str:
+    """``text`` with each finding replaced by its placeholder, e.g. ``[EMAIL]``."""
+    for finding in sorted(findings if findings is not None else find_pii(text), key=lambda f: -f.start):
+        text = text[: finding.start] + finding.placeholder + text[finding.end :]
+    return text

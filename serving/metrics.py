@@ -1,0 +1,123 @@
+"""Prometheus metrics of the service, in a registry of its own (no process globals), exposed at ``/metrics``.
+
+Per answer: counts by outcome and generator, latency per pipeline stage, tokens, cache hits, fallbacks by
+reason, guard triggers by validator, the groundedness histogram. Over a rolling window of recent answers: the
+hallucination rate (share of judged answers below the groundedness threshold) and the fallback rate; when one
+crosses its alert threshold, a structured alert is logged once and ``ragops_alert_active{alert=...}`` is 1 until
+the rate falls back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from serving.pipeline import Answer
+
+alert_log = logging.getLogger("ragops.alerts")
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@dataclass(frozen=True)
+class AlertThresholds:
+    hallucination_rate: float = 0.2
+    fallback_rate: float = 0.3
+    window: int = 100  # answers
+    min_answers: int = 20  # no alert on a handful of answers
+
+
+class ServiceMetrics:
+    def __init__(self, groundedness_threshold: float, alerts: AlertThresholds | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self._threshold = groundedness_threshold
+        self._alerts = alerts or AlertThresholds()
+        r = self.registry
+        self.answers = Counter(
+            "ragops_answers", "Answers by outcome and generator.", ["outcome", "generator"], registry=r
+        )
+        self.stage_seconds = Histogram(
+            "ragops_stage_seconds",
+            "Time per pipeline stage.",
+            ["stage", "generator"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter("ragops_tokens", "Tokens by generator and kind.", ["generator", "kind"], registry=r)
+        self.cache_hits = Counter("ragops_answer_cache_hits", "Answers served from the answer cache.", registry=r)
+        self.fallbacks = Counter("ragops_fallbacks", "Fallback answers by reason.", ["reason"], registry=r)
+        self.guard_triggers = Counter(
+            "ragops_guard_triggers", "Guard validators that fired.", ["guard", "validator", "action"], registry=r
+        )
+        self.groundedness = Histogram(
+            "ragops_groundedness", "Groundedness score of answers.", buckets=[i / 10 for i in range(1, 11)], registry=r
+        )
+        self.errors = Counter("ragops_errors", "Requests that ended in an error response.", ["status"], registry=r)
+        self.rates = Gauge("ragops_rolling_rate", "Rates over the recent answers.", ["rate"], registry=r)
+        self.alert_active = Gauge(
+            "ragops_alert_active", "1 while a rate is above its alert threshold.", ["alert"], registry=r
+        )
+        self._window: deque[tuple[bool | None, bool]] = deque(maxlen=self._alerts.window)
+        self._firing: set[str] = set()
+        self._lock = threading.Lock()
+
+    def observe(self, answer: Answer) -> None:
+        generator = answer.generator
+        outcome = "refused" if answer.refused else "abstained" if answer.abstained else "answered"
+        self.answers.labels(outcome, generator).inc()
+        if answer.cached:
+            self.cache_hits.inc()
+        for stage, ms in answer.timings_ms.items():
+            self.stage_seconds.labels(stage, generator).observe(ms / 1000)
+        self.tokens.labels(generator, "prompt").inc(answer.usage.prompt_tokens)
+        self.tokens.labels(generator, "completion").inc(answer.usage.completion_tokens)
+        if answer.fallback:
+            self.fallbacks.labels(_reason(answer.fallback.get("reason", ""))).inc()
+        for guard, verdict in (answer.guards or {}).items():
+            for fired in verdict.get("fired", []):
+                self.guard_triggers.labels(guard, fired["validator"], fired["action"]).inc()
+        score = (answer.groundedness or {}).get("score")
+        if score is not None:
+            self.groundedness.observe(score)
+        if not answer.cached:
+            self._record(None if score is None else score < self._threshold, answer.fallback is not None)
+
+    def _record(self, hallucinated: bool | None, fallback: bool) -> None:
+        with self._lock:
+            self._window.append((hallucinated, fallback))
+            judged = [h for h, _ in self._window if h is not None]
+            rates = {
+                "hallucination_rate": sum(judged) / len(judged) if judged else 0.0,
+                "fallback_rate": sum(f for _, f in self._window) / len(self._window),
+            }
+            limits = {
+                "hallucination_rate": self._alerts.hallucination_rate,
+                "fallback_rate": self._alerts.fallback_rate,
+            }
+            counts = {"hallucination_rate": len(judged), "fallback_rate": len(self._window)}
+            for name, rate in rates.items():
+                self.rates.labels(name).set(rate)
+                firing = counts[name] >= self._alerts.min_answers and rate > limits[name]
+                if firing and name not in self._firing:
+                    self._firing.add(name)
+                    alert_log.warning(
+                        "alert firing", extra={"alert": name, "rate": round(rate, 4), "threshold": limits[name]}
+                    )
+                elif not firing and name in self._firing:
+                    self._firing.discard(name)
+                    alert_log.info("alert resolved", extra={"alert": name, "rate": round(rate, 4)})
+                self.alert_active.labels(name).set(1 if firing else 0)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _reason(text: str) -> str:
+    """A bounded label: the kind before the first colon ("timeout", "circuit_open", "output guard")."""
+    return (text.split(":", 1)[0].strip() or "unknown")[:40]
