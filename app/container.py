@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from serving.answer_cache import InMemoryAnswerCache
 from serving.extractive import ExtractiveGenerator
 from serving.fallback import FallbackChain
 from serving.generation import Generation, GenerationRequest, Generator, GeneratorError, StreamDelta
+from serving.judge_sampler import SampledJudge
 from serving.metrics import AlertThresholds, ServiceMetrics
 from serving.openai_compat import OpenAICompatibleGenerator
 from serving.pipeline import Answer, AnswerRequest, RagPipeline
@@ -81,10 +82,24 @@ class Services:
         endpoint = s.langsmith_endpoint or "https://api.smith.langchain.com"
         return LangSmithTracer(endpoint, s.langsmith_api_key, s.langsmith_project, redact if s.trace_redact else None)
 
+    @cached_property
+    def judge(self) -> SampledJudge | None:
+        s = self.settings
+        if not s.judge_base_url or s.judge_share <= 0:
+            return None
+        from evals.ragas_metrics import JudgeConfig, judge_metrics
+
+        config = JudgeConfig(
+            s.judge_base_url, s.judge_model, s.judge_api_key or "none", s.judge_timeout_s, s.judge_max_tokens
+        )
+        return SampledJudge(lambda: judge_metrics(config, self.embedder)["faithfulness"], s.judge_share, self.metrics)
+
     def observe(self, request: AnswerRequest, answer: Answer) -> None:
-        """Every final answer: metered, and traced when tracing is on."""
+        """Every final answer: metered, traced when tracing is on, judged when sampled."""
         self.metrics.observe(answer)
         self.tracer.record(request, answer)
+        if self.judge is not None:
+            self.judge.record(request, answer)
 
     @cached_property
     def metrics(self) -> ServiceMetrics:
@@ -97,6 +112,9 @@ class Services:
     def close(self) -> None:
         if "tracer" in self.__dict__:
             self.tracer.close()
+        judge = self.__dict__.get("judge")
+        if judge is not None:
+            judge.close()
         self.index.close()
         self._store.close()
 
@@ -168,6 +186,16 @@ def build_pipeline(services: Services) -> RagPipeline:
     )
 
 
+def _instruction_flagger(settings: Settings) -> Callable[[str], str | None] | None:
+    if not settings.guards:
+        return None
+    from safety.guards import POLICIES_DIR, load_injection_settings
+    from safety.injection import PatternDetector
+
+    patterns, _ = load_injection_settings(settings.policies_dir or POLICIES_DIR)
+    return PatternDetector(patterns).first_match
+
+
 def build_guards(settings: Settings, embedder: CachedEmbedder) -> Guards | None:
     if not settings.guards:
         return None
@@ -236,7 +264,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
         settings=settings,
         embedder=cached,
         index=index,
-        ingestor=Ingestor(index, cached, sparse, chunker),
+        ingestor=Ingestor(index, cached, sparse, chunker, flag_instructions=_instruction_flagger(settings)),
         searcher=Searcher(index, cached, sparse),
         store=cached.store,
     )

@@ -142,12 +142,15 @@ class Settings(BaseSettings):
     trace_redact: bool = Field(True, description="Redact PII and secrets in traced inputs and outputs.")
     tracing: bool = Field(True, description="Trace requests when LangSmith is configured (eval runs turn it off).")
 
-    # Evals: the judge LLM of ragas' faithfulness and answer relevancy (optional)
+    # The judge LLM: ragas faithfulness and answer relevancy in evals, and sampled faithfulness in serving
     judge_base_url: str | None = Field(None, description="OpenAI-compatible judge, e.g. a vLLM server's /v1 URL.")
     judge_model: str = "smollm2"
     judge_api_key: str | None = None
     judge_timeout_s: float = Field(60.0, gt=0)
     judge_max_tokens: int = Field(512, ge=16, description="Per judge call; ragas asks for JSON statements.")
+    judge_share: float = Field(
+        0.0, ge=0, le=1, description="Share of served answers the judge scores (ragas faithfulness) in the background."
+    )
 
     @model_validator(mode="after")
     def _overlap_below_budget(self) -> Settings:

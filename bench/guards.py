@@ -12,8 +12,10 @@ Data (``bench/redteam.py`` builds the attacks from the pyrit package's datasets)
   maximise ROC AUC and the threshold that maximises balanced accuracy.
 
 Detection and false positives are reported per validator (patterns, similarity) and for the whole input guard;
-latency is the input guard on benign questions and the output guard on an answer whose passages are already
-embedded (as in serving, where retrieval or the extractive generator embedded them).
+latency is the input guard on benign questions, the output guard on one-sentence answers and on SmolLM2's own
+answers (the ``qa`` baseline) whose passages are already embedded (as in serving, where retrieval or context
+compression embedded them), and the time guards add to an extractive ``/v1/chat`` answer (paired, guards on
+minus off).
 
 Run: ``.venv/bin/python bench/guards.py [--calibrate] [--out FILE]``; ``--calibrate`` prints the settings to put
 in ``guardrails/injection.yaml`` and ``RAGOPS_GROUNDEDNESS_THRESHOLD`` defaults.
@@ -237,6 +239,22 @@ def main() -> None:
             },
             "both_p95": round(percentile([a + b for a, b in zip(latencies_in, latencies_out, strict=False)], 95), 2),
         }
+        # SmolLM2's own answers (the qa baseline, with the passages it saw), as served by llama.cpp.
+        rows = json.loads((ROOT / "evals" / "baselines" / "qa.json").read_text())["samples"]
+        embedder.embed([s for row in rows for c in row["citations"] for s in split_sentences(c["text"])])
+        llm = []
+        for row in rows * 5:
+            contexts = [c["text"] for c in row["citations"]]
+            started = time.perf_counter()
+            guards.output.check(row["answer"], {"contexts": contexts, "passages": len(contexts)})
+            llm.append((time.perf_counter() - started) * 1000)
+        report["latency_ms"]["output_guard_llm_answers"] = {
+            "p50": round(percentile(llm, 50), 2),
+            "p95": round(percentile(llm, 95), 2),
+        }
+        report["latency_ms"]["both_p95_llm_answers"] = round(
+            percentile([a + b for a, b in zip(latencies_in, llm, strict=False)], 95), 2
+        )
         report["latency_ms"]["added_to_request"] = added_latency(settings, embedder, benign["test"][:300])
         # Groundedness.
         scorer = next(s for s in guards.output.steps if s.name == "groundedness").validator.scorer

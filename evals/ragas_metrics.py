@@ -21,6 +21,7 @@ from app.container import apply_offline_environment
 from evals.metrics import Metric, Sample
 
 if TYPE_CHECKING:
+    from app.settings import Settings
     from retrieval.embedding import Embedder
 
 JUDGE_METRICS = ("faithfulness", "answer_relevancy")
@@ -73,6 +74,19 @@ class JudgeConfig:
     api_key: str = "not-needed"
     timeout_s: float = 60.0
     max_tokens: int = 512
+
+
+def judge_config(settings: Settings) -> JudgeConfig | None:
+    """The judge the settings name, if any."""
+    if not settings.judge_base_url:
+        return None
+    return JudgeConfig(
+        settings.judge_base_url,
+        settings.judge_model,
+        settings.judge_api_key or "not-needed",
+        settings.judge_timeout_s,
+        settings.judge_max_tokens,
+    )
 
 
 def judge_metrics(config: JudgeConfig | None, embedder: Embedder) -> dict[str, Metric]:

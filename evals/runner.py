@@ -20,7 +20,7 @@ from typing import Any
 
 from app.container import Services
 from evals.metrics import METRICS, Metric, Sample
-from evals.ragas_metrics import JUDGE_METRICS, RAGAS_METRICS, JudgeConfig, judge_metrics
+from evals.ragas_metrics import JUDGE_METRICS, RAGAS_METRICS, judge_config, judge_metrics
 from evals.suite import Suite, SuiteError, dataset_hash, load_dataset
 from retrieval.index import Scope
 from retrieval.loaders import load_paths
@@ -136,17 +136,7 @@ def run_suite(
         for s in load_dataset(suite.dataset, suite.samples)
     ]
     corpus_hash = _key(sorted((d, sorted(h)) for d, h in services.index.document_hashes(scope).items()))[:16]
-    judge = (
-        JudgeConfig(
-            settings.judge_base_url,
-            settings.judge_model,
-            settings.judge_api_key or "not-needed",
-            settings.judge_timeout_s,
-            settings.judge_max_tokens,
-        )
-        if settings.judge_base_url
-        else None
-    )
+    judge = judge_config(settings)
     judged = judge if set(suite.metrics) & set(JUDGE_METRICS) else None
     metrics = {**METRICS, **RAGAS_METRICS, **judge_metrics(judged, services.embedder)}
     pipeline = services.pipeline

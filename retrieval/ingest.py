@@ -38,6 +38,7 @@ class IngestReport:
     embeddings_cached: int = 0
     prune_skipped: str | None = None
     seconds: float = 0.0
+    flagged: list[str] = field(default_factory=list)  # documents with chunks that carry instructions
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +53,7 @@ class IngestReport:
             "seconds": round(self.seconds, 3),
             "errors": self.errors,
             "prune_skipped": self.prune_skipped,
+            "flagged_instructions": self.flagged,
             "documents": {
                 "added": self.added,
                 "updated": self.updated,
@@ -68,6 +70,8 @@ class IngestReport:
         )
         if self.prune_skipped:
             line += f"\nprune skipped: {self.prune_skipped}"
+        if self.flagged:
+            line += f"\ncarry instructions (kept out of prompts): {', '.join(self.flagged)}"
         return line
 
 
@@ -86,8 +90,12 @@ class Ingestor:
         sparse: SparseEncoder,
         chunker: Chunker,
         batch_chunks: int = 512,
+        flag_instructions: Callable[[str], str | None] | None = None,
     ) -> None:
         self._index = index
+        # Chunks that carry instructions ("ignore previous instructions ...") are marked in their payload and
+        # reported; the pipeline screens retrieved passages again before they reach a prompt.
+        self._flag_instructions = flag_instructions
         self._embedder = embedder
         self._sparse = sparse
         self._chunker = chunker
@@ -189,15 +197,21 @@ class Ingestor:
         try:
             dense = self._embedder.embed([chunk.embedding_text for _, chunk in chunks])
             now = datetime.now(UTC).isoformat(timespec="seconds")
-            points = [
-                IndexPoint(
-                    id=chunk_point_id(scope, item.document.id, item.document.content_hash, chunk.index),
-                    dense=vector,
-                    sparse=self._sparse.encode_document(chunk.embedding_text),
-                    payload=_payload(scope, item.document, chunk, now),
+            points = []
+            for (item, chunk), vector in zip(chunks, dense, strict=True):
+                payload = _payload(scope, item.document, chunk, now)
+                if self._flag_instructions is not None and self._flag_instructions(chunk.text):
+                    payload["flags"] = ["instructions"]
+                    if item.document.id not in report.flagged:
+                        report.flagged.append(item.document.id)
+                points.append(
+                    IndexPoint(
+                        id=chunk_point_id(scope, item.document.id, item.document.content_hash, chunk.index),
+                        dense=vector,
+                        sparse=self._sparse.encode_document(chunk.embedding_text),
+                        payload=payload,
+                    )
                 )
-                for (item, chunk), vector in zip(chunks, dense, strict=True)
-            ]
             self._index.upsert(points)
         except Exception as exc:
             self._roll_back(batch, scope)

@@ -58,6 +58,13 @@ class ServiceMetrics:
         self.groundedness = Histogram(
             "ragops_groundedness", "Groundedness score of answers.", buckets=[i / 10 for i in range(1, 11)], registry=r
         )
+        self.judge_faithfulness = Histogram(
+            "ragops_judge_faithfulness", "ragas faithfulness of sampled answers (judge LLM).",
+            buckets=[i / 10 for i in range(1, 11)], registry=r,
+        )  # fmt: skip
+        self.judge_results = Counter(
+            "ragops_judge_results", "Sampled judgements by result (scored, failed, dropped).", ["result"], registry=r
+        )
         self.errors = Counter("ragops_errors", "Requests that ended in an error response.", ["status"], registry=r)
         self.rates = Gauge("ragops_rolling_rate", "Rates over the recent answers.", ["rate"], registry=r)
         self.alert_active = Gauge(

@@ -161,7 +161,8 @@ def corpus(make_services: Callable[..., Services]) -> Services:
             ),
         ),
     )
-    services.ingestor.ingest_documents([*sample_documents(40), poisoned], SCOPE)
+    report = services.ingestor.ingest_documents([*sample_documents(40), poisoned], SCOPE)
+    assert report.flagged == ["poisoned"]  # flagged at ingestion, screened again at query time
     return services
 
 

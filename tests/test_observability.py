@@ -12,8 +12,12 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from evals.ragas_metrics import JudgeConfig, judge_metrics
+from retrieval.embedding import Embedder
 from retrieval.index import Scope
 from serving.generation import Usage
+from serving.judge_sampler import SampledJudge
+from serving.metrics import ServiceMetrics
 from serving.pipeline import Answer, AnswerRequest
 from serving.tracing import LangSmithTracer
 from tests.conftest import load_sample_records
@@ -154,3 +158,31 @@ def test_dashboard_and_alert_rules_use_exported_metrics() -> None:
     # Labelled counters and histograms only show their samples once observed: compare on family names too.
     families = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in used}
     assert families <= {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in exported}, families
+
+
+def test_sampled_judge_runs_off_the_request_path(embedder: Embedder) -> None:
+    """Faithfulness judged in the background on a share of answers; a dead judge counts failures."""
+    metrics = ServiceMetrics(0.5)
+    dead = JudgeConfig(f"http://127.0.0.1:{free_port()}/v1", "judge", timeout_s=2)
+    sampled = SampledJudge(lambda: judge_metrics(dead, embedder)["faithfulness"], 1.0, metrics)
+    never = SampledJudge(lambda: judge_metrics(dead, embedder)["faithfulness"], 0.0, metrics)
+    answer = Answer("Oxygen is 21% of air [1].", [], "llamacpp", None, False, {}, Usage(), {"total": 3.0})
+
+    def failed() -> float | None:
+        return metrics.registry.get_sample_value("ragops_judge_results_total", {"result": "failed"})
+
+    started = time.perf_counter()
+    for _ in range(3):
+        sampled.record(AnswerRequest("How much oxygen?", Scope("c", "t")), answer)
+        never.record(AnswerRequest("How much oxygen?", Scope("c", "t")), answer)
+    assert time.perf_counter() - started < 0.1  # queued, not judged, on the request path
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and metrics.judge_results.labels("failed")._value.get() < 3:
+        time.sleep(0.1)
+    sampled.close()
+    never.close()
+    families = {f.name: f for f in text_string_to_metric_families(metrics.exposition().decode())}
+    results = {
+        s.labels["result"]: s.value for s in families["ragops_judge_results"].samples if s.name.endswith("_total")
+    }
+    assert results == {"failed": 3.0}

@@ -27,12 +27,14 @@ def models() -> dict[str, Any]:
     return {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "ragops"}]}
 
 
+EXTRA_FIELDS = (
+    "generator", "fallback", "cached", "prompt", "timings_ms", "abstained", "refused", "guards", "groundedness"
+)  # fmt: skip
+
+
 def _extras(answer: Answer) -> dict[str, Any]:
     details = answer.to_dict()
-    return {
-        "citations": details["citations"],
-        "ragops": {k: details[k] for k in ("generator", "fallback", "cached", "prompt", "timings_ms", "abstained")},
-    }
+    return {"citations": details["citations"], "ragops": {k: details[k] for k in EXTRA_FIELDS}}
 
 
 @router.post("/v1/chat/completions", response_model=None)
