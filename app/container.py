@@ -84,15 +84,14 @@ class Services:
 
     @cached_property
     def judge(self) -> SampledJudge | None:
-        s = self.settings
-        if not s.judge_base_url or s.judge_share <= 0:
-            return None
-        from evals.ragas_metrics import JudgeConfig, judge_metrics
+        from evals.ragas_metrics import judge_config, judge_metrics
 
-        config = JudgeConfig(
-            s.judge_base_url, s.judge_model, s.judge_api_key or "none", s.judge_timeout_s, s.judge_max_tokens
+        config = judge_config(self.settings)
+        if config is None or self.settings.judge_share <= 0:
+            return None
+        return SampledJudge(
+            lambda: judge_metrics(config, self.embedder)["faithfulness"], self.settings.judge_share, self.metrics
         )
-        return SampledJudge(lambda: judge_metrics(config, self.embedder)["faithfulness"], s.judge_share, self.metrics)
 
     def observe(self, request: AnswerRequest, answer: Answer) -> None:
         """Every final answer: metered, traced when tracing is on, judged when sampled."""

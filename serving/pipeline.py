@@ -214,15 +214,10 @@ class RagPipeline:
         timings = dict(result.timings_ms)
         hits = result.hits
         if self._guards is not None:
-            keep, fired = self._guards.screen_passages([hit.text for hit in hits])
+            kept, fired = self._guards.screen_passages([hit.text for hit in hits])
             if fired:
-                verdicts["context"] = {"fired": [f.__dict__ for f in fired], "kept": len(keep), "of": len(hits)}
-                hits = [
-                    replace(hits[i], text=self._guards.neutralise(hits[i].text))
-                    if self._guards.context_action == "neutralise"
-                    else hits[i]
-                    for i in keep
-                ]
+                verdicts["context"] = {"fired": [f.__dict__ for f in fired], "kept": len(kept), "of": len(hits)}
+                hits = [replace(hits[i], text=text) for i, text in kept]
         relevance = self._relevance(query_vector, hits)
         if relevance is None or relevance < self._abstain_below:
             abstention = self._fixed_answer("abstain", None, prompt_info, timings, started, relevance)
@@ -265,27 +260,20 @@ class RagPipeline:
         groundedness = None
         if self._guards is not None and self._guards.output is not None:
             guard_started = time.perf_counter()
-            checked = self._guards.output.check(
-                generation.text, {"contexts": [h.text for h in hits], "passages": len(hits)}
-            )
+            evidence = {"contexts": [h.text for h in hits], "passages": len(hits)}
+            checked = self._guards.output.check(generation.text, evidence)
             verdicts["output"] = {**checked.to_dict(), "enforced": self._enforce_output_guard}
-            groundedness = checked.details.get("groundedness")
-            enforce = self._enforce_output_guard
-            if enforce and checked.action == "block":
-                refusal = self._refusal(checked, prompt_info, verdicts, started)
-                yield refusal
+            if self._enforce_output_guard and checked.action == "block":
+                yield self._refusal(checked, prompt_info, verdicts, started)
                 return
-            if enforce and checked.action == "fallback" and self._fallback_generator and generator != "extractive":
-                reason = "; ".join(f"{f.validator}: {f.reason}" for f in checked.fired if f.action == "fallback")
-                fallback = {"from": generator, "reason": f"output guard: {reason}"}
+            replace_answer = checked.action == "fallback" and generator != "extractive"
+            if self._enforce_output_guard and replace_answer and self._fallback_generator is not None:
+                fallback = {"from": generator, "reason": f"output guard: {checked.reasons('fallback')}"}
                 generation = self._fallback_generator.generate(generation_request)
                 generator = self._fallback_generator.name
-                rechecked = self._guards.output.check(
-                    generation.text, {"contexts": [h.text for h in hits], "passages": len(hits)}
-                )
-                verdicts["fallback_output"] = rechecked.to_dict()
-                groundedness = rechecked.details.get("groundedness")
-                checked = rechecked
+                checked = self._guards.output.check(generation.text, evidence)
+                verdicts["fallback_output"] = checked.to_dict()
+            groundedness = checked.details.get("groundedness")
             generation = replace(generation, text=checked.text)
             timings["output_guard"] = _ms(guard_started)
         text, citations = resolve_citations(generation.text, hits)
@@ -314,10 +302,8 @@ class RagPipeline:
     def _refusal(
         self, verdict: GuardVerdict, prompt_info: dict[str, str], verdicts: dict[str, Any], started: float
     ) -> Answer:
-        fired = [f for f in verdict.fired if f.action == verdict.action]
-        why = "; ".join(f"{f.validator}: {f.reason}" for f in fired)
         return Answer(
-            answer=f"{REFUSAL} ({why})",
+            answer=f"{REFUSAL} ({verdict.reasons(verdict.action)})",
             citations=[],
             generator="guard",
             fallback=None,
