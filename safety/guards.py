@@ -79,10 +79,6 @@ class Guard:
         self.name = name
         self.steps = steps
 
-    @property
-    def validators(self) -> list[str]:
-        return [step.name for step in self.steps]
-
     def check(self, text: str, metadata: dict[str, Any] | None = None) -> GuardVerdict:
         started = time.perf_counter()
         verdict = GuardVerdict("pass", text)
