@@ -77,10 +77,8 @@ class Services:
         s = self.settings
         if not s.tracing or not (s.langsmith_api_key or s.langsmith_endpoint):
             return NoTracer()
-        from safety.pii import redact
-
         endpoint = s.langsmith_endpoint or "https://api.smith.langchain.com"
-        return LangSmithTracer(endpoint, s.langsmith_api_key, s.langsmith_project, redact if s.trace_redact else None)
+        return LangSmithTracer(endpoint, s.langsmith_api_key, s.langsmith_project, s.trace_redact)
 
     @cached_property
     def judge(self) -> SampledJudge | None:

@@ -14,22 +14,12 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-from safety.pii import redact
+from safety.pii import redact, redact_values
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has: the rest are the caller's ``extra`` fields.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "color_message"}
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value if isinstance(value, int | float | bool) or value is None else redact(str(value))
 
 
 class JsonFormatter(logging.Formatter):
@@ -41,7 +31,7 @@ class JsonFormatter(logging.Formatter):
             "message": redact(record.getMessage()),
             "request_id": request_id.get(),
         }
-        payload.update({k: _clean(v) for k, v in record.__dict__.items() if k not in _STANDARD})
+        payload.update({k: redact_values(v) for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
             payload["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(payload, ensure_ascii=False, default=str)

@@ -11,6 +11,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -118,3 +119,15 @@ def redact(text: str, findings: list[Finding] | None = None) -> str:
     for finding in sorted(findings if findings is not None else find_pii(text), key=lambda f: -f.start):
         text = text[: finding.start] + finding.placeholder + text[finding.end :]
     return text
+
+
+def redact_values(value: Any) -> Any:
+    """``value`` with every string in it redacted, through dicts and lists (logs and traces); other objects
+    become redacted strings, numbers and None stay."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_values(v) for v in value]
+    return value if isinstance(value, int | float | bool) or value is None else redact(str(value))

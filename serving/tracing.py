@@ -15,27 +15,17 @@ import logging
 import queue
 import threading
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from safety.pii import redact_values
+
 if TYPE_CHECKING:
     from serving.pipeline import Answer, AnswerRequest
 
 log = logging.getLogger("ragops.tracing")
-Redactor = Callable[[str], str]
-
-
-def _redacted(value: Any, redact: Redactor) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {k: _redacted(v, redact) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redacted(v, redact) for v in value]
-    return value
 
 
 def _dotted(start: datetime, run_id: uuid.UUID) -> str:
@@ -107,7 +97,7 @@ class LangSmithTracer:
         endpoint: str,
         api_key: str | None,
         project: str,
-        redact: Redactor | None = None,
+        redact: bool = True,
         timeout_s: float = 2.0,
         max_pending: int = 1000,
         batch_size: int = 50,
@@ -125,12 +115,8 @@ class LangSmithTracer:
 
     def record(self, request: AnswerRequest, answer: Answer) -> None:
         runs = trace_runs(request, answer, self._project)
-        if self._redact is not None:
-            redact = self._redact
-            runs = [
-                {**r, "inputs": _redacted(r["inputs"], redact), "outputs": _redacted(r["outputs"], redact)}
-                for r in runs
-            ]
+        if self._redact:
+            runs = [{**r, "inputs": redact_values(r["inputs"]), "outputs": redact_values(r["outputs"])} for r in runs]
         try:
             self._queue.put_nowait(runs)
         except queue.Full:  # the endpoint is not keeping up: drop rather than grow or block
