@@ -66,6 +66,7 @@ run: ingest serve
 test: setup browser vllm
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
 
 bench: setup

@@ -3,49 +3,49 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 
 from app.settings import Settings
+from evals.ragas_metrics import JudgeConfig
+from evals.runner import EvalParts
 from prompts.registry import PromptRegistry, PromptSelector
 from retrieval.chunking import Chunker
 from retrieval.embedding import Embedder, build_embedder
 from retrieval.embedding_cache import CachedEmbedder, EmbeddingStore, SqliteEmbeddingStore
 from retrieval.index import FusionParams, VectorIndex
 from retrieval.ingest import Ingestor
+from retrieval.offline import apply_offline_environment
 from retrieval.search import Searcher
 from retrieval.sparse import Bm25Encoder
 from safety.guards import Guards
+from serving.answer import Answer
 from serving.answer_cache import InMemoryAnswerCache
 from serving.extractive import ExtractiveGenerator
 from serving.fallback import FallbackChain
 from serving.generation import Generation, GenerationRequest, Generator, GeneratorError, StreamDelta
-from serving.judge_sampler import SampledJudge
+from serving.judge_sampler import Judgement, SampledJudge
 from serving.metrics import AlertThresholds, ServiceMetrics
 from serving.openai_compat import OpenAICompatibleGenerator
-from serving.pipeline import Answer, AnswerRequest, RagPipeline
+from serving.pipeline import RagPipeline
+from serving.stages import (
+    Abstain,
+    AnswerRequest,
+    CachedAnswers,
+    ComposePrompt,
+    Generate,
+    InputGuard,
+    OutputGuard,
+    Retrieve,
+    ScreenPassages,
+    Stages,
+)
 from serving.tracing import LangSmithTracer, NoTracer
 
 logger = logging.getLogger("ragops")
-
-# Nothing leaves the machine unless configured: no model-hub calls, no telemetry from the libraries we load.
-OFFLINE_ENVIRONMENT = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "RAGAS_DO_NOT_TRACK": "true",
-    "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # litellm (under ragas) would fetch its price list
-    "LANGSMITH_TEST_TRACKING": "false",
-}
-
-
-def apply_offline_environment() -> None:
-    for key, value in OFFLINE_ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
+answer_log = logging.getLogger("ragops.answers")
 
 
 class Services:
@@ -82,17 +82,21 @@ class Services:
 
     @cached_property
     def judge(self) -> SampledJudge | None:
-        from evals.ragas_metrics import judge_config, judge_metrics
-
         config = judge_config(self.settings)
         if config is None or self.settings.judge_share <= 0:
             return None
         return SampledJudge(
-            lambda: judge_metrics(config, self.embedder)["faithfulness"], self.settings.judge_share, self.metrics
+            lambda: faithfulness_judgement(config, self.embedder), self.settings.judge_share, self.metrics
         )
 
     def observe(self, request: AnswerRequest, answer: Answer) -> None:
-        """Every final answer: metered, traced when tracing is on, judged when sampled."""
+        """Every final answer: logged, metered, traced when tracing is on, judged when sampled."""
+        answer_log.info(
+            "answer",
+            extra={"outcome": answer.outcome, "generator": answer.generator, "prompt": answer.prompt.version,
+                   "fallback": answer.fallback.reason if answer.fallback else None,
+                   "ms": answer.timings_ms.get("total")},
+        )  # fmt: skip
         self.metrics.observe(answer)
         self.tracer.record(request, answer)
         if self.judge is not None:
@@ -161,25 +165,66 @@ def build_pipeline(services: Services) -> RagPipeline:
     settings = services.settings
     primary = build_generator(settings, services.embedder)
     generators = [primary] if primary.name == "extractive" else [primary, ExtractiveGenerator(services.embedder)]
-    chain = FallbackChain(generators, settings.breaker_failures, settings.breaker_cooldown_s)
     registry = PromptRegistry(settings.prompts_dir) if settings.prompts_dir else PromptRegistry()
     canary = registry.resolve(settings.canary_prompt) if settings.canary_prompt else None
     prompts = PromptSelector(registry.resolve(settings.prompt), canary, settings.canary_share)
-    fallback = generators[-1]
-    return RagPipeline(
-        searcher=services.searcher,
-        embedder=services.embedder,
-        chain=chain,
-        prompt=prompts,
-        cache=InMemoryAnswerCache(settings.answer_cache_size, settings.semantic_cache_threshold),
-        index_version=lambda: services.ingestor.version,
-        abstain_below=settings.abstain_below,
+    guards = build_guards(settings, services.embedder)
+    embedder = services.embedder
+    stages = Stages(
+        input_guard=InputGuard(guards.input if guards else None),
+        cache=CachedAnswers(
+            InMemoryAnswerCache(settings.answer_cache_size, settings.semantic_cache_threshold),
+            embedder,
+            lambda: services.ingestor.version,
+            primary.name,
+        ),
+        retrieve=Retrieve(services.searcher),
+        screen=ScreenPassages(guards),
+        abstain=Abstain(embedder, settings.abstain_below),
         # The extractive generator ranks sentences itself: compressing its context first would do it twice.
-        context_sentences=0 if primary.name == "extractive" else settings.context_sentences,
-        guards=build_guards(settings, services.embedder),
-        fallback_generator=fallback,
-        enforce_output_guard=settings.output_guard == "enforce",
-        observer=services.observe,
+        compose=ComposePrompt(embedder, 0 if primary.name == "extractive" else settings.context_sentences),
+        generate=Generate(FallbackChain(generators, settings.breaker_failures, settings.breaker_cooldown_s)),
+        output_guard=OutputGuard(
+            guards.output if guards else None, generators[-1], enforce=settings.output_guard == "enforce"
+        ),
+    )
+    return RagPipeline(stages, prompts, observer=services.observe)
+
+
+def judge_config(settings: Settings) -> JudgeConfig | None:
+    """The judge LLM the settings name, if any."""
+    if not settings.judge_base_url:
+        return None
+    return JudgeConfig(
+        settings.judge_base_url,
+        settings.judge_model,
+        settings.judge_api_key or "not-needed",
+        settings.judge_timeout_s,
+        settings.judge_max_tokens,
+    )
+
+
+def faithfulness_judgement(config: JudgeConfig, embedder: Embedder) -> Judgement:
+    """ragas faithfulness through the judge, as the sampled judge calls it: (question, answer) -> score."""
+    from evals.metrics import Sample
+    from evals.ragas_metrics import judge_metrics
+
+    faithfulness = judge_metrics(config, embedder)["faithfulness"]
+    return lambda question, answer: faithfulness(Sample("live", question), answer)
+
+
+def eval_parts(services: Services) -> EvalParts:
+    """What the eval runner needs of the wired services."""
+    settings = services.settings
+    return EvalParts(
+        pipeline=services.pipeline,
+        ingestor=services.ingestor,
+        index=services.index,
+        embedder=services.embedder,
+        tenant=settings.default_tenant,
+        generator=settings.generator,
+        answers_path=settings.cache_dir / "eval-answers.sqlite",
+        judge=judge_config(settings),
     )
 
 

@@ -12,6 +12,9 @@ from fastapi import FastAPI, Request, Response
 
 from app.api import chat, documents, health, metrics, openai_api, search, web
 from app.api.errors import install_error_handlers
+from app.api.openai_protocol import ChatCompletionChunk
+from app.api.openapi import install_openapi
+from app.api.schemas import ChatStreamEvent
 from app.container import Services, build_services
 from app.logs import request_id
 from app.settings import Settings, load_settings
@@ -44,6 +47,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_openapi(app, [ChatStreamEvent, ChatCompletionChunk])
 
     @app.middleware("http")
     async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

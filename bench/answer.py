@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.retrieval import CORPUS, QUESTIONS, percentile  # noqa: E402
 from evals.metrics import METRICS, Sample  # noqa: E402
+from serving.answer import Answer  # noqa: E402
 from tests import vllm_server  # noqa: E402
 from tests.live_server import LiveServer  # noqa: E402
 
@@ -42,7 +43,7 @@ COLLECTION = "bench"
 
 def score(metric: str, question: dict[str, Any], body: dict[str, Any]) -> float:
     sample = Sample(question["id"], question["question"], tuple(question["answers"]))
-    return METRICS[metric](sample, body) or 0.0
+    return METRICS[metric](sample, Answer.model_validate(body)) or 0.0
 
 
 def ask(client: httpx.Client, question: str) -> tuple[dict[str, Any], float]:
@@ -57,7 +58,7 @@ def first_token_ms(client: httpx.Client, question: str) -> float:
     payload = {"question": question, "collection": COLLECTION, "stream": True}
     with client.stream("POST", "/v1/chat", json=payload) as response:
         for line in response.iter_lines():
-            if line.startswith("data: ") and '"type": "delta"' in line:
+            if line.startswith("data: {") and json.loads(line[6:])["type"] == "delta":
                 return (time.perf_counter() - started) * 1000
     raise RuntimeError("stream without a delta")
 

@@ -5,17 +5,38 @@ baseline, on the samples both scored) with a seeded bootstrap confidence interva
 regresses when the change is both real and large: the interval lies wholly below zero (worse beyond noise)
 and the mean difference is below ``-tolerance`` (worse by more than the suite accepts); or when the
 candidate's mean falls under the metric's absolute ``threshold``.
+
+Runs are only compared when the comparison means something (``check_judges_prompts``, ``check_comparable``);
+otherwise the gate is broken (``GateError``: exit code 2), which is never a regression verdict.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
 
+from evals.results import EvalResults
 from evals.suite import Suite
 
 PASS, REGRESSION = "pass", "regression"
+
+
+class GateError(Exception):
+    """Runs the gate cannot judge: the gate's exit code 2, never a regression verdict."""
+
+
+def check_judges_prompts(generator: str) -> None:
+    """The gate compares prompts, so it needs a generator that reads them."""
+    if generator == "extractive":
+        raise GateError("the gate judges prompts through a model; the extractive generator ignores prompts")
+
+
+def check_comparable(baseline: EvalResults, candidate: EvalResults) -> None:
+    """Baseline and candidate must answer the same dataset with the same generator: only the prompt differs."""
+    if candidate.dataset.hash != baseline.dataset.hash:
+        raise GateError("the baseline was run on another dataset (dataset hashes differ)")
+    if candidate.generator != baseline.generator:
+        raise GateError(f"the baseline was run on {baseline.generator}, not {candidate.generator}")
 
 
 @dataclass(frozen=True)
@@ -43,18 +64,22 @@ def bootstrap_interval(
     return means[int(tail * resamples)], means[min(resamples - 1, int((1 - tail) * resamples))]
 
 
-def compare(baseline: dict[str, Any], candidate: dict[str, Any], suite: Suite, seed: int = 0) -> list[MetricVerdict]:
-    base_rows = {row["id"]: row for row in baseline["samples"]}
+def _mean(results: EvalResults, metric: str) -> float | None:
+    summary = results.aggregate.get(metric)
+    return summary.mean if summary is not None else None
+
+
+def compare(baseline: EvalResults, candidate: EvalResults, suite: Suite, seed: int = 0) -> list[MetricVerdict]:
+    base_rows = {row.id: row for row in baseline.samples}
     verdicts = []
     for metric, spec in suite.metrics.items():
         pairs = [
-            (base_rows[row["id"]]["metrics"].get(metric), row["metrics"].get(metric))
-            for row in candidate["samples"]
-            if row["id"] in base_rows
+            (base_rows[row.id].metrics.get(metric), row.metrics.get(metric))
+            for row in candidate.samples
+            if row.id in base_rows
         ]
         scored = [(b, c) for b, c in pairs if b is not None and c is not None]
-        candidate_mean = candidate["aggregate"].get(metric, {}).get("mean")
-        baseline_mean = baseline["aggregate"].get(metric, {}).get("mean")
+        candidate_mean, baseline_mean = _mean(candidate, metric), _mean(baseline, metric)
         difference = ci_low = ci_high = None
         verdict, reason = PASS, "within tolerance"
         if scored:

@@ -8,10 +8,10 @@ import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
+from prompts.citations import cited_numbers, strip_citations
+from serving.answer import Answer
 from serving.generation import NOT_IN_DOCUMENTS
-from serving.pipeline import CITATION, citation_numbers
 
 _PUNCTUATION = set(string.punctuation)
 
@@ -20,10 +20,6 @@ def normalise(text: str) -> str:
     """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
     text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
-
-
-def strip_citations(answer: str) -> str:
-    return CITATION.sub("", answer).strip()
 
 
 @dataclass(frozen=True)
@@ -36,17 +32,17 @@ class Sample:
     reference_contexts: tuple[str, ...] = ()  # the reference documents' text, filled in from the suite's corpus
 
 
-def exact_match(sample: Sample, result: dict[str, Any]) -> float | None:
+def exact_match(sample: Sample, result: Answer) -> float | None:
     if sample.expected != "answer" or not sample.answers:
         return None
-    prediction = normalise(strip_citations(result["answer"]))
+    prediction = normalise(strip_citations(result.answer))
     return float(any(prediction == normalise(a) for a in sample.answers))
 
 
-def token_f1(sample: Sample, result: dict[str, Any]) -> float | None:
+def token_f1(sample: Sample, result: Answer) -> float | None:
     if sample.expected != "answer" or not sample.answers:
         return None
-    predicted = normalise(strip_citations(result["answer"])).split()
+    predicted = normalise(strip_citations(result.answer)).split()
     best = 0.0
     for answer in sample.answers:
         gold = normalise(answer).split()
@@ -57,36 +53,39 @@ def token_f1(sample: Sample, result: dict[str, Any]) -> float | None:
     return best
 
 
-def contains_answer(sample: Sample, result: dict[str, Any]) -> float | None:
+def contains_answer(sample: Sample, result: Answer) -> float | None:
     if sample.expected != "answer" or not sample.answers:
         return None
-    prediction = normalise(result["answer"])
+    prediction = normalise(result.answer)
     return float(any(normalise(a) in prediction for a in sample.answers))
 
 
-def citation_accuracy(sample: Sample, result: dict[str, Any]) -> float | None:
+def citation_accuracy(sample: Sample, result: Answer) -> float | None:
     """A chunk the answer cites contains a gold answer (or, without answers, is a reference document)."""
     if sample.expected != "answer":
         return None
-    cited = [c for c in result["citations"] if c["cited"]]
+    cited = [c for c in result.citations if c.cited]
     if sample.answers:
-        return float(any(normalise(a) in normalise(c["text"]) for c in cited for a in sample.answers))
+        return float(any(normalise(a) in normalise(c.text) for c in cited for a in sample.answers))
     if sample.reference_doc_ids:
-        return float(any(c["doc_id"] in sample.reference_doc_ids for c in cited))
+        return float(any(c.doc_id in sample.reference_doc_ids for c in cited))
     return None
 
 
-def citation_format(sample: Sample, result: dict[str, Any]) -> float | None:
+def citation_format(sample: Sample, result: Answer) -> float | None:
     """An answer cites at least one passage, and every [n] in it points at a listed citation."""
-    if sample.expected != "answer" or result.get("abstained"):
+    if sample.expected != "answer" or result.abstained:
         return None
-    numbers = {n for group in CITATION.findall(result["answer"]) for n in citation_numbers(group)}
-    listed = {c["index"] for c in result["citations"]}
+    numbers = set(cited_numbers(result.answer))
+    listed = {c.index for c in result.citations}
     return float(bool(numbers) and numbers <= listed)
 
 
-def _behaved(sample: Sample, behaviour: str, happened: bool) -> float | None:
-    """1 when the service did ``behaviour`` exactly on the samples that expect it and answered the others."""
+def _behaved(sample: Sample, result: Answer, behaviour: str, happened: bool) -> float | None:
+    """1 when the service did ``behaviour`` exactly on the samples that expect it and answered the others. An
+    outage (no generator could answer) is neither: it scores 0 whatever the sample expects."""
+    if result.outcome == "failed" and sample.expected in (behaviour, "answer"):
+        return 0.0
     if sample.expected == behaviour:
         return float(happened)
     if sample.expected == "answer":
@@ -94,33 +93,33 @@ def _behaved(sample: Sample, behaviour: str, happened: bool) -> float | None:
     return None
 
 
-def abstained_when_expected(sample: Sample, result: dict[str, Any]) -> float | None:
-    """Abstains on what it should (unanswerable), answers what it should."""
-    abstained = bool(result.get("abstained")) or NOT_IN_DOCUMENTS.lower() in result["answer"].lower()
-    return _behaved(sample, "abstain", abstained)
+def abstained_when_expected(sample: Sample, result: Answer) -> float | None:
+    """Abstains on what it should (unanswerable), answers what it should. A model that says the documents do not
+    hold the answer abstains too; the outage answer, which shares that text, does not."""
+    abstained = result.abstained or NOT_IN_DOCUMENTS.lower() in result.answer.lower()
+    return _behaved(sample, result, "abstain", abstained)
 
 
-def refused_when_expected(sample: Sample, result: dict[str, Any]) -> float | None:
+def refused_when_expected(sample: Sample, result: Answer) -> float | None:
     """Refuses what it should (attacks the input guard must block), answers what it should."""
-    return _behaved(sample, "refuse", bool(result.get("refused")))
+    return _behaved(sample, result, "refuse", result.refused)
 
 
-def retrieval_recall(sample: Sample, result: dict[str, Any]) -> float | None:
+def retrieval_recall(sample: Sample, result: Answer) -> float | None:
     """Share of the reference documents among the retrieved passages (context recall with reference)."""
     if not sample.reference_doc_ids:
         return None
-    retrieved = {c["doc_id"] for c in result["citations"]}
+    retrieved = {c.doc_id for c in result.citations}
     return sum(doc in retrieved for doc in sample.reference_doc_ids) / len(sample.reference_doc_ids)
 
 
-def groundedness(sample: Sample, result: dict[str, Any]) -> float | None:
+def groundedness(sample: Sample, result: Answer) -> float | None:
     """The service's own groundedness score of the answer (safety/groundedness.py): the support of its least
     supported sentence by the retrieved passages. Not applicable to abstentions and refusals."""
-    score = (result.get("groundedness") or {}).get("score")
-    return None if score is None else float(score)
+    return result.groundedness.score if result.groundedness is not None else None
 
 
-Metric = Callable[[Sample, dict[str, Any]], float | None]
+Metric = Callable[[Sample, Answer], float | None]
 METRICS: dict[str, Metric] = {
     "exact_match": exact_match,
     "token_f1": token_f1,

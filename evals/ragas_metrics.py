@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from app.container import apply_offline_environment
 from evals.metrics import Metric, Sample
+from retrieval.offline import apply_offline_environment
 
 if TYPE_CHECKING:
-    from app.settings import Settings
     from retrieval.embedding import Embedder
+    from serving.answer import Answer
 
 JUDGE_METRICS = ("faithfulness", "answer_relevancy")
 
@@ -31,11 +31,11 @@ class JudgementError(Exception):
     """A judge metric gave no usable score for a sample."""
 
 
-def _contexts(result: dict[str, Any]) -> list[str]:
-    return [c["text"] for c in result["citations"]]
+def _contexts(result: Answer) -> list[str]:
+    return [c.text for c in result.citations]
 
 
-def _single_turn(metric: Any, sample: Sample, result: dict[str, Any]) -> float | None:
+def _single_turn(metric: Any, sample: Sample, result: Answer) -> float | None:
     if not sample.reference_contexts:
         return None
     from ragas.dataset_schema import SingleTurnSample
@@ -48,7 +48,7 @@ def _single_turn(metric: Any, sample: Sample, result: dict[str, Any]) -> float |
     return float(metric.single_turn_score(turn))
 
 
-def context_precision(sample: Sample, result: dict[str, Any]) -> float | None:
+def context_precision(sample: Sample, result: Answer) -> float | None:
     """ragas NonLLMContextPrecisionWithReference: are the passages that match a reference ranked first?"""
     apply_offline_environment()  # ragas: no telemetry, no fetches
     from ragas.metrics._context_precision import NonLLMContextPrecisionWithReference
@@ -56,7 +56,7 @@ def context_precision(sample: Sample, result: dict[str, Any]) -> float | None:
     return _single_turn(NonLLMContextPrecisionWithReference(), sample, result)
 
 
-def context_recall(sample: Sample, result: dict[str, Any]) -> float | None:
+def context_recall(sample: Sample, result: Answer) -> float | None:
     """ragas NonLLMContextRecall: share of the reference passages found among the retrieved ones."""
     apply_offline_environment()  # ragas: no telemetry, no fetches
     from ragas.metrics._context_recall import NonLLMContextRecall
@@ -74,19 +74,6 @@ class JudgeConfig:
     api_key: str = "not-needed"
     timeout_s: float = 60.0
     max_tokens: int = 512
-
-
-def judge_config(settings: Settings) -> JudgeConfig | None:
-    """The judge the settings name, if any."""
-    if not settings.judge_base_url:
-        return None
-    return JudgeConfig(
-        settings.judge_base_url,
-        settings.judge_model,
-        settings.judge_api_key or "not-needed",
-        settings.judge_timeout_s,
-        settings.judge_max_tokens,
-    )
 
 
 def judge_metrics(config: JudgeConfig | None, embedder: Embedder) -> dict[str, Metric]:
@@ -122,19 +109,19 @@ class _Judge:
             raise JudgementError("the judge returned NaN")
         return float(value)
 
-    def faithfulness(self, sample: Sample, result: dict[str, Any]) -> float | None:
-        if result.get("abstained") or not result["answer"].strip():
+    def faithfulness(self, sample: Sample, result: Answer) -> float | None:
+        if result.abstained or result.outcome == "failed" or not result.answer.strip():
             return None
         return self._run(
             lambda: self._faithfulness.ascore(
-                user_input=sample.question, response=result["answer"], retrieved_contexts=_contexts(result)
+                user_input=sample.question, response=result.answer, retrieved_contexts=_contexts(result)
             )
         )
 
-    def answer_relevancy(self, sample: Sample, result: dict[str, Any]) -> float | None:
-        if sample.expected != "answer" or not result["answer"].strip():
+    def answer_relevancy(self, sample: Sample, result: Answer) -> float | None:
+        if sample.expected != "answer" or not result.answer.strip():
             return None
-        return self._run(lambda: self._relevancy.ascore(user_input=sample.question, response=result["answer"]))
+        return self._run(lambda: self._relevancy.ascore(user_input=sample.question, response=result.answer))
 
 
 def _embeddings(embedder: Embedder) -> Any:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from evals.results import EvalResults, SampleResult
 
 BINS = 10
 WORST = 10
@@ -40,41 +41,53 @@ def histogram(values: list[float], bins: int = BINS, width: float = 300, height:
     return bars
 
 
-def _sample_score(row: dict[str, Any]) -> float | None:
-    values = [v for v in row["metrics"].values() if v is not None]
+@dataclass(frozen=True)
+class RankedSample:
+    row: SampleResult
+    score: float | None  # mean over the sample's scored metrics
+
+
+@dataclass(frozen=True)
+class ChangedSample:
+    baseline: SampleResult
+    candidate: SampleResult
+    deltas: dict[str, float]  # metric -> candidate minus baseline
+
+
+def _sample_score(row: SampleResult) -> float | None:
+    values = [v for v in row.metrics.values() if v is not None]
     return sum(values) / len(values) if values else None
 
 
-def worst_samples(results: dict[str, Any], limit: int = WORST) -> list[dict[str, Any]]:
+def worst_samples(results: EvalResults, limit: int = WORST) -> list[RankedSample]:
     """The samples with the lowest mean score over their scored metrics (failed judgements first)."""
-    scored = [(row, _sample_score(row)) for row in results["samples"]]
+    scored = [RankedSample(row, _sample_score(row)) for row in results.samples]
     ranked = sorted(
-        (pair for pair in scored if pair[1] is not None or pair[0].get("failures")),
-        key=lambda pair: (not pair[0].get("failures"), pair[1] if pair[1] is not None else 0.0),
+        (item for item in scored if item.score is not None or item.row.failures),
+        key=lambda item: (not item.row.failures, item.score if item.score is not None else 0.0),
     )
-    return [{**row, "score": value} for row, value in ranked[:limit]]
+    return ranked[:limit]
 
 
-def sample_diff(baseline: dict[str, Any], results: dict[str, Any]) -> list[dict[str, Any]]:
+def sample_diff(baseline: EvalResults, results: EvalResults) -> list[ChangedSample]:
     """Samples of both runs whose answer or a metric changed, the largest drop first."""
-    base_rows = {row["id"]: row for row in baseline["samples"]}
+    base_rows = {row.id: row for row in baseline.samples}
     changed = []
-    for row in results["samples"]:
-        before = base_rows.get(row["id"])
+    for row in results.samples:
+        before = base_rows.get(row.id)
         if before is None:
             continue
         deltas = {
-            name: value - before["metrics"][name]
-            for name, value in row["metrics"].items()
-            if value is not None and before["metrics"].get(name) is not None and value != before["metrics"][name]
+            name: value - old
+            for name, value in row.metrics.items()
+            if value is not None and (old := before.metrics.get(name)) is not None and value != old
         }
-        if deltas or row["answer"] != before["answer"]:
-            changed.append({"id": row["id"], "question": row["question"], "baseline": before, "candidate": row,
-                            "deltas": deltas})  # fmt: skip
-    return sorted(changed, key=lambda item: min(item["deltas"].values(), default=0.0))
+        if deltas or row.answer != before.answer:
+            changed.append(ChangedSample(before, row, deltas))
+    return sorted(changed, key=lambda item: min(item.deltas.values(), default=0.0))
 
 
-def render_report(results: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
+def render_report(results: EvalResults, baseline: EvalResults | None = None) -> str:
     environment = Environment(
         loader=PackageLoader("evals", "templates"),
         autoescape=select_autoescape(["html"]),
@@ -83,8 +96,8 @@ def render_report(results: dict[str, Any], baseline: dict[str, Any] | None = Non
         lstrip_blocks=True,
     )
     charts = {
-        name: histogram([row["metrics"][name] for row in results["samples"] if row["metrics"].get(name) is not None])
-        for name in results["aggregate"]
+        name: histogram([v for row in results.samples if (v := row.metrics.get(name)) is not None])
+        for name in results.aggregate
     }
     return environment.get_template("report.html").render(
         results=results,
@@ -95,6 +108,6 @@ def render_report(results: dict[str, Any], baseline: dict[str, Any] | None = Non
     )
 
 
-def write_report(path: Path, results: dict[str, Any], baseline: dict[str, Any] | None = None) -> Path:
+def write_report(path: Path, results: EvalResults, baseline: EvalResults | None = None) -> Path:
     path.write_text(render_report(results, baseline), encoding="utf-8")
     return path

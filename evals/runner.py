@@ -18,16 +18,30 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.container import Services
 from evals.metrics import METRICS, Metric, Sample
-from evals.ragas_metrics import JUDGE_METRICS, RAGAS_METRICS, judge_config, judge_metrics
+from evals.ragas_metrics import JUDGE_METRICS, RAGAS_METRICS, JudgeConfig, judge_metrics
+from evals.results import (
+    CitationRow,
+    DatasetInfo,
+    EvalResults,
+    Limits,
+    MetricSummary,
+    Percentiles,
+    Performance,
+    PromptRef,
+    SampleResult,
+    TokenTotals,
+)
 from evals.suite import Suite, SuiteError, dataset_hash, load_dataset
-from retrieval.index import Scope
+from retrieval.embedding import Embedder
+from retrieval.index import Scope, VectorIndex
+from retrieval.ingest import Ingestor
 from retrieval.loaders import load_paths
-from serving.pipeline import AnswerRequest
+from serving.answer import Answer
+from serving.pipeline import AnswerRequest, RagPipeline
 
 ProgressFactory = Callable[[int], Any]
-ANSWER_FORMAT = 2  # bumped when answers gain fields metrics read (2: guards and groundedness)
+ANSWER_FORMAT = 3  # bumped when answers gain fields metrics read (2: guards and groundedness; 3: outcome)
 
 
 class AnswerStore:
@@ -38,15 +52,30 @@ class AnswerStore:
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, body TEXT NOT NULL)")
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> str | None:
         row = self._db.execute("SELECT body FROM answers WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        return str(row[0]) if row else None
 
-    def put(self, key: str, body: dict[str, Any]) -> None:
-        self._db.execute("INSERT OR REPLACE INTO answers (key, body) VALUES (?, ?)", (key, json.dumps(body)))
+    def put(self, key: str, body: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO answers (key, body) VALUES (?, ?)", (key, body))
 
     def close(self) -> None:
         self._db.close()
+
+
+@dataclass(frozen=True)
+class EvalParts:
+    """What a suite run needs, wired by the composition root: the real pipeline and ingestor, the index (for the
+    corpus hash), the embedder (for judge metrics), and where answers are cached."""
+
+    pipeline: RagPipeline
+    ingestor: Ingestor
+    index: VectorIndex
+    embedder: Embedder
+    tenant: str
+    generator: str
+    answers_path: Path
+    judge: JudgeConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -64,10 +93,10 @@ class Score:
     failure: str | None = None
 
 
-def score(metric: Metric, sample: Sample, body: dict[str, Any]) -> Score:
+def score(metric: Metric, sample: Sample, answer: Answer) -> Score:
     """A failed judgement (an exception, a NaN) is reported as such, never as 0 or 1."""
     try:
-        value = metric(sample, body)
+        value = metric(sample, answer)
     except Exception as exc:  # a metric that breaks on one sample must not break the run
         return Score(None, f"{type(exc).__name__}: {exc}"[:300])
     if value is not None and math.isnan(value):
@@ -75,18 +104,18 @@ def score(metric: Metric, sample: Sample, body: dict[str, Any]) -> Score:
     return Score(None if value is None else float(value))
 
 
-def aggregate(rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, dict[str, Any]]:
+def aggregate(rows: list[SampleResult], metrics: list[str]) -> dict[str, MetricSummary]:
     """Means over the scored samples; not-applicable and failed ones are counted apart, not averaged in."""
     summary = {}
     for metric in metrics:
-        values = [row["metrics"][metric] for row in rows if row["metrics"].get(metric) is not None]
-        failed = sum(metric in row.get("failures", {}) for row in rows)
-        summary[metric] = {
-            "mean": round(sum(values) / len(values), 4) if values else None,
-            "n": len(values),
-            "failed": failed,
-            "not_applicable": len(rows) - len(values) - failed,
-        }
+        values = [v for row in rows if (v := row.metrics.get(metric)) is not None]
+        failed = sum(metric in row.failures for row in rows)
+        summary[metric] = MetricSummary(
+            mean=round(sum(values) / len(values), 4) if values else None,
+            n=len(values),
+            failed=failed,
+            not_applicable=len(rows) - len(values) - failed,
+        )
     return summary
 
 
@@ -95,15 +124,15 @@ def _percentile(values: list[float], share: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 1) if ordered else None
 
 
-def performance(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def performance(rows: list[SampleResult]) -> Performance:
     """Latency and tokens of the answers (cached answers report the latency of the run that made them)."""
-    latencies = [row["latency_ms"] for row in rows if row.get("latency_ms") is not None]
-    tokens = [row["tokens"] for row in rows]
-    return {
-        "latency_ms": {"p50": _percentile(latencies, 0.5), "p95": _percentile(latencies, 0.95)},
-        "completion_tokens": {"mean": round(sum(tokens) / len(tokens), 1) if tokens else None, "total": sum(tokens)},
-        "fallbacks": sum(row["fallback"] is not None for row in rows),
-    }
+    latencies = [row.latency_ms for row in rows if row.latency_ms is not None]
+    tokens = [row.tokens for row in rows]
+    return Performance(
+        latency_ms=Percentiles(p50=_percentile(latencies, 0.5), p95=_percentile(latencies, 0.95)),
+        completion_tokens=TokenTotals(mean=round(sum(tokens) / len(tokens), 1) if tokens else None, total=sum(tokens)),
+        fallbacks=sum(row.fallback is not None for row in rows),
+    )
 
 
 def _shown(path: Path) -> str:
@@ -118,16 +147,10 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-def run_suite(
-    suite: Suite,
-    services: Services,
-    progress: ProgressFactory | None = None,
-) -> tuple[dict[str, Any], RunStats]:
-    started = time.perf_counter()
-    settings = services.settings
-    scope = Scope(suite.collection, settings.default_tenant)
+def _ingest_corpus(suite: Suite, parts: EvalParts, scope: Scope) -> tuple[list[Sample], str]:
+    """The suite's corpus in its collection; the samples with their reference passages; the corpus hash."""
     documents, errors = load_paths(list(suite.corpus))
-    report = services.ingestor.ingest_documents(documents, scope, load_errors=errors)
+    report = parts.ingestor.ingest_documents(documents, scope, load_errors=errors)
     if report.errors:
         raise SuiteError(f"corpus failed to ingest: {report.errors[0]['source']}: {report.errors[0]['error']}")
     texts = {document.id: document.text for document in documents}
@@ -135,84 +158,106 @@ def run_suite(
         replace(s, reference_contexts=tuple(texts[d] for d in s.reference_doc_ids if d in texts))
         for s in load_dataset(suite.dataset, suite.samples)
     ]
-    corpus_hash = _key(sorted((d, sorted(h)) for d, h in services.index.document_hashes(scope).items()))[:16]
-    judge = judge_config(settings)
-    judged = judge if set(suite.metrics) & set(JUDGE_METRICS) else None
-    metrics = {**METRICS, **RAGAS_METRICS, **judge_metrics(judged, services.embedder)}
-    pipeline = services.pipeline
-    prompt = pipeline.prompt_for(None)
-    store = AnswerStore(settings.cache_dir / "eval-answers.sqlite")
-    rows: list[dict[str, Any]] = []
-    cached = 0
+    corpus_hash = _key(sorted((d, sorted(h)) for d, h in parts.index.document_hashes(scope).items()))[:16]
+    return samples, corpus_hash
+
+
+class _SampleScorer:
+    """Answers one sample (from the answer store when the same answer was made before) and scores it."""
+
+    def __init__(self, suite: Suite, parts: EvalParts, scope: Scope, corpus_hash: str, store: AnswerStore) -> None:
+        self._suite, self._parts, self._scope, self._store = suite, parts, scope, store
+        self._prompt_hash = parts.pipeline.prompt_for(None).content_hash
+        self._context = (parts.generator, parts.embedder.model_id, corpus_hash, suite.top_k, scope.collection)
+        judged = parts.judge if set(suite.metrics) & set(JUDGE_METRICS) else None
+        self._metrics = {**METRICS, **RAGAS_METRICS, **judge_metrics(judged, parts.embedder)}
+        self.cached = 0
+
+    def answer(self, sample: Sample) -> tuple[str, Answer]:
+        key = _key(ANSWER_FORMAT, sample.question, self._prompt_hash, *self._context)
+        stored = self._store.get(key)
+        if stored is not None:
+            self.cached += 1
+            return key, Answer.model_validate_json(stored)
+        answer = self._parts.pipeline.answer(AnswerRequest(sample.question, self._scope, self._suite.top_k))
+        if answer.fallback is None:  # a fallback answer says nothing about the prompt: retry next run
+            self._store.put(key, answer.model_dump_json())
+        return key, answer
+
+    def scores(self, key: str, sample: Sample, answer: Answer) -> dict[str, Score]:
+        """Judgements are slow: a successful one is kept with the answer it judged."""
+        judge, scores = self._parts.judge, {}
+        for name in self._suite.metrics:
+            judged_key = _key(key, name, judge.model) if judge and name in JUDGE_METRICS else None
+            kept = self._store.get(judged_key) if judged_key else None
+            scores[name] = Score(json.loads(kept)["value"]) if kept else score(self._metrics[name], sample, answer)
+            if judged_key and not kept and scores[name].failure is None and answer.fallback is None:
+                self._store.put(judged_key, json.dumps({"value": scores[name].value}))
+        return scores
+
+
+def sample_result(sample: Sample, answer: Answer, scores: dict[str, Score]) -> SampleResult:
+    return SampleResult(
+        id=sample.id,
+        question=sample.question,
+        expected=sample.expected,
+        answers=list(sample.answers),
+        reference_doc_ids=list(sample.reference_doc_ids),
+        answer=answer.answer,
+        outcome=answer.outcome,
+        generator=answer.generator,
+        model=answer.model,
+        fallback=answer.fallback,
+        abstained=answer.abstained,
+        citations=[CitationRow.model_validate(c.model_dump()) for c in answer.citations],
+        latency_ms=answer.timings_ms.get("total"),
+        tokens=answer.usage.completion_tokens,
+        metrics={name: s.value for name, s in scores.items()},
+        failures={name: s.failure for name, s in scores.items() if s.failure},
+    )
+
+
+def run_suite(
+    suite: Suite, parts: EvalParts, progress: ProgressFactory | None = None
+) -> tuple[EvalResults, RunStats]:
+    started = time.perf_counter()
+    scope = Scope(suite.collection, parts.tenant)
+    samples, corpus_hash = _ingest_corpus(suite, parts, scope)
+    store = AnswerStore(parts.answers_path)
+    scorer = _SampleScorer(suite, parts, scope, corpus_hash, store)
+    rows: list[SampleResult] = []
     bar = progress(len(samples)) if progress else None
     try:
         for sample in samples:
-            key = _key(
-                ANSWER_FORMAT,
-                sample.question,
-                prompt.content_hash,
-                settings.generator,
-                services.embedder.model_id,
-                corpus_hash,
-                suite.top_k,
-                scope.collection,
-            )
-            body = store.get(key)
-            if body is None:
-                body = pipeline.answer(AnswerRequest(sample.question, scope, suite.top_k)).to_dict()
-                if body.get("fallback") is None:  # a fallback answer says nothing about the prompt: retry next run
-                    store.put(key, body)
-            else:
-                cached += 1
-            scores = {}
-            for name in suite.metrics:
-                # Judgements are slow: a successful one is kept with the answer it judged.
-                judged_key = _key(key, name, judge.model) if judge and name in JUDGE_METRICS else None
-                kept = store.get(judged_key) if judged_key else None
-                scores[name] = Score(kept["value"]) if kept else score(metrics[name], sample, body)
-                if judged_key and not kept and scores[name].failure is None and body.get("fallback") is None:
-                    store.put(judged_key, {"value": scores[name].value})
-            rows.append(
-                {
-                    "id": sample.id,
-                    "question": sample.question,
-                    "expected": sample.expected,
-                    "answers": list(sample.answers),
-                    "reference_doc_ids": list(sample.reference_doc_ids),
-                    "answer": body["answer"],
-                    "generator": body["generator"],
-                    "model": body.get("model"),
-                    "fallback": body["fallback"],
-                    "abstained": body["abstained"],
-                    "citations": [
-                        {k: c[k] for k in ("index", "doc_id", "cited", "score", "text")} for c in body["citations"]
-                    ],
-                    "latency_ms": body["timings_ms"].get("total"),
-                    "tokens": body["usage"]["completion_tokens"],
-                    "metrics": {name: s.value for name, s in scores.items()},
-                    "failures": {name: s.failure for name, s in scores.items() if s.failure},
-                }
-            )
+            key, answer = scorer.answer(sample)
+            rows.append(sample_result(sample, answer, scorer.scores(key, sample, answer)))
             if bar is not None:
                 bar.update(1)
     finally:
         store.close()
         if bar is not None:
             bar.close()
-    models = sorted({row["model"] for row in rows if row["model"]})
-    results = {
-        "suite": suite.name,
-        "prompt": {"ref": prompt.ref, "name": prompt.name, "version": prompt.version, "hash": prompt.content_hash},
-        "generator": settings.generator,
-        "model": models[0] if len(models) == 1 else models,
-        "embedder": services.embedder.model_id,
-        "judge": judge.model if judge else None,
-        "dataset": {"path": _shown(suite.dataset), "hash": dataset_hash(samples), "samples": len(samples)},
-        "corpus_hash": corpus_hash,
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "thresholds": {name: {"threshold": m.threshold, "tolerance": m.tolerance} for name, m in suite.metrics.items()},
-        "aggregate": aggregate(rows, list(suite.metrics)),
-        "performance": performance(rows),
-        "samples": rows,
-    }
-    return results, RunStats(len(samples), cached, time.perf_counter() - started)
+    results = _results(suite, parts, samples, corpus_hash, rows)
+    return results, RunStats(len(samples), scorer.cached, time.perf_counter() - started)
+
+
+def _results(
+    suite: Suite, parts: EvalParts, samples: list[Sample], corpus_hash: str, rows: list[SampleResult]
+) -> EvalResults:
+    prompt = parts.pipeline.prompt_for(None)
+    models = sorted({row.model for row in rows if row.model})
+    return EvalResults(
+        suite=suite.name,
+        prompt=PromptRef(ref=prompt.ref, name=prompt.name, version=prompt.version, hash=prompt.content_hash),
+        generator=parts.generator,
+        model=models[0] if len(models) == 1 else models,
+        embedder=parts.embedder.model_id,
+        judge=parts.judge.model if parts.judge else None,
+        dataset=DatasetInfo(path=_shown(suite.dataset), hash=dataset_hash(samples), samples=len(samples)),
+        corpus_hash=corpus_hash,
+        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
+        thresholds={name: Limits(threshold=m.threshold, tolerance=m.tolerance) for name, m in suite.metrics.items()},
+        aggregate=aggregate(rows, list(suite.metrics)),
+        performance=performance(rows),
+        samples=rows,
+    )

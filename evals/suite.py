@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -46,7 +45,6 @@ class Suite:
     samples: int | None = None
     top_k: int = 4
     description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _resolve(base: Path, value: str) -> Path:

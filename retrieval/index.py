@@ -7,6 +7,7 @@ pair, so one tenant's documents never show up in another's results or statistics
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,15 @@ MetadataValue = str | int | bool
 DENSE_VECTOR = "dense"
 SPARSE_VECTOR = "bm25"
 _CHUNK_NAMESPACE = uuid.UUID("6c3b9f7e-1f0c-4a57-9d8a-2f4d0b6e5a11")
+
+
+# One rule for collection and tenant names, wherever they come in (HTTP body, header, CLI flag, setting).
+SCOPE_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+SCOPE_NAME_RULE = "1-64 letters, digits, '.', '_' or '-'"
+
+
+def is_scope_name(name: str) -> bool:
+    return re.fullmatch(SCOPE_NAME_PATTERN, name) is not None
 
 
 class IndexUnavailableError(Exception):

@@ -6,60 +6,81 @@ import shutil
 import tarfile
 import tempfile
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import qdrant_edge as qe
 
 from retrieval.index import (
     DENSE_VECTOR,
     SPARSE_VECTOR,
     FusionParams,
-    IndexPoint,
     IndexUnavailableError,
-    Scope,
-    ScoredPayload,
-    SearchFilter,
-    SearchMode,
+    MetadataValue,
     SparseVector,
-    add_document_hashes,
+)
+from retrieval.qdrant_common import (
+    KEYWORD_FIELDS,
+    SCROLL_PAGE_SIZE,
+    PayloadPage,
+    QdrantIndexBase,
+    Ranking,
 )
 
-_KEYWORD_FIELDS = {"collection": True, "tenant": True, "doc_id": False}  # field -> is_tenant
+
+class EdgeDialect:
+    """qdrant-edge's spelling of the shared requests (see ``retrieval.qdrant_common``)."""
+
+    def match_value(self, key: str, value: MetadataValue) -> qe.FieldCondition:
+        return qe.FieldCondition(key, match=qe.MatchValue(value))
+
+    def match_any(self, key: str, values: list[MetadataValue]) -> qe.FieldCondition:
+        # The stub says str or int lists; the engine takes what the metadata filter was given, as before.
+        return qe.FieldCondition(key, match=qe.MatchAny(values))  # type: ignore[arg-type]
+
+    def filter(self, must: list[Any], must_not: list[Any]) -> qe.Filter:
+        return qe.Filter(must=must, must_not=must_not or None)
+
+    def sparse_vector(self, vector: SparseVector) -> qe.SparseVector:
+        return qe.SparseVector(vector.indices, vector.values)
+
+    def point(self, point_id: str, vectors: dict[str, Any], payload: dict[str, Any]) -> qe.Point:
+        return qe.Point(point_id, vectors, payload)
+
+    def idf_params(self, corpus: qe.Filter) -> qe.SearchParams:
+        return qe.SearchParams(idf=qe.IdfParams(corpus=corpus))
+
+    def prefetch(self, ranking: Ranking, limit: int, condition: qe.Filter) -> qe.Prefetch:
+        return qe.Prefetch(limit=limit, query=_nearest(ranking), filter=condition, params=ranking.params)
+
+    def request(self, ranking: Ranking, limit: int, condition: qe.Filter) -> qe.QueryRequest:
+        return qe.QueryRequest(
+            limit=limit, query=_nearest(ranking), filter=condition, with_payload=True, params=ranking.params
+        )
+
+    def fused_request(
+        self, prefetches: list[Any], fusion: FusionParams, limit: int, condition: qe.Filter
+    ) -> qe.QueryRequest:
+        rrf = qe.Fusion.Rrf(k=fusion.rrf_k, weights=list(fusion.weights))
+        return qe.QueryRequest(
+            limit=limit,
+            prefetches=prefetches,
+            query=rrf,  # type: ignore[arg-type]  # the stub's query union leaves out Fusion.Rrf, which the engine takes
+            filter=condition,
+            with_payload=True,
+        )
 
 
-def _match(key: str, value: Any) -> qe.FieldCondition:
-    if isinstance(value, list):
-        return qe.FieldCondition(key, match=qe.MatchAny(value))
-    return qe.FieldCondition(key, match=qe.MatchValue(value))
+def _nearest(ranking: Ranking) -> qe.Query:
+    # The engine names the vector inside the query, where qdrant-client passes it beside it.
+    return qe.Query.Nearest(ranking.vector, using=ranking.using)
 
 
-def _scope_filter(scope: Scope, search_filter: SearchFilter | None = None) -> qe.Filter:
-    must: list[Any] = [_match("collection", scope.collection), _match("tenant", scope.tenant)]
-    if search_filter is not None:
-        if search_filter.doc_ids:
-            must.append(_match("doc_id", list(search_filter.doc_ids)))
-        must.extend(_match(f"metadata.{key}", value) for key, value in search_filter.metadata.items())
-    return qe.Filter(must=must)
-
-
-def _sparse(vector: SparseVector) -> qe.SparseVector:
-    return qe.SparseVector(vector.indices, vector.values)
-
-
-class QdrantEdgeIndex:
-    def __init__(
-        self,
-        path: Path,
-        dimension: int,
-        fusion: FusionParams = FusionParams(),
-    ) -> None:
+class QdrantEdgeIndex(QdrantIndexBase[qe.Filter, qe.QueryRequest]):
+    def __init__(self, path: Path, dimension: int, fusion: FusionParams = FusionParams()) -> None:
+        super().__init__(EdgeDialect(), fusion)
         self._path = path
         self._dimension = dimension
-        self._fusion = fusion
         self._write_lock = threading.RLock()
         self._shard = self._open()
 
@@ -75,7 +96,7 @@ class QdrantEdgeIndex:
                 shard = qe.EdgeShard.load(str(self._path), self._config())
             else:
                 shard = qe.EdgeShard.create(str(self._path), self._config())
-                for field_name, is_tenant in _KEYWORD_FIELDS.items():
+                for field_name, is_tenant in KEYWORD_FIELDS.items():
                     shard.update(
                         qe.UpdateOperation.create_field_index(field_name, qe.KeywordIndexParams(is_tenant=is_tenant))
                     )
@@ -89,81 +110,24 @@ class QdrantEdgeIndex:
             raise IndexUnavailableError(f"cannot open index at {self._path}: {message}") from exc
         return shard
 
-    # --- writes -----------------------------------------------------------------------------------------
-    def upsert(self, points: Sequence[IndexPoint]) -> None:
-        if not points:
-            return
-        edge_points = [
-            qe.Point(
-                point.id,
-                {DENSE_VECTOR: point.dense.tolist(), SPARSE_VECTOR: _sparse(point.sparse)},
-                point.payload,
-            )
-            for point in points
-        ]
+    # --- engine calls (QdrantIndexBase builds the VectorIndex operations on these) ----------------------
+    def _write_points(self, points: list[Any]) -> None:
         with self._write_lock:
-            self._shard.update(qe.UpdateOperation.upsert_points(edge_points))
+            self._shard.update(qe.UpdateOperation.upsert_points(points))
 
-    def delete_document(self, scope: Scope, doc_id: str, keep_hash: str | None = None) -> None:
-        condition = _scope_filter(scope, SearchFilter(doc_ids=(doc_id,)))
-        if keep_hash is not None:
-            condition = qe.Filter(must=[condition], must_not=[_match("content_hash", keep_hash)])
+    def _delete_where(self, condition: qe.Filter) -> None:
         with self._write_lock:
             self._shard.update(qe.UpdateOperation.delete_points_by_filter(condition))
 
-    # --- reads ------------------------------------------------------------------------------------------
-    def document_hashes(self, scope: Scope) -> dict[str, set[str]]:
-        hashes: dict[str, set[str]] = {}
-        offset = None
-        while True:
-            records, offset = self._shard.scroll(
-                qe.ScrollRequest(
-                    offset=offset,
-                    limit=1024,
-                    filter=_scope_filter(scope),
-                    with_payload=["doc_id", "content_hash"],
-                )
-            )
-            add_document_hashes(hashes, (record.payload for record in records))
-            if offset is None:
-                return hashes
+    def _scroll_page(self, condition: qe.Filter, offset: Any, fields: list[str]) -> PayloadPage:
+        request = qe.ScrollRequest(offset=offset, limit=SCROLL_PAGE_SIZE, filter=condition, with_payload=fields)
+        records, next_offset = self._shard.scroll(request)
+        return [record.payload for record in records], next_offset
 
-    def search(
-        self,
-        scope: Scope,
-        mode: SearchMode,
-        dense: npt.NDArray[np.float32] | None,
-        sparse: SparseVector | None,
-        limit: int,
-        search_filter: SearchFilter,
-    ) -> list[ScoredPayload]:
-        condition = _scope_filter(scope, search_filter)
-        # IDF over the caller's own scope: another tenant's documents never shift its BM25 scores.
-        sparse_params = qe.SearchParams(idf=qe.IdfParams(corpus=_scope_filter(scope)))
-        dense_query = qe.Query.Nearest(dense.tolist(), using=DENSE_VECTOR) if dense is not None else None
-        sparse_query = qe.Query.Nearest(_sparse(sparse), using=SPARSE_VECTOR) if sparse is not None else None
-        if mode == "dense":
-            request = qe.QueryRequest(limit=limit, query=dense_query, filter=condition, with_payload=True)
-        elif mode == "sparse":
-            request = qe.QueryRequest(
-                limit=limit, query=sparse_query, filter=condition, with_payload=True, params=sparse_params
-            )
-        else:
-            prefetch_limit = max(limit, self._fusion.prefetch_limit)
-            request = qe.QueryRequest(
-                limit=limit,
-                prefetches=[
-                    qe.Prefetch(limit=prefetch_limit, query=dense_query, filter=condition),
-                    qe.Prefetch(limit=prefetch_limit, query=sparse_query, filter=condition, params=sparse_params),
-                ],
-                query=qe.Fusion.Rrf(k=self._fusion.rrf_k, weights=list(self._fusion.weights)),  # type: ignore[arg-type]
-                filter=condition,
-                with_payload=True,
-            )
-        return [ScoredPayload(str(p.id), float(p.score), p.payload or {}) for p in self._shard.query(request)]
+    def _run_query(self, request: qe.QueryRequest) -> list[Any]:
+        return list(self._shard.query(request))
 
-    def count(self, scope: Scope | None = None) -> int:
-        condition = _scope_filter(scope) if scope is not None else None
+    def _count_where(self, condition: qe.Filter | None) -> int:
         return int(self._shard.count(qe.CountRequest(filter=condition, exact=True)))
 
     # --- lifecycle --------------------------------------------------------------------------------------

@@ -3,146 +3,102 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 from qdrant_client import QdrantClient, models
 
-from retrieval.index import (
-    DENSE_VECTOR,
-    SPARSE_VECTOR,
-    FusionParams,
-    IndexPoint,
-    Scope,
-    ScoredPayload,
-    SearchFilter,
-    SearchMode,
-    SparseVector,
-    add_document_hashes,
-)
+from retrieval.index import DENSE_VECTOR, SPARSE_VECTOR, FusionParams, MetadataValue, SparseVector
+from retrieval.qdrant_common import KEYWORD_FIELDS, SCROLL_PAGE_SIZE, PayloadPage, QdrantIndexBase, Ranking
 
 
-def _match(key: str, value: Any) -> models.FieldCondition:
-    if isinstance(value, list):
-        return models.FieldCondition(key=key, match=models.MatchAny(any=value))
-    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+class ClientDialect:
+    """qdrant-client's spelling of the shared requests (see ``retrieval.qdrant_common``)."""
 
+    def match_value(self, key: str, value: MetadataValue) -> models.FieldCondition:
+        return models.FieldCondition(key=key, match=models.MatchValue(value=value))
 
-def _scope_filter(scope: Scope, search_filter: SearchFilter | None = None) -> models.Filter:
-    must: list[Any] = [_match("collection", scope.collection), _match("tenant", scope.tenant)]
-    if search_filter is not None:
-        if search_filter.doc_ids:
-            must.append(_match("doc_id", list(search_filter.doc_ids)))
-        must.extend(_match(f"metadata.{key}", value) for key, value in search_filter.metadata.items())
-    return models.Filter(must=must)
+    def match_any(self, key: str, values: list[MetadataValue]) -> models.FieldCondition:
+        return models.FieldCondition(key=key, match=models.MatchAny(any=values))
 
+    def filter(self, must: list[Any], must_not: list[Any]) -> models.Filter:
+        return models.Filter(must=must, must_not=must_not or None)
 
-def _sparse(vector: SparseVector) -> models.SparseVector:
-    return models.SparseVector(indices=vector.indices, values=vector.values)
+    def sparse_vector(self, vector: SparseVector) -> models.SparseVector:
+        return models.SparseVector(indices=vector.indices, values=vector.values)
 
+    def point(self, point_id: str, vectors: dict[str, Any], payload: dict[str, Any]) -> models.PointStruct:
+        return models.PointStruct(id=point_id, vector=vectors, payload=payload)
 
-class QdrantServerIndex:
-    def __init__(
-        self,
-        client: QdrantClient,
-        collection: str,
-        dimension: int,
-        fusion: FusionParams = FusionParams(),
-    ) -> None:
-        self._client = client
-        self._collection = collection
-        self._fusion = fusion
-        if not client.collection_exists(collection):
-            client.create_collection(
-                collection,
-                vectors_config={DENSE_VECTOR: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
-                sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
-            )
-            with warnings.catch_warnings():  # local mode ignores payload indexes and says so
-                warnings.simplefilter("ignore", UserWarning)
-                for field_name in ("collection", "tenant"):
-                    client.create_payload_index(
-                        collection,
-                        field_name,
-                        models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
-                    )
-                client.create_payload_index(collection, "doc_id", models.PayloadSchemaType.KEYWORD)
+    def idf_params(self, corpus: models.Filter) -> models.SearchParams:
+        return models.SearchParams(idf=models.IdfCorpusParams(corpus=corpus))
 
-    def upsert(self, points: Sequence[IndexPoint]) -> None:
-        if not points:
-            return
-        self._client.upsert(
-            self._collection,
-            [
-                models.PointStruct(
-                    id=point.id,
-                    vector={DENSE_VECTOR: point.dense.tolist(), SPARSE_VECTOR: _sparse(point.sparse)},
-                    payload=point.payload,
-                )
-                for point in points
-            ],
-            wait=True,
+    def prefetch(self, ranking: Ranking, limit: int, condition: models.Filter) -> models.Prefetch:
+        return models.Prefetch(
+            query=ranking.vector, using=ranking.using, limit=limit, filter=condition, params=ranking.params
         )
 
-    def delete_document(self, scope: Scope, doc_id: str, keep_hash: str | None = None) -> None:
-        condition = _scope_filter(scope, SearchFilter(doc_ids=(doc_id,)))
-        if keep_hash is not None:
-            condition = models.Filter(must=[condition], must_not=[_match("content_hash", keep_hash)])
+    def request(self, ranking: Ranking, limit: int, condition: models.Filter) -> models.QueryRequest:
+        return models.QueryRequest(
+            query=ranking.vector,
+            using=ranking.using,
+            filter=condition,
+            params=ranking.params,
+            limit=limit,
+            with_payload=True,
+        )
+
+    def fused_request(
+        self, prefetches: list[Any], fusion: FusionParams, limit: int, condition: models.Filter
+    ) -> models.QueryRequest:
+        rrf = models.RrfQuery(rrf=models.Rrf(k=fusion.rrf_k, weights=list(fusion.weights)))
+        return models.QueryRequest(prefetch=prefetches, query=rrf, filter=condition, limit=limit, with_payload=True)
+
+
+class QdrantServerIndex(QdrantIndexBase[models.Filter, models.QueryRequest]):
+    def __init__(
+        self, client: QdrantClient, collection: str, dimension: int, fusion: FusionParams = FusionParams()
+    ) -> None:
+        super().__init__(ClientDialect(), fusion)
+        self._client = client
+        self._collection = collection
+        if not client.collection_exists(collection):
+            self._create_collection(dimension)
+
+    def _create_collection(self, dimension: int) -> None:
+        self._client.create_collection(
+            self._collection,
+            vectors_config={DENSE_VECTOR: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
+            # Collection-wide IDF statistics; every BM25 request narrows them to its scope (IdfCorpusParams).
+            sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+        )
+        with warnings.catch_warnings():  # local mode ignores payload indexes and says so
+            warnings.simplefilter("ignore", UserWarning)
+            for field_name, is_tenant in KEYWORD_FIELDS.items():
+                self._client.create_payload_index(
+                    self._collection,
+                    field_name,
+                    models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=is_tenant),
+                )
+
+    # --- engine calls (QdrantIndexBase builds the VectorIndex operations on these) ----------------------
+    def _write_points(self, points: list[Any]) -> None:
+        self._client.upsert(self._collection, points, wait=True)
+
+    def _delete_where(self, condition: models.Filter) -> None:
         self._client.delete(self._collection, models.FilterSelector(filter=condition), wait=True)
 
-    def document_hashes(self, scope: Scope) -> dict[str, set[str]]:
-        hashes: dict[str, set[str]] = {}
-        offset: Any = None
-        while True:
-            records, offset = self._client.scroll(
-                self._collection,
-                scroll_filter=_scope_filter(scope),
-                limit=1024,
-                offset=offset,
-                with_payload=["doc_id", "content_hash"],
-            )
-            add_document_hashes(hashes, (record.payload for record in records))
-            if offset is None:
-                return hashes
+    def _scroll_page(self, condition: models.Filter, offset: Any, fields: list[str]) -> PayloadPage:
+        records, next_offset = self._client.scroll(
+            self._collection, scroll_filter=condition, limit=SCROLL_PAGE_SIZE, offset=offset, with_payload=fields
+        )
+        return [record.payload for record in records], next_offset
 
-    def search(
-        self,
-        scope: Scope,
-        mode: SearchMode,
-        dense: npt.NDArray[np.float32] | None,
-        sparse: SparseVector | None,
-        limit: int,
-        search_filter: SearchFilter,
-    ) -> list[ScoredPayload]:
-        condition = _scope_filter(scope, search_filter)
-        dense_query = dense.tolist() if dense is not None else None
-        sparse_query = _sparse(sparse) if sparse is not None else None
-        if mode == "dense":
-            response = self._client.query_points(
-                self._collection, query=dense_query, using=DENSE_VECTOR, query_filter=condition, limit=limit
-            )
-        elif mode == "sparse":
-            response = self._client.query_points(
-                self._collection, query=sparse_query, using=SPARSE_VECTOR, query_filter=condition, limit=limit
-            )
-        else:
-            prefetch_limit = max(limit, self._fusion.prefetch_limit)
-            response = self._client.query_points(
-                self._collection,
-                prefetch=[
-                    models.Prefetch(query=dense_query, using=DENSE_VECTOR, limit=prefetch_limit, filter=condition),
-                    models.Prefetch(query=sparse_query, using=SPARSE_VECTOR, limit=prefetch_limit, filter=condition),
-                ],
-                query=models.RrfQuery(rrf=models.Rrf(k=self._fusion.rrf_k, weights=list(self._fusion.weights))),
-                query_filter=condition,
-                limit=limit,
-            )
-        return [ScoredPayload(str(p.id), float(p.score), p.payload or {}) for p in response.points]
+    def _run_query(self, request: models.QueryRequest) -> list[models.ScoredPoint]:
+        # The batch endpoint takes the request model whole (query_points would want it taken apart again).
+        (response,) = self._client.query_batch_points(self._collection, [request])
+        return response.points
 
-    def count(self, scope: Scope | None = None) -> int:
-        condition = _scope_filter(scope) if scope is not None else None
+    def _count_where(self, condition: models.Filter | None) -> int:
         return int(self._client.count(self._collection, count_filter=condition, exact=True).count)
 
     def close(self) -> None:

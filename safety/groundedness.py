@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
+from prompts.citations import CITATION
 from retrieval.chunking import split_sentences
-from serving.pipeline import CITATION
 
 Vectors = np.ndarray[Any, np.dtype[np.float32]]
 
@@ -53,17 +54,19 @@ class SentenceSupport:
     entity: float
 
 
-@dataclass(frozen=True)
-class Groundedness:
-    score: float | None  # None: nothing to judge (empty answer, abstention)
-    unsupported: list[str] = field(default_factory=list)
-    sentences: list[SentenceSupport] = field(default_factory=list)
+class Groundedness(BaseModel):
+    """How well the passages support an answer: the least supported sentence's score, and the sentences below
+    the threshold. Per-sentence signals are kept for calibration, not shown to clients."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "score": None if self.score is None else round(self.score, 4),
-            "unsupported": self.unsupported,
-        }
+    model_config = ConfigDict(frozen=True)
+
+    score: float | None = Field(description="Support of the least supported sentence; null: nothing to judge.")
+    unsupported: list[str] = Field(default_factory=list, description="Answer sentences below the threshold.")
+    sentences: list[SentenceSupport] = Field(default_factory=list, exclude=True)
+
+    @field_serializer("score")
+    def _rounded(self, score: float | None) -> float | None:
+        return None if score is None else round(score, 4)
 
 
 def _tokens(text: str) -> list[str]:
@@ -117,12 +120,12 @@ class GroundednessScorer:
 
     def score(self, answer: str, contexts: list[str]) -> Groundedness:
         if not answer.strip() or any(marker in answer.lower() for marker in _ABSTAIN_MARKERS):
-            return Groundedness(None)
+            return Groundedness(score=None)
         supports = self.sentence_supports(answer, contexts)
         if not supports:
-            return Groundedness(0.0 if not contexts else None)
+            return Groundedness(score=0.0 if not contexts else None)
         return Groundedness(
-            min(s.support for s in supports),
-            [s.sentence for s in supports if s.support < self.threshold],
-            supports,
+            score=min(s.support for s in supports),
+            unsupported=[s.sentence for s in supports if s.support < self.threshold],
+            sentences=supports,
         )

@@ -15,17 +15,19 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_serializer
 
-from safety.groundedness import GroundednessScorer
+from safety.groundedness import Groundedness, GroundednessScorer
 from safety.injection import InjectionDetector, PatternDetector
 
-ACTIONS = ("flag", "redact", "fallback", "block")  # in increasing severity
+GuardAction = Literal["pass", "flag", "redact", "fallback", "block"]
+ACTIONS: tuple[GuardAction, ...] = ("flag", "redact", "fallback", "block")  # in increasing severity
 POLICIES_DIR = Path(__file__).resolve().parents[1] / "guardrails"
 GUARDRAILS_RC = Path("~/.guardrailsrc")
 
@@ -34,21 +36,38 @@ class PolicyError(Exception):
     """A policy file that cannot be loaded."""
 
 
-@dataclass(frozen=True)
-class Fired:
+class Fired(BaseModel):
+    """One validator that fired, the action it asks for, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
     validator: str
     action: str
     reason: str
 
 
-@dataclass
-class GuardVerdict:
-    action: str  # "pass" or the most severe action of the validators that fired
-    text: str  # the text after redactions
-    fired: list[Fired] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)
+def is_none(value: object) -> bool:
+    """For ``Field(exclude_if=...)``: an optional field left out of the JSON when it has no value."""
+    return value is None
+
+
+class GuardVerdict(BaseModel):
+    """What a guard decided about one text. ``similarity`` (the injection detector's closest known attack) and
+    ``groundedness`` are filled in by the validators that measure them; ``enforced`` says, for the output guard,
+    whether its block and fallback actions applied."""
+
+    action: GuardAction = Field(description='"pass" or the most severe action of the validators that fired.')
+    # The text after redactions: the caller takes it from the verdict at once; it is not part of the verdict's
+    # JSON (a stored answer's verdicts come back without it).
+    text: str = Field("", exclude=True)
+    fired: list[Fired] = Field(default_factory=list)
+    # Measurements a guard did not take are left out of its JSON, not shown as null.
+    similarity: float | None = Field(None, exclude_if=is_none)
+    groundedness: Groundedness | None = Field(None, exclude_if=is_none)
+    enforced: bool | None = Field(None, exclude_if=is_none)
     latency_ms: float = 0.0
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def passed(self) -> bool:
         return self.action in ("pass", "flag", "redact")
@@ -57,21 +76,36 @@ class GuardVerdict:
         """What made the guard take ``action``: "validator: reason; ..."."""
         return "; ".join(f"{f.validator}: {f.reason}" for f in self.fired if f.action == action)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "action": self.action,
-            "passed": self.passed,
-            "fired": [{"validator": f.validator, "action": f.action, "reason": f.reason} for f in self.fired],
-            **self.details,
-            "latency_ms": round(self.latency_ms, 3),
-        }
+    def fire(self, validator: str, action: GuardAction, reason: str) -> None:
+        self.fired.append(Fired(validator=validator, action=action, reason=reason))
+        self.action = _severest(self.action, action)
+
+    def absorb(self, measured: dict[str, Any]) -> None:
+        """What a validator measured (its result's metadata) on the verdict's typed fields."""
+        if "similarity" in measured:
+            self.similarity = float(measured["similarity"])
+        if isinstance(measured.get("groundedness"), Groundedness):
+            self.groundedness = measured["groundedness"]
+
+    @field_serializer("latency_ms")
+    def _rounded(self, latency_ms: float) -> float:
+        return round(latency_ms, 3)
+
+
+
+class ContextVerdict(BaseModel):
+    """The retrieved passages screened for instructions: what fired and how many passages were kept."""
+
+    fired: list[Fired]
+    kept: int
+    of: int
 
 
 @dataclass(frozen=True)
 class GuardStep:
     name: str
     validator: Any  # a guardrails Validator
-    action: str
+    action: GuardAction
 
 
 class Guard:
@@ -81,17 +115,16 @@ class Guard:
 
     def check(self, text: str, metadata: dict[str, Any] | None = None) -> GuardVerdict:
         started = time.perf_counter()
-        verdict = GuardVerdict("pass", text)
+        verdict = GuardVerdict(action="pass", text=text)
         for step in self.steps:
             try:
                 result = step.validator.validate(verdict.text, metadata or {})
             except Exception as exc:  # a broken validator fires; it does not let the text through unchecked
-                action = "block" if step.action == "redact" else step.action
-                verdict.fired.append(Fired(step.name, action, f"validator error: {type(exc).__name__}: {exc}"))
-                verdict.action = _severest(verdict.action, action)
+                failed: GuardAction = "block" if step.action == "redact" else step.action
+                verdict.fire(step.name, failed, f"validator error: {type(exc).__name__}: {exc}")
                 continue
             if result.metadata:
-                verdict.details.update(result.metadata)
+                verdict.absorb(result.metadata)
             if str(getattr(result.outcome, "value", result.outcome)) != "fail":
                 continue  # (Hub validators return their own FailResult class: compare outcomes, not types)
             action = step.action
@@ -100,13 +133,12 @@ class Guard:
                     action = "block"
                 else:
                     verdict.text = result.fix_value
-            verdict.fired.append(Fired(step.name, action, result.error_message or step.name))
-            verdict.action = _severest(verdict.action, action)
+            verdict.fire(step.name, action, result.error_message or step.name)
         verdict.latency_ms = (time.perf_counter() - started) * 1000
         return verdict
 
 
-def _severest(current: str, action: str) -> str:
+def _severest(current: GuardAction, action: GuardAction) -> GuardAction:
     rank = {"pass": -1, **{a: i for i, a in enumerate(ACTIONS)}}
     return action if rank[action] > rank[current] else current
 
@@ -209,7 +241,8 @@ class Guards:
             if pattern is None:
                 kept.append((i, text))
                 continue
-            fired.append(Fired("context_injection", self.context_action, f"passage {i + 1}: {pattern}"))
+            reason = f"passage {i + 1}: {pattern}"
+            fired.append(Fired(validator="context_injection", action=self.context_action, reason=reason))
             if self.context_action == "neutralise":
                 kept.append((i, self.context.neutralise(text)))
         return kept, fired

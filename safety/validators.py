@@ -12,10 +12,10 @@ from typing import Any
 from guardrails.classes.validation.validation_result import ErrorSpan, FailResult, PassResult, ValidationResult
 from guardrails.validator_base import Validator, register_validator
 
+from prompts.citations import cited_numbers
 from safety.groundedness import GroundednessScorer
 from safety.injection import InjectionDetector
 from safety.pii import PII_KINDS, find_pii, redact
-from serving.pipeline import CITATION, citation_numbers
 
 
 @register_validator(name="ragops/pii", data_type="string")
@@ -60,7 +60,7 @@ class CitationsValid(Validator):
 
     def validate(self, value: Any, metadata: dict[str, Any]) -> ValidationResult:
         passages = int(metadata.get("passages", 0))
-        numbers = [n for group in CITATION.findall(value) for n in citation_numbers(group)]
+        numbers = cited_numbers(value)
         invalid = sorted({n for n in numbers if not 1 <= n <= passages})
         if invalid:
             return FailResult(error_message=f"cites passages that were not retrieved: {invalid}")
@@ -79,7 +79,7 @@ class Grounded(Validator):
 
     def validate(self, value: Any, metadata: dict[str, Any]) -> ValidationResult:
         result = self.scorer.score(value, list(metadata.get("contexts", [])))
-        details = {"groundedness": result.to_dict()}
+        details = {"groundedness": result}  # typed: the guard's verdict carries it as is
         if result.score is None or result.score >= self.scorer.threshold:
             return PassResult(metadata=details)
         return FailResult(

@@ -29,7 +29,9 @@ class ExtractiveGenerator:
         else:
             chosen.sort(key=lambda s: (s.passage, s.position))  # reading order
             text = " ".join(f"{s.text} [{s.passage}]" for s in chosen)
-        return Generation(text=text, usage=Usage(0, len(text.split())), finish_reason="stop", model="extractive")
+        return Generation(
+            text=text, usage=Usage(completion_tokens=len(text.split())), finish_reason="stop", model="extractive"
+        )
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamDelta | Generation]:
         generation = self.generate(request)

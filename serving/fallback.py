@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from serving.generation import (
     Generation,
     GenerationRequest,
@@ -64,15 +66,13 @@ class CircuitBreaker:
             self._trial_running = False
 
 
-@dataclass(frozen=True)
-class Fallback:
-    """Why the answer did not come from the first generator."""
+class Fallback(BaseModel):
+    """Why the answer did not come from the first generator: ``{"from", "reason"}``."""
 
-    from_: str
+    model_config = ConfigDict(frozen=True, validate_by_name=True, serialize_by_alias=True)
+
+    from_: str = Field(alias="from", description="The generator that was passed over.")
     reason: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"from": self.from_, "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -99,31 +99,24 @@ class FallbackChain:
         return [g.name for g in self.generators]
 
     def generate(self, request: GenerationRequest) -> ChainResult:
-        first_failure: Fallback | None = None
-        for position, generator in enumerate(self.generators):
-            if not self._admit(generator, position):
-                first_failure = first_failure or Fallback(generator.name, "circuit_open")
-                continue
-            try:
-                generation = check_output(generator.generate(request), generator.name)
-            except GeneratorError as exc:
-                self.breakers[generator.name].record_failure()
-                first_failure = first_failure or Fallback(generator.name, f"{exc.kind}: {exc}")
-                continue
-            self.breakers[generator.name].record_success()
-            return ChainResult(generation, generator.name, first_failure)
-        raise GeneratorError("error", f"every generator failed; first: {first_failure}")
+        """The whole answer at once: the stream, consumed (nobody saw a cut-off answer, so no notice)."""
+        for event in self.stream(request, announce_cut_off=False):
+            if isinstance(event, ChainResult):
+                return event
+        raise AssertionError("a chain's stream ends with its result or raises")
 
-    def stream(self, request: GenerationRequest) -> Iterator[ChainDelta | ChainResult]:
+    def stream(
+        self, request: GenerationRequest, announce_cut_off: bool = True
+    ) -> Iterator[ChainDelta | ChainResult]:
         """Deltas, then the ``ChainResult``. A backend failing before its first token is replaced silently by
         the next; one failing mid-answer is followed by the next backend's whole answer after a notice."""
         first_failure: Fallback | None = None
         emitted = False
         for position, generator in enumerate(self.generators):
             if not self._admit(generator, position):
-                first_failure = first_failure or Fallback(generator.name, "circuit_open")
+                first_failure = first_failure or Fallback(from_=generator.name, reason="circuit_open")
                 continue
-            cut_off = emitted  # an earlier backend streamed part of an answer before failing
+            cut_off = emitted and announce_cut_off  # an earlier backend streamed part of an answer, then failed
             notice = ""
             try:
                 for event in generator.stream(request):
@@ -142,8 +135,9 @@ class FallbackChain:
                         return
             except GeneratorError as exc:
                 self.breakers[generator.name].record_failure()
-                first_failure = first_failure or Fallback(generator.name, f"{exc.kind}: {exc}")
-        raise GeneratorError("error", f"every generator failed; first: {first_failure}")
+                first_failure = first_failure or Fallback(from_=generator.name, reason=f"{exc.kind}: {exc}")
+        first = f"{first_failure.from_}: {first_failure.reason}" if first_failure else "none admitted"
+        raise GeneratorError("error", f"every generator failed; first: {first}")
 
     def _admit(self, generator: Generator, position: int) -> bool:
         # The last generator is the deterministic safety net: its breaker never keeps it out.

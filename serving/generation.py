@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from pydantic import BaseModel, ConfigDict, computed_field
+
 from prompts.loader import ModelParams, PromptPassage
 
 NOT_IN_DOCUMENTS = "The documents do not contain the answer."
@@ -29,11 +31,15 @@ class GenerationRequest:
     params: ModelParams = field(default_factory=ModelParams)
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(BaseModel):
+    """Tokens of one answer, as OpenAI's API reports them."""
+
+    model_config = ConfigDict(frozen=True)
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens

@@ -1,74 +1,68 @@
-"""The stronger hallucination check, sampled: ragas faithfulness through a judge LLM on a configured share of
-answers, off the request path.
+"""The stronger hallucination check, sampled: a judge LLM (ragas faithfulness, wired by the composition root)
+scores a configured share of answers, off the request path.
 
 The built-in groundedness score runs on every answer in milliseconds; a judge costs seconds, so a share of the
-traffic (``RAGOPS_JUDGE_SHARE``) is queued to one background thread that asks the judge
-(``RAGOPS_JUDGE_BASE_URL``, any OpenAI-compatible server) and records the score, or the failure, as metrics.
-A full queue drops samples; the request never waits.
+traffic (``RAGOPS_JUDGE_SHARE``) is queued to one background worker that asks the judge and records the score,
+or the failure, as metrics. A full queue drops samples; the request never waits.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import random
-import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from serving.background import BackgroundWorker
 
 if TYPE_CHECKING:
-    from evals.metrics import Metric
+    from serving.answer import Answer
     from serving.metrics import ServiceMetrics
-    from serving.pipeline import Answer, AnswerRequest
+    from serving.stages import AnswerRequest
 
 log = logging.getLogger("ragops.judge")
+
+Judgement = Callable[[str, "Answer"], float | None]  # (question, answer) -> score, None: not applicable
 
 
 class SampledJudge:
     def __init__(
         self,
-        make_judge: Callable[[], Metric],
+        make_judge: Callable[[], Judgement],
         share: float,
         metrics: ServiceMetrics,
         seed: int | None = None,
         max_pending: int = 100,
     ) -> None:
         self._make_judge = make_judge  # built in the worker thread: the judge owns an event loop
+        self._judge: Judgement | None = None
         self._share = share
         self._metrics = metrics
         self._random = random.Random(seed)
-        self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue(maxsize=max_pending)
-        self._thread = threading.Thread(target=self._run, name="ragops-judge", daemon=True)
-        self._thread.start()
+        self._worker: BackgroundWorker[tuple[str, Answer]] = BackgroundWorker(
+            "ragops-judge", self._judge_all, max_pending, on_drop=self._count_drop
+        )
+
+    def _count_drop(self) -> None:
+        self._metrics.judge_results.labels("dropped").inc()
 
     def record(self, request: AnswerRequest, answer: Answer) -> None:
-        if answer.refused or answer.abstained or answer.cached or self._random.random() >= self._share:
+        if answer.outcome != "answered" or self._random.random() >= self._share:
             return
-        try:
-            self._queue.put_nowait((request.question, answer.to_dict()))
-        except queue.Full:
-            self._metrics.judge_results.labels("dropped").inc()
+        self._worker.put((request.question, answer))
 
-    def _run(self) -> None:
-        from evals.metrics import Sample
-
-        judge: Metric | None = None
-        while (item := self._queue.get()) is not None:
-            question, body = item
+    def _judge_all(self, items: list[tuple[str, Answer]]) -> None:
+        for question, answer in items:
             try:
-                judge = judge or self._make_judge()
-                score = judge(Sample("live", question), body)
+                self._judge = self._judge or self._make_judge()
+                score = self._judge(question, answer)
             except Exception as exc:  # the judge is optional: a failure is counted and logged, never raised
                 self._metrics.judge_results.labels("failed").inc()
                 log.warning("judgement failed", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
                 continue
-            if score is None:
-                continue
-            self._metrics.judge_results.labels("scored").inc()
-            self._metrics.judge_faithfulness.observe(score)
+            if score is not None:
+                self._metrics.judge_results.labels("scored").inc()
+                self._metrics.judge_faithfulness.observe(score)
 
     def close(self, wait_s: float = 1.0) -> None:
-        with contextlib.suppress(queue.Full):  # full: the daemon thread dies with the process instead
-            self._queue.put_nowait(None)
-        self._thread.join(wait_s)
+        self._worker.close(wait_s)

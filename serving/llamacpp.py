@@ -132,7 +132,9 @@ class LlamaCppGenerator:
                         events.put(("error", GeneratorError("timeout", message)))
                         return
                 text = "".join(pieces)
-                usage = Usage(self._count_prompt_tokens(request), self._count_tokens(text))
+                usage = Usage(
+                    prompt_tokens=self._count_prompt_tokens(request), completion_tokens=self._count_tokens(text)
+                )
             except Exception as exc:  # llama.cpp raises plain RuntimeError/ValueError (e.g. context overflow)
                 events.put(("error", GeneratorError("error", f"llama.cpp failed: {exc}")))
                 return

@@ -1,6 +1,7 @@
 """Prometheus metrics of the service, in a registry of its own (no process globals), exposed at ``/metrics``.
 
-Per answer: counts by outcome and generator, latency per pipeline stage, tokens, cache hits, fallbacks by
+Per answer: counts by outcome (answered, cached, abstained, refused, failed) and generator ("none" when no
+generator wrote the answer), latency per pipeline stage, tokens, cache hits, fallbacks by
 reason, guard triggers by validator, the groundedness histogram. Over a rolling window of recent answers: the
 hallucination rate (share of judged answers below the groundedness threshold) and the fallback rate; when one
 crosses its alert threshold, a structured alert is logged once and ``ragops_alert_active{alert=...}`` is 1 until
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 if TYPE_CHECKING:
-    from serving.pipeline import Answer
+    from serving.answer import Answer
 
 alert_log = logging.getLogger("ragops.alerts")
 
@@ -75,24 +76,22 @@ class ServiceMetrics:
         self._lock = threading.Lock()
 
     def observe(self, answer: Answer) -> None:
-        generator = answer.generator
-        outcome = "refused" if answer.refused else "abstained" if answer.abstained else "answered"
-        self.answers.labels(outcome, generator).inc()
-        if answer.cached:
+        generator = answer.generator or "none"
+        self.answers.labels(answer.outcome, generator).inc()
+        if answer.outcome == "cached":
             self.cache_hits.inc()
         for stage, ms in answer.timings_ms.items():
             self.stage_seconds.labels(stage, generator).observe(ms / 1000)
         self.tokens.labels(generator, "prompt").inc(answer.usage.prompt_tokens)
         self.tokens.labels(generator, "completion").inc(answer.usage.completion_tokens)
         if answer.fallback:
-            self.fallbacks.labels(_reason(answer.fallback.get("reason", ""))).inc()
-        for guard, verdict in (answer.guards or {}).items():
-            for fired in verdict.get("fired", []):
-                self.guard_triggers.labels(guard, fired["validator"], fired["action"]).inc()
-        score = (answer.groundedness or {}).get("score")
+            self.fallbacks.labels(_reason(answer.fallback.reason)).inc()
+        for guard, fired in answer.guards.fired() if answer.guards else []:
+            self.guard_triggers.labels(guard, fired.validator, fired.action).inc()
+        score = answer.groundedness.score if answer.groundedness else None
         if score is not None:
             self.groundedness.observe(score)
-        if not answer.cached:
+        if answer.outcome != "cached":
             self._record(None if score is None else score < self._threshold, answer.fallback is not None)
 
     def _record(self, hallucinated: bool | None, fallback: bool) -> None:

@@ -59,7 +59,9 @@ class OpenAICompatibleGenerator:
         usage = response.usage
         return Generation(
             text=text.strip(),
-            usage=Usage(usage.prompt_tokens, usage.completion_tokens) if usage else Usage(),
+            usage=Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+            if usage
+            else Usage(),
             finish_reason=choice.finish_reason or "stop",
             model=response.model or self.model,
         )
@@ -73,7 +75,9 @@ class OpenAICompatibleGenerator:
             )
             for event in events:
                 if event.usage is not None:
-                    usage = Usage(event.usage.prompt_tokens, event.usage.completion_tokens)
+                    usage = Usage(
+                        prompt_tokens=event.usage.prompt_tokens, completion_tokens=event.usage.completion_tokens
+                    )
                 if not event.choices:
                     continue
                 piece = event.choices[0].delta.content or ""

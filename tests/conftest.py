@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
-from app.container import Services, apply_offline_environment, build_services
+from app.container import Services, build_services
 from app.settings import Settings, load_settings
 from retrieval.documents import Document, Section
 from retrieval.embedding import Embedder, OnnxEmbedder
+from retrieval.offline import apply_offline_environment
+from serving.answer import Answer, PromptInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CORPUS = ROOT / "data" / "sample" / "disfl_qa_passages.jsonl"
@@ -88,6 +90,13 @@ def make_services(
 @pytest.fixture
 def services(make_services: Callable[..., Services], index_backend: str) -> Services:
     return make_services(index_backend)
+
+
+def make_answer(text: str = "a", **fields: Any) -> Answer:
+    """An answer as the pipeline would return it, for tests of what reads answers (metrics, tracing, evals)."""
+    fields.setdefault("outcome", "answered")
+    fields.setdefault("prompt", PromptInfo(name="rag_answer", version="v1", hash="0" * 64))
+    return Answer(answer=text, **fields)
 
 
 def load_sample_records(limit: int = SUBSET_SIZE) -> list[dict[str, Any]]:

@@ -53,6 +53,34 @@ def test_health_ready_and_docs(client: httpx.Client) -> None:
     assert client.get("/docs").status_code == 200
 
 
+def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        node = schema["components"]["schemas"][node["$ref"].rsplit("/", 1)[1]]
+    return node
+
+
+def test_openapi_documents_every_answer_field_and_the_error_shape(client: httpx.Client) -> None:
+    """Clients generate code from /openapi.json: the 200s of the chat routes, their streamed events and the
+    errors are all there, with their fields."""
+    schema = client.get("/openapi.json").json()
+    for path, fields in [
+        ("/v1/chat", {"answer", "outcome", "citations", "generator", "guards", "groundedness", "prompt", "usage"}),
+        ("/v1/chat/completions", {"id", "choices", "usage", "citations", "ragops"}),
+    ]:
+        responses = schema["paths"][path]["post"]["responses"]
+        body = _resolve(schema, responses["200"]["content"]["application/json"]["schema"])
+        assert fields <= set(body["properties"]), path
+        stream = _resolve(schema, responses["200"]["content"]["text/event-stream"]["schema"])
+        assert stream.get("properties") or stream.get("anyOf"), path
+        error = _resolve(schema, responses["400"]["content"]["application/json"]["schema"])
+        assert set(_resolve(schema, error["properties"]["error"])["properties"]) == {"type", "message", "param", "code"}
+        assert "422" not in responses  # invalid requests are 400s in the OpenAI shape
+    outcome = _resolve(
+        schema, _resolve(schema, {"$ref": "#/components/schemas/ChatAnswerEvent"})["properties"]["outcome"]
+    )
+    assert set(outcome["enum"]) == {"answered", "cached", "abstained", "refused", "failed"}
+
+
 def test_search(client: httpx.Client, sample_ingested: list[dict[str, Any]]) -> None:
     target = sample_ingested[3]
     query = " ".join(target["text"].split()[:12])

@@ -130,7 +130,7 @@ def test_chain_falls_back_and_says_why(embedder: Embedder) -> None:
     chain = FallbackChain([Failing(kind="connection"), ExtractiveGenerator(embedder)])
     result = chain.generate(request())
     assert result.generator == "extractive"
-    assert result.fallback is not None and result.fallback.to_dict()["from"] == "flaky"
+    assert result.fallback is not None and result.fallback.from_ == "flaky"
     assert result.fallback.reason.startswith("connection")
 
 

@@ -12,15 +12,15 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from evals.ragas_metrics import JudgeConfig, judge_metrics
+from app.container import faithfulness_judgement
+from evals.ragas_metrics import JudgeConfig
 from retrieval.embedding import Embedder
 from retrieval.index import Scope
-from serving.generation import Usage
 from serving.judge_sampler import SampledJudge
 from serving.metrics import ServiceMetrics
-from serving.pipeline import Answer, AnswerRequest
+from serving.pipeline import AnswerRequest
 from serving.tracing import LangSmithTracer
-from tests.conftest import load_sample_records
+from tests.conftest import load_sample_records, make_answer
 from tests.http_receiver import HttpReceiver
 from tests.live_server import LiveServer, free_port
 
@@ -58,7 +58,7 @@ def test_metrics_logs_and_traces_of_a_served_request(tmp_path: Path, models_dir:
         families = {f.name: f for f in text_string_to_metric_families(exposition)}
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
         assert samples[("ragops_answers_total", (("generator", "extractive"), ("outcome", "answered")))] == 1
-        assert samples[("ragops_answers_total", (("generator", "guard"), ("outcome", "refused")))] == 1
+        assert samples[("ragops_answers_total", (("generator", "none"), ("outcome", "refused")))] == 1
         assert (
             samples[("ragops_guard_triggers_total", (("action", "redact"), ("guard", "input"), ("validator", "pii")))]
             == 1
@@ -95,7 +95,7 @@ def test_a_dead_trace_endpoint_never_slows_requests_or_shutdown() -> None:
     blackhole.bind(("127.0.0.1", 0))
     blackhole.listen(64)
     tracer = LangSmithTracer(f"http://127.0.0.1:{blackhole.getsockname()[1]}", "key", "p", timeout_s=5.0)
-    answer = Answer("a", [], "extractive", None, False, {}, Usage(), {"total": 3.0})
+    answer = make_answer(generator="extractive", timings_ms={"total": 3.0})
     request = AnswerRequest("q", Scope("c", "t"))
     started = time.perf_counter()
     for _ in range(2000):  # more than the queue holds: the surplus is dropped, not waited for
@@ -164,9 +164,9 @@ def test_sampled_judge_runs_off_the_request_path(embedder: Embedder) -> None:
     """Faithfulness judged in the background on a share of answers; a dead judge counts failures."""
     metrics = ServiceMetrics(0.5)
     dead = JudgeConfig(f"http://127.0.0.1:{free_port()}/v1", "judge", timeout_s=2)
-    sampled = SampledJudge(lambda: judge_metrics(dead, embedder)["faithfulness"], 1.0, metrics)
-    never = SampledJudge(lambda: judge_metrics(dead, embedder)["faithfulness"], 0.0, metrics)
-    answer = Answer("Oxygen is 21% of air [1].", [], "llamacpp", None, False, {}, Usage(), {"total": 3.0})
+    sampled = SampledJudge(lambda: faithfulness_judgement(dead, embedder), 1.0, metrics)
+    never = SampledJudge(lambda: faithfulness_judgement(dead, embedder), 0.0, metrics)
+    answer = make_answer("Oxygen is 21% of air [1].", generator="llamacpp", timings_ms={"total": 3.0})
 
     def failed() -> float | None:
         return metrics.registry.get_sample_value("ragops_judge_results_total", {"result": "failed"})

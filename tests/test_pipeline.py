@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
-from app.container import Services
+from app.container import Services, UnavailableGenerator
 from retrieval.documents import Document, Section
 from retrieval.index import Scope
+from serving.answer import resolve_citations
+from serving.fallback import FallbackChain
 from serving.generation import NOT_IN_DOCUMENTS
-from serving.pipeline import Answer, AnswerRequest, resolve_citations
+from serving.pipeline import Answer, AnswerRequest, RagPipeline
+from serving.stages import Generate
 from tests.conftest import sample_documents
 
 SCOPE = Scope("sample", "default")
@@ -27,7 +31,7 @@ def extractive(make_services: Callable[..., Services]) -> Services:
 def test_answer_cites_retrieved_passages(extractive: Services) -> None:
     answer = extractive.pipeline.answer(AnswerRequest("What part of the Earth's atmosphere is oxygen?", SCOPE))
     assert answer.generator == "extractive" and answer.fallback is None and not answer.cached
-    assert answer.prompt["name"] == "rag_answer" and answer.prompt["version"] == "v1"
+    assert answer.outcome == "answered" and answer.prompt.name == "rag_answer" and answer.prompt.version == "v1"
     assert [c.index for c in answer.citations] == list(range(1, len(answer.citations) + 1))
     numbers = {int(n) for n in re.findall(r"\[(\d+)\]", answer.answer)}
     assert numbers and numbers == {c.index for c in answer.citations if c.cited}
@@ -36,9 +40,10 @@ def test_answer_cites_retrieved_passages(extractive: Services) -> None:
 
 def test_unrelated_question_abstains_without_calling_a_model(extractive: Services) -> None:
     answer = extractive.pipeline.answer(AnswerRequest("How do I reset my router password?", SCOPE))
-    assert (answer.answer, answer.generator, answer.citations, answer.abstained) == (
+    assert (answer.answer, answer.outcome, answer.generator, answer.citations, answer.abstained) == (
         NOT_IN_DOCUMENTS,
-        "abstain",
+        "abstained",
+        None,
         [],
         True,
     )
@@ -46,11 +51,31 @@ def test_unrelated_question_abstains_without_calling_a_model(extractive: Service
     assert empty.abstained and empty.relevance is None
 
 
+def test_an_outage_is_a_failure_not_an_abstention(extractive: Services) -> None:
+    """Every generator failing gives the fixed answer with outcome "failed": never counted as an abstention."""
+    broken = Generate(FallbackChain([UnavailableGenerator("extractive", "down for the test")]))
+    pipeline = RagPipeline(replace(extractive.pipeline.stages, generate=broken), extractive.pipeline.prompt_for,
+                           observer=extractive.observe)  # fmt: skip
+    answer = pipeline.answer(AnswerRequest("What part of the Earth's atmosphere is oxygen?", SCOPE))
+    assert (answer.answer, answer.outcome, answer.abstained, answer.generator) == (
+        NOT_IN_DOCUMENTS,
+        "failed",
+        False,
+        None,
+    )
+    assert answer.fallback is not None and "down for the test" in answer.fallback.reason
+    registry = extractive.metrics.registry
+    assert registry.get_sample_value("ragops_answers_total", {"outcome": "failed", "generator": "none"}) == 1
+    assert registry.get_sample_value("ragops_answers_total", {"outcome": "abstained", "generator": "none"}) is None
+    assert not pipeline.answer(AnswerRequest("What part of the Earth's atmosphere is oxygen?", SCOPE)).cached
+
+
 def test_cache_hit_and_invalidation_on_index_change(extractive: Services) -> None:
     question = AnswerRequest("What part of the Earth's atmosphere is oxygen?", SCOPE)
     first = extractive.pipeline.answer(question)
     again = extractive.pipeline.answer(AnswerRequest("  what part of the earth's atmosphere is OXYGEN ", SCOPE))
-    assert again.cached and again.answer == first.answer and set(again.timings_ms) == {"total"}
+    assert again.cached and again.outcome == "cached" and again.answer == first.answer
+    assert set(again.timings_ms) == {"total"}
     extractive.ingestor.ingest_documents([Document("new", (Section("Oxygen makes up a fifth of air."),))], SCOPE)
     assert not extractive.pipeline.answer(question).cached  # the index changed
     other_tenant = AnswerRequest(question.question, Scope("sample", "someone-else"))

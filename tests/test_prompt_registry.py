@@ -79,7 +79,7 @@ def test_answers_name_the_canary_version(make_services: Callable[..., Services])
     services = make_services(generator="extractive", canary_prompt="rag_answer@v1", canary_share=1.0)
     services.ingestor.ingest_documents(sample_documents(10), Scope("s", "default"))
     answer = services.pipeline.answer(AnswerRequest("Who were the Normans?", Scope("s", "default"), user="u1"))
-    assert answer.prompt["version"] == "v1" and answer.prompt["hash"]
+    assert answer.prompt.version == "v1" and answer.prompt.hash
 
 
 def test_prompts_cli(registry: PromptRegistry, tmp_path: Path) -> None:

@@ -105,3 +105,31 @@ def test_second_process_gets_a_clear_error(make_services: Callable[..., Services
     make_services()
     with pytest.raises(IndexUnavailableError, match="in use by another process"):
         make_services()
+
+
+def test_bm25_idf_is_computed_per_tenant(services: Services) -> None:
+    """Tenant two's documents all say "zebra"; tenant one's BM25 ranking and scores must not notice."""
+    one, two = Scope("c", "one"), Scope("c", "two")
+    filler = ["The quarterly report is due on Friday.", "Lunch is served at noon.", "The office opens at nine."]
+    services.ingestor.ingest_documents(
+        [
+            Document("zebra", (Section("A zebra escaped from the zoo."),)),
+            Document("ledger", (Section("The ledger was balanced twice."),)),
+            *(Document(f"filler-{i}", (Section(text),)) for i, text in enumerate(filler)),
+        ],
+        one,
+    )
+
+    def ranked() -> list[tuple[str, float]]:
+        hits = services.searcher.search("zebra ledger", one, top_k=10, mode="sparse").hits
+        return [(h.doc_id, h.score) for h in hits]
+
+    alone = ranked()
+    assert {doc_id for doc_id, _ in alone} == {"zebra", "ledger"}
+    services.ingestor.ingest_documents(
+        [Document(f"herd-{i}", (Section(f"Zebra number {i} grazes on the plain."),)) for i in range(20)], two
+    )
+    # Collection-wide IDF would make "zebra" common and sink its document; per-tenant IDF changes nothing here.
+    together = ranked()
+    assert [doc_id for doc_id, _ in together] == [doc_id for doc_id, _ in alone]
+    assert [score for _, score in together] == pytest.approx([score for _, score in alone], rel=1e-6)

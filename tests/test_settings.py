@@ -6,7 +6,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.settings import load_settings
+from app import settings_doc
+from app.settings import Settings, load_settings
+from retrieval.index import FusionParams
 
 
 def test_defaults() -> None:
@@ -45,3 +47,40 @@ def test_invalid_settings_are_rejected(overrides: dict[str, Any]) -> None:
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_settings(tmp_path / "absent.toml")
+
+
+def test_readme_settings_table_is_generated_from_the_settings() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert settings_doc.table_in(readme) == settings_doc.render_table(), (
+        f"README.md's settings table differs from app/settings.py; regenerate it: {settings_doc.REGENERATE}"
+    )
+
+
+def test_every_setting_is_described() -> None:
+    assert [name for name, field in Settings.model_fields.items() if not (field.description or "").strip()] == []
+
+
+def test_table_shows_env_names_types_and_defaults() -> None:
+    table = settings_doc.render_table()
+    assert f"| `RAGOPS_RRF_K` | int, >= 1 | {FusionParams.rrf_k} |" in table
+    assert "| `RAGOPS_RRF_WEIGHTS` | tuple[float, float] | `[1.0, 1.5]` |" in table
+    assert "| `RAGOPS_API_KEYS` | dict[str, str] | `{}` |" in table
+    assert "| `RAGOPS_EMBEDDER` | `onnx` or `torch` | `onnx` |" in table
+    assert "| `RAGOPS_LANGSMITH_API_KEY`, `LANGSMITH_API_KEY` | str | unset |" in table
+    assert "| `RAGOPS_DATA_DIR` | Path | `.ragops` |" in table
+    assert "| **Embeddings** |  |  |  |" in table
+    assert r"NAME[@VERSION\|@LABEL]" in table  # a pipe would split the cell
+
+
+def test_write_replaces_only_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = tmp_path / "README.md"
+    doc.write_text(f"# Settings\n\nBefore.\n\n{settings_doc.START}\n| stale |\n{settings_doc.END}\n\nAfter.\n")
+    assert settings_doc.main(["--write", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("# Settings\n\nBefore.\n\n") and text.endswith(f"{settings_doc.END}\n\nAfter.\n")
+    assert settings_doc.table_in(text) == settings_doc.render_table()
+    assert settings_doc.main(["--write", str(doc)]) == 0
+    assert "already up to date" in capsys.readouterr().out
+    doc.write_text("no markers\n")
+    assert settings_doc.main(["--write", str(doc)]) == 1
+    assert "settings-table:start" in capsys.readouterr().err

@@ -1,8 +1,7 @@
-"""Request dependencies: the wired services and the caller's tenant."""
+"""Request dependencies: the wired services, the caller's tenant, and the pipeline request built from them."""
 
 from __future__ import annotations
 
-import re
 import secrets
 from typing import Annotated
 
@@ -10,8 +9,8 @@ from fastapi import Depends, Header, Request
 
 from app.api.errors import ApiError
 from app.container import Services
-
-_TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+from retrieval.index import SCOPE_NAME_RULE, Scope, is_scope_name
+from serving.stages import AnswerRequest
 
 
 def get_services(request: Request) -> Services:
@@ -41,12 +40,30 @@ def get_tenant(
         raise ApiError(401, "invalid API key", code="invalid_api_key")
     if x_tenant is None:
         return services.settings.default_tenant
-    if not _TENANT.match(x_tenant):
-        raise ApiError(400, "X-Tenant must be 1-64 letters, digits, '.', '_' or '-'", param="X-Tenant")
+    if not is_scope_name(x_tenant):
+        raise ApiError(400, f"X-Tenant must be {SCOPE_NAME_RULE}", param="X-Tenant")
     return x_tenant
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]
+
+
+def answer_request(
+    services: Services,
+    tenant: str,
+    question: str,
+    collection: str | None,
+    top_k: int | None,
+    history: list[dict[str, str]],
+    user: str | None = None,
+) -> AnswerRequest:
+    """The pipeline's request for a question in the caller's tenant; a collection without documents is a 404."""
+    settings = services.settings
+    question = require_text(question, services, "question")
+    scope = Scope(collection or settings.default_collection, tenant)
+    if services.index.count(scope) == 0:
+        raise ApiError(404, f"collection {scope.collection!r} has no documents", param="collection")
+    return AnswerRequest(question, scope, top_k or settings.chat_top_k, history, user)
 
 
 def require_text(text: str, services: Services, param: str) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("ragops.api")
@@ -24,6 +26,30 @@ _TYPES = {
 }
 
 
+class ErrorDetail(BaseModel):
+    type: str = Field(description="invalid_request_error, authentication_error, not_found_error, ...")
+    message: str
+    param: str | None = Field(description="The request field at fault, if one is.")
+    code: str | None = Field(description="A machine-readable reason, e.g. greater_than_equal, invalid_api_key.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error, in OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses an operation can answer, all in the one error shape."""
+    meaning = {
+        400: "Bad request: invalid JSON, a field out of range, a blank question.",
+        401: "Missing or invalid API key.",
+        404: "Not found: an unknown model, document, or a collection without documents.",
+        503: "Not ready, or the index failed; nothing was written.",
+    }
+    return {status: {"model": ErrorResponse, "description": meaning[status]} for status in statuses}
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -34,15 +60,8 @@ class ApiError(Exception):
 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    body = {
-        "error": {
-            "type": _TYPES.get(status, "server_error"),
-            "message": message,
-            "param": param,
-            "code": code,
-        }
-    }
-    return JSONResponse(body, status_code=status)
+    detail = ErrorDetail(type=_TYPES.get(status, "server_error"), message=message, param=param, code=code)
+    return JSONResponse(ErrorResponse(error=detail).model_dump(), status_code=status)
 
 
 def _validation_error(_: Request, exc: Exception) -> JSONResponse:

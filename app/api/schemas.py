@@ -1,14 +1,16 @@
-"""Request and response bodies of the HTTP API."""
+"""Request and response bodies of ragops' own HTTP API (the OpenAI-compatible shapes are in
+``app.api.openai_protocol``; the answer itself is ``serving.answer.Answer``)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from retrieval.index import MetadataValue, SearchMode
+from retrieval.index import SCOPE_NAME_PATTERN, MetadataValue, SearchMode
+from serving.answer import Answer
 
-COLLECTION_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+COLLECTION_PATTERN = SCOPE_NAME_PATTERN
 
 
 class StrictModel(BaseModel):
@@ -76,27 +78,18 @@ class ChatRequest(StrictModel):
     user: str | None = Field(None, max_length=256, description="User or session id: keeps a user on one prompt.")
 
 
-class OpenAIMessage(BaseModel):
-    # Lenient like OpenAI's own API: unknown fields (name, tool_calls, ...) are accepted and ignored.
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+class ChatDelta(BaseModel):
+    """A piece of the answer's text, as the generator writes it."""
 
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(str(part.get("text", "")) for part in self.content if part.get("type") == "text")
-        return self.content or ""
+    type: Literal["delta"] = "delta"
+    text: str
 
 
-class ChatCompletionRequest(BaseModel):
-    """OpenAI's chat-completions body; sampling parameters are accepted, the prompt version decides them.
-    ``collection`` and ``top_k`` are ragops extensions (the SDK's ``extra_body``)."""
+class ChatAnswerEvent(Answer):
+    """The last event of a stream: the whole answer, guarded (clients show this one)."""
 
-    model: str
-    messages: list[OpenAIMessage] = Field(min_length=1, max_length=100)
-    stream: bool = False
-    temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1)
-    n: int | None = Field(None, ge=1, le=1)
-    collection: str | None = Field(None, pattern=COLLECTION_PATTERN)
-    top_k: int | None = Field(None, ge=1, le=20)
-    user: str | None = Field(None, max_length=256)
+    type: Literal["answer"] = "answer"
+
+
+class ChatStreamEvent(RootModel[ChatDelta | ChatAnswerEvent]):
+    """One ``data:`` line of ``POST /v1/chat`` with ``stream``: deltas, then the answer, then ``[DONE]``."""

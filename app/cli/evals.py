@@ -1,0 +1,171 @@
+"""``ragops eval run|gate``: run an eval suite, and gate a candidate prompt against a baseline. The one place the
+CLI calls ``evals.runner.run_suite``; the gate's comparability rules live in ``evals.gate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from app.cli.common import EXIT_FAILURE, EXIT_OK, GENERATORS, CliError, open_services, settings_from
+from prompts.loader import PromptError
+
+if TYPE_CHECKING:
+    from app.cli.common import Commands
+    from evals.results import EvalResults
+    from evals.suite import Suite
+
+
+def add_parser(commands: Commands) -> None:
+    evals = commands.add_parser("eval", help="run eval suites and gate prompt changes")
+    actions = evals.add_subparsers(dest="eval_command", required=True, metavar="ACTION")
+    run = actions.add_parser("run", help="run a suite: results.json under --out")
+    run.add_argument("suite", type=Path)
+    run.add_argument("--prompt", metavar="NAME[@VERSION|@LABEL]", help="default: the suite's prompt")
+    run.add_argument("--generator", choices=GENERATORS, help="default: the suite's")
+    run.add_argument("--out", type=Path, help="directory for results.json and report.html (default: under DATA_DIR)")
+    run.add_argument("--baseline", type=Path, metavar="RESULTS_JSON", help="a run to diff against in the report")
+    run.add_argument("--json", action="store_true", help="print the aggregate as JSON")
+    run.add_argument("--upload", action="store_true", help="upload the run to LangSmith (needs LANGSMITH_API_KEY)")
+    run.set_defaults(handler=run_eval)
+    gate = actions.add_parser("gate", help="candidate vs baseline: exit 0 pass, 1 regression, 2 broken")
+    gate.add_argument("suite", type=Path)
+    gate.add_argument("--baseline", required=True, help="a results.json, or a prompt reference to run")
+    gate.add_argument("--candidate", metavar="NAME[@VERSION|@LABEL]", help="default: the suite's prompt")
+    gate.add_argument("--generator", choices=GENERATORS, help="default: the suite's")
+    gate.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    gate.add_argument("--out", type=Path, help="directory for the candidate's results.json and report.html")
+    gate.set_defaults(handler=run_gate)
+
+
+@contextmanager
+def _broken_run() -> Iterator[None]:
+    """A suite, dataset or prompt that cannot run: ``broken eval run: ...``, exit 2 (never a regression)."""
+    from evals.suite import SuiteError
+
+    try:
+        yield
+    except (SuiteError, PromptError) as exc:
+        raise CliError(f"broken eval run: {exc}") from exc
+
+
+def _run_suite(args: argparse.Namespace, suite: Suite, prompt: str | None) -> EvalResults:
+    """Run ``suite`` with ``prompt`` (default: the suite's), its own services, closed afterwards."""
+    from tqdm import tqdm
+
+    from app.container import eval_parts
+    from evals.runner import run_suite
+
+    settings = settings_from(
+        args,
+        prompt=prompt or suite.prompt,
+        generator=args.generator or suite.generator,
+        canary_prompt=None,
+        output_guard="report",  # score the model's own answers; groundedness is a metric here
+        tracing=False,  # --upload sends the run as an experiment instead
+    )
+    services = open_services(settings)
+    try:
+        progress = lambda total: tqdm(total=total, unit="sample", desc=suite.name)  # noqa: E731
+        results, stats = run_suite(suite, eval_parts(services), progress)
+    finally:
+        services.close()
+    print(
+        f"{suite.name}: {stats.samples} samples ({stats.cached} from cache) in {stats.seconds:.1f}s "
+        f"with {results.prompt.ref} on {results.generator}",
+        file=sys.stderr,
+    )
+    return results
+
+
+def _read_results(path: Path) -> EvalResults:
+    from evals.results import ResultsError, read_results
+
+    try:
+        return read_results(path)
+    except ResultsError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _write_run(out: Path, results: EvalResults, baseline: EvalResults | None) -> Path:
+    from evals.report import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    results.write(out / "results.json")
+    return write_report(out / "report.html", results, baseline)
+
+
+def _upload(results: EvalResults) -> dict[str, str]:
+    from evals.langsmith_upload import upload_experiment
+
+    try:
+        return upload_experiment(results)
+    except Exception as exc:  # the run is saved; an upload that fails says so and the command fails
+        raise CliError(f"LangSmith upload failed (results are saved locally): {type(exc).__name__}: {exc}") from exc
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from evals.suite import load_suite
+
+    with _broken_run():
+        suite = load_suite(args.suite)
+        baseline = _read_results(args.baseline) if args.baseline else None
+        if args.upload and not os.environ.get("LANGSMITH_API_KEY"):
+            raise CliError("--upload needs LANGSMITH_API_KEY (and LANGSMITH_ENDPOINT for a self-hosted LangSmith)")
+        results = _run_suite(args, suite, args.prompt)
+        out = args.out or settings_from(args).data_dir / "evals" / (
+            f"{suite.name}-{results.prompt.version}-{results.generator}"
+        )
+        report = _write_run(out, results, baseline)
+        uploaded = _upload(results) if args.upload else None
+    if args.json:
+        aggregate = {metric: summary.model_dump() for metric, summary in results.aggregate.items()}
+        print(json.dumps({"results": str(out / "results.json"), "report": str(report),
+                          "langsmith": uploaded, "aggregate": aggregate}))  # fmt: skip
+    else:
+        for metric, summary in results.aggregate.items():
+            print(
+                f"{metric}: {summary.mean} (n={summary.n}, not applicable={summary.not_applicable}, "
+                f"failed={summary.failed})"
+            )
+        print(f"results: {out / 'results.json'}\nreport: {report}")
+        if uploaded:
+            print(f"langsmith: experiment {uploaded['experiment']}")
+    return EXIT_OK
+
+
+def _gate_runs(args: argparse.Namespace) -> tuple[Suite, EvalResults, EvalResults]:
+    """The suite, the baseline (a results.json, or a prompt reference run now) and the candidate run."""
+    from evals.gate import GateError, check_judges_prompts
+    from evals.suite import load_suite
+
+    with _broken_run():
+        suite = load_suite(args.suite)
+        try:
+            check_judges_prompts(args.generator or suite.generator)
+        except GateError as exc:
+            raise CliError(str(exc)) from exc
+        baseline_path = Path(args.baseline)
+        baseline = _read_results(baseline_path) if baseline_path.is_file() else _run_suite(args, suite, args.baseline)
+        candidate = _run_suite(args, suite, args.candidate)
+    return suite, baseline, candidate
+
+
+def run_gate(args: argparse.Namespace) -> int:
+    from evals.gate import REGRESSION, GateError, check_comparable, compare, verdict_table
+
+    suite, baseline, candidate = _gate_runs(args)
+    try:
+        check_comparable(baseline, candidate)
+    except GateError as exc:
+        raise CliError(f"broken eval run: {exc}") from exc
+    verdicts = compare(baseline, candidate, suite, seed=args.seed)
+    print(verdict_table(verdicts, baseline.prompt.ref, candidate.prompt.ref))
+    if args.out:
+        print(f"report: {_write_run(args.out, candidate, baseline)}", file=sys.stderr)
+    return EXIT_FAILURE if any(v.verdict == REGRESSION for v in verdicts) else EXIT_OK

@@ -1,0 +1,110 @@
+"""``ragops prompts list|show|diff|promote|rollback``: prompt versions and labels."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from app.cli.common import EXIT_OK, CliError, settings_from
+from prompts.loader import PromptError
+
+if TYPE_CHECKING:
+    from app.cli.common import Commands
+    from prompts.registry import PromptRegistry
+
+
+def add_parser(commands: Commands) -> None:
+    prompts = commands.add_parser("prompts", help="prompt versions and labels")
+    actions = prompts.add_subparsers(dest="prompts_command", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="prompts, versions and labels")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=run_list)
+    show = actions.add_parser("show", help="print a prompt version")
+    show.add_argument("ref", metavar="NAME[@VERSION|@LABEL]")
+    show.set_defaults(handler=run_show)
+    diff = actions.add_parser("diff", help="unified diff of two versions or labels")
+    diff.add_argument("name")
+    diff.add_argument("a")
+    diff.add_argument("b")
+    diff.set_defaults(handler=run_diff)
+    promote = actions.add_parser("promote", help="point a label at a version (releases the version)")
+    promote.add_argument("name")
+    promote.add_argument("version")
+    promote.add_argument("--label", required=True)
+    promote.set_defaults(handler=run_promote)
+    rollback = actions.add_parser("rollback", help="return a label to its previous version")
+    rollback.add_argument("name")
+    rollback.add_argument("--label", required=True)
+    rollback.set_defaults(handler=run_rollback)
+
+
+def _registry(args: argparse.Namespace) -> PromptRegistry:
+    from prompts.registry import PromptRegistry
+
+    settings = settings_from(args)
+    return PromptRegistry(settings.prompts_dir) if settings.prompts_dir else PromptRegistry()
+
+
+@contextmanager
+def _prompt_errors() -> Iterator[None]:
+    """A missing or invalid prompt, version or label: one line, exit 2."""
+    try:
+        yield
+    except PromptError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def run_list(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    with _prompt_errors():
+        listing: list[dict[str, Any]] = [
+            {
+                "name": name,
+                "versions": registry.versions(name),
+                "labels": registry.labels(name),
+                "released": sorted(registry.released(name)),
+            }
+            for name in registry.names()
+        ]
+    if args.json:
+        print(json.dumps(listing))
+    else:
+        for item in listing:
+            labels = ", ".join(f"{label}={version}" for label, version in sorted(item["labels"].items()))
+            print(f"{item['name']}: versions {' '.join(item['versions'])}; labels {labels or '(none)'}")
+    return EXIT_OK
+
+
+def run_show(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    with _prompt_errors():
+        prompt = registry.resolve(args.ref)
+    assert prompt.path is not None
+    print(f"# {prompt.ref} (hash {prompt.content_hash})")
+    print(prompt.path.read_text(), end="")
+    return EXIT_OK
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    with _prompt_errors():
+        print(registry.diff(args.name, args.a, args.b), end="")
+    return EXIT_OK
+
+
+def run_promote(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    with _prompt_errors():
+        prompt = registry.promote(args.name, args.version, args.label)
+    print(f"{args.name}@{args.label} -> {prompt.version} (hash {prompt.content_hash})")
+    return EXIT_OK
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    with _prompt_errors():
+        print(f"{args.name}@{args.label} -> {registry.rollback(args.name, args.label)}")
+    return EXIT_OK

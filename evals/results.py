@@ -1,0 +1,116 @@
+"""The results of an eval run (``results.json``): one typed model that the runner writes and the report, the
+gate and the LangSmith upload read. Baselines committed under ``evals/baselines/`` are such files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from serving.answer import Outcome
+from serving.fallback import Fallback
+
+
+class ResultsError(Exception):
+    """A file that is not a readable results.json."""
+
+
+class CitationRow(BaseModel):
+    index: int
+    doc_id: str
+    cited: bool
+    score: float
+    text: str
+
+
+class SampleResult(BaseModel):
+    """One sample: what was asked and expected, what the service answered, and its scores."""
+
+    id: str
+    question: str
+    expected: str
+    answers: list[str]
+    reference_doc_ids: list[str]
+    answer: str
+    outcome: Outcome | None = None  # None in runs made before answers had an outcome
+    generator: str | None
+    model: str | None
+    fallback: Fallback | None
+    abstained: bool
+    citations: list[CitationRow]
+    latency_ms: float | None
+    tokens: int
+    metrics: dict[str, float | None]  # None: not applicable, or failed (then in ``failures``)
+    failures: dict[str, str]
+
+
+class MetricSummary(BaseModel):
+    mean: float | None
+    n: int
+    failed: int
+    not_applicable: int
+
+
+class Percentiles(BaseModel):
+    p50: float | None
+    p95: float | None
+
+
+class TokenTotals(BaseModel):
+    mean: float | None
+    total: int
+
+
+class Performance(BaseModel):
+    latency_ms: Percentiles
+    completion_tokens: TokenTotals
+    fallbacks: int
+
+
+class PromptRef(BaseModel):
+    ref: str
+    name: str
+    version: str
+    hash: str
+
+
+class DatasetInfo(BaseModel):
+    path: str
+    hash: str
+    samples: int
+
+
+class Limits(BaseModel):
+    threshold: float | None
+    tolerance: float
+
+
+class EvalResults(BaseModel):
+    suite: str
+    prompt: PromptRef
+    generator: str
+    model: str | list[str]
+    embedder: str
+    judge: str | None
+    dataset: DatasetInfo
+    corpus_hash: str
+    timestamp: str
+    thresholds: dict[str, Limits]
+    aggregate: dict[str, MetricSummary]
+    performance: Performance
+    samples: list[SampleResult]
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.model_dump(mode="json", exclude_none=False), indent=1), encoding="utf-8")
+
+
+def read_results(path: Path) -> EvalResults:
+    try:
+        return EvalResults.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        raise ResultsError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "the file"
+        raise ResultsError(f"{path} is not a results.json ({where}: {first['msg']})") from exc

@@ -1,0 +1,224 @@
+"""What the two Qdrant adapters share: scope filters, the document-hash scroll, and the search requests.
+
+qdrant-edge (the embedded engine) and qdrant-client (a server, or its local mode) speak the same Qdrant model
+in different spellings. Each adapter gives a ``QdrantDialect``: how its library builds a match, a filter, a
+sparse vector, a point, a prefetch and a query request. ``QdrantIndexBase`` composes the ``VectorIndex``
+operations once from those builders and four engine calls the adapter supplies (write points, delete by
+filter, scroll one page, run one query), so the two backends cannot drift apart.
+
+BM25's IDF is per scope on both backends. The sparse vector keeps the IDF modifier (the encoder emits BM25
+term weights and the engine multiplies in IDF at query time), and every request that ranks by it carries
+search params whose IDF corpus is the caller's (collection, tenant) filter: qdrant-edge's
+``IdfParams(corpus=...)``, qdrant-client's ``IdfCorpusParams(corpus=...)`` (REST and gRPC; the client's
+local mode honours it too). Document counts and frequencies then come from the caller's own documents, so
+another tenant's documents never move its BM25 ranking. The corpus is the whole scope, not the narrower
+``SearchFilter``: IDF describes the tenant's corpus, a filter only chooses which of its documents come back.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from retrieval.index import (
+    DENSE_VECTOR,
+    SPARSE_VECTOR,
+    FusionParams,
+    IndexPoint,
+    MetadataValue,
+    Scope,
+    ScoredPayload,
+    SearchFilter,
+    SearchMode,
+    SparseVector,
+    add_document_hashes,
+)
+
+# field -> is_tenant: the keyword payload indexes every new index gets (tenant-optimised where reads are scoped).
+KEYWORD_FIELDS: dict[str, bool] = {"collection": True, "tenant": True, "doc_id": False}
+SCROLL_PAGE_SIZE = 1024
+_HASH_FIELDS = ("doc_id", "content_hash")
+
+FilterT = TypeVar("FilterT")
+RequestT = TypeVar("RequestT")
+RequestT_co = TypeVar("RequestT_co", covariant=True)
+DenseQuery = npt.NDArray[np.float32] | None
+PayloadPage = tuple[Iterable[dict[str, Any] | None], Any]  # payloads, and the offset of the next page (None: done)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One retriever: nearest neighbours of ``vector`` (in the library's spelling) on the named vector."""
+
+    using: str
+    vector: Any
+    params: Any = None  # the library's search params; BM25's carry the IDF corpus
+
+
+class QdrantDialect(Protocol[FilterT, RequestT_co]):
+    """How one Qdrant library spells the pieces of a request; pure builders, no I/O."""
+
+    def match_value(self, key: str, value: MetadataValue) -> Any: ...
+
+    def match_any(self, key: str, values: list[MetadataValue]) -> Any: ...
+
+    def filter(self, must: list[Any], must_not: list[Any]) -> FilterT: ...
+
+    def sparse_vector(self, vector: SparseVector) -> Any: ...
+
+    def point(self, point_id: str, vectors: dict[str, Any], payload: dict[str, Any]) -> Any: ...
+
+    def idf_params(self, corpus: FilterT) -> Any:
+        """Search params that compute IDF over the points matching ``corpus`` only."""
+        ...
+
+    def prefetch(self, ranking: Ranking, limit: int, condition: FilterT) -> Any: ...
+
+    def request(self, ranking: Ranking, limit: int, condition: FilterT) -> RequestT_co: ...
+
+    def fused_request(
+        self, prefetches: list[Any], fusion: FusionParams, limit: int, condition: FilterT
+    ) -> RequestT_co: ...
+
+
+def match(dialect: QdrantDialect[Any, Any], key: str, value: MetadataValue | list[MetadataValue]) -> Any:
+    """A keyword condition: the value itself, or any of a list."""
+    if isinstance(value, list):
+        return dialect.match_any(key, value)
+    return dialect.match_value(key, value)
+
+
+def scope_filter(
+    dialect: QdrantDialect[FilterT, Any],
+    scope: Scope,
+    search_filter: SearchFilter | None = None,
+    must_not: Sequence[Any] = (),
+) -> FilterT:
+    """The caller's (collection, tenant), narrowed by a search filter's document ids and metadata."""
+    must = [match(dialect, "collection", scope.collection), match(dialect, "tenant", scope.tenant)]
+    if search_filter is not None:
+        if search_filter.doc_ids:
+            must.append(match(dialect, "doc_id", list(search_filter.doc_ids)))
+        must.extend(match(dialect, f"metadata.{key}", value) for key, value in search_filter.metadata.items())
+    return dialect.filter(must, list(must_not))
+
+
+def document_filter(
+    dialect: QdrantDialect[FilterT, Any], scope: Scope, doc_id: str, keep_hash: str | None = None
+) -> FilterT:
+    """One document's points; with ``keep_hash``, only those of its other versions."""
+    must_not = [match(dialect, "content_hash", keep_hash)] if keep_hash is not None else []
+    return scope_filter(dialect, scope, SearchFilter(doc_ids=(doc_id,)), must_not=must_not)
+
+
+def fold_document_hashes(fetch_page: Callable[[Any], PayloadPage]) -> dict[str, set[str]]:
+    """Scroll to the end, from offset None, folding each page's payloads into doc_id -> content hashes."""
+    hashes: dict[str, set[str]] = {}
+    offset: Any = None
+    while True:
+        payloads, offset = fetch_page(offset)
+        add_document_hashes(hashes, payloads)
+        if offset is None:
+            return hashes
+
+
+def _required(vector: Any, mode: SearchMode) -> Any:
+    # The searcher encodes exactly what the mode needs; a missing vector here is a caller bug, not an empty result.
+    if vector is None:
+        raise ValueError(f"{mode} search needs its query vector")
+    return vector
+
+
+def scored_payloads(points: Iterable[Any]) -> list[ScoredPayload]:
+    """Either library's scored points (id, score, payload) as the protocol's value type."""
+    return [ScoredPayload(str(p.id), float(p.score), p.payload or {}) for p in points]
+
+
+class QdrantIndexBase(ABC, Generic[FilterT, RequestT]):
+    """The ``VectorIndex`` operations, built once over a dialect; a subclass supplies the engine calls."""
+
+    def __init__(self, dialect: QdrantDialect[FilterT, RequestT], fusion: FusionParams) -> None:
+        self._dialect = dialect
+        self._fusion = fusion
+
+    # --- engine calls -----------------------------------------------------------------------------------
+    @abstractmethod
+    def _write_points(self, points: list[Any]) -> None: ...
+
+    @abstractmethod
+    def _delete_where(self, condition: FilterT) -> None: ...
+
+    @abstractmethod
+    def _scroll_page(self, condition: FilterT, offset: Any, fields: list[str]) -> PayloadPage: ...
+
+    @abstractmethod
+    def _run_query(self, request: RequestT) -> Iterable[Any]:
+        """The scored points (id, score, payload) of one request."""
+
+    @abstractmethod
+    def _count_where(self, condition: FilterT | None) -> int: ...
+
+    # --- VectorIndex ------------------------------------------------------------------------------------
+    def upsert(self, points: Sequence[IndexPoint]) -> None:
+        if not points:
+            return
+        dialect = self._dialect
+        self._write_points(
+            [
+                dialect.point(
+                    point.id,
+                    {DENSE_VECTOR: point.dense.tolist(), SPARSE_VECTOR: dialect.sparse_vector(point.sparse)},
+                    point.payload,
+                )
+                for point in points
+            ]
+        )
+
+    def delete_document(self, scope: Scope, doc_id: str, keep_hash: str | None = None) -> None:
+        self._delete_where(document_filter(self._dialect, scope, doc_id, keep_hash))
+
+    def document_hashes(self, scope: Scope) -> dict[str, set[str]]:
+        condition = scope_filter(self._dialect, scope)
+        return fold_document_hashes(lambda offset: self._scroll_page(condition, offset, list(_HASH_FIELDS)))
+
+    def search(
+        self,
+        scope: Scope,
+        mode: SearchMode,
+        dense: npt.NDArray[np.float32] | None,
+        sparse: SparseVector | None,
+        limit: int,
+        search_filter: SearchFilter,
+    ) -> list[ScoredPayload]:
+        """Dense or BM25 alone, or both as prefetches fused with weighted RRF."""
+        dialect = self._dialect
+        condition = scope_filter(dialect, scope, search_filter)
+        rankings = self._rankings(scope, mode, dense, sparse)
+        if len(rankings) == 1:
+            request = dialect.request(rankings[0], limit, condition)
+        else:
+            prefetch_limit = max(limit, self._fusion.prefetch_limit)
+            prefetches = [dialect.prefetch(ranking, prefetch_limit, condition) for ranking in rankings]
+            request = dialect.fused_request(prefetches, self._fusion, limit, condition)
+        return scored_payloads(self._run_query(request))
+
+    def _rankings(
+        self, scope: Scope, mode: SearchMode, dense: DenseQuery, sparse: SparseVector | None
+    ) -> list[Ranking]:
+        """The retrievers a mode runs, dense first (the order of ``FusionParams.weights``)."""
+        rankings = []
+        if mode in ("hybrid", "dense"):
+            rankings.append(Ranking(DENSE_VECTOR, _required(dense, mode).tolist()))
+        if mode in ("hybrid", "sparse"):
+            # IDF over the caller's whole scope (not the filtered slice): other tenants never shift its BM25 scores.
+            idf = self._dialect.idf_params(scope_filter(self._dialect, scope))
+            rankings.append(Ranking(SPARSE_VECTOR, self._dialect.sparse_vector(_required(sparse, mode)), idf))
+        return rankings
+
+    def count(self, scope: Scope | None = None) -> int:
+        return self._count_where(scope_filter(self._dialect, scope) if scope is not None else None)

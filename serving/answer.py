@@ -1,0 +1,107 @@
+"""What the answering pipeline returns: one ``Answer`` per request, typed all the way out (the HTTP API, its
+SSE events, the OpenAI-compatible endpoint, metrics, tracing and the eval runner all read these fields).
+
+``outcome`` says how the request ended; ``generator`` is the backend that wrote the text, or null when none did
+(a refusal, an abstention, or an outage in which every generator failed)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from prompts.citations import CITATION, citation_numbers
+from retrieval.documents import Hit
+from safety.groundedness import Groundedness
+from safety.guards import ContextVerdict, Fired, GuardVerdict, is_none
+from serving.fallback import Fallback
+from serving.generation import Usage
+
+Outcome = Literal["answered", "cached", "abstained", "refused", "failed"]
+OUTCOMES: tuple[Outcome, ...] = ("answered", "cached", "abstained", "refused", "failed")
+
+
+class Citation(BaseModel):
+    """A passage shown to the generator; ``[index]`` in the answer refers to it, ``cited`` says it was."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    doc_id: str
+    chunk_id: str
+    title: str | None
+    source: str | None
+    text: str
+    score: float
+    cited: bool
+
+
+class PromptInfo(BaseModel):
+    """The prompt version that made the answer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    version: str
+    hash: str
+
+
+class GuardVerdicts(BaseModel):
+    """Every guard's verdict on one request; a guard that did not run is left out."""
+
+    input: GuardVerdict | None = Field(None, exclude_if=is_none)
+    context: ContextVerdict | None = Field(None, exclude_if=is_none)
+    output: GuardVerdict | None = Field(None, exclude_if=is_none)
+    fallback_output: GuardVerdict | None = Field(
+        None, exclude_if=is_none, description="The output guard on the fallback's answer."
+    )
+
+    def fired(self) -> list[tuple[str, Fired]]:
+        """(guard, validator that fired) over every guard that ran."""
+        verdicts = {"input": self.input, "context": self.context, "output": self.output,
+                    "fallback_output": self.fallback_output}  # fmt: skip
+        return [(guard, f) for guard, verdict in verdicts.items() if verdict is not None for f in verdict.fired]
+
+
+class Answer(BaseModel):
+    """One answer: its text and citations, how it ended and how it was made."""
+
+    model_config = ConfigDict(frozen=True)
+
+    answer: str
+    outcome: Outcome
+    citations: list[Citation] = Field(default_factory=list)
+    generator: str | None = Field(None, description="The backend that wrote the answer; null when none did.")
+    model: str | None = Field(None, description="What the generator ran.")
+    fallback: Fallback | None = Field(None, description="Why the first generator did not answer, if it did not.")
+    cached: bool = False
+    prompt: PromptInfo
+    usage: Usage = Field(default_factory=Usage)
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    refused: bool = Field(False, description="A guard blocked the question or the answer.")
+    abstained: bool = Field(False, description="The documents do not hold the answer (never set by an outage).")
+    relevance: float | None = Field(None, description="Best cosine between the question and a retrieved passage.")
+    guards: GuardVerdicts | None = None
+    groundedness: Groundedness | None = None
+
+
+def resolve_citations(text: str, hits: list[Hit]) -> tuple[str, list[Citation]]:
+    """Keep citation markers that point at a retrieved passage, drop the others; list every passage shown."""
+    valid = set(range(1, len(hits) + 1))
+    cited: set[int] = set()
+
+    def keep(match: re.Match[str]) -> str:
+        kept = [n for n in citation_numbers(match.group(1)) if n in valid]
+        cited.update(kept)
+        return "[" + ", ".join(map(str, kept)) + "]" if kept else ""
+
+    cleaned = re.sub(r"[ \t]{2,}", " ", CITATION.sub(keep, text)).strip()
+    citations = [
+        Citation(
+            index=i, doc_id=h.doc_id, chunk_id=h.chunk_id, title=h.title, source=h.source, text=h.text,
+            score=h.score, cited=i in cited,
+        )
+        for i, h in enumerate(hits, 1)
+    ]  # fmt: skip
+    return cleaned, citations
