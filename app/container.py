@@ -17,9 +17,12 @@ from retrieval.embedding import Embedder, build_embedder
 from retrieval.embedding_cache import CachedEmbedder, EmbeddingStore, SqliteEmbeddingStore
 from retrieval.index import FusionParams, VectorIndex
 from retrieval.ingest import Ingestor
+from retrieval.journal import IntentJournal
 from retrieval.offline import apply_offline_environment
 from retrieval.search import Searcher
 from retrieval.sparse import Bm25Encoder
+from retrieval.storage import DiskGuard, ensure_writable
+from retrieval.validation import DocumentLimits
 from safety.guards import Guards
 from serving.answer import Answer
 from serving.answer_cache import InMemoryAnswerCache
@@ -34,6 +37,7 @@ from serving.stages import (
     Abstain,
     AnswerRequest,
     CachedAnswers,
+    Cite,
     ComposePrompt,
     Generate,
     InputGuard,
@@ -117,6 +121,7 @@ class Services:
         if judge is not None:
             judge.close()
         self.index.close()
+        self.ingestor.close()
         self._store.close()
 
 
@@ -187,6 +192,7 @@ def build_pipeline(services: Services) -> RagPipeline:
         output_guard=OutputGuard(
             guards.output if guards else None, generators[-1], enforce=settings.output_guard == "enforce"
         ),
+        cite=Cite(redact_retrieved=settings.redact_retrieved),
     )
     return RagPipeline(stages, prompts, observer=services.observe)
 
@@ -234,8 +240,8 @@ def _instruction_flagger(settings: Settings) -> Callable[[str], str | None] | No
     from safety.guards import POLICIES_DIR, load_injection_settings
     from safety.injection import PatternDetector
 
-    patterns, _ = load_injection_settings(settings.policies_dir or POLICIES_DIR)
-    return PatternDetector(patterns).first_match
+    # The same detector (and normalisation) as the query-time screen: a chunk flagged here is dropped there.
+    return PatternDetector(load_injection_settings(settings.policies_dir or POLICIES_DIR).patterns).first_match
 
 
 def build_guards(settings: Settings, embedder: CachedEmbedder) -> Guards | None:
@@ -246,11 +252,12 @@ def build_guards(settings: Settings, embedder: CachedEmbedder) -> Guards | None:
     from safety.injection import InjectionDetector, load_attacks
 
     policies = settings.policies_dir or POLICIES_DIR
-    patterns, threshold = load_injection_settings(policies)
-    attacks = load_attacks(policies / "attacks.jsonl")
+    injection = load_injection_settings(policies)
+    attacks = injection.applicable(load_attacks(policies / "attacks.jsonl"))
     detector = InjectionDetector(
-        patterns, attacks, embedder.embed, threshold, embedder.embed_query, settings.model_cache_dir
-    )
+        injection.patterns, attacks, embedder.embed, injection.similarity_threshold, embedder.embed_query,
+        settings.model_cache_dir, injection.max_length_ratio,
+    )  # fmt: skip
     detector.warm()  # not on the first question
     context = GuardContext(detector, GroundednessScorer(embedder.embed, settings.groundedness_threshold))
     return Guards(
@@ -266,12 +273,33 @@ def _index_dir(settings: Settings, model_id: str) -> Path:
     return settings.index_dir / re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)
 
 
-def build_index(settings: Settings, model_id: str, dimension: int) -> VectorIndex:
+def _server_collection(settings: Settings, model_id: str) -> str:
+    return f"{settings.qdrant_collection}-{re.sub(r'[^A-Za-z0-9]+', '-', model_id)}"[:255]
+
+
+def _journal_path(settings: Settings, model_id: str) -> Path:
+    # Beside the index, not inside it: a snapshot holds the index alone, and a restore replaces its directory.
+    embedded = settings.qdrant_url is None
+    name = _index_dir(settings, model_id).name if embedded else _server_collection(settings, model_id)
+    return settings.index_dir / f"{name}.journal.sqlite"
+
+
+def check_storage(settings: Settings) -> DiskGuard:
+    """The data dir can be written and has its free-space margin, or one line says why not (before anything
+    opens: the embedded index dies of SIGBUS on a full disk, and a read-only one fails deep inside SQLite)."""
+    for directory in (settings.data_dir, settings.index_dir, settings.cache_dir):
+        ensure_writable(directory)
+    disk = DiskGuard(settings.data_dir, settings.min_free_disk_mb)
+    disk.check(action="start")
+    return disk
+
+
+def build_index(settings: Settings, model_id: str, dimension: int, disk: DiskGuard | None = None) -> VectorIndex:
     fusion = FusionParams(settings.rrf_k, settings.rrf_weights, settings.prefetch_limit)
     if settings.qdrant_url is None:
         from retrieval.qdrant_edge_index import QdrantEdgeIndex
 
-        return QdrantEdgeIndex(_index_dir(settings, model_id), dimension, fusion)
+        return QdrantEdgeIndex(_index_dir(settings, model_id), dimension, fusion, disk)
     from qdrant_client import QdrantClient
 
     from retrieval.qdrant_server_index import QdrantServerIndex
@@ -281,8 +309,7 @@ def build_index(settings: Settings, model_id: str, dimension: int) -> VectorInde
         client = QdrantClient(url=url, api_key=settings.qdrant_api_key)
     else:  # ':memory:' or a directory: qdrant-client's local mode
         client = QdrantClient(location=url) if url == ":memory:" else QdrantClient(path=url)
-    collection = f"{settings.qdrant_collection}-{re.sub(r'[^A-Za-z0-9]+', '-', model_id)}"[:255]
-    return QdrantServerIndex(client, collection, dimension, fusion)
+    return QdrantServerIndex(client, _server_collection(settings, model_id), dimension, fusion)
 
 
 def build_cached_embedder(settings: Settings, embedder: Embedder | None = None) -> CachedEmbedder:
@@ -296,17 +323,37 @@ def build_cached_embedder(settings: Settings, embedder: Embedder | None = None) 
 
 
 def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
-    """Wire every part from settings; a given ``embedder`` is shared instead of loading the model again."""
+    """Wire every part from settings; a given ``embedder`` is shared instead of loading the model again.
+    Updates a crash interrupted are settled (``Ingestor.recover``) before the services are returned."""
+    disk = check_storage(settings)
     cached = build_cached_embedder(settings, embedder)
     embedder = cached.inner
-    index = build_index(settings, embedder.model_id, embedder.dimension)
+    index = build_index(settings, embedder.model_id, embedder.dimension, disk)
     sparse = Bm25Encoder()
     chunker = Chunker(embedder.count_tokens, settings.chunk_tokens, settings.chunk_overlap)
-    return Services(
+    services = Services(
         settings=settings,
         embedder=cached,
         index=index,
-        ingestor=Ingestor(index, cached, sparse, chunker, flag_instructions=_instruction_flagger(settings)),
+        ingestor=Ingestor(
+            index,
+            cached,
+            sparse,
+            chunker,
+            batch_chunks=settings.ingest_batch_chunks,
+            flag_instructions=_instruction_flagger(settings),
+            limits=DocumentLimits.from_settings(settings),
+            journal=IntentJournal(_journal_path(settings, embedder.model_id)),
+            disk=disk,
+        ),
         searcher=Searcher(index, cached, sparse),
         store=cached.store,
     )
+    try:
+        settled = services.ingestor.recover()
+    except BaseException:
+        services.close()  # the index's lock with it: the caller may try again
+        raise
+    if settled:
+        logger.warning("settled %d document update(s) interrupted by a crash: each kept one version", settled)
+    return services

@@ -3,6 +3,10 @@
 ``ragops serve`` installs this on the root logger (uvicorn's loggers included). The request id comes from the
 ``X-Request-ID`` header or is made up, is echoed in the response, and tags every line logged while the request
 is handled (a context variable, so threads serving the request see it too).
+
+Redaction is for the callers' data. The server's own lines about itself (its bind address, a failed bind) are
+its operator's configuration and are logged as they are: uvicorn's, recognised by their template (code, never
+the formatted text), and those of the ``ragops.server`` logger.
 """
 
 from __future__ import annotations
@@ -18,23 +22,40 @@ from safety.pii import redact, redact_values
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
+SERVER_LOGGER = "ragops.server"
+_UVICORN_SERVER_TEMPLATES = ("Uvicorn running on ",)
+
 # Attributes every LogRecord has: the rest are the caller's ``extra`` fields.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        plain = is_server_message(record)
         payload: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": redact(record.getMessage()),
+            "message": record.getMessage() if plain else redact(record.getMessage()),
             "request_id": request_id.get(),
         }
-        payload.update({k: redact_values(v) for k, v in record.__dict__.items() if k not in _STANDARD})
+        extra = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+        payload.update(extra if plain else redact_values(extra))
         if record.exc_info:
             payload["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(payload, ensure_ascii=False, default=str)
+
+
+def is_server_message(record: logging.LogRecord) -> bool:
+    """A line about the server itself, with no user data in it."""
+    if record.name == SERVER_LOGGER:
+        return True
+    if not record.name.startswith("uvicorn.error"):
+        return False
+    # uvicorn logs a failed bind as the OSError itself ("... while attempting to bind on address ...").
+    return isinstance(record.msg, OSError) or (
+        isinstance(record.msg, str) and record.msg.startswith(_UVICORN_SERVER_TEMPLATES)
+    )
 
 
 def configure_logging(level: str = "info") -> None:

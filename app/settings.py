@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from retrieval.index import SCOPE_NAME_PATTERN, FusionParams, SearchMode
+from retrieval.validation import DocumentLimits
 
 EmbedderBackend = Literal["onnx", "torch"]
 GeneratorBackend = Literal["llamacpp", "vllm", "extractive"]
@@ -150,7 +151,43 @@ class Settings(BaseSettings):
     )
     max_documents_per_request: int = Field(1000, ge=1, description="Most documents one ingest request may carry.")
 
+    # Request limits: checked before anything is read into the index (400/413 with the field named)
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413 unread."
+    )
+    # Defaults from DocumentLimits, the rules' one definition (retrieval/validation.py), which .jsonl ingest shares.
+    max_document_chars: int = Field(
+        DocumentLimits.max_document_chars, ge=1, description="Longest document text one ingest may carry."
+    )
+    max_metadata_bytes: int = Field(
+        DocumentLimits.max_metadata_bytes, ge=2, description="Largest metadata object of one document, as JSON."
+    )
+    max_metadata_depth: int = Field(
+        DocumentLimits.max_metadata_depth,
+        ge=1,
+        le=32,
+        description="Deepest nesting of a document's metadata, the top-level object being level 1 and each nested "
+        "object or list one more (the engine fails past ~100 levels).",
+    )
+    max_metadata_keys: int = Field(
+        DocumentLimits.max_metadata_keys, ge=1, description="Most keys in one document's metadata, all levels counted."
+    )
+
+    # Reliability
+    min_free_disk_mb: int = Field(
+        256, ge=0, description="Refuse writes (503) when the data dir's filesystem has less free space than this."
+    )
+    ingest_batch_chunks: int = Field(
+        512, ge=1, description="Chunks embedded and written per ingest batch (whole documents; bounds memory)."
+    )
+    allow_open: bool = Field(
+        False, description="Let `serve` listen on a non-loopback address without API keys (anyone can read and write)."
+    )
+
     # Guards and groundedness
+    redact_retrieved: bool = Field(
+        True, description="Redact PII and secrets in retrieved text shown to clients (citations, search hits)."
+    )
     guards: bool = Field(True, description="Input and output guards on every chat request.")
     policies_dir: Path | None = Field(None, description="Guard policies (default: the bundled guardrails/).")
     output_guard: Literal["enforce", "report"] = Field(

@@ -38,6 +38,14 @@ class IndexUnavailableError(Exception):
     """The index cannot do what was asked (locked by another process, incompatible, corrupt)."""
 
 
+class StorageFullError(IndexUnavailableError):
+    """A write was refused: it would leave the data dir's filesystem with less free space than the margin."""
+
+
+class StorageReadOnlyError(IndexUnavailableError):
+    """The data dir cannot be written (a read-only mount, or no permission)."""
+
+
 @dataclass(frozen=True)
 class Scope:
     collection: str

@@ -2,13 +2,18 @@
 
 - An unchanged document (same id, same content hash as indexed) costs nothing beyond loading it.
 - A changed document's new chunks are written before its old ones are deleted; if writing fails, the new
-  chunks are removed again, so the index holds either the old version or the new one.
+  chunks are removed again, so the index holds either the old version or the new one. A write-ahead intent
+  journal (``retrieval.journal``) keeps that true when the process dies mid-update: ``recover`` finishes or
+  undoes each interrupted document at start.
+- Below the data dir's free-space margin (``retrieval.storage``) nothing is written: ``StorageFullError``.
 - ``prune`` removes the scope's documents that this run did not see; it is skipped when any file failed to
   load, since that file's documents would otherwise vanish.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,11 +24,15 @@ from typing import Any
 from retrieval.chunking import Chunker
 from retrieval.documents import Chunk, Document
 from retrieval.embedding_cache import CachedEmbedder
-from retrieval.index import IndexPoint, Scope, VectorIndex, chunk_point_id
+from retrieval.index import IndexPoint, Scope, StorageFullError, VectorIndex, chunk_point_id
+from retrieval.journal import Intent, Journal, NoJournal
 from retrieval.loaders import load_paths
 from retrieval.sparse import SparseEncoder
+from retrieval.storage import DiskGuard, estimated_chunk_bytes
+from retrieval.validation import DEFAULT_LIMITS, DocumentLimits
 
 ProgressFactory = Callable[[int], Any]  # total -> object with update(n) and close()
+KILL_AT_STEP_ENV = "RAGOPS_TEST_KILL_AT_STEP"  # a test hook only, see CrashHook
 
 
 @dataclass
@@ -91,8 +100,15 @@ class Ingestor:
         chunker: Chunker,
         batch_chunks: int = 512,
         flag_instructions: Callable[[str], str | None] | None = None,
+        limits: DocumentLimits = DEFAULT_LIMITS,
+        journal: Journal | None = None,
+        disk: DiskGuard | None = None,
     ) -> None:
         self._index = index
+        self._journal = journal or NoJournal()
+        self._disk = disk
+        self._crash = CrashHook.from_environment()
+        self._limits = limits  # what .jsonl records are held to, as the API's documents are
         # Chunks that carry instructions ("ignore previous instructions ...") are marked in their payload and
         # reported; the pipeline screens retrieved passages again before they reach a prompt.
         self._flag_instructions = flag_instructions
@@ -110,7 +126,7 @@ class Ingestor:
         progress: ProgressFactory | None = None,
     ) -> IngestReport:
         started = time.perf_counter()
-        documents, errors = load_paths(list(paths))
+        documents, errors = load_paths(list(paths), self._limits)
         report = self.ingest_documents(documents, scope, prune=prune, progress=progress, load_errors=errors)
         report.seconds = time.perf_counter() - started
         return report
@@ -148,6 +164,8 @@ class Ingestor:
                 continue
             pending.append(_PendingDocument(document, chunks, previous))
 
+        if pending:
+            self._check_space(pending)
         bar = progress(sum(len(p.chunks) for p in pending)) if progress and pending else None
         try:
             for batch in self._batches(pending):
@@ -165,10 +183,33 @@ class Ingestor:
                 for doc_id in sorted(set(indexed) - set(seen)):
                     self._index.delete_document(scope, doc_id)
                     report.removed.append(doc_id)
-        if report.added or report.updated or report.removed or report.errors:
-            self.version += 1
+        if report.removed or report.errors:
+            self.version += 1  # written batches bumped it as they went
         report.seconds = time.perf_counter() - started
         return report
+
+    def _check_space(self, pending: list[_PendingDocument]) -> None:
+        """The whole run's estimate up front: before any embedding work, and before any batch is written."""
+        if self._disk is None:
+            return
+        dimension = self._embedder.dimension
+        needed = sum(estimated_chunk_bytes(c.embedding_text, dimension) for p in pending for c in p.chunks)
+        self._disk.check(needed, "index documents")
+
+    def recover(self) -> int:
+        """Finish the updates a crash interrupted: a written new version wins, an unwritten one is undone (see
+        ``retrieval.journal``). Run at start, before anything is served; returns the documents it settled."""
+        intents = self._journal.pending()
+        present: dict[Scope, dict[str, set[str]]] = {}
+        for intent in intents:
+            if intent.scope not in present:
+                present[intent.scope] = self._index.document_hashes(intent.scope)
+            self._settle(intent, present[intent.scope].get(intent.doc_id, set()))
+        self._journal.clear(intents)
+        return len(intents)
+
+    def close(self) -> None:
+        self._journal.close()
 
     def delete(self, scope: Scope, doc_id: str) -> bool:
         """Remove a document; False when the scope has no such document."""
@@ -192,49 +233,102 @@ class Ingestor:
             yield batch
 
     def _write_batch(self, batch: list[_PendingDocument], scope: Scope, report: IngestReport) -> None:
-        chunks = [(item, chunk) for item in batch for chunk in item.chunks]
+        """One batch, journaled: intents, points, mark written, old versions out, intents cleared."""
+        intents = [Intent(scope, item.document.id, item.document.content_hash) for item in batch]
+        self._journal.begin(intents)
+        self._crash.step()
         computed_before = self._embedder.stats.computed
         try:
-            dense = self._embedder.embed([chunk.embedding_text for _, chunk in chunks])
-            now = datetime.now(UTC).isoformat(timespec="seconds")
-            points = []
-            for (item, chunk), vector in zip(chunks, dense, strict=True):
-                payload = _payload(scope, item.document, chunk, now)
-                if self._flag_instructions is not None and self._flag_instructions(chunk.text):
-                    payload["flags"] = ["instructions"]
-                    if item.document.id not in report.flagged:
-                        report.flagged.append(item.document.id)
-                points.append(
-                    IndexPoint(
-                        id=chunk_point_id(scope, item.document.id, item.document.content_hash, chunk.index),
-                        dense=vector,
-                        sparse=self._sparse.encode_document(chunk.embedding_text),
-                        payload=payload,
-                    )
-                )
-            self._index.upsert(points)
+            self._index.upsert(self._points(batch, scope, report))
+        except StorageFullError:
+            self._journal.clear(intents)  # refused before the engine wrote anything
+            raise
         except Exception as exc:
-            self._roll_back(batch, scope)
+            present = self._index.document_hashes(scope)
+            for intent in intents:
+                self._settle(intent, present.get(intent.doc_id, set()))
+            self._journal.clear(intents)
             for item in batch:
                 report.errors.append(
                     {"source": item.document.source or item.document.id, "error": f"indexing failed: {exc}"}
                 )
             return
+        self._crash.step()
+        self._switch(intents)
         computed = self._embedder.stats.computed - computed_before
+        chunks = sum(len(item.chunks) for item in batch)
         report.embeddings_computed += computed
-        report.embeddings_cached += len(chunks) - computed
-        report.chunks += len(chunks)
+        report.embeddings_cached += chunks - computed
+        report.chunks += chunks
         for item in batch:
-            # New version is in: drop every other version (including leftovers of an interrupted run).
-            self._index.delete_document(scope, item.document.id, keep_hash=item.document.content_hash)
             (report.updated if item.previous_hashes else report.added).append(item.document.id)
 
-    def _roll_back(self, batch: list[_PendingDocument], scope: Scope) -> None:
-        for item in batch:
-            if not item.previous_hashes:
-                self._index.delete_document(scope, item.document.id)
-            elif len(item.previous_hashes) == 1:
-                self._index.delete_document(scope, item.document.id, keep_hash=next(iter(item.previous_hashes)))
+    def _switch(self, intents: list[Intent]) -> None:
+        """The batch's new versions are all written: say so, then drop every other version of its documents
+        (including leftovers of an interrupted run), then forget the batch."""
+        self._journal.mark_written(intents)
+        self._crash.step()
+        for intent in intents:
+            self._index.delete_document(intent.scope, intent.doc_id, keep_hash=intent.new_hash)
+            self._crash.step()
+        self._journal.clear(intents)
+        self.version += 1  # answer caches key on it
+        self._crash.step()
+
+    def _points(self, batch: list[_PendingDocument], scope: Scope, report: IngestReport) -> list[IndexPoint]:
+        """The batch's chunks embedded (dense and BM25) with their payloads; flagged documents noted."""
+        chunks = [(item, chunk) for item in batch for chunk in item.chunks]
+        dense = self._embedder.embed([chunk.embedding_text for _, chunk in chunks])
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        points = []
+        for (item, chunk), vector in zip(chunks, dense, strict=True):
+            payload = _payload(scope, item.document, chunk, now)
+            if self._flag_instructions is not None and self._flag_instructions(chunk.text):
+                payload["flags"] = ["instructions"]
+                if item.document.id not in report.flagged:
+                    report.flagged.append(item.document.id)
+            points.append(
+                IndexPoint(
+                    id=chunk_point_id(scope, item.document.id, item.document.content_hash, chunk.index),
+                    dense=vector,
+                    sparse=self._sparse.encode_document(chunk.embedding_text),
+                    payload=payload,
+                )
+            )
+        return points
+
+    def _settle(self, intent: Intent, present: set[str]) -> None:
+        """Leave one version of an interrupted update, given the hashes the index holds of its document: the new
+        version when it was written in full; else the one indexed before (the lowest hash, which is the one
+        ``GET /v1/documents`` shows, where an older release left two); else none (a new document)."""
+        if intent.written and intent.new_hash in present:
+            keep: str | None = intent.new_hash
+        else:
+            keep = min(present - {intent.new_hash}, default=None)
+        self._index.delete_document(intent.scope, intent.doc_id, keep_hash=keep)
+
+
+class CrashHook:
+    """A test hook, off unless a test sets ``RAGOPS_TEST_KILL_AT_STEP=N``: the process then SIGKILLs itself right
+    after the Nth durable step of its updates (journal begin, points written, marked written, one document's
+    other versions deleted, journal cleared), so tests/test_durability.py can stop a live server at an exact
+    moment."""
+
+    def __init__(self, kill_at: int) -> None:
+        self._kill_at = kill_at
+        self._steps = 0
+
+    @classmethod
+    def from_environment(cls) -> CrashHook:
+        value = os.environ.get(KILL_AT_STEP_ENV, "")
+        return cls(int(value) if value.isdigit() else 0)
+
+    def step(self) -> None:
+        if not self._kill_at:
+            return
+        self._steps += 1
+        if self._steps == self._kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _payload(scope: Scope, document: Document, chunk: Chunk, ingested_at: str) -> dict[str, Any]:

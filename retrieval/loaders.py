@@ -12,9 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.documents import Document, Section
+from retrieval.validation import (
+    DEFAULT_LIMITS,
+    MAX_SOURCE_CHARS,
+    MAX_TITLE_CHARS,
+    DocumentLimits,
+    InvalidFieldError,
+    check_doc_id,
+    check_metadata,
+    check_optional_text,
+    check_text,
+)
 
 SUPPORTED_SUFFIXES = (".md", ".markdown", ".txt", ".rst", ".html", ".htm", ".pdf", ".jsonl")
-MAX_DOC_ID_CHARS = 512
 
 
 class LoaderError(Exception):
@@ -179,47 +189,41 @@ def load_pdf(path: Path) -> tuple[str | None, list[Section]]:
 
 
 # --- JSONL ----------------------------------------------------------------------------------------------
-def document_from_record(record: Any, source: str | None = None) -> Document:
-    """A JSON object ``{"id", "text", "title"?, "metadata"?}`` as a document (also the API's input shape)."""
+_RECORD_FIELDS = {"id", "text", "title", "metadata", "source"}
+
+
+def document_from_record(record: Any, source: str | None = None, limits: DocumentLimits = DEFAULT_LIMITS) -> Document:
+    """A JSON object ``{"id", "text", "title"?, "source"?, "metadata"?}`` as a document (also the API's input
+    shape), held to ``retrieval.validation``'s rules; a broken rule raises ``InvalidFieldError`` naming the field."""
     if not isinstance(record, dict):
-        raise LoaderError("expected a JSON object")
-    unknown = set(record) - {"id", "text", "title", "metadata", "source"}
+        raise InvalidFieldError("record", "must be a JSON object")
+    unknown = set(record) - _RECORD_FIELDS
     if unknown:
-        raise LoaderError(f"unknown field(s): {', '.join(sorted(unknown))}")
-    doc_id, text = record.get("id"), record.get("text")
-    if not isinstance(doc_id, str) or not doc_id.strip() or len(doc_id) > MAX_DOC_ID_CHARS:
-        raise LoaderError(f"'id' must be a non-empty string of at most {MAX_DOC_ID_CHARS} characters")
-    if not isinstance(text, str) or not text.strip():
-        raise LoaderError(f"document {doc_id!r}: 'text' must be a non-empty string")
-    title = record.get("title")
-    if title is not None and not isinstance(title, str):
-        raise LoaderError(f"document {doc_id!r}: 'title' must be a string")
-    metadata = record.get("metadata") or {}
-    if not isinstance(metadata, dict):
-        raise LoaderError(f"document {doc_id!r}: 'metadata' must be an object")
-    record_source = record.get("source", source)
-    if record_source is not None and not isinstance(record_source, str):
-        raise LoaderError(f"document {doc_id!r}: 'source' must be a string")
+        raise InvalidFieldError(min(unknown), f"is an unknown field (unknown field(s): {', '.join(sorted(unknown))})")
+    doc_id = check_doc_id(record.get("id"))
+    text = check_text(record.get("text"), "text", limits.max_document_chars)
     return Document(
         id=doc_id,
         sections=tuple(_paragraph_sections(text)),
-        title=title,
-        source=record_source,
-        metadata=metadata,
+        title=check_optional_text(record.get("title"), "title", MAX_TITLE_CHARS),
+        source=check_optional_text(record.get("source", source), "source", MAX_SOURCE_CHARS),
+        metadata=check_metadata(record.get("metadata"), limits),
     )
 
 
-def load_jsonl(path: Path, source: str) -> list[Document]:
+def load_jsonl(path: Path, source: str, limits: DocumentLimits = DEFAULT_LIMITS) -> list[Document]:
     documents: list[Document] = []
     seen: set[str] = set()
     for number, line in enumerate(_read_text(path).split("\n"), 1):
         if not line.strip():
             continue
         try:
-            document = document_from_record(json.loads(line), source=source)
+            document = document_from_record(json.loads(line), source=source, limits=limits)
         except json.JSONDecodeError as exc:
             raise LoaderError(f"line {number}: invalid JSON ({exc.msg})") from exc
-        except LoaderError as exc:
+        except RecursionError as exc:  # json's own nesting limit, far past the metadata depth limit
+            raise LoaderError(f"line {number}: JSON nested too deeply") from exc
+        except (LoaderError, InvalidFieldError) as exc:
             raise LoaderError(f"line {number}: {exc}") from exc
         if document.id in seen:
             raise LoaderError(f"line {number}: duplicate id {document.id!r}")
@@ -244,12 +248,12 @@ _FILE_PARSERS: dict[str, Callable[[Path], tuple[str | None, list[Section]]]] = {
 }
 
 
-def load_file(path: Path, doc_id: str) -> list[Document]:
+def load_file(path: Path, doc_id: str, limits: DocumentLimits = DEFAULT_LIMITS) -> list[Document]:
     """Load one file. Whole-file formats give one document with id ``doc_id``; JSONL gives one per line."""
     suffix = path.suffix.lower()
     source = str(path)
     if suffix == ".jsonl":
-        return load_jsonl(path, source)
+        return load_jsonl(path, source, limits)
     parser = _FILE_PARSERS.get(suffix)
     if parser is None:
         raise LoaderError(f"unsupported file type {suffix or '(none)'}")
@@ -268,13 +272,15 @@ def load_file(path: Path, doc_id: str) -> list[Document]:
     ]
 
 
-def load_paths(paths: list[Path]) -> tuple[list[Document], list[dict[str, str]]]:
+def load_paths(
+    paths: list[Path], limits: DocumentLimits = DEFAULT_LIMITS
+) -> tuple[list[Document], list[dict[str, str]]]:
     """Every document under ``paths``, and an error record for each path or file that could not be read."""
     documents: list[Document] = []
     errors = [{"source": str(path), "error": "no such file or directory"} for path in paths if not path.exists()]
     for path, doc_id in discover([p for p in paths if p.exists()]):
         try:
-            documents.extend(load_file(path, doc_id))
+            documents.extend(load_file(path, doc_id, limits))
         except LoaderError as exc:
             errors.append({"source": str(path), "error": str(exc)})
         except OSError as exc:

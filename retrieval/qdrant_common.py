@@ -4,7 +4,9 @@ qdrant-edge (the embedded engine) and qdrant-client (a server, or its local mode
 in different spellings. Each adapter gives a ``QdrantDialect``: how its library builds a match, a filter, a
 sparse vector, a point, a prefetch and a query request. ``QdrantIndexBase`` composes the ``VectorIndex``
 operations once from those builders and four engine calls the adapter supplies (write points, delete by
-filter, scroll one page, run one query), so the two backends cannot drift apart.
+filter, scroll one page, run one query), so the two backends cannot drift apart. Before every write it asks
+``_before_write`` with an estimate of the bytes the write needs: the embedded engine refuses a write that would
+fill its disk there (``retrieval.storage``); a server minds its own disk.
 
 BM25's IDF is per scope on both backends. The sparse vector keeps the IDF modifier (the encoder emits BM25
 term weights and the engine multiplies in IDF at query time), and every request that ranks by it carries
@@ -38,6 +40,7 @@ from retrieval.index import (
     SparseVector,
     add_document_hashes,
 )
+from retrieval.storage import estimated_bytes
 
 # field -> is_tenant: the keyword payload indexes every new index gets (tenant-optimised where reads are scoped).
 KEYWORD_FIELDS: dict[str, bool] = {"collection": True, "tenant": True, "doc_id": False}
@@ -163,10 +166,14 @@ class QdrantIndexBase(ABC, Generic[FilterT, RequestT]):
     @abstractmethod
     def _count_where(self, condition: FilterT | None) -> int: ...
 
+    def _before_write(self, needed_bytes: int) -> None:
+        """Refuse a write up front (``StorageFullError``); by default every write goes ahead."""
+
     # --- VectorIndex ------------------------------------------------------------------------------------
     def upsert(self, points: Sequence[IndexPoint]) -> None:
         if not points:
             return
+        self._before_write(estimated_bytes(points))
         dialect = self._dialect
         self._write_points(
             [
@@ -180,6 +187,7 @@ class QdrantIndexBase(ABC, Generic[FilterT, RequestT]):
         )
 
     def delete_document(self, scope: Scope, doc_id: str, keep_hash: str | None = None) -> None:
+        self._before_write(0)  # a delete is a WAL record too
         self._delete_where(document_filter(self._dialect, scope, doc_id, keep_hash))
 
     def document_hashes(self, scope: Scope) -> dict[str, set[str]]:

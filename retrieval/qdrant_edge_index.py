@@ -1,4 +1,9 @@
-"""The embedded default index: Qdrant's engine in process (qdrant-edge), persisted under the data directory."""
+"""The embedded default index: Qdrant's engine in process (qdrant-edge), persisted under the data directory.
+
+Its memory-mapped files turn a full disk into SIGBUS (see ``retrieval.storage``), so with a ``DiskGuard`` every
+write, the open (which replays the WAL), a snapshot and a restore first check that the margin stays free. An
+index that cannot be opened (corrupt, unreadable, locked) is one ``IndexUnavailableError`` line saying what to do.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from retrieval.qdrant_common import (
     QdrantIndexBase,
     Ranking,
 )
+from retrieval.storage import DiskGuard, allocated_bytes
 
 
 class EdgeDialect:
@@ -77,10 +83,13 @@ def _nearest(ranking: Ranking) -> qe.Query:
 
 
 class QdrantEdgeIndex(QdrantIndexBase[qe.Filter, qe.QueryRequest]):
-    def __init__(self, path: Path, dimension: int, fusion: FusionParams = FusionParams()) -> None:
+    def __init__(
+        self, path: Path, dimension: int, fusion: FusionParams = FusionParams(), disk: DiskGuard | None = None
+    ) -> None:
         super().__init__(EdgeDialect(), fusion)
         self._path = path
         self._dimension = dimension
+        self._disk = disk
         self._write_lock = threading.RLock()
         self._shard = self._open()
 
@@ -91,26 +100,38 @@ class QdrantEdgeIndex(QdrantIndexBase[qe.Filter, qe.QueryRequest]):
         )
 
     def _open(self) -> Any:
+        self._check_space(0, "open the index")  # opening replays the WAL into the segments: it writes
         try:
-            if (self._path / "edge_config.json").is_file():
-                shard = qe.EdgeShard.load(str(self._path), self._config())
-            else:
-                shard = qe.EdgeShard.create(str(self._path), self._config())
-                for field_name, is_tenant in KEYWORD_FIELDS.items():
-                    shard.update(
-                        qe.UpdateOperation.create_field_index(field_name, qe.KeywordIndexParams(is_tenant=is_tenant))
-                    )
-        except Exception as exc:  # the engine raises plain RuntimeErrors/ValueErrors
-            message = str(exc)
-            if "WouldBlock" in message or "lock" in message.lower():
-                raise IndexUnavailableError(
-                    f"index at {self._path} is in use by another process (is `ragops serve` running on "
-                    "this data dir? ingest through its API, or stop it first)"
-                ) from exc
-            raise IndexUnavailableError(f"cannot open index at {self._path}: {message}") from exc
+            return self._load_or_create()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # the engine raises plain Exceptions; a Rust panic is a BaseException
+            raise _open_error(self._path, exc) from exc
+
+    def _load_or_create(self) -> Any:
+        if (self._path / "edge_config.json").is_file():
+            shard = qe.EdgeShard.load(str(self._path), self._config())
+        else:
+            shard = qe.EdgeShard.create(str(self._path), self._config())
+            for field_name, is_tenant in KEYWORD_FIELDS.items():
+                shard.update(
+                    qe.UpdateOperation.create_field_index(field_name, qe.KeywordIndexParams(is_tenant=is_tenant))
+                )
+        try:
+            shard.count(qe.CountRequest(exact=True))  # reads every segment's id tracker: fails here, not mid-request
+        except BaseException:
+            shard.close()  # let go of the lock: the caller may move the directory aside and try again
+            raise
         return shard
 
+    def _check_space(self, needed_bytes: int, action: str) -> None:
+        if self._disk is not None:
+            self._disk.check(needed_bytes, action)
+
     # --- engine calls (QdrantIndexBase builds the VectorIndex operations on these) ----------------------
+    def _before_write(self, needed_bytes: int) -> None:
+        self._check_space(needed_bytes, "write to the index")
+
     def _write_points(self, points: list[Any]) -> None:
         with self._write_lock:
             self._shard.update(qe.UpdateOperation.upsert_points(points))
@@ -134,6 +155,8 @@ class QdrantEdgeIndex(QdrantIndexBase[qe.Filter, qe.QueryRequest]):
     def snapshot(self, target: Path) -> Path:
         """Write the whole index to one .tar.gz (the shard is closed while its files are read)."""
         target.parent.mkdir(parents=True, exist_ok=True)
+        # The archive is at most the index's size; the index reopens afterwards and must still find its margin.
+        self._check_space(allocated_bytes(self._path), "write a snapshot")
         with self._write_lock:
             self._shard.flush()
             self._shard.close()
@@ -154,13 +177,17 @@ class QdrantEdgeIndex(QdrantIndexBase[qe.Filter, qe.QueryRequest]):
         try:
             try:
                 with tarfile.open(source, mode="r:gz") as archive:
+                    self._check_space(sum(member.size for member in archive), "restore a snapshot")
                     archive.extractall(staging, filter="data")
             except (tarfile.TarError, OSError, EOFError) as exc:
                 raise IndexUnavailableError(f"not a ragops snapshot: {source} ({exc})") from exc
             restored = staging / "shard"
             if not (restored / "edge_config.json").is_file():
                 raise IndexUnavailableError(f"not a ragops snapshot: {source} (no shard inside)")
-            qe.EdgeShard.load(str(restored), self._config()).close()  # validate before touching the live index
+            try:  # validate before touching the live index
+                qe.EdgeShard.load(str(restored), self._config()).close()
+            except Exception as exc:
+                raise IndexUnavailableError(f"not a usable snapshot: {source} ({_one_line(exc)})") from exc
             with self._write_lock:
                 self._shard.close()
                 retired = staging / "retired"
@@ -174,3 +201,24 @@ class QdrantEdgeIndex(QdrantIndexBase[qe.Filter, qe.QueryRequest]):
         with self._write_lock:
             self._shard.flush()
             self._shard.close()
+
+
+def _open_error(path: Path, exc: BaseException) -> IndexUnavailableError:
+    """One line that says what is wrong and what to do."""
+    message = _one_line(exc)
+    if "WouldBlock" in message:  # the WAL's file lock is held
+        return IndexUnavailableError(
+            f"index at {path} is in use by another process (is `ragops serve` running on "
+            "this data dir? ingest through its API, or stop it first)"
+        )
+    return IndexUnavailableError(
+        f"cannot open the index at {path} ({message}): it is corrupt or unreadable; move that directory aside, "
+        "then run `ragops snapshot restore FILE` to restore a snapshot, or start again with an empty index and "
+        "ingest again"
+    )
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    # The engine's messages can span lines and repeat whole paths; a log line or a CLI error wants one short line.
+    message = " ".join(str(exc).split())
+    return message if len(message) <= limit else message[:limit] + "..."

@@ -3,6 +3,8 @@
 
 Actions: ``block`` (refuse with a clear message), ``redact`` (continue with the validator's fix, e.g. PII
 replaced by placeholders), ``fallback`` (replace the answer by the extractive fallback), ``flag`` (report only).
+The input guard checks the question and every turn of the conversation history (a step's ``applies_to`` can
+leave one of them out: the 2,000-character length limit is the question's; a history turn's is the request's).
 A validator that raises counts as fired with its action (``redact``, having no fix, becomes ``block``): a guard
 never fails open and never turns into a 500.
 
@@ -12,6 +14,7 @@ four Hub validators took 14.6 ms a call against 8 ms for the validators alone (i
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -24,16 +27,23 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_serializer
 
 from safety.groundedness import Groundedness, GroundednessScorer
-from safety.injection import InjectionDetector, PatternDetector
+from safety.injection import InjectionDetector, InjectionSettings, PatternDetector
 
 GuardAction = Literal["pass", "flag", "redact", "fallback", "block"]
 ACTIONS: tuple[GuardAction, ...] = ("flag", "redact", "fallback", "block")  # in increasing severity
+TextPart = Literal["question", "history"]
+TEXT_PARTS: tuple[TextPart, ...] = ("question", "history")
 POLICIES_DIR = Path(__file__).resolve().parents[1] / "guardrails"
 GUARDRAILS_RC = Path("~/.guardrailsrc")
 
 
 class PolicyError(Exception):
     """A policy file that cannot be loaded."""
+
+
+def is_none(value: object) -> bool:
+    """For ``Field(exclude_if=...)``: an optional field left out of the JSON when it has no value."""
+    return value is None
 
 
 class Fired(BaseModel):
@@ -44,11 +54,9 @@ class Fired(BaseModel):
     validator: str
     action: str
     reason: str
-
-
-def is_none(value: object) -> bool:
-    """For ``Field(exclude_if=...)``: an optional field left out of the JSON when it has no value."""
-    return value is None
+    turn: int | None = Field(
+        None, exclude_if=is_none, description="The history turn it fired on (0 is the first); absent for the question."
+    )
 
 
 class GuardVerdict(BaseModel):
@@ -76,9 +84,18 @@ class GuardVerdict(BaseModel):
         """What made the guard take ``action``: "validator: reason; ..."."""
         return "; ".join(f"{f.validator}: {f.reason}" for f in self.fired if f.action == action)
 
-    def fire(self, validator: str, action: GuardAction, reason: str) -> None:
-        self.fired.append(Fired(validator=validator, action=action, reason=reason))
+    def fire(self, validator: str, action: GuardAction, reason: str, turn: int | None = None) -> None:
+        self.fired.append(Fired(validator=validator, action=action, reason=reason, turn=turn))
         self.action = _severest(self.action, action)
+
+    def include(self, other: GuardVerdict, turn: int, role: str) -> None:
+        """A history turn's verdict, merged into the request's: each finding names its turn."""
+        for fired in other.fired:
+            reason = f"history turn {turn + 1} ({role}): {fired.reason}"
+            self.fire(fired.validator, fired.action, reason, turn)  # type: ignore[arg-type]
+        if other.similarity is not None:
+            self.similarity = max(self.similarity or 0.0, other.similarity)
+        self.latency_ms += other.latency_ms
 
     def absorb(self, measured: dict[str, Any]) -> None:
         """What a validator measured (its result's metadata) on the verdict's typed fields."""
@@ -90,7 +107,6 @@ class GuardVerdict(BaseModel):
     @field_serializer("latency_ms")
     def _rounded(self, latency_ms: float) -> float:
         return round(latency_ms, 3)
-
 
 
 class ContextVerdict(BaseModel):
@@ -106,6 +122,7 @@ class GuardStep:
     name: str
     validator: Any  # a guardrails Validator
     action: GuardAction
+    applies_to: tuple[TextPart, ...] = TEXT_PARTS  # the input guard's: the question, history turns, or both
 
 
 class Guard:
@@ -113,10 +130,12 @@ class Guard:
         self.name = name
         self.steps = steps
 
-    def check(self, text: str, metadata: dict[str, Any] | None = None) -> GuardVerdict:
+    def check(self, text: str, metadata: dict[str, Any] | None = None, part: TextPart = "question") -> GuardVerdict:
         started = time.perf_counter()
         verdict = GuardVerdict(action="pass", text=text)
         for step in self.steps:
+            if part not in step.applies_to:
+                continue
             try:
                 result = step.validator.validate(verdict.text, metadata or {})
             except Exception as exc:  # a broken validator fires; it does not let the text through unchecked
@@ -136,6 +155,19 @@ class Guard:
             verdict.fire(step.name, action, result.error_message or step.name)
         verdict.latency_ms = (time.perf_counter() - started) * 1000
         return verdict
+
+    def check_history(self, history: list[dict[str, str]], verdict: GuardVerdict) -> list[dict[str, str]]:
+        """Every turn, user and assistant alike (a client can write either), checked as the question is; the
+        findings go into ``verdict`` (the question's), each naming its turn. Returns the history as redacted;
+        stops at the first blocked turn (the request is refused)."""
+        redacted = []
+        for turn, message in enumerate(history):
+            checked = self.check(message.get("content", ""), part="history")
+            verdict.include(checked, turn, message.get("role", "user"))
+            if not checked.passed:
+                break
+            redacted.append({**message, "content": checked.text})
+        return redacted
 
 
 def _severest(current: GuardAction, action: GuardAction) -> GuardAction:
@@ -180,6 +212,9 @@ def load_policy(path: Path) -> list[dict[str, Any]]:
             raise PolicyError(f"{path}: each validator needs name, type and on_fail: {step!r}")
         if step["on_fail"] not in ACTIONS:
             raise PolicyError(f"{path}: {step['name']}: on_fail must be one of {', '.join(ACTIONS)}")
+        parts = step.get("applies_to", list(TEXT_PARTS))
+        if not isinstance(parts, list) or not parts or not set(parts) <= set(TEXT_PARTS):
+            raise PolicyError(f"{path}: {step['name']}: applies_to must list some of {', '.join(TEXT_PARTS)}")
     return steps
 
 
@@ -218,7 +253,8 @@ def build_guard(name: str, path: Path, context: GuardContext) -> Guard:
             validator = factory(**(step.get("params") or {}), on_fail="noop")
         except (TypeError, ValueError) as exc:
             raise PolicyError(f"{path}: {step['name']}: {exc}") from exc
-        built.append(GuardStep(step["name"], validator, step["on_fail"]))
+        parts = tuple(step.get("applies_to", TEXT_PARTS))
+        built.append(GuardStep(step["name"], validator, step["on_fail"], parts))
     return Guard(name, built)
 
 
@@ -248,12 +284,17 @@ class Guards:
         return kept, fired
 
 
-def load_injection_settings(policies_dir: Path) -> tuple[list[str], float]:
+def load_injection_settings(policies_dir: Path) -> InjectionSettings:
     path = policies_dir / "injection.yaml"
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return [str(p) for p in data["patterns"]], float(data["similarity_threshold"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        ratio = float(data.get("max_length_ratio", InjectionSettings.max_length_ratio))
+        ignored = frozenset(str(i) for i in data.get("ignored_attacks") or [])
+        patterns = [str(p) for p in data["patterns"]]
+        settings = InjectionSettings(patterns, float(data["similarity_threshold"]), ratio, ignored)
+        PatternDetector(settings.patterns)  # a pattern that does not compile is the policy's error
+        return settings
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError, re.error) as exc:
         raise PolicyError(f"{path}: {exc}") from exc
 
 

@@ -11,15 +11,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from prompts.citations import CITATION, citation_numbers
+from prompts.citations import CITATION, citation_numbers, cited_numbers
 from retrieval.documents import Hit
 from safety.groundedness import Groundedness
 from safety.guards import ContextVerdict, Fired, GuardVerdict, is_none
+from safety.pii import redact
 from serving.fallback import Fallback
 from serving.generation import Usage
 
 Outcome = Literal["answered", "cached", "abstained", "refused", "failed"]
 OUTCOMES: tuple[Outcome, ...] = ("answered", "cached", "abstained", "refused", "failed")
+SPACE_RUN = re.compile(r"[ \t]{2,}")  # what a dropped citation marker leaves: collapsed to one space
 
 
 class Citation(BaseModel):
@@ -86,22 +88,33 @@ class Answer(BaseModel):
     groundedness: Groundedness | None = None
 
 
-def resolve_citations(text: str, hits: list[Hit]) -> tuple[str, list[Citation]]:
-    """Keep citation markers that point at a retrieved passage, drop the others; list every passage shown."""
-    valid = set(range(1, len(hits) + 1))
-    cited: set[int] = set()
+def drop_invalid_citations(text: str, passages: int) -> str:
+    """Citation markers that point at one of ``passages`` retrieved passages kept, the others dropped (with the
+    double space a dropped marker leaves). Works on any part of an answer that does not cut a marker in two,
+    so a stream can apply it sentence by sentence and match the whole answer's."""
 
     def keep(match: re.Match[str]) -> str:
-        kept = [n for n in citation_numbers(match.group(1)) if n in valid]
-        cited.update(kept)
+        kept = [n for n in citation_numbers(match.group(1)) if 1 <= n <= passages]
         return "[" + ", ".join(map(str, kept)) + "]" if kept else ""
 
-    cleaned = re.sub(r"[ \t]{2,}", " ", CITATION.sub(keep, text)).strip()
+    return SPACE_RUN.sub(" ", CITATION.sub(keep, text))
+
+
+def resolve_citations(text: str, hits: list[Hit], redact_retrieved: bool = False) -> tuple[str, list[Citation]]:
+    """Keep citation markers that point at a retrieved passage, drop the others; list every passage shown, its
+    text and title with personal data redacted when ``redact_retrieved`` (as the answer's own text is)."""
+    cleaned = drop_invalid_citations(text, len(hits)).strip()
+    cited = set(cited_numbers(cleaned))
+    shown = redact if redact_retrieved else _unchanged
     citations = [
         Citation(
-            index=i, doc_id=h.doc_id, chunk_id=h.chunk_id, title=h.title, source=h.source, text=h.text,
-            score=h.score, cited=i in cited,
+            index=i, doc_id=h.doc_id, chunk_id=h.chunk_id, title=None if h.title is None else shown(h.title),
+            source=h.source, text=shown(h.text), score=h.score, cited=i in cited,
         )
         for i, h in enumerate(hits, 1)
     ]  # fmt: skip
     return cleaned, citations
+
+
+def _unchanged(text: str) -> str:
+    return text

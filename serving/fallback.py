@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Generator as GeneratorType
 from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -75,6 +76,11 @@ class Fallback(BaseModel):
     reason: str
 
 
+class Replaced(Fallback):
+    """An event of an answer's stream: the text streamed so far is withdrawn (a generator failed mid-answer, or
+    the output guard stopped it); what follows replaces it."""
+
+
 @dataclass(frozen=True)
 class ChainResult:
     generation: Generation
@@ -84,7 +90,12 @@ class ChainResult:
 
 @dataclass(frozen=True)
 class ChainDelta:
+    """A piece of text from ``generator``. ``replaced`` is set on the cut-off notice: the text before it came
+    from a generator that failed mid-answer."""
+
     text: str
+    generator: str = ""
+    replaced: Replaced | None = None
 
 
 class FallbackChain:
@@ -107,10 +118,12 @@ class FallbackChain:
 
     def stream(
         self, request: GenerationRequest, announce_cut_off: bool = True
-    ) -> Iterator[ChainDelta | ChainResult]:
+    ) -> GeneratorType[ChainDelta | ChainResult, None, None]:
         """Deltas, then the ``ChainResult``. A backend failing before its first token is replaced silently by
-        the next; one failing mid-answer is followed by the next backend's whole answer after a notice."""
+        the next; one failing mid-answer is followed by the next backend's whole answer after a notice.
+        Closing the stream closes the backend's (llama.cpp stops generating)."""
         first_failure: Fallback | None = None
+        last_failure: Replaced | None = None
         emitted = False
         for position, generator in enumerate(self.generators):
             if not self._admit(generator, position):
@@ -118,14 +131,15 @@ class FallbackChain:
                 continue
             cut_off = emitted and announce_cut_off  # an earlier backend streamed part of an answer, then failed
             notice = ""
+            events = generator.stream(request)
             try:
-                for event in generator.stream(request):
+                for event in events:
                     if isinstance(event, StreamDelta):
                         if cut_off and not notice:
                             notice = CUT_OFF_NOTICE
-                            yield ChainDelta(notice)
+                            yield ChainDelta(notice, generator.name, last_failure)
                         emitted = True
-                        yield ChainDelta(event.text)
+                        yield ChainDelta(event.text, generator.name)
                     else:
                         generation = check_output(event, generator.name)
                         self.breakers[generator.name].record_success()
@@ -135,10 +149,21 @@ class FallbackChain:
                         return
             except GeneratorError as exc:
                 self.breakers[generator.name].record_failure()
-                first_failure = first_failure or Fallback(from_=generator.name, reason=f"{exc.kind}: {exc}")
+                last_failure = Replaced(from_=generator.name, reason=f"{exc.kind}: {exc}")
+                first_failure = first_failure or Fallback(from_=generator.name, reason=last_failure.reason)
+            finally:
+                _close(events)
         first = f"{first_failure.from_}: {first_failure.reason}" if first_failure else "none admitted"
         raise GeneratorError("error", f"every generator failed; first: {first}")
 
     def _admit(self, generator: Generator, position: int) -> bool:
         # The last generator is the deterministic safety net: its breaker never keeps it out.
         return position == len(self.generators) - 1 or self.breakers[generator.name].allow()
+
+
+def _close(events: Iterator[object]) -> None:
+    """Close a backend's stream now, not when it is garbage-collected: llama.cpp's worker stops at its next
+    token. (The ``Generator`` protocol promises an iterator; the backends' streams are generators.)"""
+    close = getattr(events, "close", None)
+    if close is not None:
+        close()

@@ -4,8 +4,11 @@ Every answer says how the request ended (``outcome``), which generator produced 
 and why, whether it came from the cache, which prompt version made it, what the guards found, and how well the
 passages support it.
 
-Streaming: the output guard needs the whole answer, so it runs after the last delta; the final event carries
-the guarded answer (redacted, or replaced by the fallback) and clients must show that one."""
+Streaming: the output guard checks the answer sentence by sentence as the model writes it, so every delta is
+guarded text (redacted, and checked for groundedness and the rest of the policy) before a client sees it. When a
+sentence fails, the model is stopped and a ``Replaced`` event says the text so far is withdrawn; the fallback's
+answer (or the refusal) follows. The final ``Answer``'s text is exactly the deltas after the last ``Replaced``
+event joined."""
 
 from __future__ import annotations
 
@@ -13,10 +16,11 @@ from collections.abc import Callable, Iterator
 
 from prompts.loader import Prompt
 from serving.answer import Answer
+from serving.fallback import Replaced
 from serving.generation import GeneratorError
-from serving.stages import AnswerRequest, Stages, Turn, cite, whole
+from serving.stages import AnswerRequest, Stages, Turn, whole
 
-__all__ = ["Answer", "AnswerRequest", "RagPipeline", "Stages"]
+__all__ = ["Answer", "AnswerRequest", "RagPipeline", "Replaced", "Stages"]
 
 
 class RagPipeline:
@@ -40,14 +44,15 @@ class RagPipeline:
                 return event
         raise AssertionError("every stream ends with its answer")
 
-    def stream(self, request: AnswerRequest) -> Iterator[str | Answer]:
-        """Text deltas, then the complete ``Answer`` (answers no generator streamed come as one delta)."""
+    def stream(self, request: AnswerRequest) -> Iterator[str | Replaced | Answer]:
+        """Text deltas, then the complete ``Answer`` (answers no generator streamed come as one delta). A
+        ``Replaced`` event withdraws the deltas before it; the ones after it make the answer."""
         for event in self._run(request):
             if isinstance(event, Answer) and self._observer is not None:
                 self._observer(request, event)
             yield event
 
-    def _run(self, request: AnswerRequest) -> Iterator[str | Answer]:
+    def _run(self, request: AnswerRequest) -> Iterator[str | Replaced | Answer]:
         s = self.stages
         turn = Turn.start(request, self._prompts(request.user))
         early = s.input_guard.run(turn) or s.cache.lookup(turn)
@@ -62,15 +67,15 @@ class RagPipeline:
             yield from whole(abstention)
             return
         generation_request = s.compose.run(turn)
-        generated = yield from s.generate.stream(turn, generation_request)
-        if isinstance(generated, GeneratorError):
-            yield from whole(s.generate.failed(turn, generated))
+        generated = s.generate.stream(turn, generation_request)
+        guarded = yield from s.output_guard.stream(turn, generated, generation_request)
+        if isinstance(guarded, GeneratorError):
+            yield from whole(s.generate.failed(turn, guarded))
             return
-        guarded = s.output_guard.run(turn, generated, generation_request)
         if isinstance(guarded, Answer):  # the output guard refused
-            yield guarded
+            yield from whole(guarded)
             return
-        answer = cite(turn, guarded)
+        answer = s.cite.run(turn, guarded)
         if answer.fallback is None:  # a fallback answer is not worth keeping
             s.cache.store(turn, answer)
         yield answer

@@ -21,15 +21,17 @@ from retrieval.documents import Hit
 from retrieval.embedding_cache import CachedEmbedder
 from retrieval.index import Scope
 from retrieval.search import Searcher
-from safety.guards import ContextVerdict, Guard, Guards, GuardVerdict
+from safety.guards import ContextVerdict, Guard, GuardAction, Guards, GuardVerdict
 from serving.answer import Answer, GuardVerdicts, Outcome, PromptInfo, resolve_citations
 from serving.answer_cache import AnswerCache, CacheKey, normalise_question
-from serving.fallback import ChainDelta, ChainResult, Fallback, FallbackChain
-from serving.generation import NOT_IN_DOCUMENTS, GenerationRequest, GeneratorError
+from serving.fallback import ChainDelta, ChainResult, Fallback, FallbackChain, Replaced
+from serving.generation import NOT_IN_DOCUMENTS, Generation, GenerationRequest, GeneratorError, StreamDelta
 from serving.generation import Generator as TextGenerator
 from serving.sentences import compress_passages
+from serving.streaming_guard import SentenceGuard, SplitGuard
 
 REFUSAL = "I can't help with that request."
+GenerateEvent = ChainDelta | ChainResult | GeneratorError  # what the generate stage streams
 
 
 @dataclass(frozen=True)
@@ -48,17 +50,19 @@ class Turn:
     request: AnswerRequest
     prompt: Prompt
     question: str  # the question as the steps after the input guard see it (redacted)
+    history: list[dict[str, str]] = field(default_factory=list)  # likewise the history (what the prompt renders)
     started: float = field(default_factory=time.perf_counter)
     verdicts: GuardVerdicts = field(default_factory=GuardVerdicts)
     query_vector: np.ndarray[Any, Any] | None = None
     cache_key: CacheKey | None = None
     hits: list[Hit] = field(default_factory=list)
+    dropped: list[Hit] = field(default_factory=list)  # retrieved passages the screen left out (instructions)
     relevance: float | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def start(cls, request: AnswerRequest, prompt: Prompt) -> Turn:
-        return cls(request, prompt, request.question)
+        return cls(request, prompt, request.question, list(request.history))
 
     @property
     def prompt_info(self) -> PromptInfo:
@@ -87,7 +91,9 @@ def refusal(turn: Turn, verdict: GuardVerdict) -> Answer:
 
 
 class InputGuard:
-    """Blocks what the input policy refuses; redacts PII so that nothing downstream sees it."""
+    """Blocks what the input policy refuses; redacts PII so that nothing downstream sees it. The history goes
+    into the prompt too, so every turn of it is checked like the question: a blocked turn refuses the request
+    (the verdict's finding names the turn), and the prompt gets the history as redacted."""
 
     def __init__(self, guard: Guard | None) -> None:
         self._guard = guard
@@ -99,6 +105,10 @@ class InputGuard:
         turn.verdicts.input = verdict
         if not verdict.passed:
             return refusal(turn, verdict)
+        if turn.request.history:
+            turn.history = self._guard.check_history(turn.request.history, verdict)
+            if not verdict.passed:
+                return refusal(turn, verdict)
         turn.question = verdict.text
         return None
 
@@ -164,29 +174,42 @@ class ScreenPassages:
         kept, fired = self._guards.screen_passages([hit.text for hit in turn.hits])
         if fired:
             turn.verdicts.context = ContextVerdict(fired=fired, kept=len(kept), of=len(turn.hits))
+            kept_indices = {i for i, _ in kept}
+            turn.dropped = [hit for i, hit in enumerate(turn.hits) if i not in kept_indices]
             turn.hits = [replace(turn.hits[i], text=text) for i, text in kept]
 
 
 class Abstain:
-    """When no passage is similar enough to the question, say the documents do not hold the answer and call no
-    model."""
+    """When no passage is similar enough to the question, or the passage that held the answer was dropped by the
+    screen, say the documents do not hold the answer and call no model."""
 
     def __init__(self, embedder: CachedEmbedder, threshold: float) -> None:
         self._embedder = embedder
         self._threshold = threshold
 
     def run(self, turn: Turn) -> Answer | None:
-        turn.relevance = self._relevance(turn)
-        if turn.relevance is not None and turn.relevance >= self._threshold:
+        turn.relevance = self._relevance(turn, turn.hits)
+        if turn.relevance is not None and turn.relevance >= self._threshold and not self._answer_was_dropped(turn):
             return None
         return turn.ended("abstained", NOT_IN_DOCUMENTS)
 
-    def _relevance(self, turn: Turn) -> float | None:
-        """Best cosine between the question and a retrieved chunk (chunk vectors come from the cache)."""
-        if not turn.hits:
+    def _answer_was_dropped(self, turn: Turn) -> bool:
+        """The rule: abstain when a dropped passage is at least as close to the question as every kept one. The
+        closest passage is the one the answer would come from; once it is gone, what is left is by the same
+        measure further from the question, and an answer from it is about something else (the extractive
+        generator quoted an unrelated passage). The price: a flagged document silences the questions it is
+        closest to, rather than letting something else answer them; the ingest report names it for removal."""
+        dropped = self._relevance(turn, turn.dropped)
+        if dropped is None:
+            return False
+        return turn.relevance is None or dropped >= turn.relevance
+
+    def _relevance(self, turn: Turn, hits: list[Hit]) -> float | None:
+        """Best cosine between the question and one of ``hits`` (chunk vectors come from the cache)."""
+        if not hits:
             return None
         query = turn.query_vector if turn.query_vector is not None else self._embedder.embed_query(turn.question)
-        vectors = self._embedder.embed([hit.embedding_text for hit in turn.hits])
+        vectors = self._embedder.embed([hit.embedding_text for hit in hits])
         return round(float(np.max(vectors @ query)), 4)
 
 
@@ -202,7 +225,7 @@ class ComposePrompt:
         if self._context_sentences:
             passages = compress_passages(turn.question, passages, self._embedder, self._context_sentences)
         return GenerationRequest(
-            messages=turn.prompt.render(turn.question, passages, turn.request.history),
+            messages=turn.prompt.render(turn.question, passages, turn.history),
             question=turn.question,
             passages=passages,
             params=turn.prompt.params,
@@ -210,29 +233,27 @@ class ComposePrompt:
 
 
 class Generate:
-    """The fallback chain, streamed: yields text deltas, returns the chain's result, or the error when even the
-    last generator failed."""
+    """The fallback chain, streamed: its deltas, then its result, or the error when even the last generator
+    failed. Closing the stream closes the chain's, so the model stops generating."""
 
     def __init__(self, chain: FallbackChain) -> None:
         self.chain = chain
 
-    def stream(self, turn: Turn, request: GenerationRequest) -> Generator[str, None, ChainResult | GeneratorError]:
+    def stream(self, turn: Turn, request: GenerationRequest) -> Generator[GenerateEvent, None, None]:
         started = time.perf_counter()
-        first_token: float | None = None
+        events = self.chain.stream(request)
         try:
-            for event in self.chain.stream(request):
+            for event in events:
                 if isinstance(event, ChainDelta):
-                    first_token = first_token or time.perf_counter()
-                    yield event.text
+                    turn.timings_ms.setdefault("first_token", turn.elapsed_ms())
                 else:
                     turn.timings_ms["generate"] = _ms(started)
-                    turn.timings_ms["first_token"] = round(
-                        ((first_token or time.perf_counter()) - turn.started) * 1000, 3
-                    )
-                    return event
+                yield event
         except GeneratorError as exc:
-            return exc
-        raise AssertionError("a chain's stream ends with its result or raises")
+            yield exc
+        finally:
+            events.close()
+            turn.timings_ms.setdefault("generate", _ms(started))  # a stream the output guard stopped
 
     def failed(self, turn: Turn, error: GeneratorError) -> Answer:
         """Every generator failed: the fixed answer, saying so. An outage, never an abstention."""
@@ -241,55 +262,146 @@ class Generate:
 
 
 class OutputGuard:
-    """Redacts the answer; with ``enforce``, a block refuses and a fallback action replaces the answer with the
-    fallback generator's (itself checked). Without ``enforce`` (eval runs) verdicts are only reported."""
+    """Checks the answer as it streams, sentence by sentence (``SentenceGuard``), so only checked, redacted text
+    reaches the client. With ``enforce``, a sentence the policy blocks, or sends to the fallback, stops the
+    model: a ``Replaced`` event follows, then the refusal or the fallback generator's answer (itself checked
+    and redacted). Without ``enforce`` (eval runs) verdicts are only reported and only redaction applies."""
 
     def __init__(self, guard: Guard | None, fallback: TextGenerator | None, enforce: bool) -> None:
-        self._guard = guard
+        self._guard = None if guard is None else SplitGuard.of(guard)
         self._fallback = fallback
         self._enforce = enforce
 
-    def run(self, turn: Turn, result: ChainResult, request: GenerationRequest) -> ChainResult | Answer:
-        if self._guard is None:
-            return result
-        started = time.perf_counter()
-        evidence = {"contexts": [h.text for h in turn.hits], "passages": len(turn.hits)}
-        verdict = self._guard.check(result.generation.text, evidence)
-        turn.verdicts.output = verdict.model_copy(update={"enforced": self._enforce})
-        if self._enforce and verdict.action == "block":
-            return refusal(turn, verdict)
-        if self._enforce and verdict.action == "fallback" and self._replaceable(result):
-            assert self._fallback is not None
-            reason = f"output guard: {verdict.reasons('fallback')}"
-            generation = self._fallback.generate(request)
-            verdict = self._guard.check(generation.text, evidence)
-            turn.verdicts.fallback_output = verdict
-            result = ChainResult(generation, self._fallback.name, Fallback(from_=result.generator, reason=reason))
-        turn.timings_ms["output_guard"] = _ms(started)
-        return replace(result, generation=replace(result.generation, text=verdict.text))
+    def stream(
+        self, turn: Turn, events: Generator[GenerateEvent, None, None], request: GenerationRequest
+    ) -> Generator[str | Replaced, None, ChainResult | Answer | GeneratorError]:
+        """The released text (and a ``Replaced`` event where the chain cut an answer off), then the guarded
+        result, the refusal, or the error when every generator failed."""
+        sentences: SentenceGuard | None = None
+        try:
+            for event in events:
+                if not isinstance(event, ChainDelta):
+                    return (yield from self._finish(turn, sentences, event, request))
+                if event.replaced is not None:  # a generator failed mid-answer; the next one's answer follows
+                    yield event.replaced
+                    sentences = None
+                    continue
+                sentences = sentences or self._sentences(turn, event.generator)
+                yield from _shown(turn, sentences.feed(event.text))
+                if sentences.stopped is not None:
+                    events.close()  # the model stops now, before the fallback runs
+                    return (yield from self._replace(turn, sentences, request))
+        finally:
+            events.close()
+        raise AssertionError("the generate stage ends with its result or the error")
 
-    def _replaceable(self, result: ChainResult) -> bool:
-        return self._fallback is not None and result.generator != self._fallback.name
+    def _finish(
+        self, turn: Turn, sentences: SentenceGuard | None, outcome: ChainResult | GeneratorError,
+        request: GenerationRequest,
+    ) -> Generator[str | Replaced, None, ChainResult | Answer | GeneratorError]:  # fmt: skip
+        if isinstance(outcome, GeneratorError):
+            if sentences is not None and sentences.text:  # shown text the failed answer cannot stand behind
+                yield Replaced(from_=sentences.generator, reason=str(outcome))
+            return outcome
+        if sentences is None:  # a generator that gave its answer in no delta
+            sentences = self._sentences(turn, outcome.generator)
+            yield from _shown(turn, sentences.feed(outcome.generation.text))
+        yield from _shown(turn, sentences.finish())
+        if sentences.stopped is not None:
+            return (yield from self._replace(turn, sentences, request))
+        self._record(turn, sentences)
+        return replace(outcome, generation=replace(outcome.generation, text=sentences.text))
+
+    def _replace(
+        self, turn: Turn, sentences: SentenceGuard, request: GenerationRequest
+    ) -> Generator[str | Replaced, None, ChainResult | Answer | GeneratorError]:
+        """The model's answer stopped: say so, then the refusal (block) or the fallback's answer."""
+        stopped = sentences.stopped
+        assert stopped is not None and sentences.verdict is not None
+        self._record(turn, sentences)
+        reason = f"output guard: {stopped.reasons(stopped.action)}"
+        yield Replaced(from_=sentences.generator, reason=reason)
+        if stopped.action == "block" or self._fallback is None:
+            return refusal(turn, sentences.verdict)
+        # The fallback's own verdict is reported, not enforced (as it always was): it is the last resort.
+        checked = SentenceGuard(self._guard, [h.text for h in turn.hits], (), self._fallback.name)
+        generation = yield from self._stream_fallback(turn, checked, request)
+        if isinstance(generation, GeneratorError):
+            return generation
+        assert checked.verdict is not None
+        turn.verdicts.fallback_output = checked.verdict
+        self._add_latency(turn, checked.verdict)
+        fallback = Fallback(from_=sentences.generator, reason=reason)
+        return ChainResult(replace(generation, text=checked.text), self._fallback.name, fallback)
+
+    def _stream_fallback(
+        self, turn: Turn, checked: SentenceGuard, request: GenerationRequest
+    ) -> Generator[str, None, Generation | GeneratorError]:
+        assert self._fallback is not None
+        generation: Generation | GeneratorError = GeneratorError("empty", f"{self._fallback.name} gave no answer")
+        try:
+            for event in self._fallback.stream(request):
+                if isinstance(event, StreamDelta):
+                    yield from _shown(turn, checked.feed(event.text))
+                else:
+                    generation = event
+        except GeneratorError as exc:
+            return exc
+        yield from _shown(turn, checked.finish())
+        return generation
+
+    def _sentences(self, turn: Turn, generator: str) -> SentenceGuard:
+        """The guard over ``generator``'s answer: a block always stops it, a fallback verdict unless it is the
+        fallback's own answer; neither without ``enforce``."""
+        stop_on: set[GuardAction] = set()
+        if self._enforce:
+            stop_on = {"block", "fallback"} if self._replaceable(generator) else {"block"}
+        return SentenceGuard(self._guard, [h.text for h in turn.hits], stop_on, generator)
+
+    def _record(self, turn: Turn, sentences: SentenceGuard) -> None:
+        if sentences.verdict is not None:
+            turn.verdicts.output = sentences.verdict.model_copy(update={"enforced": self._enforce})
+            self._add_latency(turn, sentences.verdict)
+
+    @staticmethod
+    def _add_latency(turn: Turn, verdict: GuardVerdict) -> None:
+        turn.timings_ms["output_guard"] = round(turn.timings_ms.get("output_guard", 0.0) + verdict.latency_ms, 3)
+
+    def _replaceable(self, generator: str) -> bool:
+        return self._fallback is not None and generator != self._fallback.name
 
 
-def cite(turn: Turn, result: ChainResult) -> Answer:
-    """The final answer: citation markers resolved against the passages shown, every verdict attached."""
-    text, citations = resolve_citations(result.generation.text, turn.hits)
-    checked = turn.verdicts.fallback_output or turn.verdicts.output
-    return Answer(
-        answer=text,
-        outcome="answered",
-        citations=citations,
-        generator=result.generator,
-        model=result.generation.model,
-        fallback=result.fallback,
-        prompt=turn.prompt_info,
-        usage=result.generation.usage,
-        timings_ms={**turn.timings_ms, "total": turn.elapsed_ms()},
-        relevance=turn.relevance,
-        guards=turn.verdicts if turn.verdicts.model_fields_set else None,
-        groundedness=checked.groundedness if checked is not None else None,
-    )
+def _shown(turn: Turn, texts: list[str]) -> Iterator[str]:
+    """Released text, on its way to the client; the first piece's time is the answer's ``first_shown``."""
+    for text in texts:
+        turn.timings_ms.setdefault("first_shown", turn.elapsed_ms())
+        yield text
+
+
+class Cite:
+    """The final answer: citation markers resolved against the passages shown, every verdict attached. With
+    ``redact_retrieved``, the passages' text and titles come with personal data redacted, as the answer's own."""
+
+    def __init__(self, redact_retrieved: bool = True) -> None:
+        self._redact = redact_retrieved
+
+    def run(self, turn: Turn, result: ChainResult) -> Answer:
+        text, citations = resolve_citations(result.generation.text, turn.hits, self._redact)
+        checked = turn.verdicts.fallback_output or turn.verdicts.output
+        return Answer(
+            answer=text,
+            outcome="answered",
+            citations=citations,
+            generator=result.generator,
+            model=result.generation.model,
+            fallback=result.fallback,
+            prompt=turn.prompt_info,
+            usage=result.generation.usage,
+            timings_ms={**turn.timings_ms, "total": turn.elapsed_ms()},
+            relevance=turn.relevance,
+            guards=turn.verdicts if turn.verdicts.model_fields_set else None,
+            groundedness=checked.groundedness if checked is not None else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -304,9 +416,10 @@ class Stages:
     compose: ComposePrompt
     generate: Generate
     output_guard: OutputGuard
+    cite: Cite = field(default_factory=Cite)
 
 
-def whole(answer: Answer) -> Iterator[str | Answer]:
+def whole(answer: Answer) -> Iterator[str | Replaced | Answer]:
     """An answer that was never streamed (refusal, cache hit, abstention, outage): its text as one delta, then
     the answer."""
     yield answer.answer

@@ -27,8 +27,8 @@ SUBSET_SIZE = 60
 @pytest.fixture(scope="session", autouse=True)
 def _offline() -> None:
     apply_offline_environment()
-    for key in [k for k in os.environ if k.startswith("RAGOPS_")]:
-        del os.environ[key]  # tests set what they need explicitly
+    for key in [k for k in os.environ if k.startswith("RAGOPS_") and not k.startswith("RAGOPS_TEST_")]:
+        del os.environ[key]  # tests set what they need explicitly (RAGOPS_TEST_* configure the test run itself)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,5 +1,8 @@
 """``POST /v1/chat``: a question in; the answer, its citations and how it was made out. With ``stream``, the
-answer comes as server-sent events: ``delta`` events, then one ``answer`` event, then ``[DONE]``."""
+answer comes as server-sent events: ``delta`` events, each a sentence that passed the output guard; a
+``replaced`` event when what was streamed is withdrawn (clients clear it), followed by the replacement's
+deltas; then one ``answer`` event, whose text is the deltas after the last ``replaced`` joined; then
+``[DONE]``."""
 
 from __future__ import annotations
 
@@ -10,9 +13,10 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import ServicesDep, TenantDep, answer_request
 from app.api.errors import error_responses
-from app.api.schemas import ChatAnswerEvent, ChatDelta, ChatRequest
+from app.api.schemas import ChatAnswerEvent, ChatDelta, ChatReplacedEvent, ChatRequest
 from app.api.sse import sse_event, sse_response, sse_responses
 from serving.answer import Answer
+from serving.fallback import Replaced
 
 router = APIRouter(tags=["chat"], responses=error_responses(400, 401, 404, 503))
 
@@ -32,6 +36,8 @@ def chat(body: ChatRequest, services: ServicesDep, tenant: TenantDep) -> Answer 
         for event in services.pipeline.stream(request):
             if isinstance(event, Answer):
                 yield sse_event(ChatAnswerEvent(**dict(event)))
+            elif isinstance(event, Replaced):
+                yield sse_event(ChatReplacedEvent(from_=event.from_, reason=event.reason))
             else:
                 yield sse_event(ChatDelta(text=event))
 

@@ -9,7 +9,7 @@ from fastapi import Depends, Header, Request
 
 from app.api.errors import ApiError
 from app.container import Services
-from retrieval.index import SCOPE_NAME_RULE, Scope, is_scope_name
+from retrieval.index import SCOPE_NAME_PATTERN, SCOPE_NAME_RULE, Scope, is_scope_name
 from serving.stages import AnswerRequest
 
 
@@ -22,11 +22,19 @@ def get_services(request: Request) -> Services:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
+# Documented with its pattern, checked in get_tenant (with API keys configured the key decides and the header is
+# ignored, so FastAPI must not reject it first).
+_TENANT_HEADER = Header(
+    description=f"Tenant whose documents the request reads and writes ({SCOPE_NAME_RULE}); without API keys "
+    "only, else the key decides. Default: the default_tenant setting.",
+    json_schema_extra={"pattern": SCOPE_NAME_PATTERN},
+)
+
 
 def get_tenant(
     services: ServicesDep,
     authorization: Annotated[str | None, Header()] = None,
-    x_tenant: Annotated[str | None, Header()] = None,
+    x_tenant: Annotated[str | None, _TENANT_HEADER] = None,
 ) -> str:
     """With API keys configured, the key decides the tenant; without, ``X-Tenant`` or the default does."""
     keys = services.settings.api_keys

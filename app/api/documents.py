@@ -5,12 +5,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from app.api.deps import ServicesDep, TenantDep
-from app.api.errors import ApiError
-from app.api.schemas import COLLECTION_PATTERN, IngestRequest
+from app.api.errors import ApiError, error_responses
+from app.api.schemas import COLLECTION_PATTERN, DocumentBody, IngestRequest, invalid_field
+from retrieval.documents import Document
 from retrieval.index import Scope
-from retrieval.loaders import LoaderError, document_from_record
+from retrieval.loaders import document_from_record
+from retrieval.validation import DocumentLimits, InvalidFieldError
 
-router = APIRouter(tags=["documents"])
+router = APIRouter(tags=["documents"], responses=error_responses(400, 401, 503))
 CollectionQuery = Annotated[str | None, Query(pattern=COLLECTION_PATTERN)]
 
 
@@ -20,16 +22,7 @@ def ingest_documents(body: IngestRequest, services: ServicesDep, tenant: TenantD
     settings = services.settings
     if len(body.documents) > settings.max_documents_per_request:
         raise ApiError(400, f"at most {settings.max_documents_per_request} documents a request", param="documents")
-    documents = []
-    seen: set[str] = set()
-    for position, item in enumerate(body.documents):
-        if item.id in seen:
-            raise ApiError(400, f"duplicate document id {item.id!r}", param=f"documents.{position}.id")
-        seen.add(item.id)
-        try:
-            documents.append(document_from_record(item.model_dump(exclude_none=True)))
-        except LoaderError as exc:
-            raise ApiError(400, str(exc), param=f"documents.{position}") from exc
+    documents = _valid_documents(body.documents, DocumentLimits.from_settings(settings))
     scope = Scope(body.collection or settings.default_collection, tenant)
     report = services.ingestor.ingest_documents(documents, scope)
     if report.errors:  # a failed batch is rolled back; say which documents did not make it
@@ -42,6 +35,21 @@ def ingest_documents(body: IngestRequest, services: ServicesDep, tenant: TenantD
     return {"collection": scope.collection, **report.to_dict()}
 
 
+def _valid_documents(items: list[DocumentBody], limits: DocumentLimits) -> list[Document]:
+    """Every document held to retrieval.validation's rules; the first one broken is a 400 naming its field."""
+    documents: list[Document] = []
+    seen: set[str] = set()
+    for position, item in enumerate(items):
+        if item.id in seen:
+            raise ApiError(400, f"duplicate document id {item.id!r}", param=f"documents.{position}.id")
+        seen.add(item.id)
+        try:
+            documents.append(document_from_record(item.model_dump(exclude_none=True), limits=limits))
+        except InvalidFieldError as exc:
+            raise invalid_field(f"documents.{position}", exc) from exc
+    return documents
+
+
 @router.get("/v1/documents")
 def list_documents(services: ServicesDep, tenant: TenantDep, collection: CollectionQuery = None) -> dict[str, Any]:
     scope = Scope(collection or services.settings.default_collection, tenant)
@@ -52,7 +60,7 @@ def list_documents(services: ServicesDep, tenant: TenantDep, collection: Collect
     }
 
 
-@router.delete("/v1/documents/{doc_id:path}")
+@router.delete("/v1/documents/{doc_id:path}", responses=error_responses(404))
 def delete_document(
     doc_id: str, services: ServicesDep, tenant: TenantDep, collection: CollectionQuery = None
 ) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-logger = logging.getLogger("ragops.api")
+from retrieval.index import IndexUnavailableError
 
 _TYPES = {
     400: "invalid_request_error",
@@ -22,6 +22,7 @@ _TYPES = {
     409: "conflict_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
+    500: "server_error",
     503: "service_unavailable_error",
 }
 
@@ -45,6 +46,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         400: "Bad request: invalid JSON, a field out of range, a blank question.",
         401: "Missing or invalid API key.",
         404: "Not found: an unknown model, document, or a collection without documents.",
+        413: "The request body is larger than max_body_bytes; it was not read.",
+        500: "A bug: the server log has the traceback under the same request id.",
         503: "Not ready, or the index failed; nothing was written.",
     }
     return {status: {"model": ErrorResponse, "description": meaning[status]} for status in statuses}
@@ -59,9 +62,40 @@ class ApiError(Exception):
         self.code = code
 
 
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    detail = ErrorDetail(type=_TYPES.get(status, "server_error"), message=message, param=param, code=code)
-    return JSONResponse(ErrorResponse(error=detail).model_dump(), status_code=status)
+class BodyTooLargeError(StarletteHTTPException):
+    """Raised while a body is being read, once it grows past the limit: an HTTPException, so FastAPI's body
+    parsing lets it through (it turns other exceptions into a 400) and the handler below answers 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, body_too_large_message(limit))
+
+
+def body_too_large_message(limit: int) -> str:
+    return f"request body is larger than {limit} bytes (max_body_bytes)"
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> ErrorResponse:
+    return ErrorResponse(
+        error=ErrorDetail(type=_TYPES.get(status, "server_error"), message=message, param=param, code=code)
+    )
+
+
+def error_response(
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param, code).model_dump(), status_code=status, headers=headers)
+
+
+def unexpected_error(exc: BaseException, request_id: str | None) -> ApiError:
+    """What the client is told about an exception no handler took: the index's own message when the index
+    cannot serve (503, retry later), else a 500 naming the request id, whose log line has the traceback."""
+    if isinstance(exc, IndexUnavailableError):
+        return ApiError(503, str(exc), code="index_unavailable")
+    return ApiError(500, f"internal error; see the server log for request id {request_id}", code="internal_error")
 
 
 def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -82,7 +116,8 @@ def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return error_response(exc.status_code, str(exc.detail))
+    # Starlette's own headers matter to clients: Allow on a 405, WWW-Authenticate on a 401.
+    return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
 
 
 def _api_error(_: Request, exc: Exception) -> JSONResponse:
@@ -90,14 +125,10 @@ def _api_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.message, exc.param, exc.code)
 
 
-def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    # A bug, not bad input: logged with its traceback; the client still gets the documented error shape.
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal error; see the server log")
-
-
 def install_error_handlers(app: FastAPI) -> None:
+    """The errors a request can cause. Exceptions no handler takes (bugs, an index that fails) are answered,
+    logged and counted by ``app.api.middleware.RequestContext``, around these handlers: Starlette's handler for
+    ``Exception`` would run outside every middleware, without the request id, and drop the connection."""
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(Exception, _unexpected)

@@ -1,11 +1,21 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 router = APIRouter(tags=["health"])
+
+
+class Readiness(BaseModel):
+    """``/readyz``'s body: probes read the status code; people read the rest."""
+
+    status: Literal["ready", "starting", "unavailable"]
+    points: int | None = Field(None, description="Points in the index (ready only).")
+    embedding_model: str | None = Field(None, description="The embedding model's identity (ready only).")
+    reason: str | None = Field(None, description="Why the index does not answer (unavailable only).")
 
 
 @router.get("/healthz")
@@ -14,7 +24,14 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get(
+    "/readyz",
+    response_model=None,
+    responses={
+        200: {"model": Readiness, "description": "Ready."},
+        503: {"model": Readiness, "description": "Starting, or the index does not answer."},
+    },
+)
 def readyz(request: Request) -> dict[str, Any] | JSONResponse:
     """Ready to answer: the models are loaded and the index answers."""
     services = getattr(request.app.state, "services", None)

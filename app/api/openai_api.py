@@ -1,7 +1,15 @@
 """OpenAI-compatible ``/v1/chat/completions`` and ``/v1/models``, so the ``openai`` SDK and LangChain's
 ``ChatOpenAI`` work unchanged. The last user message is the question, earlier turns are history; citations
 ride in an extra ``citations`` field (streaming: in the final chunk) and ``ragops`` says how the answer was made.
-The shapes are in ``app.api.openai_protocol``."""
+The shapes are in ``app.api.openai_protocol``.
+
+What a stream guarantees: every content delta is text that passed the output guard (sentence by sentence,
+redacted); nothing is ever sent and then retracted, since an OpenAI client cannot clear what it has shown. The
+content deltas joined are the assistant message, and that message is the final answer's text:
+``ragops``' answer text (``message.content`` of the same request without ``stream``) when nothing was withdrawn;
+when the answer was replaced after part of it was sent (the output guard stopped the model, or the model failed
+mid-answer), the part already sent, then ``WITHDRAWN_NOTICE``, then the replacement's text, with
+``ragops.fallback`` in the last chunk saying why."""
 
 from __future__ import annotations
 
@@ -29,9 +37,12 @@ from app.api.openai_protocol import (
 )
 from app.api.sse import sse_event, sse_response, sse_responses
 from serving.answer import Answer
+from serving.fallback import Replaced
 from serving.stages import AnswerRequest
 
 router = APIRouter(tags=["openai"], responses=error_responses(400, 401, 404, 503))
+
+WITHDRAWN_NOTICE = "\n\n[The answer above was withdrawn; a checked answer follows.]\n\n"
 
 
 @router.get("/v1/models")
@@ -76,10 +87,25 @@ def chat_completions(
 
     def events() -> Iterator[str]:
         yield chunk(DeltaMessage(role="assistant", content=""))
-        for event in services.pipeline.stream(request):
-            yield last_chunk(event) if isinstance(event, Answer) else chunk(DeltaMessage(content=event))
+        for content in streamed_content(services.pipeline.stream(request)):
+            yield last_chunk(content) if isinstance(content, Answer) else chunk(DeltaMessage(content=content))
 
     return sse_response(events())
+
+
+def streamed_content(events: Iterator[str | Replaced | Answer]) -> Iterator[str | Answer]:
+    """The pipeline's events as an OpenAI stream's content: deltas as they are, a replacement announced by
+    ``WITHDRAWN_NOTICE`` when some text was already sent (none is needed before anything was), then the answer."""
+    sent = False
+    for event in events:
+        if isinstance(event, Replaced):
+            if sent:
+                yield WITHDRAWN_NOTICE
+        elif isinstance(event, str):
+            sent = sent or bool(event)
+            yield event
+        else:
+            yield event
 
 
 def _answer_request(body: ChatCompletionRequest, services: ServicesDep, tenant: str) -> AnswerRequest:

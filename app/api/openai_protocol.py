@@ -97,7 +97,9 @@ class ChunkChoice(BaseModel):
 
 
 class ChatCompletionChunk(BaseModel):
-    """One streamed chunk; the last one (``finish_reason: "stop"``) carries usage, citations and ragops."""
+    """One streamed chunk; the last one (``finish_reason: "stop"``) carries usage, citations and ragops. Content
+    deltas are text the output guard passed, sentence by sentence; joined, they are the answer's text (after a
+    replacement: the text sent before it, a notice, then the replacement's text)."""
 
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"

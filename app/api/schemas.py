@@ -3,14 +3,48 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
 
-from retrieval.index import SCOPE_NAME_PATTERN, MetadataValue, SearchMode
+from app.api.errors import ApiError
+from retrieval.index import SCOPE_NAME_PATTERN, SearchMode
+from retrieval.validation import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_DOC_ID_CHARS,
+    MAX_FILTER_VALUES,
+    MAX_SOURCE_CHARS,
+    MAX_TITLE_CHARS,
+    METADATA_KEY_RULE,
+    InvalidFieldError,
+)
 from serving.answer import Answer
+from serving.fallback import Replaced
 
 COLLECTION_PATTERN = SCOPE_NAME_PATTERN
+
+# Metadata and filters are checked by retrieval.validation's rules (one definition, shared with the .jsonl
+# loader), which name the exact field at fault; pydantic only sees JSON objects here, and the schema below
+# documents what those rules accept.
+_FILTER_SCALAR: dict[str, Any] = {
+    "anyOf": [{"type": "string"}, {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX}, {"type": "boolean"}]
+}
+_FILTER_METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": {
+        "anyOf": [
+            _FILTER_SCALAR,
+            {"type": "array", "items": _FILTER_SCALAR, "minItems": 1, "maxItems": MAX_FILTER_VALUES},
+        ]
+    },
+}
+
+
+def invalid_field(prefix: str, exc: InvalidFieldError) -> ApiError:
+    """A broken validation rule as the 400 that names the request field, e.g. ``documents.2.metadata.tags``."""
+    param = f"{prefix}.{exc.field}"
+    return ApiError(400, f"{param}: {exc.reason}", param=param, code="invalid_value")
 
 
 class StrictModel(BaseModel):
@@ -18,9 +52,11 @@ class StrictModel(BaseModel):
 
 
 class SearchFilterBody(StrictModel):
-    doc_ids: list[str] = Field(default_factory=list, max_length=1000, description="Only these documents.")
-    metadata: dict[str, MetadataValue | list[MetadataValue]] = Field(
-        default_factory=dict, description="Document metadata fields: a value, or a list of accepted values."
+    doc_ids: list[str] = Field(default_factory=list, max_length=MAX_FILTER_VALUES, description="Only these documents.")
+    metadata: Annotated[dict[str, Any], WithJsonSchema(_FILTER_METADATA_SCHEMA)] = Field(
+        default_factory=dict,
+        description="Top-level document metadata fields: a string, 64-bit integer or boolean, or a list of "
+        f"accepted values. Keys: {METADATA_KEY_RULE}.",
     )
 
 
@@ -52,11 +88,21 @@ class SearchResponse(BaseModel):
 
 
 class DocumentBody(StrictModel):
-    id: str = Field(min_length=1, max_length=512)
-    text: str = Field(min_length=1)
-    title: str | None = None
-    source: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    id: str = Field(
+        min_length=1, max_length=MAX_DOC_ID_CHARS, description="Not blank; no control characters (newline included)."
+    )
+    text: str = Field(
+        min_length=1,
+        description="At most max_document_chars characters; no control characters but tab, newline and CR.",
+    )
+    title: str | None = Field(None, max_length=MAX_TITLE_CHARS)
+    source: str | None = Field(None, max_length=MAX_SOURCE_CHARS)
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="A JSON object of at most max_metadata_keys keys (all levels), max_metadata_depth levels and "
+        f"max_metadata_bytes as JSON. Keys: {METADATA_KEY_RULE}. Values: strings, 64-bit integers, finite "
+        "numbers, booleans, null, lists and objects (no NaN or Infinity).",
+    )
 
 
 class IngestRequest(StrictModel):
@@ -79,7 +125,7 @@ class ChatRequest(StrictModel):
 
 
 class ChatDelta(BaseModel):
-    """A piece of the answer's text, as the generator writes it."""
+    """A piece of the answer's text: a sentence that passed the output guard (redacted)."""
 
     type: Literal["delta"] = "delta"
     text: str
@@ -91,5 +137,14 @@ class ChatAnswerEvent(Answer):
     type: Literal["answer"] = "answer"
 
 
-class ChatStreamEvent(RootModel[ChatDelta | ChatAnswerEvent]):
-    """One ``data:`` line of ``POST /v1/chat`` with ``stream``: deltas, then the answer, then ``[DONE]``."""
+class ChatReplacedEvent(Replaced):
+    """The text streamed so far is withdrawn (the output guard stopped the answer, or its generator failed
+    mid-answer): clear it. The deltas that follow are the replacement (the fallback's answer or a refusal)."""
+
+    type: Literal["replaced"] = "replaced"
+
+
+class ChatStreamEvent(RootModel[ChatDelta | ChatReplacedEvent | ChatAnswerEvent]):
+    """One ``data:`` line of ``POST /v1/chat`` with ``stream``: deltas (every one checked by the output guard),
+    maybe a ``replaced`` event and the replacement's deltas, then the answer, then ``[DONE]``. The answer's text
+    is the deltas after the last ``replaced`` event, joined."""

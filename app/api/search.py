@@ -3,10 +3,14 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import ServicesDep, TenantDep, require_text
-from app.api.schemas import HitBody, SearchRequest, SearchResponse
+from app.api.errors import error_responses
+from app.api.schemas import HitBody, SearchFilterBody, SearchRequest, SearchResponse, invalid_field
+from retrieval.documents import Hit
 from retrieval.index import Scope, SearchFilter
+from retrieval.validation import DocumentLimits, InvalidFieldError, check_filter
+from safety.pii import redact
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], responses=error_responses(400, 401, 503))
 
 
 @router.post("/v1/search")
@@ -15,15 +19,39 @@ def search(body: SearchRequest, services: ServicesDep, tenant: TenantDep) -> Sea
     query = require_text(body.query, services, "query")
     collection = body.collection or settings.default_collection
     mode = body.mode or settings.default_mode
-    search_filter = (
-        SearchFilter(tuple(body.filter.doc_ids), dict(body.filter.metadata)) if body.filter else SearchFilter()
-    )
+    search_filter = _search_filter(body.filter, DocumentLimits.from_settings(settings))
     result = services.searcher.search(
         query, Scope(collection, tenant), body.top_k or settings.default_top_k, mode, search_filter
     )
     return SearchResponse(
-        hits=[HitBody.model_validate(hit.to_dict()) for hit in result.hits],
+        hits=[_hit_body(hit, settings.redact_retrieved) for hit in result.hits],
         collection=collection,
         mode=mode,
         timings_ms=result.timings_ms,
+    )
+
+
+def _search_filter(body: SearchFilterBody | None, limits: DocumentLimits) -> SearchFilter:
+    """The filter held to the same key and value rules as document metadata (400 naming the field)."""
+    if body is None:
+        return SearchFilter()
+    try:
+        check_filter(body.doc_ids, body.metadata, limits)
+    except InvalidFieldError as exc:
+        raise invalid_field("filter", exc) from exc
+    return SearchFilter(tuple(body.doc_ids), dict(body.metadata))
+
+
+def _hit_body(hit: Hit, redact_retrieved: bool) -> HitBody:
+    """A hit as clients see it: with ``redact_retrieved``, PII and secrets in the retrieved text are masked,
+    as they are in answers (the index keeps the original, which the prompt's guards see)."""
+    body = HitBody.model_validate(hit.to_dict())
+    if not redact_retrieved:
+        return body
+    return body.model_copy(
+        update={
+            "text": redact(body.text),
+            "title": redact(body.title) if body.title is not None else None,
+            "headings": [redact(heading) for heading in body.headings],
+        }
     )

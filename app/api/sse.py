@@ -9,6 +9,9 @@ from collections.abc import Iterator
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from app.api.errors import error_body
+from app.api.middleware import report_failure
+
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = "data: [DONE]\n\n"
 
@@ -19,16 +22,31 @@ def sse_event(event: BaseModel) -> str:
 
 
 def sse_response(events: Iterator[str]) -> StreamingResponse:
-    """The events, then ``[DONE]``."""
+    """The events, then ``[DONE]``. A failure after the 200 went out can no longer change the status: the
+    stream ends with one event in the error shape (as OpenAI's streams do), then ``[DONE]``; the request's log
+    line carries the traceback and the error is counted under the status it would have had."""
 
     def with_done() -> Iterator[str]:
-        yield from events
+        try:
+            yield from events
+        except Exception as exc:  # any failure ends the stream in the documented way
+            error = report_failure(exc)
+            yield sse_event(error_body(error.status, error.message, code=error.code))
         yield DONE
 
     return StreamingResponse(with_done(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def sse_responses(event_schema: str, description: str) -> dict[int | str, dict[str, object]]:
-    """The OpenAPI entry of a 200 that is JSON, or with ``stream`` an event stream of ``event_schema`` events."""
-    schema = {"$ref": f"#/components/schemas/{event_schema}"}
-    return {200: {"description": description, "content": {"text/event-stream": {"schema": schema}}}}
+    """The OpenAPI entry of a 200 that is JSON, or with ``stream`` an event stream. Its schema is that of one
+    event (as OpenAPI 3.2's ``itemSchema`` and schemathesis read it): a ``data`` field holding ``[DONE]`` or
+    JSON, an ``event_schema`` or, after a failure, an ``ErrorResponse``."""
+    payload = {"anyOf": [{"$ref": f"#/components/schemas/{name}"} for name in (event_schema, "ErrorResponse")]}
+    data = {
+        "anyOf": [
+            {"const": DONE.removeprefix("data: ").strip(), "description": "The end of the stream."},
+            {"type": "string", "contentMediaType": "application/json", "contentSchema": payload},
+        ]
+    }
+    event = {"type": "object", "required": ["data"], "properties": {"data": data}}
+    return {200: {"description": description, "content": {"text/event-stream": {"schema": event}}}}

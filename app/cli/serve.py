@@ -1,14 +1,23 @@
-"""``ragops serve``: the HTTP API under uvicorn."""
+"""``ragops serve``: the HTTP API under uvicorn.
+
+Safe by default: without API keys anyone who reaches the port reads and writes every tenant's documents, so a
+non-loopback address needs ``RAGOPS_ALLOW_OPEN=true`` to say that is meant. The services (index, models) are
+built before uvicorn starts, so an index that cannot open is one line and exit 1, not a traceback from inside
+uvicorn's startup.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
 from typing import TYPE_CHECKING
 
-from app.cli.common import EXIT_OK, CliError, settings_from
+from app.cli.common import EXIT_OK, EXIT_USAGE, CliError, open_services, settings_from
 
 if TYPE_CHECKING:
     from app.cli.common import Commands
+    from app.settings import Settings
 
 
 def add_parser(commands: Commands) -> None:
@@ -22,12 +31,47 @@ def add_parser(commands: Commands) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.logs import configure_logging
+    from app.logs import SERVER_LOGGER, configure_logging
     from app.main import create_app
 
     if not 0 < args.port < 65536:
         raise CliError("--port must be between 1 and 65535")
     settings = settings_from(args)
+    check_exposure(args.host, settings)
     configure_logging(args.log_level)  # JSON lines with request ids, PII redacted (uvicorn's too)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, log_config=None)
+    if not is_loopback(args.host) and not settings.api_keys:
+        logging.getLogger(SERVER_LOGGER).warning(
+            "serving %s without API keys (RAGOPS_ALLOW_OPEN=true): anyone who reaches it reads and writes", args.host
+        )
+    services = open_services(settings)  # an index that cannot open: its one line, exit 1
+    try:
+        _ = services.pipeline  # load the generator now, not on the first question
+        app = create_app(settings, services=services)
+        # Our middleware logs one line per request, path without the query string; uvicorn's would log both.
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, log_config=None, access_log=False)
+    finally:
+        services.close()
     return EXIT_OK
+
+
+def check_exposure(host: str, settings: Settings) -> None:
+    """Refuse a non-loopback address without API keys unless ``allow_open`` says it is meant."""
+    if settings.api_keys or settings.allow_open or is_loopback(host):
+        return
+    raise CliError(
+        f"refusing to serve on {host} without API keys: anyone who reaches it could read and write every "
+        "tenant's documents. Set RAGOPS_API_KEYS, or listen on 127.0.0.1 (the default), or set "
+        "RAGOPS_ALLOW_OPEN=true if an open service is meant",
+        EXIT_USAGE,
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can connect: ``localhost`` or a loopback address. A host name may resolve to anything,
+    so it counts as open."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
