@@ -73,6 +73,11 @@ class Services:
         self._store = store
 
     @cached_property
+    def limits(self) -> DocumentLimits:
+        """What documents and filters are held to, from the settings: one object for every route and ingest."""
+        return DocumentLimits.from_settings(self.settings)
+
+    @cached_property
     def pipeline(self) -> RagPipeline:
         return build_pipeline(self)
 

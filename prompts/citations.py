@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 
-CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")  # [1] or [1, 3]
+MARKER = r"\[(\d+(?:\s*,\s*\d+)*)\]"  # [1] or [1, 3]; the pattern, for building others around it
+CITATION = re.compile(MARKER)
 
 
 def citation_numbers(marker_body: str) -> list[int]:

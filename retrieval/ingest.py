@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -117,6 +118,7 @@ class Ingestor:
         self._chunker = chunker
         self._batch_chunks = batch_chunks
         self.version = 0  # bumped on every change to the index; answer caches key on it
+        self._writer = threading.Lock()
 
     def ingest_paths(
         self,
@@ -132,6 +134,19 @@ class Ingestor:
         return report
 
     def ingest_documents(
+        self,
+        documents: Iterable[Document],
+        scope: Scope,
+        prune: bool = False,
+        progress: ProgressFactory | None = None,
+        load_errors: Sequence[dict[str, str]] = (),
+    ) -> IngestReport:
+        """Add, update (and with ``prune`` remove) documents of ``scope``. One writer at a time: two updates of
+        the same document must not interleave their journaled switches (each would delete the other's version)."""
+        with self._writer:
+            return self._ingest_documents(documents, scope, prune, progress, load_errors)
+
+    def _ingest_documents(
         self,
         documents: Iterable[Document],
         scope: Scope,
@@ -213,11 +228,12 @@ class Ingestor:
 
     def delete(self, scope: Scope, doc_id: str) -> bool:
         """Remove a document; False when the scope has no such document."""
-        if doc_id not in self._index.document_hashes(scope):
-            return False
-        self._index.delete_document(scope, doc_id)
-        self.version += 1
-        return True
+        with self._writer:
+            if doc_id not in self._index.document_hashes(scope):
+                return False
+            self._index.delete_document(scope, doc_id)
+            self.version += 1
+            return True
 
     def _batches(self, pending: list[_PendingDocument]) -> Iterable[list[_PendingDocument]]:
         """Whole documents per batch, about ``batch_chunks`` chunks each: big embedding calls, bounded memory."""

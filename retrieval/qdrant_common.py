@@ -187,7 +187,8 @@ class QdrantIndexBase(ABC, Generic[FilterT, RequestT]):
         )
 
     def delete_document(self, scope: Scope, doc_id: str, keep_hash: str | None = None) -> None:
-        self._before_write(0)  # a delete is a WAL record too
+        # No free-space check: a delete frees space, and refusing it halfway through an update would leave both
+        # versions searchable (the margin kept by every other write covers its small WAL record).
         self._delete_where(document_filter(self._dialect, scope, doc_id, keep_hash))
 
     def document_hashes(self, scope: Scope) -> dict[str, set[str]]:

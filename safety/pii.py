@@ -65,9 +65,12 @@ def _phone(match: re.Match[str]) -> bool:
     return 10 <= len(re.sub(r"\D", "", match.group())) <= 15  # 9 digits is an SSN shape, not a phone
 
 
+PRIVATE_KEY_BEGIN = r"-----BEGIN [A-Z ]*PRIVATE KEY-----"  # the one secret that spans lines
+PRIVATE_KEY_END = r"-----END [A-Z ]*PRIVATE KEY-----"
+
 # (kind, pattern, check). Order matters where spans overlap: the first finding wins.
 _DETECTORS: list[tuple[str, re.Pattern[str], Callable[[re.Match[str]], bool] | None]] = [
-    ("secret", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"), None),
+    ("secret", re.compile(rf"{PRIVATE_KEY_BEGIN}[\s\S]*?(?:{PRIVATE_KEY_END}|$)"), None),
     (
         "secret",
         re.compile(

@@ -20,7 +20,6 @@ from serving.fallback import Fallback
 from serving.generation import Usage
 
 Outcome = Literal["answered", "cached", "abstained", "refused", "failed"]
-OUTCOMES: tuple[Outcome, ...] = ("answered", "cached", "abstained", "refused", "failed")
 SPACE_RUN = re.compile(r"[ \t]{2,}")  # what a dropped citation marker leaves: collapsed to one space
 
 

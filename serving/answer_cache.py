@@ -27,11 +27,12 @@ class CacheKey:
     index_version: int
     prompt: str
     generator: str
+    top_k: int  # how many passages the answer was made from
 
     @property
-    def context(self) -> tuple[str, str, int, str, str]:
+    def context(self) -> tuple[str, str, int, str, str, int]:
         """Everything but the question: a semantic match must agree on all of it."""
-        return (self.collection, self.tenant, self.index_version, self.prompt, self.generator)
+        return (self.collection, self.tenant, self.index_version, self.prompt, self.generator, self.top_k)
 
 
 class AnswerCache(Protocol):

@@ -13,6 +13,7 @@ event joined."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 from prompts.loader import Prompt
 from serving.answer import Answer
@@ -47,14 +48,15 @@ class RagPipeline:
     def stream(self, request: AnswerRequest) -> Iterator[str | Replaced | Answer]:
         """Text deltas, then the complete ``Answer`` (answers no generator streamed come as one delta). A
         ``Replaced`` event withdraws the deltas before it; the ones after it make the answer."""
-        for event in self._run(request):
+        turn = Turn.start(request, self._prompts(request.user))
+        for event in self._run(turn):
             if isinstance(event, Answer) and self._observer is not None:
-                self._observer(request, event)
+                # What the guards let through: metrics, traces and the sampled judge never see redacted PII.
+                self._observer(replace(request, question=turn.question, history=turn.history), event)
             yield event
 
-    def _run(self, request: AnswerRequest) -> Iterator[str | Replaced | Answer]:
+    def _run(self, turn: Turn) -> Iterator[str | Replaced | Answer]:
         s = self.stages
-        turn = Turn.start(request, self._prompts(request.user))
         early = s.input_guard.run(turn) or s.cache.lookup(turn)
         if early is not None:
             yield from whole(early)

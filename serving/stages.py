@@ -135,6 +135,7 @@ class CachedAnswers:
             self._index_version(),
             f"{prompt.ref}#{prompt.content_hash}",
             self._generator,
+            turn.request.top_k,
         )
         if turn.request.history:
             return None
@@ -208,7 +209,8 @@ class Abstain:
         """Best cosine between the question and one of ``hits`` (chunk vectors come from the cache)."""
         if not hits:
             return None
-        query = turn.query_vector if turn.query_vector is not None else self._embedder.embed_query(turn.question)
+        query = turn.query_vector  # set by the cache lookup, which always runs first
+        assert query is not None
         vectors = self._embedder.embed([hit.embedding_text for hit in hits])
         return round(float(np.max(vectors @ query)), 4)
 
@@ -283,7 +285,8 @@ class OutputGuard:
                 if not isinstance(event, ChainDelta):
                     return (yield from self._finish(turn, sentences, event, request))
                 if event.replaced is not None:  # a generator failed mid-answer; the next one's answer follows
-                    yield event.replaced
+                    if sentences is not None and sentences.text:  # withdraw only what a client was shown
+                        yield event.replaced
                     sentences = None
                     continue
                 sentences = sentences or self._sentences(turn, event.generator)

@@ -16,18 +16,19 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from prompts.citations import MARKER
 from safety.groundedness import Groundedness
 from safety.guards import Guard, GuardAction, GuardVerdict
+from safety.pii import PRIVATE_KEY_BEGIN
 from serving.answer import SPACE_RUN, drop_invalid_citations
 
-_MARKER = r"\[\d+(?:\s*,\s*\d+)*\]"  # prompts.citations.CITATION, as a fragment to build patterns with
 # A sentence's end: a terminator, closing quotes or brackets, and the citation markers some models put after it.
-_SENTENCE_END = re.compile(rf"[.!?][\"')\]\u00bb\u201d\u2019]*(?:\s*{_MARKER})*$")
-_MARKERS_AFTER = re.compile(rf"(?:\s+{_MARKER})*")  # "Text. [1]": the marker belongs to the sentence before it
+_SENTENCE_END = re.compile(rf"[.!?][\"')\]\u00bb\u201d\u2019]*(?:\s*{MARKER})*$")
+_MARKERS_AFTER = re.compile(rf"(?:\s+{MARKER})*")  # "Text. [1]": the marker belongs to the sentence before it
 _MAYBE_MARKER = re.compile(r"\s*(?:\[[\d,\s]*)?")  # the stream so far could still become a marker
 _OPEN_MARKER = re.compile(r"\[[\d,\s]*$")  # a citation marker not closed yet, e.g. "[1, "
 # The one PII pattern that spans lines: a private key block is one sentence, or its body would leave unredacted.
-_OPEN_KEY_BLOCK = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?![\s\S]*-----END)")
+_OPEN_KEY_BLOCK = re.compile(rf"{PRIVATE_KEY_BEGIN}(?![\s\S]*-----END)")
 
 
 class SentenceSplitter:

@@ -22,7 +22,7 @@ def ingest_documents(body: IngestRequest, services: ServicesDep, tenant: TenantD
     settings = services.settings
     if len(body.documents) > settings.max_documents_per_request:
         raise ApiError(400, f"at most {settings.max_documents_per_request} documents a request", param="documents")
-    documents = _valid_documents(body.documents, DocumentLimits.from_settings(settings))
+    documents = _valid_documents(body.documents, services.limits)
     scope = Scope(body.collection or settings.default_collection, tenant)
     report = services.ingestor.ingest_documents(documents, scope)
     if report.errors:  # a failed batch is rolled back; say which documents did not make it

@@ -48,7 +48,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "Not found: an unknown model, document, or a collection without documents.",
         413: "The request body is larger than max_body_bytes; it was not read.",
         500: "A bug: the server log has the traceback under the same request id.",
-        503: "Not ready, or the index failed; nothing was written.",
+        503: "Not ready, or the index or its storage failed; the message says what was and was not written.",
     }
     return {status: {"model": ErrorResponse, "description": meaning[status]} for status in statuses}
 

@@ -91,7 +91,7 @@ class RequestContext:
 
 
 def _request_id(given: str) -> str:
-    return given if given.isalnum() and len(given) <= 64 else uuid.uuid4().hex
+    return given if given.isascii() and given.isalnum() and len(given) <= 64 else uuid.uuid4().hex
 
 
 def _tracking(send: Send, exchange: Exchange, rid: str) -> Send:

@@ -35,6 +35,7 @@ from app.api.openai_protocol import (
     ModelList,
     RagopsDetails,
 )
+from app.api.schemas import MAX_HISTORY_TURNS, MAX_TURN_CHARS
 from app.api.sse import sse_event, sse_response, sse_responses
 from serving.answer import Answer
 from serving.fallback import Replaced
@@ -116,4 +117,7 @@ def _answer_request(body: ChatCompletionRequest, services: ServicesDep, tenant: 
     if not turns or turns[-1].role != "user":
         raise ApiError(400, "the last message must come from the user", param="messages")
     history = [{"role": m.role, "content": m.text()} for m in turns[:-1]]
+    if len(history) > MAX_HISTORY_TURNS or any(len(turn["content"]) > MAX_TURN_CHARS for turn in history):
+        limit = f"at most {MAX_HISTORY_TURNS} earlier messages of at most {MAX_TURN_CHARS} characters each"
+        raise ApiError(400, limit, param="messages")
     return answer_request(services, tenant, turns[-1].text(), body.collection, body.top_k, history, body.user)

@@ -110,9 +110,14 @@ class IngestRequest(StrictModel):
     collection: str | None = Field(None, pattern=COLLECTION_PATTERN)
 
 
+# A conversation's history, on both chat routes: the input guard checks every turn, so its size is bounded.
+MAX_HISTORY_TURNS = 50
+MAX_TURN_CHARS = 20_000
+
+
 class ChatTurn(StrictModel):
     role: Literal["user", "assistant"]
-    content: str = Field(max_length=20_000)
+    content: str = Field(max_length=MAX_TURN_CHARS)
 
 
 class ChatRequest(StrictModel):
@@ -120,7 +125,7 @@ class ChatRequest(StrictModel):
     collection: str | None = Field(None, pattern=COLLECTION_PATTERN)
     top_k: int | None = Field(None, ge=1, le=20)
     stream: bool = False
-    history: list[ChatTurn] = Field(default_factory=list, max_length=50)
+    history: list[ChatTurn] = Field(default_factory=list, max_length=MAX_HISTORY_TURNS)
     user: str | None = Field(None, max_length=256, description="User or session id: keeps a user on one prompt.")
 
 

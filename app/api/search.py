@@ -19,7 +19,7 @@ def search(body: SearchRequest, services: ServicesDep, tenant: TenantDep) -> Sea
     query = require_text(body.query, services, "query")
     collection = body.collection or settings.default_collection
     mode = body.mode or settings.default_mode
-    search_filter = _search_filter(body.filter, DocumentLimits.from_settings(settings))
+    search_filter = _search_filter(body.filter, services.limits)
     result = services.searcher.search(
         query, Scope(collection, tenant), body.top_k or settings.default_top_k, mode, search_filter
     )
