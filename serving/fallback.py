@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Generator as GeneratorType
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,8 +20,6 @@ from serving.generation import (
     StreamDelta,
     check_output,
 )
-
-CUT_OFF_NOTICE = "\n\n[The answer above was cut off; a fallback answer follows.]\n\n"
 
 
 class CircuitBreaker:
@@ -90,12 +88,10 @@ class ChainResult:
 
 @dataclass(frozen=True)
 class ChainDelta:
-    """A piece of text from ``generator``. ``replaced`` is set on the cut-off notice: the text before it came
-    from a generator that failed mid-answer."""
+    """A piece of text from ``generator``."""
 
     text: str
     generator: str = ""
-    replaced: Replaced | None = None
 
 
 class FallbackChain:
@@ -110,18 +106,17 @@ class FallbackChain:
         return [g.name for g in self.generators]
 
     def generate(self, request: GenerationRequest) -> ChainResult:
-        """The whole answer at once: the stream, consumed (nobody saw a cut-off answer, so no notice)."""
-        for event in self.stream(request, announce_cut_off=False):
+        """The whole answer at once: the stream, consumed."""
+        for event in self.stream(request):
             if isinstance(event, ChainResult):
                 return event
         raise AssertionError("a chain's stream ends with its result or raises")
 
-    def stream(
-        self, request: GenerationRequest, announce_cut_off: bool = True
-    ) -> GeneratorType[ChainDelta | ChainResult, None, None]:
+    def stream(self, request: GenerationRequest) -> GeneratorType[ChainDelta | Replaced | ChainResult, None, None]:
         """Deltas, then the ``ChainResult``. A backend failing before its first token is replaced silently by
-        the next; one failing mid-answer is followed by the next backend's whole answer after a notice.
-        Closing the stream closes the backend's (llama.cpp stops generating)."""
+        the next; one failing mid-answer is followed by a ``Replaced`` event (the deltas before it are
+        withdrawn), then the next backend's whole answer. Closing the stream closes the backend's (llama.cpp
+        stops generating)."""
         first_failure: Fallback | None = None
         last_failure: Replaced | None = None
         emitted = False
@@ -129,22 +124,18 @@ class FallbackChain:
             if not self._admit(generator, position):
                 first_failure = first_failure or Fallback(from_=generator.name, reason="circuit_open")
                 continue
-            cut_off = emitted and announce_cut_off  # an earlier backend streamed part of an answer, then failed
-            notice = ""
+            if emitted and last_failure is not None:  # the backend before streamed part of an answer, then failed
+                yield last_failure
+                emitted = False
             events = generator.stream(request)
             try:
                 for event in events:
                     if isinstance(event, StreamDelta):
-                        if cut_off and not notice:
-                            notice = CUT_OFF_NOTICE
-                            yield ChainDelta(notice, generator.name, last_failure)
                         emitted = True
                         yield ChainDelta(event.text, generator.name)
                     else:
                         generation = check_output(event, generator.name)
                         self.breakers[generator.name].record_success()
-                        if notice:
-                            generation = replace(generation, text=notice.strip() + "\n\n" + generation.text)
                         yield ChainResult(generation, generator.name, first_failure)
                         return
             except GeneratorError as exc:

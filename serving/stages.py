@@ -31,7 +31,7 @@ from serving.sentences import compress_passages
 from serving.streaming_guard import SentenceGuard, SplitGuard
 
 REFUSAL = "I can't help with that request."
-GenerateEvent = ChainDelta | ChainResult | GeneratorError  # what the generate stage streams
+GenerateEvent = ChainDelta | Replaced | ChainResult | GeneratorError  # what the generate stage streams
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class Turn:
         return _ms(self.started)
 
     def ended(self, outcome: Outcome, text: str, **fields: Any) -> Answer:
-        """An answer no generator wrote: a refusal, an abstention, an outage."""
+        """The request's answer, with what the turn recorded on the way: prompt, timings, relevance, verdicts."""
         return Answer(
             answer=text,
             outcome=outcome,
@@ -282,13 +282,13 @@ class OutputGuard:
         sentences: SentenceGuard | None = None
         try:
             for event in events:
-                if not isinstance(event, ChainDelta):
-                    return (yield from self._finish(turn, sentences, event, request))
-                if event.replaced is not None:  # a generator failed mid-answer; the next one's answer follows
+                if isinstance(event, Replaced):  # a generator failed mid-answer; the next one's answer follows
                     if sentences is not None and sentences.text:  # withdraw only what a client was shown
-                        yield event.replaced
+                        yield event
                     sentences = None
                     continue
+                if not isinstance(event, ChainDelta):
+                    return (yield from self._finish(turn, sentences, event, request))
                 sentences = sentences or self._sentences(turn, event.generator)
                 yield from _shown(turn, sentences.feed(event.text))
                 if sentences.stopped is not None:
@@ -391,18 +391,14 @@ class Cite:
     def run(self, turn: Turn, result: ChainResult) -> Answer:
         text, citations = resolve_citations(result.generation.text, turn.hits, self._redact)
         checked = turn.verdicts.fallback_output or turn.verdicts.output
-        return Answer(
-            answer=text,
-            outcome="answered",
+        return turn.ended(
+            "answered",
+            text,
             citations=citations,
             generator=result.generator,
             model=result.generation.model,
             fallback=result.fallback,
-            prompt=turn.prompt_info,
             usage=result.generation.usage,
-            timings_ms={**turn.timings_ms, "total": turn.elapsed_ms()},
-            relevance=turn.relevance,
-            guards=turn.verdicts if turn.verdicts.model_fields_set else None,
             groundedness=checked.groundedness if checked is not None else None,
         )
 

@@ -11,7 +11,7 @@ import pytest
 from prompts.loader import ModelParams, PromptPassage, load_prompt
 from retrieval.embedding import Embedder
 from serving.extractive import ExtractiveGenerator
-from serving.fallback import CUT_OFF_NOTICE, ChainDelta, ChainResult, CircuitBreaker, FallbackChain
+from serving.fallback import ChainDelta, ChainResult, CircuitBreaker, FallbackChain, Replaced
 from serving.generation import (
     NOT_IN_DOCUMENTS,
     Generation,
@@ -175,16 +175,19 @@ def test_breaker_closes_after_a_successful_trial() -> None:
     assert breaker.state == "closed" and breaker.allow()
 
 
-def test_stream_failing_mid_answer_continues_with_a_notice(embedder: Embedder) -> None:
+def test_stream_failing_mid_answer_says_so_then_continues_with_the_fallback(embedder: Embedder) -> None:
     chain = FallbackChain([Failing(words_before_failing=2), ExtractiveGenerator(embedder)])
     events = list(chain.stream(request()))
-    text = "".join(e.text for e in events if isinstance(e, ChainDelta))
-    assert text.startswith("partial answer " + CUT_OFF_NOTICE) and "Paris" in text
+    replaced = next(i for i, e in enumerate(events) if isinstance(e, Replaced))
+    before = "".join(e.text for e in events[:replaced] if isinstance(e, ChainDelta))
+    after = "".join(e.text for e in events[replaced:] if isinstance(e, ChainDelta))
+    assert before == "partial answer " and "Paris" in after
     final = events[-1]
     assert isinstance(final, ChainResult) and final.generator == "extractive" and final.fallback is not None
+    assert final.generation.text == after  # the fallback's answer alone: nothing of the failed one
 
 
 def test_stream_failing_before_first_token_is_replaced_silently(embedder: Embedder) -> None:
     events = list(FallbackChain([Failing(), ExtractiveGenerator(embedder)]).stream(request()))
     text = "".join(e.text for e in events if isinstance(e, ChainDelta))
-    assert CUT_OFF_NOTICE not in text and text.startswith("Paris")
+    assert not any(isinstance(e, Replaced) for e in events) and text.startswith("Paris")
