@@ -118,6 +118,8 @@ class Ingestor:
         self._chunker = chunker
         self._batch_chunks = batch_chunks
         self.version = 0  # bumped on every change to the index; answer caches key on it
+        # One writer at a time: a batch's journaled switch deletes every version of its documents but its own, so
+        # two concurrent updates of one document must not interleave (each would delete the other's).
         self._writer = threading.Lock()
 
     def ingest_paths(
@@ -134,19 +136,6 @@ class Ingestor:
         return report
 
     def ingest_documents(
-        self,
-        documents: Iterable[Document],
-        scope: Scope,
-        prune: bool = False,
-        progress: ProgressFactory | None = None,
-        load_errors: Sequence[dict[str, str]] = (),
-    ) -> IngestReport:
-        """Add, update (and with ``prune`` remove) documents of ``scope``. One writer at a time: two updates of
-        the same document must not interleave their journaled switches (each would delete the other's version)."""
-        with self._writer:
-            return self._ingest_documents(documents, scope, prune, progress, load_errors)
-
-    def _ingest_documents(
         self,
         documents: Iterable[Document],
         scope: Scope,
@@ -184,7 +173,8 @@ class Ingestor:
         bar = progress(sum(len(p.chunks) for p in pending)) if progress and pending else None
         try:
             for batch in self._batches(pending):
-                self._write_batch(batch, scope, report)
+                with self._writer:
+                    self._write_batch(batch, scope, report)
                 if bar is not None:
                     bar.update(sum(len(p.chunks) for p in batch))
         finally:
@@ -196,7 +186,8 @@ class Ingestor:
                 report.prune_skipped = f"{len(report.errors)} input(s) failed; fix them and run again"
             else:
                 for doc_id in sorted(set(indexed) - set(seen)):
-                    self._index.delete_document(scope, doc_id)
+                    with self._writer:
+                        self._index.delete_document(scope, doc_id)
                     report.removed.append(doc_id)
         if report.removed or report.errors:
             self.version += 1  # written batches bumped it as they went
