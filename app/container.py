@@ -19,10 +19,12 @@ from retrieval.index import FusionParams, VectorIndex
 from retrieval.ingest import Ingestor
 from retrieval.journal import IntentJournal
 from retrieval.offline import apply_offline_environment
+from retrieval.rerank import RerankWeights, SentenceReranker
 from retrieval.search import Searcher
-from retrieval.sparse import Bm25Encoder
+from retrieval.sparse import Bm25Encoder, SparseEncoder
 from retrieval.storage import DiskGuard, ensure_writable
 from retrieval.validation import DocumentLimits
+from safety.groundedness import GroundednessBackend
 from safety.guards import Guards
 from serving.answer import Answer
 from serving.answer_cache import InMemoryAnswerCache
@@ -224,6 +226,16 @@ def faithfulness_judgement(config: JudgeConfig, embedder: Embedder) -> Judgement
     return lambda question, answer: faithfulness(Sample("live", question), answer)
 
 
+# Settings that change an answer besides the prompt, the generator and the corpus: part of the eval cache key, so
+# a run with other retrieval, context, abstention or guard settings never reads another's answers.
+ANSWER_SETTINGS = (
+    "embedding_model", "chunk_tokens", "chunk_overlap", "hybrid_dense_weight", "prefetch_limit", "rerank",
+    "rerank_depth", "rerank_weights", "chat_top_k", "context_sentences", "abstain_below", "llamacpp_model_path",
+    "llamacpp_context", "vllm_model", "guards", "policies_dir", "output_guard", "groundedness_threshold",
+    "groundedness_model", "redact_retrieved",
+)  # fmt: skip
+
+
 def eval_parts(services: Services) -> EvalParts:
     """What the eval runner needs of the wired services."""
     settings = services.settings
@@ -235,6 +247,7 @@ def eval_parts(services: Services) -> EvalParts:
         tenant=settings.default_tenant,
         generator=settings.generator,
         answers_path=settings.cache_dir / "eval-answers.sqlite",
+        answer_settings=settings.model_dump_json(include=set(ANSWER_SETTINGS)),
         judge=judge_config(settings),
     )
 
@@ -249,10 +262,21 @@ def _instruction_flagger(settings: Settings) -> Callable[[str], str | None] | No
     return PatternDetector(load_injection_settings(settings.policies_dir or POLICIES_DIR).patterns).first_match
 
 
+def build_groundedness(settings: Settings, embedder: CachedEmbedder) -> GroundednessBackend:
+    """The trained detector in ``groundedness_model`` when set (a ``GroundednessModelError`` when it cannot
+    load), else the offline scorer."""
+    if settings.groundedness_model is not None:
+        from safety.groundedness_model import ModelGroundedness
+
+        return ModelGroundedness(settings.groundedness_model, settings.groundedness_threshold)
+    from safety.groundedness import GroundednessScorer
+
+    return GroundednessScorer(embedder.embed, settings.groundedness_threshold)
+
+
 def build_guards(settings: Settings, embedder: CachedEmbedder) -> Guards | None:
     if not settings.guards:
         return None
-    from safety.groundedness import GroundednessScorer
     from safety.guards import POLICIES_DIR, GuardContext, build_guard, load_context_action, load_injection_settings
     from safety.injection import InjectionDetector, load_attacks
 
@@ -264,7 +288,7 @@ def build_guards(settings: Settings, embedder: CachedEmbedder) -> Guards | None:
         settings.model_cache_dir, injection.max_length_ratio,
     )  # fmt: skip
     detector.warm()  # not on the first question
-    context = GuardContext(detector, GroundednessScorer(embedder.embed, settings.groundedness_threshold))
+    context = GuardContext(detector, build_groundedness(settings, embedder))
     return Guards(
         input=build_guard("input", policies / "input.yaml", context),
         output=build_guard("output", policies / "output.yaml", context),
@@ -300,11 +324,10 @@ def check_storage(settings: Settings) -> DiskGuard:
 
 
 def build_index(settings: Settings, model_id: str, dimension: int, disk: DiskGuard | None = None) -> VectorIndex:
-    fusion = FusionParams(settings.rrf_k, settings.rrf_weights, settings.prefetch_limit)
     if settings.qdrant_url is None:
         from retrieval.qdrant_edge_index import QdrantEdgeIndex
 
-        return QdrantEdgeIndex(_index_dir(settings, model_id), dimension, fusion, disk)
+        return QdrantEdgeIndex(_index_dir(settings, model_id), dimension, disk)
     from qdrant_client import QdrantClient
 
     from retrieval.qdrant_server_index import QdrantServerIndex
@@ -314,7 +337,18 @@ def build_index(settings: Settings, model_id: str, dimension: int, disk: DiskGua
         client = QdrantClient(url=url, api_key=settings.qdrant_api_key)
     else:  # ':memory:' or a directory: qdrant-client's local mode
         client = QdrantClient(location=url) if url == ":memory:" else QdrantClient(path=url)
-    return QdrantServerIndex(client, _server_collection(settings, model_id), dimension, fusion)
+    return QdrantServerIndex(client, _server_collection(settings, model_id), dimension)
+
+
+def build_searcher(settings: Settings, index: VectorIndex, embedder: CachedEmbedder, sparse: SparseEncoder) -> Searcher:
+    """Hybrid's fusion and, when switched on, its sentence rerank, as the settings say."""
+    fusion = FusionParams(settings.hybrid_dense_weight, settings.prefetch_limit)
+    reranker = (
+        SentenceReranker(embedder, sparse, RerankWeights(*settings.rerank_weights), settings.rerank_depth)
+        if settings.rerank
+        else None
+    )
+    return Searcher(index, embedder, sparse, fusion, reranker)
 
 
 def build_cached_embedder(settings: Settings, embedder: Embedder | None = None) -> CachedEmbedder:
@@ -351,7 +385,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
             journal=IntentJournal(_journal_path(settings, embedder.model_id)),
             disk=disk,
         ),
-        searcher=Searcher(index, cached, sparse),
+        searcher=build_searcher(settings, index, cached, sparse),
         store=cached.store,
     )
     try:

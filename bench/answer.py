@@ -36,7 +36,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.retrieval import CORPUS, QUESTIONS, percentile  # noqa: E402
+from bench.corpora import DISFL_QA, percentile  # noqa: E402
 from evals.metrics import METRICS, Sample  # noqa: E402
 from serving.answer import Answer  # noqa: E402
 from tests import vllm_server  # noqa: E402
@@ -164,9 +164,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ragops-bench-answer-"))
     models_dir = ROOT / ".ragops" / "models"
     data_dir = work / "data"
-    with QUESTIONS.open() as handle:
+    with DISFL_QA.questions.open() as handle:
         all_questions = [json.loads(line) for line in handle]
-    records = [json.loads(line) for line in CORPUS.open()]
+    records = [json.loads(line) for line in DISFL_QA.passages.open()]
     held_out = {r["id"] for r in records[-100:]}  # their questions become unanswerable in the second collection
 
     results: dict[str, Any] = {"machine": "2 cores, no GPU", "generators": {}}

@@ -4,12 +4,17 @@ Data (``bench/redteam.py`` builds the attacks from the pyrit package's datasets)
 - attacks: jailbreak templates filled with AdvBench objectives and prompt-injection seeds; the detector knows
   50% of them (``guardrails/attacks.jsonl``), 20% calibrate its threshold, 30% are held out (reported here);
 - benign: Disfl-QA questions (``evals/datasets``), 3000-3999 for calibration and 0-1999 held out;
-- groundedness: for Disfl-QA questions (calibration 3000-3999, held out 0-999), three supported answers (the
-  sentence of the gold passage that holds the gold answer, a clause of it around the answer, and the terse
-  "The answer is GOLD") and three unsupported ones: the sentence with the answer swapped for another
-  question's answer (an invented fact), a sentence from another passage (off topic), and the supported
-  sentence followed by an invented one. Calibration picks the weights (grid) that
-  maximise ROC AUC and the threshold that maximises balanced accuracy.
+- groundedness: per corpus (Disfl-QA, and SQuADShifts new_wiki, nyt, amazon), for each question whose gold
+  answer sits in a sentence of its passage, with that passage and two others as the contexts: two supported
+  answers (that sentence; "The answer is GOLD") and six perturbation families: one content word replaced by a
+  word no passage holds (invented_words), the gold answer swapped for another question's name or number that
+  no passage holds (swapped_absent), a name or number from another sentence of the same passage in the gold
+  answer's place, in the sentence and as a short answer (wrong_entity_same_passage), negation added or removed,
+  a number changed, and a sentence of a passage not shown (off_topic). ``--calibrate`` fits the scorer's eight
+  weights and its threshold on Disfl-QA questions 3000-3999 (``CALIBRATION``); everything reported is on
+  questions 0-999 of each corpus. Also SmolLM2's real answers (``bench/data/smollm2_answers.jsonl``, recorded
+  once with ``--record-answers N``: llama.cpp through the pipeline, the production prompt, hybrid retrieval
+  over the questions' passages and 300 others): the share of those holding no gold answer that pass.
 
 Detection and false positives are reported per validator (patterns, similarity) and for the whole input guard,
 on the held-out attacks as they are and obfuscated three ways (``obfuscated_held_out``): an invisible character
@@ -21,15 +26,19 @@ answers (the ``qa`` baseline) whose passages are already embedded (as in serving
 compression embedded them), and the time guards add to an extractive ``/v1/chat`` answer (paired, guards on
 minus off).
 
-Run: ``.venv/bin/python bench/guards.py [--calibrate] [--detection-only] [--obfuscated-benign N] [--out FILE]``;
-``--calibrate`` prints the settings to put in ``guardrails/injection.yaml`` and ``RAGOPS_GROUNDEDNESS_THRESHOLD``
-defaults; ``--detection-only`` skips latency and groundedness (about 5 minutes instead of 15 on two cores);
+Run: ``.venv/bin/python bench/guards.py [--calibrate] [--detection-only | --groundedness-only] [--obfuscated-benign
+N] [--out FILE] | --record-answers N``;
+``--calibrate`` prints the settings to put in ``guardrails/injection.yaml``, ``GroundednessWeights`` and the
+``RAGOPS_GROUNDEDNESS_THRESHOLD`` default; ``--detection-only`` skips latency and groundedness (about 5 minutes
+instead of 15 on two cores); ``--groundedness-only`` runs groundedness alone (its latency included: re-run it on
+a quiet machine for figures to quote);
 ``--obfuscated-benign`` sets how many benign questions are obfuscated (default 2000, all the held-out ones).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import random
@@ -37,19 +46,29 @@ import re
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.container import build_cached_embedder, build_guards  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from bench.retrieval import CORPUS, QUESTIONS, percentile  # noqa: E402
+from bench.corpora import CORPORA, DISFL_QA, percentile  # noqa: E402
 from retrieval.chunking import split_sentences  # noqa: E402
-from safety.groundedness import GroundednessScorer, GroundednessWeights  # noqa: E402
+from safety.groundedness import (  # noqa: E402
+    GroundednessScorer,
+    GroundednessWeights,
+    SupportSignals,
+    answer_sentences,
+)
 
 REDTEAM = ROOT / "bench" / "data" / "redteam.jsonl"
+CORPUS = DISFL_QA.passages
+QUESTIONS = DISFL_QA.questions
 
 
 def roc_auc(positives: list[float], negatives: list[float]) -> float:
@@ -70,66 +89,6 @@ def roc_auc(positives: list[float], negatives: list[float]) -> float:
 def load_questions(lo: int, hi: int) -> list[dict[str, Any]]:
     rows = [json.loads(line) for line in QUESTIONS.read_text().splitlines()]
     return [r for r in rows if lo <= int(r["id"][2:]) < hi]
-
-
-def groundedness_cases(lo: int, hi: int, seed: int) -> list[tuple[str, list[str], str]]:
-    """(answer, contexts, kind) with kind 'supported' or an unsupported kind."""
-    passages = {json.loads(line)["id"]: json.loads(line)["text"] for line in CORPUS.read_text().splitlines()}
-    rng = random.Random(seed)
-    questions = load_questions(lo, hi)
-    answers = [q["answers"][0] for q in questions]
-    cases = []
-    for q in questions:
-        passage, gold = passages[q["passage_id"]], q["answers"][0]
-        holding = [s for s in split_sentences(passage) if gold in s]
-        if not holding or len(holding[0]) > 400:
-            continue
-        sentence = holding[0]
-        contexts = [passage]
-        other = rng.choice([a for a in answers if a.lower() not in passage.lower() and a != gold])
-        foreign = rng.choice(split_sentences(passages[rng.choice(list(passages))]))
-        words = sentence.split()
-        at = next((i for i, w in enumerate(words) if gold.split()[0] in w), 0)
-        window = " ".join(words[max(0, at - 6) : at + len(gold.split()) + 6])
-        cases += [
-            (f"{sentence} [1]", contexts, "supported"),  # verbatim
-            (f"{window} [1].", contexts, "supported"),  # a clause around the answer
-            (f"The answer is {gold} [1].", contexts, "supported"),  # terse
-            (sentence.replace(gold, other, 1) + " [1]", contexts, "swapped_fact"),
-            (foreign, contexts, "off_topic"),
-            (f"{sentence} [1] {foreign}", contexts, "invented_addition"),
-        ]
-    return cases
-
-
-def groundedness_scores(scorer: GroundednessScorer, cases: list[tuple[str, list[str], str]]) -> list[float]:
-    return [scorer.score(answer, contexts).score or 0.0 for answer, contexts, _ in cases]
-
-
-def calibrate_groundedness(embed: Any, cases: list[tuple[str, list[str], str]]) -> tuple[GroundednessWeights, float]:
-    best: tuple[float, GroundednessWeights] | None = None
-    for dense, lexical in itertools.product([0.2, 0.35, 0.5, 0.65, 0.8], [0.0, 0.1, 0.2, 0.3, 0.4]):
-        if dense + lexical > 1:
-            continue
-        weights = GroundednessWeights(dense, lexical, round(1 - dense - lexical, 2))
-        scores = groundedness_scores(GroundednessScorer(embed, 0.5, weights), cases)
-        pos = [s for s, c in zip(scores, cases, strict=True) if c[2] == "supported"]
-        neg = [s for s, c in zip(scores, cases, strict=True) if c[2] != "supported"]
-        auc = roc_auc(pos, neg)
-        if best is None or auc > best[0]:
-            best = (auc, weights)
-    assert best is not None
-    weights = best[1]
-    scores = groundedness_scores(GroundednessScorer(embed, 0.5, weights), cases)
-    labels = [c[2] == "supported" for c in cases]
-
-    def balanced_accuracy(t: float) -> float:
-        tpr = sum(s >= t for s, y in zip(scores, labels, strict=True) if y) / sum(labels)
-        tnr = sum(s < t for s, y in zip(scores, labels, strict=True) if not y) / (len(labels) - sum(labels))
-        return (tpr + tnr) / 2
-
-    threshold = max((t / 100 for t in range(20, 95)), key=balanced_accuracy)
-    return weights, threshold
 
 
 def added_latency(settings: Settings, embedder: Any, questions: list[dict[str, Any]]) -> dict[str, float]:
@@ -293,21 +252,21 @@ def latency_report(settings: Settings, embedder: Any, guards: Any) -> dict[str, 
         started = time.perf_counter()
         guards.input.check(text)
         latencies_in.append((time.perf_counter() - started) * 1000)
-    supported = [c for c in groundedness_cases(0, 1000, seed=1) if c[2] == "supported"][:300]
-    embedder.embed([s for _, contexts, _ in supported for c in contexts for s in split_sentences(c)])
+    supported = one_sentence_answers(embedder, 300)
     latencies_out = []
-    for answer, contexts, _ in supported:
+    for case in supported:
         started = time.perf_counter()
-        guards.output.check(answer, {"contexts": contexts, "passages": len(contexts)})
+        guards.output.check(case.answer, evidence(case.contexts, case.question))
         latencies_out.append((time.perf_counter() - started) * 1000)
     # SmolLM2's own answers (the qa baseline, with the passages it saw), as served by llama.cpp.
     rows = json.loads((ROOT / "evals" / "baselines" / "qa.json").read_text())["samples"]
     embedder.embed([s for row in rows for c in row["citations"] for s in split_sentences(c["text"])])
+    embedder.embed([row["question"] for row in rows])
     llm = []
     for row in rows * 5:
         contexts = [c["text"] for c in row["citations"]]
         started = time.perf_counter()
-        guards.output.check(row["answer"], {"contexts": contexts, "passages": len(contexts)})
+        guards.output.check(row["answer"], evidence(contexts, row["question"]))
         llm.append((time.perf_counter() - started) * 1000)
     return {
         "input_guard": _p50_p95(latencies_in),
@@ -319,33 +278,368 @@ def latency_report(settings: Settings, embedder: Any, guards: Any) -> dict[str, 
     }
 
 
+def evidence(contexts: list[str], question: str) -> dict[str, Any]:
+    """What the output guard's validators read, as the pipeline passes it."""
+    return {"contexts": contexts, "passages": len(contexts), "question": question}
+
+
+def one_sentence_answers(embedder: Any, count: int) -> list[GroundednessCase]:
+    """Supported one-sentence answers (Disfl-QA questions 1000-1999, which nothing else here scores, so the
+    answers are not in the embedding cache) with their passages' sentences and questions embedded first, as
+    retrieval and reranking leave them in serving."""
+    cases = [c for c in groundedness_cases("disfl_qa", 1000, 2000, seed=3) if c.family == "supported_sentence"]
+    cases = cases[:count]
+    embedder.embed([s for c in cases for text in c.contexts for s in split_sentences(text)])
+    embedder.embed([c.question for c in cases])
+    return cases
+
+
+def groundedness_latency(scorer: Any, embedder: Any) -> dict[str, float]:
+    """The scorer alone on a one-sentence answer (its sentence embedded each time)."""
+    latencies = []
+    for case in one_sentence_answers(embedder, 300):
+        started = time.perf_counter()
+        scorer.score(case.answer, case.contexts, question=case.question)
+        latencies.append((time.perf_counter() - started) * 1000)
+    return _p50_p95(latencies)
+
+
 def _p50_p95(values: list[float]) -> dict[str, float]:
     return {"p50": round(percentile(values, 50), 2), "p95": round(percentile(values, 95), 2)}
 
 
+# --- Groundedness: perturbation families on four corpora, and SmolLM2's real answers ---------------------------
+
+
+CALIBRATION = ("disfl_qa", 3000, 4000)  # the one range weights and threshold are fitted on
+REPORTED = {"disfl_qa": (0, 1000), "new_wiki": (0, 1000), "nyt": (0, 1000), "amazon": (0, 1000)}
+SUPPORTED = ("supported_sentence", "supported_short")
+FAMILIES = (
+    "invented_words", "swapped_absent", "wrong_entity_same_passage", "negation", "number_change", "off_topic",
+)  # fmt: skip
+SMOLLM_ANSWERS = ROOT / "bench" / "data" / "smollm2_answers.jsonl"
+AUXILIARIES = frozenset("is was are were has have had can could will would did does do should may might must".split())
+NAME_OR_NUMBER = re.compile(r"\b(?:[A-Z][A-Za-z'.-]+|\d[\d,.]*)\b")
+
+
+@dataclass(frozen=True)
+class GroundednessCase:
+    question: str
+    answer: str
+    contexts: list[str]
+    family: str  # one of SUPPORTED (positives) or FAMILIES
+
+    @property
+    def supported(self) -> bool:
+        return self.family in SUPPORTED
+
+
+@dataclass(frozen=True)
+class QuestionItem:
+    """A question with its gold passage, the sentence holding the gold answer, and two distractor passages."""
+
+    question: str
+    gold: str
+    passage: str
+    sentence: str
+    contexts: list[str]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def question_number(row: dict[str, Any]) -> int:
+    return int(re.sub(r"\D", "", row["id"]))
+
+
+def question_items(corpus: str, lo: int, hi: int, rng: random.Random) -> list[QuestionItem]:
+    passages_path, questions_path = CORPORA[corpus].passages, CORPORA[corpus].questions
+    passages = {r["id"]: r["text"] for r in read_jsonl(passages_path)}
+    ids = list(passages)
+    items = []
+    for row in read_jsonl(questions_path):
+        if not lo <= question_number(row) < hi or row["passage_id"] not in passages:
+            continue
+        passage = passages[row["passage_id"]]
+        gold = next((a for a in row["answers"] if a and a in passage), None)
+        holding = [s for s in split_sentences(passage) if gold and gold in s]
+        if gold is None or not holding or len(holding[0]) > 400:
+            continue
+        distractors = [passages[i] for i in rng.sample(ids, 3) if i != row["passage_id"]][:2]
+        contexts = [passage, *distractors]
+        rng.shuffle(contexts)  # the gold passage is not always first
+        items.append(QuestionItem(row["question"], gold, passage, holding[0], contexts))
+    return items
+
+
+def is_name_or_number(text: str) -> bool:
+    return any(ch.isdigit() or ch.isupper() for ch in text)
+
+
+def invented_words(item: QuestionItem, foreign: str, rng: random.Random) -> str | None:
+    """One content word of the supported sentence replaced by a word no passage holds."""
+    known = " ".join(item.contexts).lower()
+    fresh = [w for w in re.findall(r"\b[a-z]{5,}\b", foreign) if w not in known]
+    slots = [w for w in re.findall(r"\b[a-z]{5,}\b", item.sentence) if w not in item.gold and w not in item.question]
+    if not fresh or not slots:
+        return None
+    return re.sub(rf"\b{re.escape(rng.choice(slots))}\b", rng.choice(fresh), item.sentence, count=1)
+
+
+def swapped_absent(item: QuestionItem, answers: list[str], rng: random.Random) -> str | None:
+    """The gold answer swapped for another question's answer of the same kind that no passage holds."""
+    if not is_name_or_number(item.gold):
+        return None
+    numeric = any(ch.isdigit() for ch in item.gold)
+    known = " ".join(item.contexts).lower()
+    same_kind = [a for a in answers if is_name_or_number(a) and any(ch.isdigit() for ch in a) == numeric]
+    options = [a for a in same_kind if a.lower() not in known]
+    return item.sentence.replace(item.gold, rng.choice(options), 1) if options else None
+
+
+def wrong_entity(item: QuestionItem, rng: random.Random) -> list[str]:
+    """A name or number from another sentence of the same passage in the gold answer's place: in the supported
+    sentence, and as a short answer."""
+    taken = item.sentence.lower() + " " + item.question.lower()
+    numeric = any(ch.isdigit() for ch in item.gold)
+    others = [
+        m for s in split_sentences(item.passage) if s != item.sentence for m in NAME_OR_NUMBER.findall(s)
+        if m.lower() not in taken and any(ch.isdigit() for ch in m) == numeric and m.lower() not in STOP_NAMES
+    ]  # fmt: skip
+    if not others or not is_name_or_number(item.gold):
+        return []
+    other = rng.choice(others)
+    return [item.sentence.replace(item.gold, other, 1), f"The answer is {other}."]
+
+
+STOP_NAMES = frozenset("the a an in on it this that he she they his her its but and as at for of".split())
+
+
+def negated(sentence: str) -> str | None:
+    """The sentence with its negation removed, or "not" put after its first auxiliary verb."""
+    for word in ("not ", "never "):
+        if f" {word}" in sentence:
+            return sentence.replace(f" {word}", " ", 1)
+    words = sentence.split(" ")
+    at = next((i for i, w in enumerate(words) if w.lower() in AUXILIARIES), None)
+    return None if at is None else " ".join([*words[: at + 1], "not", *words[at + 1 :]])
+
+
+def number_changed(item: QuestionItem, rng: random.Random) -> str | None:
+    """A number of the supported sentence (the gold one if it is a number) changed."""
+    numbers = re.findall(r"\b\d+\b", item.gold) or re.findall(r"\b\d+\b", item.sentence)
+    if not numbers:
+        return None
+    old = rng.choice(numbers)
+    new = str(int(old) + rng.choice([-1, 1]) * rng.randint(1, 9 if len(old) < 4 else 30))
+    return re.sub(rf"\b{old}\b", new, item.sentence, count=1) if new != old else None
+
+
+def cited(sentence: str) -> str:
+    """The sentence citing passage 1, as the prompt asks: "... [1]."."""
+    return f"{sentence.rstrip().rstrip('.').rstrip()} [1]."
+
+
+def groundedness_cases(corpus: str, lo: int, hi: int, seed: int) -> list[GroundednessCase]:
+    rng = random.Random(seed)
+    items = question_items(corpus, lo, hi, rng)
+    answers = [i.gold for i in items]
+    cases = []
+    for item in items:
+        foreign_item = rng.choice(items)
+        foreign = rng.choice(split_sentences(foreign_item.passage))
+        answers_by_family: dict[str, list[str | None]] = {
+            "supported_sentence": [item.sentence],
+            "supported_short": [f"The answer is {item.gold}."],
+            "invented_words": [invented_words(item, foreign_item.passage, rng)],
+            "swapped_absent": [swapped_absent(item, answers, rng)],
+            "wrong_entity_same_passage": list(wrong_entity(item, rng)),
+            "negation": [negated(item.sentence)],
+            "number_change": [number_changed(item, rng)],
+            "off_topic": [foreign if foreign_item.passage not in item.contexts else None],
+        }
+        for family, texts in answers_by_family.items():
+            cases += [
+                GroundednessCase(item.question, cited(t), item.contexts, family)
+                for t in texts
+                if t and answer_sentences(t)  # something to judge
+            ]
+    return cases
+
+
+def case_signals(scorer: GroundednessScorer, cases: list[GroundednessCase]) -> list[SupportSignals]:
+    """The signals of each answer's least supported sentence."""
+    signals = []
+    for case in cases:
+        supports = scorer.sentence_supports(case.answer, case.contexts, case.question)
+        weakest = min(supports, key=lambda s: s.support)
+        assert weakest.signals is not None
+        signals.append(weakest.signals)
+    return signals
+
+
+def calibrate_groundedness(
+    scorer: GroundednessScorer, cases: list[GroundednessCase]
+) -> tuple[GroundednessWeights, float]:
+    """Logistic weights of the signals (a bias and one non-negative weight per signal: eight numbers, so a
+    better signal never lowers the support), each family weighing as much as the supported answers together;
+    then the threshold with the best balanced accuracy (supported answers passing against the mean share of
+    each family caught)."""
+    from scipy.optimize import minimize  # type: ignore[import-untyped]
+
+    names = [f.name for f in fields(SupportSignals)]
+    features = np.array([[getattr(s, n) for n in names] for s in case_signals(scorer, cases)])
+    labels = np.array([1.0 if c.supported else 0.0 for c in cases])
+    counts = collections.Counter(c.family for c in cases)
+    positives = sum(counts[f] for f in SUPPORTED)
+    weight = np.array([1 / positives if c.supported else 1 / (len(FAMILIES) * counts[c.family]) for c in cases])
+
+    def loss(w: np.ndarray) -> float:
+        z = w[0] + features @ w[1:]
+        return float(np.sum(weight * (np.logaddexp(0, z) - labels * z)) + 1e-3 * np.sum(w[1:] ** 2))
+
+    bounds = [(None, None)] + [(0.0, None)] * len(names)
+    fitted = minimize(loss, np.zeros(len(names) + 1), method="L-BFGS-B", bounds=bounds).x
+    scorer.weights = GroundednessWeights(*(round(float(w), 2) for w in fitted))
+    scores = groundedness_scores(scorer, cases)
+    threshold = max((t / 100 for t in range(5, 96)), key=lambda t: balanced_accuracy(scores, cases, t))
+    return scorer.weights, threshold
+
+
+def balanced_accuracy(scores: list[float], cases: list[GroundednessCase], threshold: float) -> float:
+    passed = [s >= threshold for s in scores]
+    supported = share([p for p, c in zip(passed, cases, strict=True) if c.supported])
+    caught = [share([not p for p, c in zip(passed, cases, strict=True) if c.family == f]) for f in FAMILIES]
+    return (supported + sum(caught) / len(caught)) / 2
+
+
+def groundedness_scores(scorer: Any, cases: list[GroundednessCase]) -> list[float]:
+    return [scorer.score(c.answer, c.contexts, question=c.question).score or 0.0 for c in cases]
+
+
+def family_report(scorer: Any, cases: list[GroundednessCase]) -> dict[str, Any]:
+    """ROC AUC of the supported answers against each family, and the share of each kind passing the threshold."""
+    scores = groundedness_scores(scorer, cases)
+    positives = [s for s, c in zip(scores, cases, strict=True) if c.supported]
+
+    def of(family: str) -> list[float]:
+        return [s for s, c in zip(scores, cases, strict=True) if c.family == family]
+
+    return {
+        "answers": len(cases),
+        "roc_auc": {f: round(roc_auc(positives, of(f)), 4) for f in FAMILIES if of(f)},
+        "roc_auc_all": round(roc_auc(positives, [s for s, c in zip(scores, cases, strict=True) if not c.supported]), 4),
+        "passing": {f: share([s >= scorer.threshold for s in of(f)]) for f in (*SUPPORTED, *FAMILIES) if of(f)},
+        "counts": {f: len(of(f)) for f in (*SUPPORTED, *FAMILIES)},
+    }
+
+
+def holds_gold(answer: str, golds: list[str]) -> bool:
+    """Every word of a gold answer is in the answer (SQuAD normalisation): "the original 13 colonies" holds
+    "original colonies"."""
+    from evals.metrics import normalise
+
+    words = set(normalise(answer).split())
+    return any(set(normalise(gold).split()) <= words for gold in golds if normalise(gold))
+
+
+def smollm2_report(scorer: Any) -> dict[str, Any]:
+    """Per corpus, SmolLM2's recorded answers: of those that hold no gold answer (``holds_gold``) and are not
+    abstentions, the share passing the threshold; of those that hold one, the share passing."""
+    rows = read_jsonl(SMOLLM_ANSWERS)
+    report: dict[str, Any] = {}
+    for corpus in (*REPORTED, "all"):
+        picked = [r for r in rows if corpus in ("all", r["corpus"]) and r["outcome"] == "answered"]
+        scored = [(r, scorer.score(r["answer"], r["contexts"], question=r["question"]).score) for r in picked]
+        judged = [(r, score) for r, score in scored if score is not None]
+        right = [holds_gold(r["answer"], r["answers"]) for r, _ in judged]
+        passed = [score >= scorer.threshold for _, score in judged]
+        report[corpus] = {
+            "answered": len(picked),
+            "abstained_in_words": len(picked) - len(judged),
+            "wrong": right.count(False),
+            "wrong_passing": share([p for p, ok in zip(passed, right, strict=True) if not ok]),
+            "right": right.count(True),
+            "right_passing": share([p for p, ok in zip(passed, right, strict=True) if ok]),
+        }
+    return report
+
+
 def groundedness_report(embedder: Any, guards: Any, calibrate: bool) -> dict[str, Any]:
+    """Per corpus and family, ROC AUC and shares passing; SmolLM2's answers; the scorer's latency. With
+    ``calibrate``, the weights and threshold are fitted first (offline scorer only) on CALIBRATION."""
     scorer = next(s for s in guards.output.steps if s.name == "groundedness").validator.scorer
     report: dict[str, Any] = {}
-    if calibrate:
-        weights, threshold = calibrate_groundedness(embedder.embed, groundedness_cases(3000, 4000, seed=2))
-        report["calibrated_groundedness"] = {"weights": weights.__dict__, "threshold": threshold}
-        scorer.weights, scorer.threshold = weights, threshold
-    cases = groundedness_cases(0, 1000, seed=1)
-    scores = groundedness_scores(scorer, cases)
-    positives = [s for s, c in zip(scores, cases, strict=True) if c[2] == "supported"]
-
-    def auc_against(kinds: tuple[str, ...]) -> float:
-        return round(roc_auc(positives, [s for s, c in zip(scores, cases, strict=True) if c[2] in kinds]), 4)
-
-    unsupported = ("swapped_fact", "off_topic", "invented_addition")
-    report["groundedness_held_out"] = {
-        "answers": len(cases),
-        "roc_auc": auc_against(unsupported),
-        "roc_auc_by_kind": {kind: auc_against((kind,)) for kind in unsupported},
-        "threshold": scorer.threshold,
-        "supported_above_threshold": share([s >= scorer.threshold for s in positives]),
+    if calibrate and isinstance(scorer, GroundednessScorer):
+        corpus, lo, hi = CALIBRATION
+        weights, threshold = calibrate_groundedness(scorer, groundedness_cases(corpus, lo, hi, seed=2))
+        scorer.threshold = threshold
+        report["calibrated_groundedness"] = {
+            "on": f"{corpus} questions {lo}-{hi - 1}", "weights": weights.__dict__, "threshold": threshold,
+        }  # fmt: skip
+    report["groundedness_threshold"] = scorer.threshold
+    report["groundedness_latency_ms"] = groundedness_latency(scorer, embedder)
+    report["groundedness_families"] = {
+        corpus: family_report(scorer, groundedness_cases(corpus, lo, hi, seed=1))
+        for corpus, (lo, hi) in REPORTED.items()
     }
+    if SMOLLM_ANSWERS.exists():
+        report["groundedness_smollm2_answers"] = smollm2_report(scorer)
     return report
+
+
+def record_smollm2_answers(per_corpus: int, distractors: int, seed: int) -> None:
+    """SmolLM2's answers (llama.cpp, the production prompt, through the pipeline with the passages hybrid search
+    retrieves from the gold passages of ``per_corpus`` reported questions plus ``distractors`` other passages of
+    the corpus), one JSON line each, appended to ``SMOLLM_ANSWERS`` as they come, the corpora taking turns (a
+    re-run goes on where it stopped): seconds an answer on a busy CPU, so they are recorded once."""
+    from app.container import build_services
+
+    done = {r["id"] for r in read_jsonl(SMOLLM_ANSWERS)} if SMOLLM_ANSWERS.exists() else set()
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp, SMOLLM_ANSWERS.open("a", encoding="utf-8") as out:
+        settings = Settings(
+            data_dir=Path(tmp), models_dir=ROOT / ".ragops" / "models", output_guard="report", answer_cache_size=0,
+            generation_timeout_s=600.0,  # a busy CPU is slow, and a fallback's answer is not SmolLM2's
+        )  # fmt: skip
+        services = build_services(settings)
+        turns: list[list[tuple[str, Any, dict[str, Any]]]] = []
+        for corpus, (lo, hi) in REPORTED.items():
+            passages_path, questions_path = CORPORA[corpus].passages, CORPORA[corpus].questions
+            passages = {r["id"]: r["text"] for r in read_jsonl(passages_path)}
+            rows = [r for r in read_jsonl(questions_path) if lo <= question_number(r) < hi]
+            asked = rng.sample(rows, per_corpus)
+            ids = {r["passage_id"] for r in asked} | set(rng.sample(sorted(passages), distractors))
+            scope = ingest_slice(services, corpus, {i: passages[i] for i in sorted(ids)})
+            turns.append([(corpus, scope, row) for row in asked if row["id"] not in done])
+        for corpus, scope, row in (turn for group in itertools.zip_longest(*turns) for turn in group if turn):
+            answer = smollm2_answer(services, scope, corpus, row)
+            if answer["generator"] == "llamacpp":  # not an outage's fallback (it is tried again on a re-run)
+                out.write(json.dumps(answer) + "\n")
+                out.flush()
+        services.close()
+
+
+def ingest_slice(services: Any, corpus: str, passages: dict[str, str]) -> Any:
+    from retrieval.documents import Document, Section
+    from retrieval.index import Scope
+
+    scope = Scope(f"bench_{corpus.replace('_', '')}", "default")
+    services.ingestor.ingest_documents([Document(i, (Section(t),)) for i, t in passages.items()], scope)
+    return scope
+
+
+def smollm2_answer(services: Any, scope: Any, corpus: str, row: dict[str, Any]) -> dict[str, Any]:
+    from serving.pipeline import AnswerRequest
+
+    answer = services.pipeline.answer(AnswerRequest(row["question"], scope))
+    print(corpus, row["id"], answer.generator, repr(answer.answer[:80]), file=sys.stderr)
+    return {
+        "corpus": corpus, "id": row["id"], "question": row["question"], "answers": row["answers"],
+        "answer": answer.answer, "outcome": answer.outcome, "generator": answer.generator,
+        "contexts": [c.text for c in answer.citations],
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -353,16 +647,36 @@ def main() -> None:
     parser.add_argument("--calibrate", action="store_true")
     parser.add_argument("--detection-only", action="store_true", help="skip latency and groundedness (minutes)")
     parser.add_argument("--obfuscated-benign", type=int, default=2000, help="benign questions obfuscated (FP)")
+    parser.add_argument(
+        "--groundedness-only",
+        action="store_true",
+        help="only the groundedness figures; with --out, the file's other figures are kept as they are",
+    )
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--data-dir", type=Path, help="keep the embedding cache here (default: a temporary dir)")
+    parser.add_argument(
+        "--record-answers",
+        type=int,
+        metavar="N",
+        help=f"record SmolLM2's answers to N questions per corpus to {SMOLLM_ANSWERS.relative_to(ROOT)} and stop",
+    )
     args = parser.parse_args()
+    if args.record_answers:
+        record_smollm2_answers(args.record_answers, distractors=300, seed=5)
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp), models_dir=ROOT / ".ragops" / "models")
+        settings = Settings(data_dir=args.data_dir or Path(tmp), models_dir=ROOT / ".ragops" / "models")
         embedder = build_cached_embedder(settings)
         guards = build_guards(settings, embedder)
         assert guards is not None and guards.input is not None and guards.output is not None
-        report = detection_report(guards, args.calibrate, args.obfuscated_benign)
-        if not args.detection_only:
+        report: dict[str, Any] = {}
+        if args.groundedness_only and args.out and args.out.exists():
+            report = json.loads(args.out.read_text())
+        if not args.groundedness_only:
+            report = detection_report(guards, args.calibrate, args.obfuscated_benign)
+        if not args.detection_only and not args.groundedness_only:
             report["latency_ms"] = latency_report(settings, embedder, guards)
+        if not args.detection_only:
             report.update(groundedness_report(embedder, guards, args.calibrate))
         embedder.store.close()
     print(json.dumps(report, indent=1))

@@ -11,13 +11,17 @@ from dataclasses import dataclass
 
 from prompts.citations import cited_numbers, strip_citations
 from serving.answer import Answer
-from serving.generation import NOT_IN_DOCUMENTS
 
 _PUNCTUATION = set(string.punctuation)
 
 
+_SPACED_DIGIT_GROUP = re.compile(r"(?<=\d) ([,.]) (?=\d)")
+
+
 def normalise(text: str) -> str:
-    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces. Digit groups the
+    corpus tokenised apart ("5 , 984") are joined first, so they match the gold "5,984"."""
+    text = _SPACED_DIGIT_GROUP.sub(r"\1", text)
     text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
@@ -61,8 +65,9 @@ def contains_answer(sample: Sample, result: Answer) -> float | None:
 
 
 def citation_accuracy(sample: Sample, result: Answer) -> float | None:
-    """A chunk the answer cites contains a gold answer (or, without answers, is a reference document)."""
-    if sample.expected != "answer":
+    """A chunk the answer cites contains a gold answer (or, without answers, is a reference document). Not
+    applicable to abstentions: abstained_when_expected scores those."""
+    if sample.expected != "answer" or result.abstained:
         return None
     cited = [c for c in result.citations if c.cited]
     if sample.answers:
@@ -94,10 +99,9 @@ def _behaved(sample: Sample, result: Answer, behaviour: str, happened: bool) -> 
 
 
 def abstained_when_expected(sample: Sample, result: Answer) -> float | None:
-    """Abstains on what it should (unanswerable), answers what it should. A model that says the documents do not
-    hold the answer abstains too; the outage answer, which shares that text, does not."""
-    abstained = result.abstained or NOT_IN_DOCUMENTS.lower() in result.answer.lower()
-    return _behaved(sample, result, "abstain", abstained)
+    """Abstains on what it should (unanswerable), answers what it should: the pipeline's abstention or the model's
+    own ("The documents do not contain the answer."); the outage answer, which shares that text, does not."""
+    return _behaved(sample, result, "abstain", result.abstained)
 
 
 def refused_when_expected(sample: Sample, result: Answer) -> float | None:

@@ -1,8 +1,8 @@
 """The eval runner: a suite's samples through the real answering pipeline, scored, with a results file.
 
-Answers are cached per (sample, prompt hash, generator, embedding model, corpus content), and a judge's
-successful judgements with them: re-running an unchanged suite only re-scores. Runs are reproducible:
-temperature and seed come from the prompt version, and the judge runs at temperature 0.
+Answers are cached per (sample, prompt hash, generator, embedding model, corpus content, the settings answers
+depend on), and a judge's successful judgements with them: re-running an unchanged suite only re-scores. Runs are
+reproducible: temperature and seed come from the prompt version, and the judge runs at temperature 0.
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ from serving.answer import Answer
 from serving.pipeline import AnswerRequest, RagPipeline
 
 ProgressFactory = Callable[[int], Any]
-ANSWER_FORMAT = 3  # bumped when answers gain fields metrics read (2: guards and groundedness; 3: outcome)
+# Bumped when answers gain fields metrics read, or the code behind them changes what they hold (2: guards and
+# groundedness; 3: outcome; 4: fused and reranked retrieval, the question-reading groundedness scorer, the model's
+# abstention as an outcome).
+ANSWER_FORMAT = 4
 
 
 class AnswerStore:
@@ -75,6 +78,7 @@ class EvalParts:
     tenant: str
     generator: str
     answers_path: Path
+    answer_settings: str = ""  # the settings answers depend on, serialised: part of the answer cache key
     judge: JudgeConfig | None = None
 
 
@@ -168,7 +172,9 @@ class _SampleScorer:
     def __init__(self, suite: Suite, parts: EvalParts, scope: Scope, corpus_hash: str, store: AnswerStore) -> None:
         self._suite, self._parts, self._scope, self._store = suite, parts, scope, store
         self._prompt_hash = parts.pipeline.prompt_for(None).content_hash
-        self._context = (parts.generator, parts.embedder.model_id, corpus_hash, suite.top_k, scope.collection)
+        self._context = (
+            parts.generator, parts.embedder.model_id, corpus_hash, suite.top_k, scope.collection, parts.answer_settings
+        )  # fmt: skip
         judged = parts.judge if set(suite.metrics) & set(JUDGE_METRICS) else None
         self._metrics = {**METRICS, **RAGAS_METRICS, **judge_metrics(judged, parts.embedder)}
         self.cached = 0
@@ -217,9 +223,7 @@ def sample_result(sample: Sample, answer: Answer, scores: dict[str, Score]) -> S
     )
 
 
-def run_suite(
-    suite: Suite, parts: EvalParts, progress: ProgressFactory | None = None
-) -> tuple[EvalResults, RunStats]:
+def run_suite(suite: Suite, parts: EvalParts, progress: ProgressFactory | None = None) -> tuple[EvalResults, RunStats]:
     started = time.perf_counter()
     scope = Scope(suite.collection, parts.tenant)
     samples, corpus_hash = _ingest_corpus(suite, parts, scope)

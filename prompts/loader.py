@@ -18,6 +18,8 @@ import jinja2
 import jinja2.meta
 import yaml
 
+from prompts.answer_format import ANSWER_FORMATS, AnswerFormat
+
 PROMPTS_DIR = Path(__file__).resolve().parent
 PROVIDED_VARIABLES = frozenset({"question", "passages", "history"})
 REQUIRED_VARIABLES = frozenset({"question", "passages"})
@@ -35,6 +37,9 @@ class ModelParams:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int | None = 0
+    # Decoding constraint on the answer (prompts/answer_format.py): part of the prompt version, so a version
+    # that drops it is a change the gate judges.
+    answer_format: AnswerFormat = "free_text"
 
 
 @dataclass(frozen=True)
@@ -126,15 +131,22 @@ def parse_prompt(text: str, path: Path | None = None) -> Prompt:
     )
 
 
+_PARAMS = ("temperature", "max_tokens", "stop", "seed", "answer_format")
+
+
 def _params(raw: Any, where: str) -> ModelParams:
-    if not isinstance(raw, dict) or set(raw) - {"temperature", "max_tokens", "stop", "seed"}:
-        raise PromptError(f"{where}: params takes temperature, max_tokens, stop, seed")
+    if not isinstance(raw, dict) or set(raw) - set(_PARAMS):
+        raise PromptError(f"{where}: params takes {', '.join(_PARAMS)}")
+    answer_format = raw.get("answer_format", "free_text")
+    if answer_format not in ANSWER_FORMATS:
+        raise PromptError(f"{where}: answer_format must be one of {', '.join(ANSWER_FORMATS)}")
     try:
         params = ModelParams(
             temperature=float(raw.get("temperature", 0.0)),
             max_tokens=int(raw.get("max_tokens", 256)),
             stop=tuple(str(s) for s in raw.get("stop", ())),
             seed=None if raw.get("seed", 0) is None else int(raw.get("seed", 0)),
+            answer_format=answer_format,
         )
     except (TypeError, ValueError) as exc:
         raise PromptError(f"{where}: bad params: {exc}") from exc

@@ -2,9 +2,11 @@
 
 qdrant-edge (the embedded engine) and qdrant-client (a server, or its local mode) speak the same Qdrant model
 in different spellings. Each adapter gives a ``QdrantDialect``: how its library builds a match, a filter, a
-sparse vector, a point, a prefetch and a query request. ``QdrantIndexBase`` composes the ``VectorIndex``
+sparse vector, a point, the IDF params and a query request. ``QdrantIndexBase`` composes the ``VectorIndex``
 operations once from those builders and four engine calls the adapter supplies (write points, delete by
-filter, scroll one page, run one query), so the two backends cannot drift apart. Before every write it asks
+filter, scroll one page, run queries), so the two backends cannot drift apart. Hybrid search asks for both
+retrievers' rankings with their raw scores (``search_both``) and fuses them client-side (``retrieval.fusion``):
+the engine's own fusions (RRF, DBSF) cannot take a normalised convex combination. Before every write it asks
 ``_before_write`` with an estimate of the bytes the write needs: the embedded engine refuses a write that would
 fill its disk there (``retrieval.storage``); a server minds its own disk.
 
@@ -30,13 +32,13 @@ import numpy.typing as npt
 from retrieval.index import (
     DENSE_VECTOR,
     SPARSE_VECTOR,
-    FusionParams,
+    CandidateLists,
     IndexPoint,
     MetadataValue,
+    Retriever,
     Scope,
     ScoredPayload,
     SearchFilter,
-    SearchMode,
     SparseVector,
     add_document_hashes,
 )
@@ -80,13 +82,7 @@ class QdrantDialect(Protocol[FilterT, RequestT_co]):
         """Search params that compute IDF over the points matching ``corpus`` only."""
         ...
 
-    def prefetch(self, ranking: Ranking, limit: int, condition: FilterT) -> Any: ...
-
     def request(self, ranking: Ranking, limit: int, condition: FilterT) -> RequestT_co: ...
-
-    def fused_request(
-        self, prefetches: list[Any], fusion: FusionParams, limit: int, condition: FilterT
-    ) -> RequestT_co: ...
 
 
 def match(dialect: QdrantDialect[Any, Any], key: str, value: MetadataValue | list[MetadataValue]) -> Any:
@@ -130,10 +126,10 @@ def fold_document_hashes(fetch_page: Callable[[Any], PayloadPage]) -> dict[str, 
             return hashes
 
 
-def _required(vector: Any, mode: SearchMode) -> Any:
+def _required(vector: Any, retriever: Retriever) -> Any:
     # The searcher encodes exactly what the mode needs; a missing vector here is a caller bug, not an empty result.
     if vector is None:
-        raise ValueError(f"{mode} search needs its query vector")
+        raise ValueError(f"{retriever} search needs its query vector")
     return vector
 
 
@@ -145,9 +141,8 @@ def scored_payloads(points: Iterable[Any]) -> list[ScoredPayload]:
 class QdrantIndexBase(ABC, Generic[FilterT, RequestT]):
     """The ``VectorIndex`` operations, built once over a dialect; a subclass supplies the engine calls."""
 
-    def __init__(self, dialect: QdrantDialect[FilterT, RequestT], fusion: FusionParams) -> None:
+    def __init__(self, dialect: QdrantDialect[FilterT, RequestT]) -> None:
         self._dialect = dialect
-        self._fusion = fusion
 
     # --- engine calls -----------------------------------------------------------------------------------
     @abstractmethod
@@ -162,6 +157,10 @@ class QdrantIndexBase(ABC, Generic[FilterT, RequestT]):
     @abstractmethod
     def _run_query(self, request: RequestT) -> Iterable[Any]:
         """The scored points (id, score, payload) of one request."""
+
+    def _run_queries(self, requests: list[RequestT]) -> list[Iterable[Any]]:
+        """Several requests' scored points, in order; one after the other unless the engine batches them."""
+        return [self._run_query(request) for request in requests]
 
     @abstractmethod
     def _count_where(self, condition: FilterT | None) -> int: ...
@@ -198,36 +197,40 @@ class QdrantIndexBase(ABC, Generic[FilterT, RequestT]):
     def search(
         self,
         scope: Scope,
-        mode: SearchMode,
-        dense: npt.NDArray[np.float32] | None,
+        retriever: Retriever,
+        dense: DenseQuery,
         sparse: SparseVector | None,
         limit: int,
         search_filter: SearchFilter,
     ) -> list[ScoredPayload]:
-        """Dense or BM25 alone, or both as prefetches fused with weighted RRF."""
-        dialect = self._dialect
-        condition = scope_filter(dialect, scope, search_filter)
-        rankings = self._rankings(scope, mode, dense, sparse)
-        if len(rankings) == 1:
-            request = dialect.request(rankings[0], limit, condition)
-        else:
-            prefetch_limit = max(limit, self._fusion.prefetch_limit)
-            prefetches = [dialect.prefetch(ranking, prefetch_limit, condition) for ranking in rankings]
-            request = dialect.fused_request(prefetches, self._fusion, limit, condition)
+        """Dense or BM25 alone."""
+        ranking = self._ranking(scope, retriever, dense, sparse)
+        request = self._dialect.request(ranking, limit, scope_filter(self._dialect, scope, search_filter))
         return scored_payloads(self._run_query(request))
 
-    def _rankings(
-        self, scope: Scope, mode: SearchMode, dense: DenseQuery, sparse: SparseVector | None
-    ) -> list[Ranking]:
-        """The retrievers a mode runs, dense first (the order of ``FusionParams.weights``)."""
-        rankings = []
-        if mode in ("hybrid", "dense"):
-            rankings.append(Ranking(DENSE_VECTOR, _required(dense, mode).tolist()))
-        if mode in ("hybrid", "sparse"):
-            # IDF over the caller's whole scope (not the filtered slice): other tenants never shift its BM25 scores.
-            idf = self._dialect.idf_params(scope_filter(self._dialect, scope))
-            rankings.append(Ranking(SPARSE_VECTOR, self._dialect.sparse_vector(_required(sparse, mode)), idf))
-        return rankings
+    def search_both(
+        self,
+        scope: Scope,
+        dense: npt.NDArray[np.float32],
+        sparse: SparseVector,
+        limit: int,
+        search_filter: SearchFilter,
+    ) -> CandidateLists:
+        """Both rankings with their raw scores, for client-side fusion."""
+        condition = scope_filter(self._dialect, scope, search_filter)
+        requests = [
+            self._dialect.request(self._ranking(scope, retriever, dense, sparse), limit, condition)
+            for retriever in ("dense", "sparse")
+        ]
+        dense_points, sparse_points = self._run_queries(requests)
+        return CandidateLists(scored_payloads(dense_points), scored_payloads(sparse_points))
+
+    def _ranking(self, scope: Scope, retriever: Retriever, dense: DenseQuery, sparse: SparseVector | None) -> Ranking:
+        if retriever == "dense":
+            return Ranking(DENSE_VECTOR, _required(dense, retriever).tolist())
+        # IDF over the caller's whole scope (not the filtered slice): other tenants never shift its BM25 scores.
+        idf = self._dialect.idf_params(scope_filter(self._dialect, scope))
+        return Ranking(SPARSE_VECTOR, self._dialect.sparse_vector(_required(sparse, retriever)), idf)
 
     def count(self, scope: Scope | None = None) -> int:
         return self._count_where(scope_filter(self._dialect, scope) if scope is not None else None)

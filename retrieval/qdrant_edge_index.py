@@ -19,7 +19,6 @@ import qdrant_edge as qe
 from retrieval.index import (
     DENSE_VECTOR,
     SPARSE_VECTOR,
-    FusionParams,
     IndexUnavailableError,
     MetadataValue,
     SparseVector,
@@ -56,24 +55,9 @@ class EdgeDialect:
     def idf_params(self, corpus: qe.Filter) -> qe.SearchParams:
         return qe.SearchParams(idf=qe.IdfParams(corpus=corpus))
 
-    def prefetch(self, ranking: Ranking, limit: int, condition: qe.Filter) -> qe.Prefetch:
-        return qe.Prefetch(limit=limit, query=_nearest(ranking), filter=condition, params=ranking.params)
-
     def request(self, ranking: Ranking, limit: int, condition: qe.Filter) -> qe.QueryRequest:
         return qe.QueryRequest(
             limit=limit, query=_nearest(ranking), filter=condition, with_payload=True, params=ranking.params
-        )
-
-    def fused_request(
-        self, prefetches: list[Any], fusion: FusionParams, limit: int, condition: qe.Filter
-    ) -> qe.QueryRequest:
-        rrf = qe.Fusion.Rrf(k=fusion.rrf_k, weights=list(fusion.weights))
-        return qe.QueryRequest(
-            limit=limit,
-            prefetches=prefetches,
-            query=rrf,  # type: ignore[arg-type]  # the stub's query union leaves out Fusion.Rrf, which the engine takes
-            filter=condition,
-            with_payload=True,
         )
 
 
@@ -83,10 +67,8 @@ def _nearest(ranking: Ranking) -> qe.Query:
 
 
 class QdrantEdgeIndex(QdrantIndexBase[qe.Filter, qe.QueryRequest]):
-    def __init__(
-        self, path: Path, dimension: int, fusion: FusionParams = FusionParams(), disk: DiskGuard | None = None
-    ) -> None:
-        super().__init__(EdgeDialect(), fusion)
+    def __init__(self, path: Path, dimension: int, disk: DiskGuard | None = None) -> None:
+        super().__init__(EdgeDialect())
         self._path = path
         self._dimension = dimension
         self._disk = disk

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 from qdrant_client import QdrantClient, models
 
-from retrieval.index import DENSE_VECTOR, SPARSE_VECTOR, FusionParams, MetadataValue, SparseVector
+from retrieval.index import DENSE_VECTOR, SPARSE_VECTOR, MetadataValue, SparseVector
 from retrieval.qdrant_common import KEYWORD_FIELDS, SCROLL_PAGE_SIZE, PayloadPage, QdrantIndexBase, Ranking
 
 
@@ -32,11 +33,6 @@ class ClientDialect:
     def idf_params(self, corpus: models.Filter) -> models.SearchParams:
         return models.SearchParams(idf=models.IdfCorpusParams(corpus=corpus))
 
-    def prefetch(self, ranking: Ranking, limit: int, condition: models.Filter) -> models.Prefetch:
-        return models.Prefetch(
-            query=ranking.vector, using=ranking.using, limit=limit, filter=condition, params=ranking.params
-        )
-
     def request(self, ranking: Ranking, limit: int, condition: models.Filter) -> models.QueryRequest:
         return models.QueryRequest(
             query=ranking.vector,
@@ -47,18 +43,10 @@ class ClientDialect:
             with_payload=True,
         )
 
-    def fused_request(
-        self, prefetches: list[Any], fusion: FusionParams, limit: int, condition: models.Filter
-    ) -> models.QueryRequest:
-        rrf = models.RrfQuery(rrf=models.Rrf(k=fusion.rrf_k, weights=list(fusion.weights)))
-        return models.QueryRequest(prefetch=prefetches, query=rrf, filter=condition, limit=limit, with_payload=True)
-
 
 class QdrantServerIndex(QdrantIndexBase[models.Filter, models.QueryRequest]):
-    def __init__(
-        self, client: QdrantClient, collection: str, dimension: int, fusion: FusionParams = FusionParams()
-    ) -> None:
-        super().__init__(ClientDialect(), fusion)
+    def __init__(self, client: QdrantClient, collection: str, dimension: int) -> None:
+        super().__init__(ClientDialect())
         self._client = client
         self._collection = collection
         if not client.collection_exists(collection):
@@ -93,10 +81,14 @@ class QdrantServerIndex(QdrantIndexBase[models.Filter, models.QueryRequest]):
         )
         return [record.payload for record in records], next_offset
 
-    def _run_query(self, request: models.QueryRequest) -> list[models.ScoredPoint]:
-        # The batch endpoint takes the request model whole (query_points would want it taken apart again).
-        (response,) = self._client.query_batch_points(self._collection, [request])
-        return response.points
+    def _run_query(self, request: models.QueryRequest) -> Iterable[Any]:
+        (points,) = self._run_queries([request])
+        return points
+
+    def _run_queries(self, requests: list[models.QueryRequest]) -> list[Iterable[Any]]:
+        # The batch endpoint takes request models whole (query_points would want them taken apart again), and
+        # hybrid's two rankings cost one round trip.
+        return [response.points for response in self._client.query_batch_points(self._collection, requests)]
 
     def _count_where(self, condition: models.Filter | None) -> int:
         return int(self._client.count(self._collection, count_filter=condition, exact=True).count)

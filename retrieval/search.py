@@ -1,13 +1,23 @@
-"""Search: a query through the embedding cache and the BM25 encoder into the index, back as hits."""
+"""Search: a query through the embedding cache and the BM25 encoder into the index, back as hits.
+
+Dense and BM25 are ranked by the index alone. Hybrid takes both rankings with their raw scores, fuses them
+client-side (``retrieval.fusion``) and, with a reranker, re-scores the fused top candidates by their best
+sentence (``retrieval.rerank``); a hybrid hit's score is the fused (or reranked) score.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
+
 from retrieval.documents import Hit
 from retrieval.embedding_cache import CachedEmbedder
-from retrieval.index import Scope, ScoredPayload, SearchFilter, SearchMode, VectorIndex
+from retrieval.fusion import FusedCandidate, fuse
+from retrieval.index import FusionParams, Scope, ScoredPayload, SearchFilter, SearchMode, SparseVector, VectorIndex
+from retrieval.rerank import SentenceReranker
 from retrieval.sparse import SparseEncoder
 
 
@@ -17,12 +27,12 @@ class SearchResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-def _hit(point: ScoredPayload) -> Hit:
+def _hit(point: ScoredPayload, score: float) -> Hit:
     payload = point.payload
     return Hit(
         doc_id=payload["doc_id"],
         chunk_id=point.id,
-        score=point.score,
+        score=score,
         text=payload.get("text", ""),
         title=payload.get("title"),
         source=payload.get("source"),
@@ -33,10 +43,19 @@ def _hit(point: ScoredPayload) -> Hit:
 
 
 class Searcher:
-    def __init__(self, index: VectorIndex, embedder: CachedEmbedder, sparse: SparseEncoder) -> None:
+    def __init__(
+        self,
+        index: VectorIndex,
+        embedder: CachedEmbedder,
+        sparse: SparseEncoder,
+        fusion: FusionParams = FusionParams(),
+        reranker: SentenceReranker | None = None,
+    ) -> None:
         self._index = index
         self._embedder = embedder
         self._sparse = sparse
+        self._fusion = fusion
+        self._reranker = reranker
 
     def search(
         self,
@@ -50,12 +69,34 @@ class Searcher:
         dense = self._embedder.embed_query(query) if mode in ("hybrid", "dense") else None
         sparse = self._sparse.encode_query(query) if mode in ("hybrid", "sparse") else None
         encoded = time.perf_counter()
-        points = self._index.search(scope, mode, dense, sparse, top_k, search_filter or SearchFilter())
+        narrowed = search_filter or SearchFilter()
+        if mode != "hybrid":
+            points = self._index.search(scope, mode, dense, sparse, top_k, narrowed)
+            hits = [_hit(point, point.score) for point in points]
+        else:
+            assert dense is not None and sparse is not None  # hybrid: both were encoded above
+            hits = [_hit(c.point, c.score) for c in self._hybrid(query, scope, dense, sparse, top_k, narrowed)]
         done = time.perf_counter()
         return SearchResult(
-            hits=[_hit(point) for point in points],
+            hits=hits,
             timings_ms={
                 "embed": round((encoded - started) * 1000, 3),
                 "search": round((done - encoded) * 1000, 3),
             },
         )
+
+    def _hybrid(
+        self,
+        query: str,
+        scope: Scope,
+        dense: npt.NDArray[np.float32],
+        sparse: SparseVector,
+        top_k: int,
+        search_filter: SearchFilter,
+    ) -> list[FusedCandidate]:
+        """Both rankings fused, then reranked when a reranker is set; the best ``top_k``."""
+        limit = max(top_k, self._fusion.prefetch_limit)
+        fused = fuse(self._index.search_both(scope, dense, sparse, limit, search_filter), self._fusion.dense_weight)
+        if self._reranker is not None:
+            fused = self._reranker.rerank(query, dense, fused)
+        return fused[:top_k]

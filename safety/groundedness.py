@@ -1,57 +1,86 @@
-"""Groundedness: how well the retrieved passages support each sentence of an answer.
+"""Groundedness: how well the retrieved passages support each sentence of an answer to a question.
 
-Per answer sentence, three signals against the passages' sentences: embedding similarity (the best cosine to
-one passage sentence), lexical support (share of the sentence's content words found in the passages) and
-entity support (share of its numbers and names found in the passages; an invented date or name is the typical
-hallucination that embeddings miss). Their weighted sum is the sentence's support; the answer's score is the
-lowest support over its sentences (one invented claim is enough to distrust an answer), and sentences below
-the threshold are listed as unsupported. Weights and threshold are calibrated on held-out data
-(``bench/guards.py``, which reports the ROC AUC).
+``GroundednessBackend`` is what the guards, the evals and ``ragops groundedness`` call. ``GroundednessScorer``
+is the offline default: per answer sentence, seven signals against the passages' sentences and the question,
+each in [0, 1] with 1 meaning supported:
+
+- ``dense``: the best cosine to one passage sentence (off-topic sentences);
+- ``lexical``, ``novel``: the share of the sentence's content words found in the passages (or the question), and
+  1 / (1 + how many are found in neither): one invented word is enough to doubt a sentence;
+- ``names``: the share of its names and numbers found in the passages (a swapped name, a changed date);
+- ``aligned``: the share of them found in the passage sentence it restates (or its neighbours, or the
+  question): a number or a name moved in from elsewhere in the passages;
+- ``negation``: it and that passage sentence hold as many negations;
+- ``question``: its names (or new words) come from the passage sentences that answer the question (an
+  extractive reader's view: which sentence answers it, judged by IDF-weighted shared words), so a name that
+  is in the passages but does not answer the question fails.
+
+The sentence's support is the logistic of their weighted sum; the answer's score is the lowest support over its
+sentences (one unsupported claim is enough to distrust an answer), and sentences below the threshold are listed
+as unsupported. Weights and threshold are calibrated by ``bench/guards.py --calibrate`` on Disfl-QA questions
+3000-3999. ``safety.groundedness_model`` is the other backend: a trained detector read from a local directory.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
-from prompts.citations import CITATION
+from prompts.citations import CITATION, says_not_in_documents
 from retrieval.chunking import split_sentences
+from safety.grounding_text import Passages, content_stems, names_and_numbers, negations, word_set
 
 Vectors = np.ndarray[Any, np.dtype[np.float32]]
 
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'.,-]*[A-Za-z0-9]|[A-Za-z0-9]")
-_STOPWORDS = frozenset(
-    """a an the and or but if of to in on at by for with from as is are was were be been being it its this that
-    these those he she they them his her their there here what which who whom whose when where why how not no
-    do does did has have had can could would should will may might must shall than then so such also into about
-    over under after before between during through up down out very more most other some any each all both one
-    i you we us our your my me""".split()
-)
 _PLACEHOLDER = re.compile(r"\[[A-Z_]+\]")  # redactions such as [EMAIL]: no claim to support
-_ABSTAIN_MARKERS = ("do not contain the answer", "not in the documents", "cannot answer")
+RESTATES = 0.5  # share of an answer sentence's words in a passage sentence for it to restate that sentence
+_PASSAGE_CACHE = 64  # analysed passage sets kept: a streamed answer is scored sentence by sentence
+
+
+@dataclass(frozen=True)
+class SupportSignals:
+    """Each in [0, 1], 1 meaning supported (see the module's docstring)."""
+
+    dense: float
+    lexical: float
+    novel: float
+    names: float
+    aligned: float
+    negation: float
+    question: float
 
 
 @dataclass(frozen=True)
 class GroundednessWeights:
-    """Calibrated by ``bench/guards.py --calibrate`` on Disfl-QA questions 3000-3999."""
+    """Logistic weights of the signals; calibrated by ``bench/guards.py --calibrate`` on Disfl-QA questions
+    3000-3999."""
 
-    dense: float = 0.2
-    lexical: float = 0.3
-    entity: float = 0.5
+    bias: float = -15.67
+    dense: float = 0.0  # fitted to 0: the word-level signals already separate what it does
+    lexical: float = 0.98
+    novel: float = 6.93
+    names: float = 0.39
+    aligned: float = 3.74
+    negation: float = 3.01
+    question: float = 2.86
+
+    def support(self, signals: SupportSignals) -> float:
+        total = self.bias + sum(getattr(self, f.name) * getattr(signals, f.name) for f in fields(signals))
+        return 1 / (1 + math.exp(-total))
 
 
 @dataclass(frozen=True)
 class SentenceSupport:
     sentence: str
     support: float
-    dense: float
-    lexical: float
-    entity: float
+    signals: SupportSignals | None = None  # the offline scorer's; None from a trained detector
 
 
 class Groundedness(BaseModel):
@@ -69,63 +98,122 @@ class Groundedness(BaseModel):
         return None if score is None else round(score, 4)
 
 
-def _tokens(text: str) -> list[str]:
-    return [t.lower().strip(".,'") for t in _WORD.findall(text)]
+class GroundednessBackend(Protocol):
+    """What scores an answer's groundedness: the offline scorer, or a trained detector."""
+
+    threshold: float
+
+    def score(self, answer: str, contexts: list[str], *, question: str) -> Groundedness: ...
 
 
-def _content_words(text: str) -> set[str]:
-    return {t for t in _tokens(text) if t not in _STOPWORDS and len(t) > 1}
+def answer_sentences(answer: str) -> list[str]:
+    """The answer's sentences that make a claim: citations and redaction placeholders removed."""
+    text = _PLACEHOLDER.sub("", CITATION.sub("", answer)).strip()
+    return [s for s in split_sentences(text) if content_stems(s)]
 
 
-def _entities(sentence: str) -> set[str]:
-    """Numbers, and capitalised words that do not start the sentence."""
-    words = _WORD.findall(sentence)
-    found = {w.lower().strip(".,") for w in words if any(ch.isdigit() for ch in w)}
-    found |= {w.lower() for w in words[1:] if w[:1].isupper() and w.lower() not in _STOPWORDS}
-    return found
+def judged(answer: str, contexts: list[str], supports: list[SentenceSupport], threshold: float) -> Groundedness:
+    """One answer's result from its sentences' supports (shared by the backends)."""
+    if not supports:  # no claim: unjudged, unless there was nothing to support one with
+        return Groundedness(score=0.0 if not any(c.strip() for c in contexts) else None)
+    return Groundedness(
+        score=min(s.support for s in supports),
+        unsupported=[s.sentence for s in supports if s.support < threshold],
+        sentences=supports,
+    )
+
+
+def is_abstention(answer: str) -> bool:
+    """Nothing claimed: an empty answer, or the not-in-documents sentence (the one rule, in prompts.citations)."""
+    return not answer.strip() or says_not_in_documents(answer)
 
 
 class GroundednessScorer:
+    """The offline backend: embeddings of the answer's sentences (the passages' come from the embedder's cache)
+    and word-level checks against the passages and the question."""
+
     def __init__(
         self,
         embed: Callable[[list[str]], Vectors],
-        threshold: float = 0.66,
+        threshold: float = 0.55,
         weights: GroundednessWeights | None = None,
     ) -> None:
         self._embed = embed
         self.threshold = threshold
         self.weights = weights or GroundednessWeights()
+        self._passages: OrderedDict[tuple[str, ...], Passages] = OrderedDict()
 
-    def sentence_supports(self, answer: str, contexts: list[str]) -> list[SentenceSupport]:
-        text = _PLACEHOLDER.sub("", CITATION.sub("", answer)).strip()
-        sentences = [s for s in split_sentences(text) if _content_words(s)]
-        context_sentences = [s for c in contexts for s in split_sentences(c) if s.strip()]
-        if not sentences or not context_sentences:
+    def score(self, answer: str, contexts: list[str], *, question: str) -> Groundedness:
+        if is_abstention(answer):
+            return Groundedness(score=None)
+        return judged(answer, contexts, self.sentence_supports(answer, contexts, question), self.threshold)
+
+    def sentence_supports(self, answer: str, contexts: list[str], question: str) -> list[SentenceSupport]:
+        sentences = answer_sentences(answer)
+        passages = self._analysed(contexts)
+        if not sentences or not passages.sentences:
             return []
-        vectors = self._embed(sentences + context_sentences)
-        similarity = vectors[: len(sentences)] @ vectors[len(sentences) :].T
-        context_words = set().union(*(_content_words(c) for c in contexts))
-        context_text = " ".join(contexts).lower()
+        asked = [question] if question.strip() else []  # in the embedder's cache: retrieval embedded it
+        vectors = self._embed(sentences + asked + [p.text for p in passages.sentences])
+        passage_vectors = vectors[len(sentences) + len(asked) :]
+        similarity = vectors[: len(sentences)] @ passage_vectors.T
+        question_similarity = passage_vectors @ vectors[len(sentences)] if asked else None
+        reader = passages.question_match(question, question_similarity)
         supports = []
         for i, sentence in enumerate(sentences):
-            dense = float(max(0.0, similarity[i].max()))
-            words = _content_words(sentence)
-            lexical = len(words & context_words) / len(words)
-            entities = _entities(sentence)
-            entity = sum(e in context_text for e in entities) / len(entities) if entities else 1.0
-            w = self.weights
-            support = w.dense * dense + w.lexical * lexical + w.entity * entity
-            supports.append(SentenceSupport(sentence, support, dense, lexical, entity))
+            signals = sentence_signals(sentence, question, passages, similarity[i], reader)
+            supports.append(SentenceSupport(sentence, self.weights.support(signals), signals))
         return supports
 
-    def score(self, answer: str, contexts: list[str]) -> Groundedness:
-        if not answer.strip() or any(marker in answer.lower() for marker in _ABSTAIN_MARKERS):
-            return Groundedness(score=None)
-        supports = self.sentence_supports(answer, contexts)
-        if not supports:
-            return Groundedness(score=0.0 if not contexts else None)
-        return Groundedness(
-            score=min(s.support for s in supports),
-            unsupported=[s.sentence for s in supports if s.support < self.threshold],
-            sentences=supports,
-        )
+    def _analysed(self, contexts: list[str]) -> Passages:
+        key = tuple(contexts)
+        passages = self._passages.get(key)
+        if passages is None:
+            passages = self._passages[key] = Passages.of(contexts)
+            if len(self._passages) > _PASSAGE_CACHE:
+                self._passages.popitem(last=False)
+        return passages
+
+
+def sentence_signals(
+    sentence: str, question: str, passages: Passages, similarity: Vectors, reader: list[float]
+) -> SupportSignals:
+    """The seven signals of one answer sentence (``similarity``: its cosine to each passage sentence;
+    ``reader``: each passage sentence's match to the question)."""
+    stems, asked_stems, asked_words = content_stems(sentence), content_stems(question), word_set(question)
+    unknown = stems - passages.stems - asked_stems
+    names = names_and_numbers(sentence, set(passages.lowercase))
+    overlap = np.asarray([len(stems & p.stems) / len(stems) for p in passages.sentences], dtype=np.float32)
+    at = int(np.argmax(similarity + overlap))  # the passage sentence the answer sentence restates
+    restated = passages.sentences[at]
+    negated = negations(sentence)
+    # Negations are counted alike only where the sentence restates that passage sentence (or negates itself).
+    same_polarity = negated == restated.negations or (not negated and overlap[at] < RESTATES)
+    return SupportSignals(
+        dense=float(max(0.0, similarity.max())),
+        lexical=1 - len(unknown) / len(stems),
+        novel=1 / (1 + len(unknown)),
+        names=_share(names, passages.words),
+        aligned=_share(names, restated.words | asked_words),
+        negation=float(same_polarity),
+        question=_answers_question(names - asked_words, stems - asked_stems, passages, reader),
+    )
+
+
+def _share(found: set[str], vocabulary: set[str] | frozenset[str]) -> float:
+    return sum(f in vocabulary for f in found) / len(found) if found else 1.0
+
+
+def _answers_question(names: set[str], stems: set[str], passages: Passages, reader: list[float]) -> float:
+    """How well the sentences holding the answer's new names (else its new words) match the question: the
+    least for names (one wrong name is wrong), the mean for words (a paraphrase spreads them); 0 for a sentence
+    with nothing new, which only restates the question (small models often do)."""
+    if names:
+        return min(_best_reader_match(reader, [n in p.words for p in passages.sentences]) for n in names)
+    held = [_best_reader_match(reader, [s in p.stems for p in passages.sentences]) for s in stems]
+    return sum(held) / len(held) if held else 0.0
+
+
+def _best_reader_match(reader: list[float], holds: list[bool]) -> float:
+    """The best question match among the passage sentences that hold a word (0 when none does)."""
+    return max((match for match, held in zip(reader, holds, strict=True) if held), default=0.0)

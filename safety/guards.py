@@ -26,7 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_serializer
 
-from safety.groundedness import Groundedness, GroundednessScorer
+from safety.groundedness import Groundedness, GroundednessBackend
 from safety.injection import InjectionDetector, InjectionSettings, PatternDetector
 
 GuardAction = Literal["pass", "flag", "redact", "fallback", "block"]
@@ -196,7 +196,7 @@ class GuardContext:
     """What ragops' own validators need: built by the composition root."""
 
     injection: InjectionDetector | None = None
-    groundedness: GroundednessScorer | None = None
+    groundedness: GroundednessBackend | None = None
 
 
 def load_policy(path: Path) -> list[dict[str, Any]]:

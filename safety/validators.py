@@ -12,8 +12,8 @@ from typing import Any
 from guardrails.classes.validation.validation_result import ErrorSpan, FailResult, PassResult, ValidationResult
 from guardrails.validator_base import Validator, register_validator
 
-from prompts.citations import cited_numbers
-from safety.groundedness import GroundednessScorer
+from prompts.citations import cited_numbers, says_not_in_documents
+from safety.groundedness import GroundednessBackend
 from safety.injection import InjectionDetector
 from safety.pii import PII_KINDS, find_pii, redact
 
@@ -64,21 +64,23 @@ class CitationsValid(Validator):
         invalid = sorted({n for n in numbers if not 1 <= n <= passages})
         if invalid:
             return FailResult(error_message=f"cites passages that were not retrieved: {invalid}")
-        if passages and not numbers:
+        if passages and not numbers and not says_not_in_documents(value):  # an abstention has nothing to cite
             return FailResult(error_message="cites no passage")
         return PassResult()
 
 
 @register_validator(name="ragops/groundedness", data_type="string")
 class Grounded(Validator):
-    """Support of every sentence by ``metadata["contexts"]``; fails below the scorer's threshold."""
+    """Support of every sentence by ``metadata["contexts"]`` as an answer to ``metadata["question"]``; fails below
+    the scorer's threshold."""
 
-    def __init__(self, scorer: GroundednessScorer, on_fail: Any = None, **kwargs: Any) -> None:
+    def __init__(self, scorer: GroundednessBackend, on_fail: Any = None, **kwargs: Any) -> None:
         super().__init__(on_fail=on_fail, **kwargs)
         self.scorer = scorer
 
     def validate(self, value: Any, metadata: dict[str, Any]) -> ValidationResult:
-        result = self.scorer.score(value, list(metadata.get("contexts", [])))
+        contexts, question = list(metadata.get("contexts", [])), str(metadata.get("question", ""))
+        result = self.scorer.score(value, contexts, question=question)
         details = {"groundedness": result}  # typed: the guard's verdict carries it as is
         if result.score is None or result.score >= self.scorer.threshold:
             return PassResult(metadata=details)

@@ -9,9 +9,10 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
+from prompts.answer_format import answer_grammar
+from prompts.citations import NOT_IN_DOCUMENTS as NOT_IN_DOCUMENTS  # re-exported: its users import it from here
 from prompts.loader import ModelParams, PromptPassage
 
-NOT_IN_DOCUMENTS = "The documents do not contain the answer."
 FailureKind = Literal["timeout", "connection", "status", "empty", "malformed", "circuit_open", "error"]
 
 
@@ -29,6 +30,12 @@ class GenerationRequest:
     question: str
     passages: list[PromptPassage]
     params: ModelParams = field(default_factory=ModelParams)
+
+    @property
+    def grammar(self) -> str | None:
+        """The grammar the prompt's answer format puts on decoding, over the passages shown; ``None``: free text.
+        Model backends honour it where their engine can; the extractive generator cites by construction."""
+        return answer_grammar(self.params.answer_format, (p.index for p in self.passages))
 
 
 class Usage(BaseModel):

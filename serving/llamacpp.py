@@ -14,7 +14,7 @@ import time
 from collections.abc import Generator as GeneratorType
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serving.generation import (
     Generation,
@@ -23,6 +23,9 @@ from serving.generation import (
     StreamDelta,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_grammar import LlamaGrammar
 
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -62,6 +65,7 @@ class LlamaCppGenerator:
             seed=0,
         )
         self._lock = threading.Lock()
+        self._grammars: dict[str, LlamaGrammar] = {}  # one per distinct grammar text (a few: one per passage set)
         self._timeout_s = timeout_s
         self.model = self._path.stem
 
@@ -73,7 +77,18 @@ class LlamaCppGenerator:
             "max_tokens": params.max_tokens,
             "stop": list(params.stop) or None,
             "seed": params.seed,
+            "grammar": self._compiled(request.grammar),
         }
+
+    def _compiled(self, grammar: str | None) -> LlamaGrammar | None:
+        """The prompt's answer grammar, built once per distinct text. Read under the model lock only."""
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        if grammar is None:
+            return None
+        if grammar not in self._grammars:
+            self._grammars[grammar] = LlamaGrammar.from_string(grammar, verbose=False)
+        return self._grammars[grammar]
 
     def generate(self, request: GenerationRequest) -> Generation:
         last: Generation | None = None

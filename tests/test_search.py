@@ -7,7 +7,10 @@ import pytest
 
 from app.container import Services
 from retrieval.documents import Document, Section
-from retrieval.index import IndexUnavailableError, Scope, SearchFilter, SnapshotIndex
+from retrieval.fusion import FusedCandidate, fuse, min_max
+from retrieval.index import CandidateLists, IndexUnavailableError, Scope, ScoredPayload, SearchFilter, SnapshotIndex
+from retrieval.rerank import RerankWeights, SentenceReranker
+from retrieval.sparse import Bm25Encoder
 from tests.conftest import sample_documents, sample_questions
 
 SCOPE = Scope("sample", "default")
@@ -133,3 +136,80 @@ def test_bm25_idf_is_computed_per_tenant(services: Services) -> None:
     together = ranked()
     assert [doc_id for doc_id, _ in together] == [doc_id for doc_id, _ in alone]
     assert [score for _, score in together] == pytest.approx([score for _, score in alone], rel=1e-6)
+
+
+def _points(*scored: tuple[str, float]) -> list[ScoredPayload]:
+    return [ScoredPayload(point_id, score, {"doc_id": point_id}) for point_id, score in scored]
+
+
+def test_fusion_keeps_what_only_one_retriever_found_and_weighs_normalised_scores() -> None:
+    lists = CandidateLists(
+        dense=_points(("both", 0.9), ("dense-only", 0.8), ("dense-last", 0.5)),
+        sparse=_points(("sparse-only", 12.0), ("both", 9.0), ("sparse-last", 3.0)),
+    )
+    fused = {candidate.point.id: candidate for candidate in fuse(lists, dense_weight=0.3)}
+    assert set(fused) == {"both", "dense-only", "dense-last", "sparse-only", "sparse-last"}
+    assert fused["dense-only"].sparse == 0.0 and fused["sparse-only"].dense == 0.0
+    assert fused["both"].score == pytest.approx(0.3 * 1.0 + 0.7 * (9 - 3) / (12 - 3))
+    assert fused["sparse-only"].score == pytest.approx(0.7)  # BM25's clear winner, found by BM25 alone
+    assert [c.point.id for c in fuse(lists, 0.3)][:2] == ["both", "sparse-only"]
+    assert [c.point.id for c in fuse(lists, 1.0)][:3] == ["both", "dense-only", "dense-last"]
+    assert fuse(CandidateLists([], []), 0.3) == []
+    assert min_max([2.0, 2.0]) == [1.0, 1.0] and min_max([]) == []
+
+
+def test_hybrid_returns_dense_hits_when_bm25_finds_nothing(services: Services) -> None:
+    services.ingestor.ingest_documents(
+        [
+            Document("doctor", (Section("The physician examined the patient's heart."),)),
+            Document("bread", (Section("Bake the loaf for forty minutes."),)),
+        ],
+        SCOPE,
+    )
+    query = "cardiologist checkup"  # no term in either document
+    assert services.searcher.search(query, SCOPE, top_k=5, mode="sparse").hits == []
+    hits = services.searcher.search(query, SCOPE, top_k=5, mode="hybrid").hits
+    assert [h.doc_id for h in hits] == ["doctor", "bread"]
+
+
+def _candidate(point_id: str, text: str, dense: float, sparse: float) -> FusedCandidate:
+    point = ScoredPayload(point_id, 0.0, {"doc_id": point_id, "text": text})
+    return FusedCandidate(point, dense, sparse, 0.3 * dense + 0.7 * sparse)
+
+
+def test_rerank_orders_by_the_best_sentence(services: Services) -> None:
+    reranker = SentenceReranker(services.embedder, Bm25Encoder(), RerankWeights(), depth=2)
+    query = "Where was the treaty of Verdun signed?"
+    diluted = _candidate("diluted", "Verdun is a city in France. Treaties were common then. It has a town hall.", 1, 1)
+    answering = _candidate(
+        "answering", "Grapes grow on the hills. The treaty of Verdun was signed in the abbey of Verdun.", 0.9, 0.9
+    )
+    below = _candidate("below", "The treaty of Verdun was signed in the abbey of Verdun.", 0.1, 0.1)
+    reranked = reranker.rerank(query, services.embedder.embed_query(query), [diluted, answering, below])
+    assert [c.point.id for c in reranked] == ["answering", "diluted", "below"]  # only the top `depth` move
+    assert reranked[0].score > reranked[1].score >= reranked[2].score
+
+
+def test_rerank_is_a_setting(make_services: Callable[..., Services]) -> None:
+    """Without the rerank, hybrid's hits are exactly the fusion of the index's two rankings."""
+    services = make_services(rerank=False)
+    services.ingestor.ingest_documents(sample_documents(30), SCOPE)
+    query = "Who ruled the duchy of Normandy?"
+    dense, sparse = services.embedder.embed_query(query), Bm25Encoder().encode_query(query)
+    lists = services.index.search_both(SCOPE, dense, sparse, services.settings.prefetch_limit, SearchFilter())
+    expected = fuse(lists, services.settings.hybrid_dense_weight)[:5]
+    hits = services.searcher.search(query, SCOPE, top_k=5).hits
+    assert [h.chunk_id for h in hits] == [c.point.id for c in expected]
+    assert [h.score for h in hits] == pytest.approx([c.score for c in expected])
+
+
+def test_both_backends_agree_on_hybrid(make_services: Callable[..., Services]) -> None:
+    documents = sample_documents(30)
+    questions = sample_questions({d.id for d in documents}, limit=8)
+    rankings = []
+    for backend in ("edge", "qdrant-local"):
+        services = make_services(backend)
+        services.ingestor.ingest_documents(documents, SCOPE)
+        rankings.append([[h.doc_id for h in services.searcher.search(q["question"], SCOPE).hits] for q in questions])
+        services.close()
+    assert rankings[0] == rankings[1]

@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from app import settings_doc
+from app.container import ANSWER_SETTINGS
 from app.settings import Settings, load_settings
 from retrieval.index import FusionParams
 
@@ -22,10 +23,10 @@ def test_environment_overrides_file_and_arguments_override_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = tmp_path / "ragops.toml"
-    config.write_text('data_dir = "/from/file"\ndefault_top_k = 7\nrrf_k = 10\n')
+    config.write_text('data_dir = "/from/file"\ndefault_top_k = 7\nprefetch_limit = 10\n')
     monkeypatch.setenv("RAGOPS_DEFAULT_TOP_K", "9")
-    settings = load_settings(config, rrf_k=20)
-    assert (settings.data_dir, settings.default_top_k, settings.rrf_k) == (Path("/from/file"), 9, 20)
+    settings = load_settings(config, prefetch_limit=20)
+    assert (settings.data_dir, settings.default_top_k, settings.prefetch_limit) == (Path("/from/file"), 9, 20)
     monkeypatch.setenv("RAGOPS_CONFIG", str(config))
     assert load_settings().data_dir == Path("/from/file")
 
@@ -62,8 +63,8 @@ def test_every_setting_is_described() -> None:
 
 def test_table_shows_env_names_types_and_defaults() -> None:
     table = settings_doc.render_table()
-    assert f"| `RAGOPS_RRF_K` | int, >= 1 | {FusionParams.rrf_k} |" in table
-    assert "| `RAGOPS_RRF_WEIGHTS` | tuple[float, float] | `[1.0, 1.5]` |" in table
+    assert f"| `RAGOPS_PREFETCH_LIMIT` | int, 1 to 1000 | {FusionParams.prefetch_limit} |" in table
+    assert "| `RAGOPS_RERANK_WEIGHTS` | tuple[float, float, float, float] | `[0.25, 0.3, 0.2, 0.25]` |" in table
     assert "| `RAGOPS_API_KEYS` | dict[str, str] | `{}` |" in table
     assert "| `RAGOPS_EMBEDDER` | `onnx` or `torch` | `onnx` |" in table
     assert "| `RAGOPS_LANGSMITH_API_KEY`, `LANGSMITH_API_KEY` | str | unset |" in table
@@ -84,3 +85,8 @@ def test_write_replaces_only_the_table(tmp_path: Path, capsys: pytest.CaptureFix
     doc.write_text("no markers\n")
     assert settings_doc.main(["--write", str(doc)]) == 1
     assert "settings-table:start" in capsys.readouterr().err
+
+
+def test_the_eval_cache_key_names_real_settings() -> None:
+    """A misspelt name would drop out of the key silently (pydantic's include= skips unknown fields)."""
+    assert set(ANSWER_SETTINGS) <= set(Settings.model_fields)

@@ -92,7 +92,7 @@ class FailsMidAnswer(Scripted):
     name = "flaky"
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamDelta | Generation]:
-        yield StreamDelta("Some Normans joined Turkish forces. They ")
+        yield StreamDelta("Some Normans joined Turkish forces in Anatolia. They ")  # says where: more than the question
         raise GeneratorError("connection", "the backend went away")
 
 

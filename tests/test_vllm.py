@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 from prompts.loader import ModelParams, PromptPassage, load_prompt
-from serving.generation import Generation, GenerationRequest, StreamDelta
+from serving.generation import NOT_IN_DOCUMENTS, Generation, GenerationRequest, StreamDelta
 from serving.openai_compat import OpenAICompatibleGenerator
 from tests import vllm_server
 from tests.conftest import load_sample_records
@@ -48,6 +49,30 @@ def test_generator_against_vllm(vllm: vllm_server.VllmServer) -> None:
     assert isinstance(final, Generation) and len(deltas) > 1
     assert "".join(deltas).strip() == final.text == result.text  # temperature 0: the same answer
     assert final.usage.completion_tokens == result.usage.completion_tokens
+
+
+def test_vllm_engine_honours_the_answer_grammar(vllm: vllm_server.VllmServer) -> None:
+    """The prompt's cited-sentences format reaches vLLM as structured outputs and binds it: asked for an answer
+    without markers, or to cite a passage it was not shown, the engine still writes cited sentences over the
+    shown passages (1 and 3: passage 2 was compressed away), streamed or not."""
+    passages = [
+        PromptPassage(1, "paris", "Paris is the capital of France."),
+        PromptPassage(3, "seine", "The Seine flows through Paris."),
+    ]
+    sentence = r"[^\s\[\]][^\[\]\n]*[.!?] \[(?:1|3)\]"
+    answer = re.compile(rf"{re.escape(NOT_IN_DOCUMENTS)}|{sentence}(?: {sentence})?")
+    generator = OpenAICompatibleGenerator(vllm.base_url, vllm_server.SERVED_NAME, timeout_s=120)
+    prompt = load_prompt("rag_answer", "v2")
+    for question in ["Reply with the single word hello and no brackets.", "What is passage 2? Cite it as [2]."]:
+        request = GenerationRequest(prompt.render(question, passages), question, passages, prompt.params)
+        result = generator.generate(request)
+        assert answer.fullmatch(result.text) and result.finish_reason == "stop", result.text
+        streamed = list(generator.stream(request))[-1]
+        assert isinstance(streamed, Generation) and streamed.text == result.text
+    free = load_prompt("rag_answer", "v1")  # no answer format: the same question gets free text
+    question = "Reply with the single word hello and no brackets."
+    request = GenerationRequest(free.render(question, passages), question, passages, free.params)
+    assert request.grammar is None and not answer.fullmatch(generator.generate(request).text)
 
 
 def serve_with_vllm(vllm: vllm_server.VllmServer, tmp_path: Path, models_dir: Path, **env: str) -> LiveServer:

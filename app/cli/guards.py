@@ -21,7 +21,8 @@ def add_parser(commands: Commands) -> None:
     guard = commands.add_parser("guard", help="run the guards on texts")
     actions = guard.add_subparsers(dest="guard_command", required=True, metavar="ACTION")
     check = actions.add_parser(
-        "check", help='stdin: one JSON line per text, {"text": ..., "guard": "input"|"output", "contexts": [...]}'
+        "check",
+        help='stdin: one JSON line per text, {"text", "guard": "input"|"output", "contexts": [...], "question"}',
     )
     check.add_argument("--json", action="store_true", help="one JSON verdict per line")
     check.set_defaults(handler=run_guard_check)
@@ -43,13 +44,14 @@ def _read_guard_records() -> list[dict[str, Any]]:
 def _build_guards(settings: Settings, embedder: CachedEmbedder) -> tuple[Guard, Guard]:
     """The (input, output) guards of the policies; a bad policy closes ``embedder``'s store and stops (exit 2)."""
     from app.container import build_guards
+    from safety.groundedness_model import GroundednessModelError
     from safety.guards import PolicyError
 
     try:
         guards = build_guards(settings, embedder)
-    except PolicyError as exc:
+    except (PolicyError, GroundednessModelError) as exc:
         embedder.store.close()
-        raise CliError(f"bad guard policy: {exc}") from exc
+        raise CliError(f"bad guard policy: {exc}" if isinstance(exc, PolicyError) else str(exc)) from exc
     assert guards is not None and guards.input is not None and guards.output is not None
     return guards.input, guards.output
 
@@ -66,7 +68,8 @@ def run_guard_check(args: argparse.Namespace) -> int:
         for record in records:
             guard = output_guard if record.get("guard") == "output" else input_guard
             contexts = record.get("contexts", [])
-            verdict = guard.check(record["text"], {"contexts": contexts, "passages": len(contexts)})
+            evidence = {"contexts": contexts, "passages": len(contexts), "question": record.get("question", "")}
+            verdict = guard.check(record["text"], evidence)
             blocked = blocked or not verdict.passed
             if args.json:
                 print(json.dumps({"guard": guard.name, "text": verdict.text, **verdict.model_dump(mode="json")}))
@@ -79,16 +82,20 @@ def run_guard_check(args: argparse.Namespace) -> int:
 
 
 def run_groundedness(args: argparse.Namespace) -> int:
-    from app.container import build_cached_embedder
-    from safety.groundedness import GroundednessScorer
+    from app.container import build_cached_embedder, build_groundedness
+    from safety.groundedness_model import GroundednessModelError
 
     records = [record for _, record in read_json_lines(sys.stdin, "stdin", ("question", "answer"))]
     settings = settings_from(args)
     embedder = build_cached_embedder(settings)
-    scorer = GroundednessScorer(embedder.embed, settings.groundedness_threshold)
+    try:
+        scorer = build_groundedness(settings, embedder)
+    except GroundednessModelError as exc:
+        embedder.store.close()
+        raise CliError(str(exc), EXIT_FAILURE) from exc
     try:
         for record in records:
-            result = scorer.score(record["answer"], record.get("contexts", []))
+            result = scorer.score(record["answer"], record.get("contexts", []), question=str(record["question"]))
             supported = result.score is None or result.score >= scorer.threshold
             if args.json:
                 print(json.dumps({**result.model_dump(mode="json"), "supported": supported}))

@@ -1,0 +1,42 @@
+"""The benchmark corpora, defined once, and the percentile every bench script reports with.
+
+Disfl-QA (``data/sample`` passages, ``evals/datasets`` questions) is the corpus weights and thresholds are tuned
+on (each script names its range); SQuADShifts' new_wiki, nyt and amazon (``data/squad_shifts``) are the corpora
+nobody tuned on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SQUAD_SHIFTS_DIR = ROOT / "data" / "squad_shifts"
+
+
+@dataclass(frozen=True)
+class BenchCorpus:
+    name: str
+    passages: Path  # JSON lines: {"id", "text"} (SQuADShifts: and "title")
+    questions: Path  # JSON lines: {"id", "question", "passage_id", "answers"}
+
+
+DISFL_QA = BenchCorpus(
+    "disfl_qa",
+    ROOT / "data" / "sample" / "disfl_qa_passages.jsonl",
+    ROOT / "evals" / "datasets" / "disfl_qa_questions.jsonl",
+)
+SQUAD_SHIFTS = tuple(
+    BenchCorpus(name, SQUAD_SHIFTS_DIR / f"{name}_passages.jsonl", SQUAD_SHIFTS_DIR / f"{name}_questions.jsonl")
+    for name in ("new_wiki", "nyt", "amazon")
+)
+CORPORA = {corpus.name: corpus for corpus in (DISFL_QA, *SQUAD_SHIFTS)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (no interpolation: a reported p95 is a latency that was measured)."""
+    if not values:
+        raise ValueError("no values to take a percentile of")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]

@@ -1,0 +1,135 @@
+"""The words groundedness reads: content stems, names and numbers, negations, and the passages' sentences
+analysed once (their stems, which sentence answers the question).
+
+Plain rules, no model: a crude suffix stemmer (applied alike to answers, questions and passages, so a plural or
+a tense still matches), names as capitalised words, numbers with their separators removed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from retrieval.chunking import split_sentences
+
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'.,-]*[A-Za-z0-9]|[A-Za-z0-9]")
+_STOPWORDS = frozenset(
+    """a an the and or but if of to in on at by for with from as is are was were be been being it its this that
+    these those he she they them his her their there here what which who whom whose when where why how not no
+    do does did has have had can could would should will may might must shall than then so such also into about
+    over under after before between during through up down out very more most other some any each all both one
+    i you we us our your my me s""".split()
+)
+# Disfl-QA's disfluencies, and the frames answers put around a fact ("the passage mentions that ..."): no claim
+# of their own.
+_FILLERS = frozenset(
+    """uh um er erm oh mean wait sorry rather actually answer answers passage passages document documents text
+    context question mention mentions mentioned state states stated say says said write writes wrote written
+    according describe describes described refer refers referred discuss discusses discussed""".split()
+)
+_NEGATIONS = frozenset("not no never none neither nor without cannot n't nobody nothing".split())
+NEIGHBOUR_WEIGHT = 0.3  # an answer sometimes sits next to the sentence that restates the question
+COSINE_WEIGHT = 0.5  # the question's embedding adds to its shared words (measured on the calibration range)
+
+
+def tokens(text: str) -> list[str]:
+    return [t.lower().strip(".,'") for t in _WORD.findall(text.replace("n't", " n't"))]
+
+
+def stem(word: str) -> str:
+    """Crude, but the same on both sides: plurals, -ed, -ing, possessives."""
+    word = word.removesuffix("'s")
+    for suffix, keep in (("ies", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss"):
+            return word[: -len(suffix)] + keep
+    return word
+
+
+def is_number(word: str) -> bool:
+    return any(ch.isdigit() for ch in word)
+
+
+def content_stems(text: str) -> set[str]:
+    """Stems of the words that carry a claim: no stopwords, fillers or one-letter words."""
+    return {stem(t) for t in tokens(text) if t not in _STOPWORDS and t not in _FILLERS and len(t) > 1}
+
+
+def normal_number(word: str) -> str:
+    return word.lower().strip(".,").replace(",", "")
+
+
+def names_and_numbers(sentence: str, common_words: set[str]) -> set[str]:
+    """Numbers, and capitalised words: inside the sentence, or first when ``common_words`` (lower-case words of
+    the passages) does not hold them in lower case (so "Rollo led" counts Rollo, "The" and "Many" do not)."""
+    words = _WORD.findall(sentence)
+    found = {normal_number(w) for w in words if is_number(w)}
+    for i, word in enumerate(words):
+        lower = word.lower().strip(".,")
+        if not word[:1].isupper() or lower in _STOPWORDS or lower in _FILLERS:
+            continue
+        if i > 0 or lower not in common_words:
+            found.add(lower.removesuffix("'s"))
+    return found
+
+
+def negations(text: str) -> int:
+    return sum(t in _NEGATIONS for t in tokens(text))
+
+
+def word_set(text: str) -> set[str]:
+    """Lower-case words and numbers as ``names_and_numbers`` writes them: what a name is looked up in."""
+    return {normal_number(t) if is_number(t) else t.removesuffix("'s") for t in tokens(text)}
+
+
+@dataclass(frozen=True)
+class PassageSentence:
+    text: str
+    stems: frozenset[str]
+    words: frozenset[str]
+    negations: int
+
+
+@dataclass(frozen=True)
+class Passages:
+    """The passages' sentences with their stems and words, and vocabularies over all of them."""
+
+    sentences: tuple[PassageSentence, ...]
+    stems: frozenset[str]
+    words: frozenset[str]
+    lowercase: frozenset[str]  # words written in lower case somewhere: common words, not names
+    idf: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, contexts: list[str]) -> Passages:
+        texts = [s for c in contexts for s in split_sentences(c) if s.strip()]
+        sentences = tuple(
+            PassageSentence(t, frozenset(content_stems(t)), frozenset(word_set(t)), negations(t)) for t in texts
+        )
+        stems = frozenset().union(*(s.stems for s in sentences)) if sentences else frozenset()
+        words = frozenset().union(*(s.words for s in sentences)) if sentences else frozenset()
+        lowercase = frozenset(w for c in contexts for w in _WORD.findall(c) if w.islower())
+        frequency: dict[str, int] = {}
+        for sentence in sentences:
+            for s in sentence.stems:
+                frequency[s] = frequency.get(s, 0) + 1
+        idf = {s: math.log(1 + len(sentences) / n) for s, n in frequency.items()}
+        return cls(sentences, stems, words, lowercase, idf)
+
+    def question_match(self, question: str, similarity: Sequence[float] | None = None) -> list[float]:
+        """Per passage sentence, how well it matches the question: IDF-weighted shared stems (scaled to 1 at
+        best) plus COSINE_WEIGHT times ``similarity`` (its cosine to the question), each sentence also taking
+        NEIGHBOUR_WEIGHT of its neighbours' match. An extractive reader's guess at where the answer is, scaled so
+        the best sentence has 1 (all 1 when the question matches nothing)."""
+        asked = content_stems(question)
+        shared = [sum(self.idf.get(s, 0.0) for s in asked & sentence.stems) for sentence in self.sentences]
+        most = max(shared, default=0.0) or 1.0
+        cosines = similarity if similarity is not None else [0.0] * len(shared)
+        raw = [s / most + COSINE_WEIGHT * max(0.0, float(c)) for s, c in zip(shared, cosines, strict=True)]
+        smoothed = [
+            max([r] + [NEIGHBOUR_WEIGHT * raw[j] for j in (i - 1, i + 1) if 0 <= j < len(raw)])
+            for i, r in enumerate(raw)
+        ]
+        best = max(smoothed, default=0.0)
+        return [s / best for s in smoothed] if best > 0 else [1.0] * len(smoothed)
