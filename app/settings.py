@@ -20,7 +20,7 @@ from pydantic_settings import (
 )
 
 from retrieval.index import SCOPE_NAME_PATTERN, FusionParams, SearchMode
-from retrieval.rerank import RerankWeights
+from retrieval.rerank import RERANK_DEPTH, RerankWeights
 from retrieval.validation import DocumentLimits
 
 EmbedderBackend = Literal["onnx", "torch"]
@@ -84,7 +84,7 @@ class Settings(BaseSettings):
         description="Re-score hybrid's top rerank_depth candidates by their best sentence (sentence embeddings "
         "are cached: a passage's are computed on its first rerank).",
     )
-    rerank_depth: int = Field(20, ge=2, le=200, description="Fused candidates the rerank re-scores.")
+    rerank_depth: int = Field(RERANK_DEPTH, ge=2, le=200, description="Fused candidates the rerank re-scores.")
     rerank_weights: tuple[float, float, float, float] = Field(
         astuple(RerankWeights()),
         description="Rerank weights of the dense score, the BM25 score, the best sentence's cosine to the query "
@@ -271,6 +271,14 @@ class Settings(BaseSettings):
     judge_share: float = Field(
         0.0, ge=0, le=1, description="Share of served answers the judge scores (ragas faithfulness) in the background."
     )
+
+    @field_validator("rerank_weights")
+    @classmethod
+    def _convex(cls, weights: tuple[float, ...]) -> tuple[float, ...]:
+        # A convex combination: each score stays in [0, 1], so the rerank's order is comparable across settings.
+        if min(weights) < 0 or abs(sum(weights) - 1) > 1e-6:
+            raise ValueError("rerank weights must be non-negative and sum to 1")
+        return weights
 
     @field_validator("groundedness_model")
     @classmethod

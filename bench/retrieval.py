@@ -260,7 +260,8 @@ def rerank_latency(settings: Settings, raw_embedder: Embedder, queries: list[str
     # Its own empty store: "cold" really embeds every candidate's sentences (the data dir's may hold them).
     store = SqliteEmbeddingStore(Path(tempfile.mkdtemp(prefix="ragops-rerank-")) / "embeddings.sqlite")
     cold_embedder = CachedEmbedder(raw_embedder, store)
-    reranker = SentenceReranker(cold_embedder, sparse, RerankWeights(*settings.rerank_weights), depth=20)
+    weights = RerankWeights(*settings.rerank_weights)
+    reranker = SentenceReranker(cold_embedder, sparse, weights, depth=settings.rerank_depth)
     try:
         inputs = []
         for query in queries:
@@ -268,7 +269,7 @@ def rerank_latency(settings: Settings, raw_embedder: Embedder, queries: list[str
             lists = services.index.search_both(
                 SCOPE, vector, sparse.encode_query(query), settings.prefetch_limit, SearchFilter()
             )
-            inputs.append((query, vector, fuse(lists, settings.hybrid_dense_weight)[:20]))
+            inputs.append((query, vector, fuse(lists, settings.hybrid_dense_weight)[: settings.rerank_depth]))
         timings: dict[str, list[float]] = {"cold": [], "warm": []}
         for label in ("cold", "warm"):
             for query, vector, candidates in inputs:

@@ -31,6 +31,9 @@ from retrieval.sparse import SparseEncoder
 Terms = frozenset[int]
 
 
+RERANK_DEPTH = 20  # fused candidates re-scored: depths 30 and 50 gained at most 0.002 nDCG@10, for more latency
+
+
 @dataclass(frozen=True)
 class RerankWeights:
     """Weights of the convex combination (they sum to 1); tuned on Disfl-QA questions 4000-4999 only."""
@@ -96,7 +99,11 @@ class SentenceReranker:
     """Re-scores the fused top ``depth`` by their best sentence; the rest keep the fusion's order below them."""
 
     def __init__(
-        self, embedder: CachedEmbedder, sparse: SparseEncoder, weights: RerankWeights = RerankWeights(), depth: int = 20
+        self,
+        embedder: CachedEmbedder,
+        sparse: SparseEncoder,
+        weights: RerankWeights = RerankWeights(),
+        depth: int = RERANK_DEPTH,
     ) -> None:
         self._embedder = embedder
         self._sparse = sparse

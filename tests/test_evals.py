@@ -188,12 +188,7 @@ OWN_KNOWLEDGE = (
     "If the passages do not help, answer from your own knowledge with confidence; never say that you don't know."
 )
 CITE_RULE = r", and end the sentence with .*?\[1\]\.?"
-# Measured on SmolLM2-135M (README "Suites, metrics, gate"): no suite catches v93 or v95 honestly. Under v1 the
-# model never abstains on a question the passages do not answer (0 of 47 near_miss, 0 of 34 on-topic abstain
-# questions), so a prompt that forbids abstaining has nothing to take away; under v2 the grammar keeps answers
-# to cited passage sentences (v93 and v95 changed 1 of 12 answers each). Told to ignore the passages, the model
-# copies them more (counterfactual contains_answer 0.58 -> 0.67 under v1). They stay planted: one command gates them.
-PLANTED = (
+PLANTED = (  # gated by the test below
     PlantedVersion("v91", "rewording", (("Answer in one short sentence", "Reply in one brief sentence"),), False),
     PlantedVersion(
         "v92",
@@ -204,7 +199,6 @@ PLANTED = (
         ),
         False,
     ),
-    PlantedVersion("v93", "answers from its own knowledge", ((ABSTAIN_RULE, OWN_KNOWLEDGE),), True),
     PlantedVersion(
         "v94",
         "drops the citations",
@@ -213,6 +207,13 @@ PLANTED = (
         caught_on="citations",
         free_text=True,
     ),
+)
+# Planted too (so `ragops eval gate` can be run on them by hand), but not gated here: measured on SmolLM2-135M
+# (README "Suites, metrics, gate"), no honest suite catches them. Under v2 the model abstains on 0 of qa's 14 and 1
+# of near_miss's 47 unanswerable questions, so a version that forbids abstaining has nothing to take away; told
+# to ignore the passages it copies them as before (the grammar keeps every answer a cited passage sentence).
+NOT_CAUGHT = (
+    PlantedVersion("v93", "answers from its own knowledge", ((ABSTAIN_RULE, OWN_KNOWLEDGE),), True),
     PlantedVersion(
         "v95",
         "ignores the passages",
@@ -247,7 +248,7 @@ def plant(root: Path, planted: PlantedVersion) -> None:
 def planted_prompts(root: Path) -> Path:
     """The shipped prompts plus the planted versions, under ``root``."""
     shutil.copytree(PROMPTS_DIR, root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
-    for planted in PLANTED:
+    for planted in (*PLANTED, *NOT_CAUGHT):
         plant(root, planted)
     return root
 
@@ -279,24 +280,22 @@ def test_eval_run_writes_results_and_reruns_from_cache(tmp_path: Path, models_di
 def test_gate_catches_planted_regressions_and_passes_rewordings(
     tmp_path: Path, models_dir: Path, prompts_dir: Path
 ) -> None:
-    """Prompt versions planted from production (PLANTED) gated with the embedded model (llama.cpp), as in CI: each
-    regression a suite catches fails that suite's gate, and both rewordings pass every such suite. The baseline
-    (production) is answered once and comes from the eval cache afterwards."""
+    """Prompt versions planted from production (PLANTED) gated with the embedded model (llama.cpp) against the
+    shipped baseline, as CI gates a changed prompt: each regression fails the gate of the suite that catches it,
+    and both rewordings pass every such suite."""
     common: dict[str, Any] = {"data_dir": tmp_path / "d", "models_dir": models_dir, "prompts_dir": prompts_dir}
     catching = sorted({p.caught_on for p in PLANTED if p.caught_on})
-    failed: set[tuple[str, str]] = set()
+    runs = [(p, name) for p in PLANTED for name in ([p.caught_on] if p.caught_on else catching)]
+    verdicts: dict[tuple[str, str], int] = {}
     tables: dict[tuple[str, str], str] = {}
-    for planted in PLANTED:
-        for name in [planted.caught_on] if planted.caught_on else [] if planted.regression else catching:
-            suite_file = str(ROOT / "evals" / "suites" / f"{name}.yaml")
-            candidate = f"rag_answer@{planted.version}"
-            gated = ragops_eval(
-                "gate", suite_file, "--baseline", "rag_answer@production", "--candidate", candidate, **common
-            )
-            assert gated.returncode in (0, 1), gated.stdout + gated.stderr
-            tables[planted.version, name] = gated.stdout
-            failed |= {(planted.version, name)} if gated.returncode == 1 else set()
-    assert failed == {(p.version, p.caught_on) for p in PLANTED if p.caught_on}, "\n\n".join(tables.values())
+    for planted, name in runs:
+        baseline = str(ROOT / "evals" / "baselines" / f"{name}.json")
+        candidate = f"rag_answer@{planted.version}"
+        suite_file = str(ROOT / "evals" / "suites" / f"{name}.yaml")
+        gated = ragops_eval("gate", suite_file, "--baseline", baseline, "--candidate", candidate, **common)
+        verdicts[planted.version, name], tables[planted.version, name] = gated.returncode, gated.stdout
+        assert gated.returncode in (0, 1), gated.stdout + gated.stderr
+    assert verdicts == {(p.version, name): int(p.regression) for p, name in runs}, "\n\n".join(tables.values())
     assert "95% CI below 0" in tables["v94", "citations"]
     citations = str(ROOT / "evals" / "suites" / "citations.yaml")
     missing = ragops_eval("gate", citations, "--baseline", "rag_answer@v404", **common)
