@@ -6,7 +6,8 @@ the fusion's two normalised scores in one convex combination (``RerankWeights``)
 
 - sentence similarity: the highest cosine between the query and one of the candidate's sentences (the packaged
   MiniLM; sentence vectors come through the persistent embedding cache, so each sentence is embedded once, on
-  its first rerank, and shared with the answer pipeline's context compression, which splits the same way);
+  its first rerank; the answer pipeline's context compression, which splits sentences the same way, finds the
+  vectors of the sentences it shortlists there);
 - sentence terms: the share of the query's BM25 terms (stemmed, stop words dropped) that the candidate's best
   sentence holds, each term weighted by its IDF among the candidates being reranked (a term every candidate
   holds tells none of them apart).
