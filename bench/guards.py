@@ -65,6 +65,7 @@ from safety.groundedness import (  # noqa: E402
     SupportSignals,
     answer_sentences,
 )
+from safety.guards import answer_evidence  # noqa: E402
 
 REDTEAM = ROOT / "bench" / "data" / "redteam.jsonl"
 CORPUS = DISFL_QA.passages
@@ -256,7 +257,7 @@ def latency_report(settings: Settings, embedder: Any, guards: Any) -> dict[str, 
     latencies_out = []
     for case in supported:
         started = time.perf_counter()
-        guards.output.check(case.answer, evidence(case.contexts, case.question))
+        guards.output.check(case.answer, answer_evidence(case.contexts, case.question))
         latencies_out.append((time.perf_counter() - started) * 1000)
     # SmolLM2's own answers (the qa baseline, with the passages it saw), as served by llama.cpp.
     rows = json.loads((ROOT / "evals" / "baselines" / "qa.json").read_text())["samples"]
@@ -266,7 +267,7 @@ def latency_report(settings: Settings, embedder: Any, guards: Any) -> dict[str, 
     for row in rows * 5:
         contexts = [c["text"] for c in row["citations"]]
         started = time.perf_counter()
-        guards.output.check(row["answer"], evidence(contexts, row["question"]))
+        guards.output.check(row["answer"], answer_evidence(contexts, row["question"]))
         llm.append((time.perf_counter() - started) * 1000)
     return {
         "input_guard": _p50_p95(latencies_in),
@@ -276,11 +277,6 @@ def latency_report(settings: Settings, embedder: Any, guards: Any) -> dict[str, 
         "both_p95_llm_answers": round(percentile([a + b for a, b in zip(latencies_in, llm, strict=False)], 95), 2),
         "added_to_request": added_latency(settings, embedder, load_questions(0, 300)),
     }
-
-
-def evidence(contexts: list[str], question: str) -> dict[str, Any]:
-    """What the output guard's validators read, as the pipeline passes it."""
-    return {"contexts": contexts, "passages": len(contexts), "question": question}
 
 
 def one_sentence_answers(embedder: Any, count: int) -> list[GroundednessCase]:

@@ -117,6 +117,12 @@ class ContextVerdict(BaseModel):
     of: int
 
 
+def answer_evidence(contexts: list[str], question: str) -> dict[str, Any]:
+    """What the output guard's validators read about an answer (guardrails-ai passes validators a metadata dict):
+    the passages shown, how many, and the question, which groundedness judges the answer against."""
+    return {"contexts": contexts, "passages": len(contexts), "question": question}
+
+
 @dataclass(frozen=True)
 class GuardStep:
     name: str

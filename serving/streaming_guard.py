@@ -14,11 +14,10 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
 
 from prompts.citations import MARKER
 from safety.groundedness import Groundedness
-from safety.guards import Guard, GuardAction, GuardVerdict
+from safety.guards import Guard, GuardAction, GuardVerdict, answer_evidence
 from safety.pii import PRIVATE_KEY_BEGIN
 from serving.answer import SPACE_RUN, drop_invalid_citations
 
@@ -107,8 +106,7 @@ class SentenceGuard:
     ) -> None:  # fmt: skip
         self._guard = guard
         self.generator = generator
-        # The question too: groundedness judges whether the passages support the sentence as an answer to it.
-        self._evidence: dict[str, Any] = {"contexts": contexts, "passages": len(contexts), "question": question}
+        self._evidence = answer_evidence(contexts, question)
         self._stop_on = frozenset(stop_on)
         self._splitter = SentenceSplitter()
         self._checked: list[str] = []  # after redaction, before citation cleaning: what flag validators judge

@@ -58,6 +58,7 @@ def _build_guards(settings: Settings, embedder: CachedEmbedder) -> tuple[Guard, 
 
 def run_guard_check(args: argparse.Namespace) -> int:
     from app.container import build_cached_embedder
+    from safety.guards import answer_evidence
 
     records = _read_guard_records()
     settings = settings_from(args, guards=True)
@@ -67,8 +68,7 @@ def run_guard_check(args: argparse.Namespace) -> int:
     try:
         for record in records:
             guard = output_guard if record.get("guard") == "output" else input_guard
-            contexts = record.get("contexts", [])
-            evidence = {"contexts": contexts, "passages": len(contexts), "question": record.get("question", "")}
+            evidence = answer_evidence(record.get("contexts", []), str(record.get("question", "")))
             verdict = guard.check(record["text"], evidence)
             blocked = blocked or not verdict.passed
             if args.json:
