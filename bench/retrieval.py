@@ -265,16 +265,14 @@ def rerank_latency(settings: Settings, raw_embedder: Embedder, queries: list[str
     try:
         inputs = []
         for query in queries:
-            vector = services.embedder.embed_query(query)
-            lists = services.index.search_both(
-                SCOPE, vector, sparse.encode_query(query), settings.prefetch_limit, SearchFilter()
-            )
-            inputs.append((query, vector, fuse(lists, settings.hybrid_dense_weight)[: settings.rerank_depth]))
+            vector, terms = services.embedder.embed_query(query), sparse.encode_query(query)
+            lists = services.index.search_both(SCOPE, vector, terms, settings.prefetch_limit, SearchFilter())
+            inputs.append((vector, terms, fuse(lists, settings.hybrid_dense_weight)[: settings.rerank_depth]))
         timings: dict[str, list[float]] = {"cold": [], "warm": []}
         for label in ("cold", "warm"):
-            for query, vector, candidates in inputs:
+            for vector, terms, candidates in inputs:
                 started = time.perf_counter()
-                reranker.rerank(query, vector, candidates)
+                reranker.rerank(vector, terms, candidates)
                 timings[label].append((time.perf_counter() - started) * 1000)
     finally:
         services.close()

@@ -27,6 +27,7 @@ import numpy.typing as npt
 from retrieval.chunking import split_sentences
 from retrieval.embedding_cache import CachedEmbedder
 from retrieval.fusion import FusedCandidate, min_max
+from retrieval.index import SparseVector
 from retrieval.sparse import SparseEncoder
 
 Terms = frozenset[int]
@@ -112,15 +113,16 @@ class SentenceReranker:
         self._depth = depth
 
     def rerank(
-        self, query: str, query_vector: npt.NDArray[np.float32], candidates: Sequence[FusedCandidate]
+        self, query_vector: npt.NDArray[np.float32], query_terms: SparseVector, candidates: Sequence[FusedCandidate]
     ) -> list[FusedCandidate]:
+        """``query_terms``: the query's BM25 vector, as hybrid search already encoded it."""
         head, tail = list(candidates[: self._depth]), list(candidates[self._depth :])
         if len(head) < 2:
             return head + tail
         sentences = self._sentences(query_vector, head)
-        query_terms = frozenset(self._sparse.encode_query(query).indices)
-        idf = pool_idf(query_terms, [candidate.terms for candidate in sentences])
-        terms = [best_sentence_terms(query_terms, candidate.terms, idf) for candidate in sentences]
+        term_ids = frozenset(query_terms.indices)
+        idf = pool_idf(term_ids, [candidate.terms for candidate in sentences])
+        terms = [best_sentence_terms(term_ids, candidate.terms, idf) for candidate in sentences]
         similarity = [candidate.best_similarity for candidate in sentences]
         reranked = combine(head, similarity, terms, self._weights)
         # The tail stays below the reranked head: scores there are on the fusion's scale, not comparable.

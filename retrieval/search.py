@@ -75,7 +75,7 @@ class Searcher:
             hits = [_hit(point, point.score) for point in points]
         else:
             assert dense is not None and sparse is not None  # hybrid: both were encoded above
-            hits = [_hit(c.point, c.score) for c in self._hybrid(query, scope, dense, sparse, top_k, narrowed)]
+            hits = [_hit(c.point, c.score) for c in self._hybrid(scope, dense, sparse, top_k, narrowed)]
         done = time.perf_counter()
         return SearchResult(
             hits=hits,
@@ -87,7 +87,6 @@ class Searcher:
 
     def _hybrid(
         self,
-        query: str,
         scope: Scope,
         dense: npt.NDArray[np.float32],
         sparse: SparseVector,
@@ -98,5 +97,5 @@ class Searcher:
         limit = max(top_k, self._fusion.prefetch_limit)
         fused = fuse(self._index.search_both(scope, dense, sparse, limit, search_filter), self._fusion.dense_weight)
         if self._reranker is not None:
-            fused = self._reranker.rerank(query, dense, fused)
+            fused = self._reranker.rerank(dense, sparse, fused)
         return fused[:top_k]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -17,3 +19,24 @@ def launch(playwright: Any) -> Any:
         executable_path=shutil.which("chromium"),
         args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
     )
+
+
+@contextmanager
+def asked_on_the_page(url: str, question: str) -> Iterator[tuple[Any, list[str]]]:
+    """The chat page at ``url`` once ``question`` was sent and its answer is done: the page, and the script errors
+    it raised (collected until the browser closes)."""
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(url + "/")
+            page.fill("#question", question)
+            page.click("#send")
+            page.wait_for_selector("body[data-state=done]", timeout=60_000)
+            yield page, errors
+        finally:
+            browser.close()

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from prompts.registry import PromptRegistry
-from tests.browser import launch, needs_chromium
+from tests.browser import asked_on_the_page, needs_chromium
 from tests.conftest import load_sample_records
 from tests.faulty_server import FaultyServer
 from tests.live_server import LiveServer
@@ -225,21 +225,10 @@ def test_misbehaving_backend_still_gets_a_200_with_the_fallback_named(
 
 @needs_chromium
 def test_web_page_streams_an_answer_with_citations(server: LiveServer, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
-    errors: list[str] = []
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        page = browser.new_page()
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(server.url + "/")
-        page.fill("#question", QUESTION)
-        page.click("#send")
-        page.wait_for_selector("body[data-state=done]", timeout=60_000)
+    with asked_on_the_page(server.url, QUESTION) as (page, errors):
         answer = page.inner_text("#answer")
         citations = page.locator("#citations li")
         assert answer.strip() and citations.count() >= 1
         assert "generator: llamacpp" in page.inner_text("#meta")
         page.screenshot(path=str(tmp_path / "chat.png"))
-        browser.close()
     assert errors == []

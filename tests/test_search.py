@@ -185,7 +185,8 @@ def test_rerank_orders_by_the_best_sentence(services: Services) -> None:
         "answering", "Grapes grow on the hills. The treaty of Verdun was signed in the abbey of Verdun.", 0.9, 0.9
     )
     below = _candidate("below", "The treaty of Verdun was signed in the abbey of Verdun.", 0.1, 0.1)
-    reranked = reranker.rerank(query, services.embedder.embed_query(query), [diluted, answering, below])
+    query_vectors = services.embedder.embed_query(query), Bm25Encoder().encode_query(query)
+    reranked = reranker.rerank(*query_vectors, [diluted, answering, below])
     assert [c.point.id for c in reranked] == ["answering", "diluted", "below"]  # only the top `depth` move
     assert reranked[0].score > reranked[1].score >= reranked[2].score
 

@@ -34,7 +34,7 @@ from serving.generation import Generation, GenerationRequest, GeneratorError, St
 from serving.pipeline import RagPipeline
 from serving.stages import AnswerRequest, CachedAnswers, ComposePrompt, Generate, OutputGuard
 from serving.streaming_guard import SentenceGuard, SentenceSplitter
-from tests.browser import launch, needs_chromium
+from tests.browser import asked_on_the_page, needs_chromium
 from tests.conftest import sample_documents
 from tests.live_server import LiveServer, free_port
 
@@ -328,20 +328,9 @@ def test_a_model_failing_mid_answer_is_replaced_not_patched(scripted_services: S
 
 @needs_chromium
 def test_web_page_clears_a_replaced_answer(scripted_server: tuple[ThreadServer, Scripted]) -> None:
-    from playwright.sync_api import sync_playwright
-
     server, _ = scripted_server
-    errors: list[str] = []
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        page = browser.new_page()
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(server.url + "/")
-        page.fill("#question", GROUNDED_THEN_INVENTED)
-        page.click("#send")
-        page.wait_for_selector("body[data-state=done]", timeout=60_000)
+    with asked_on_the_page(server.url, GROUNDED_THEN_INVENTED) as (page, errors):
         shown, notice = page.inner_text("#answer"), page.inner_text("#notice")
-        browser.close()
     assert errors == [] and "withdrawn" in notice and "groundedness" in notice
     assert "writes [EMAIL]" not in shown and shown.strip()
 
