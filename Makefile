@@ -18,7 +18,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser vllm run ingest serve test bench clean
+.PHONY: setup system vllm run ingest serve test bench clean
 
 setup: $(STAMP)
 
@@ -36,11 +36,19 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 		&& echo "$(DEPS_HASH)" > $(STAMP); \
 	else touch $(STAMP); fi
 
-# The web page's test drives Debian's Chromium (headless); installed when missing and we may (root).
-browser:
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
-		echo "chromium not installed: the web page test will be skipped"
+# Debian packages the tests drive: Chromium (the web page, headless), redis-server and postgresql (rate limits
+# shared by replicas, the Postgres state store; the tests start their own on 127.0.0.1). Installed when missing
+# and we may (root), with one apt-get update; without them, the tests that need them are skipped, saying why.
+system:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		{ [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
+		echo "not installed:$$missing; the tests that need them will be skipped"; \
+	fi
 
 # A real vLLM engine for the tests (CPU build, its own venv: its pins differ from ours), serving the same
 # SmolLM2 as llama.cpp, converted from the bundled GGUF to safetensors.
@@ -63,7 +71,7 @@ serve: setup
 
 run: ingest serve
 
-test: setup browser vllm
+test: setup system vllm
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
@@ -74,6 +82,9 @@ bench: setup
 	$(PY) bench/answer.py --out bench/results/answer.json
 	$(PY) bench/evals.py --out bench/results/evals.json
 	$(PY) bench/guards.py --out bench/results/guards.json
+	$(PY) bench/governance.py --out bench/results/governance.json
+	$(PY) bench/audit.py --out bench/results/audit.json
+	$(PY) bench/rate_limits.py --out bench/results/rate_limits.json
 
 clean:
 	rm -rf .ragops .pytest_cache .mypy_cache .ruff_cache

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.settings import Settings
 from evals.ragas_metrics import JudgeConfig
@@ -27,10 +28,12 @@ from retrieval.validation import DocumentLimits
 from safety.groundedness import GroundednessBackend
 from safety.guards import Guards
 from serving.answer import Answer
-from serving.answer_cache import InMemoryAnswerCache
+from serving.answer_cache import AnswerCache, InMemoryAnswerCache, RedisAnswerCache
 from serving.extractive import ExtractiveGenerator
 from serving.fallback import FallbackChain
+from serving.gate import AccessGate, BudgetCheck, KeyLookup, Limiter
 from serving.generation import Generation, GenerationRequest, Generator, GeneratorError, StreamDelta
+from serving.index_digest import IndexDigest
 from serving.judge_sampler import Judgement, SampledJudge
 from serving.metrics import AlertThresholds, ServiceMetrics
 from serving.openai_compat import OpenAICompatibleGenerator
@@ -48,7 +51,12 @@ from serving.stages import (
     ScreenPassages,
     Stages,
 )
+from serving.state_store import StateStore
 from serving.tracing import LangSmithTracer, NoTracer
+from serving.usage import AnswerPricing
+
+if TYPE_CHECKING:
+    from serving.audit import AuditLog
 
 logger = logging.getLogger("ragops")
 answer_log = logging.getLogger("ragops.answers")
@@ -114,6 +122,21 @@ class Services:
             self.judge.record(request, answer)
 
     @cached_property
+    def state(self) -> StateStore:
+        """Keys, audit trail, usage and budgets: SQLite under the data dir, or Postgres (``database_url``)."""
+        return StateStore.open(self.settings.database_url, self.settings.state_path)
+
+    @cached_property
+    def gate(self) -> AccessGate:
+        """Authentication, roles, rate limits, quotas and budgets, in front of every route that is not public."""
+        return AccessGate(build_keys(self), build_limiter(self), build_budgets(self))
+
+    @cached_property
+    def audit(self) -> AuditLog | None:
+        """The audit trail's writer (and the usage ledger's); None with ``audit`` off."""
+        return build_audit(self) if self.settings.audit else None
+
+    @cached_property
     def metrics(self) -> ServiceMetrics:
         s = self.settings
         thresholds = AlertThresholds(
@@ -122,6 +145,11 @@ class Services:
         return ServiceMetrics(s.groundedness_threshold, thresholds)
 
     def close(self) -> None:
+        audit = self.__dict__.get("audit")
+        if audit is not None:
+            audit.close()  # its last records are written before the store closes
+        if "state" in self.__dict__:
+            self.state.close()
         if "tracer" in self.__dict__:
             self.tracer.close()
         judge = self.__dict__.get("judge")
@@ -144,6 +172,42 @@ class UnavailableGenerator:
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamDelta | Generation]:
         raise GeneratorError("error", self._reason)
+
+
+def build_keys(services: Services) -> KeyLookup:
+    from serving.keys import Authenticator, KeyStore
+
+    settings = services.settings
+    return Authenticator(KeyStore(services.state), settings.api_keys, settings.key_cache_s)
+
+
+def build_limiter(services: Services) -> Limiter:
+    from serving.rate_limits import RateLimits
+
+    s = services.settings
+    return RateLimits(s.redis_url, s.rate_limit_fail, s.role_limits, s.auth_failures_per_minute, services.metrics)
+
+
+def build_answer_cache(services: Services) -> AnswerCache:
+    """In process, or in Redis shared by replicas (exact matches; the semantic layer stays in process)."""
+    s = services.settings
+    local = InMemoryAnswerCache(s.answer_cache_size, s.semantic_cache_threshold)
+    if s.answer_cache_backend == "memory" or s.redis_url is None:
+        return local
+    semantic = local if s.semantic_cache_threshold is not None else None
+    return RedisAnswerCache(s.redis_url, s.answer_cache_ttl_s, services.metrics, semantic)
+
+
+def build_budgets(services: Services) -> BudgetCheck:
+    from serving.usage import Budgets
+
+    return Budgets(services.state, services.settings.budget_soft_ratio, services.metrics)
+
+
+def build_audit(services: Services) -> AuditLog:
+    from serving.audit import AuditLog
+
+    return AuditLog(services.state, services.settings.audit_content, services.metrics)
 
 
 def build_generator(settings: Settings, embedder: CachedEmbedder) -> Generator:
@@ -185,9 +249,9 @@ def build_pipeline(services: Services) -> RagPipeline:
     stages = Stages(
         input_guard=InputGuard(guards.input if guards else None),
         cache=CachedAnswers(
-            InMemoryAnswerCache(settings.answer_cache_size, settings.semantic_cache_threshold),
+            build_answer_cache(services),
             embedder,
-            lambda: services.ingestor.version,
+            IndexDigest(services.index, lambda: services.ingestor.version),
             primary.name,
         ),
         retrieve=Retrieve(services.searcher),
@@ -201,7 +265,8 @@ def build_pipeline(services: Services) -> RagPipeline:
         ),
         cite=Cite(redact_retrieved=settings.redact_retrieved),
     )
-    return RagPipeline(stages, prompts, observer=services.observe)
+    pricing = AnswerPricing(settings.prices, services.metrics)
+    return RagPipeline(stages, prompts, observer=services.observe, pricing=pricing)
 
 
 def judge_config(settings: Settings) -> JudgeConfig | None:

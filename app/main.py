@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import chat, documents, health, metrics, openai_api, search, web
+from app.api import admin_audit, admin_keys, admin_usage, chat, documents, health, metrics, openai_api, search, web
 from app.api.errors import ErrorResponse, install_error_handlers
 from app.api.middleware import RequestContext
 from app.api.openai_protocol import ChatCompletionChunk
@@ -15,6 +15,9 @@ from app.api.openapi import install_docs, install_openapi
 from app.api.schemas import ChatStreamEvent
 from app.container import Services, build_services
 from app.settings import Settings, load_settings
+
+# Public first (probes, metrics, the page), then the API, then the admin routes.
+_ROUTERS = (health, metrics, web, search, documents, chat, openai_api, admin_keys, admin_audit, admin_usage)
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -29,6 +32,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             return
         owned = build_services(resolved)
         _ = owned.pipeline  # load the generator now, not on the first question
+        _ = owned.gate, owned.audit  # open the state store now, not on the event loop during a request
         app.state.services = owned
         try:
             yield
@@ -49,11 +53,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     install_docs(app)
     app.add_middleware(RequestContext, max_body_bytes=resolved.max_body_bytes)
 
-    app.include_router(health.router)
-    app.include_router(search.router)
-    app.include_router(documents.router)
-    app.include_router(chat.router)
-    app.include_router(openai_api.router)
-    app.include_router(metrics.router)
-    app.include_router(web.router)
+    for module in _ROUTERS:
+        app.include_router(module.router)
     return app

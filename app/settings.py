@@ -11,7 +11,7 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, IPvAnyNetwork, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +22,8 @@ from pydantic_settings import (
 from retrieval.index import SCOPE_NAME_PATTERN, FusionParams, SearchMode
 from retrieval.rerank import RERANK_DEPTH, RerankWeights
 from retrieval.validation import DocumentLimits
+from serving.access import Role, RoleLimits, default_role_limits, parse_tenant_role
+from serving.usage import ModelPrice
 
 EmbedderBackend = Literal["onnx", "torch"]
 GeneratorBackend = Literal["llamacpp", "vllm", "extractive"]
@@ -160,9 +162,69 @@ class Settings(BaseSettings):
     # API
     api_keys: dict[str, str] = Field(
         default_factory=dict,
-        description="API key -> tenant (JSON in RAGOPS_API_KEYS). Empty: no auth; the X-Tenant header or "
-        "default_tenant picks the tenant.",
+        description="API key -> tenant, or tenant:role (JSON in RAGOPS_API_KEYS, e.g. a first tenant:admin key from a "
+        "Kubernetes Secret); editor when no role is given (what such keys could do before roles). Keys made with "
+        "`ragops keys create` live in the state store. No key from either source, ever: no auth, the X-Tenant "
+        "header or default_tenant picks the tenant.",
     )
+
+    # Governance: keys, limits, audit, cost (see "Production setup" in the README)
+    database_url: str | None = Field(
+        None,
+        pattern=r"^postgres(ql)?://",
+        description="Postgres state store (keys, audit trail, usage, budgets), postgresql://user:pass@host/db; "
+        "unset: SQLite at data_dir/state.sqlite.",
+    )
+    redis_url: str | None = Field(
+        None,
+        pattern=r"^rediss?://",
+        description="Redis shared by replicas for rate limits and quotas (and the answer cache with "
+        "answer_cache_backend=redis); unset: in-process.",
+    )
+    rate_limit_fail: Literal["open", "closed"] = Field(
+        "open",
+        description="Redis unreachable: open keeps serving with in-process limits (a metric and a log line say "
+        "so); closed refuses requests with 503.",
+    )
+    role_limits: dict[Role, RoleLimits] = Field(
+        default_factory=default_role_limits,
+        description="Requests per minute and tokens per day of each role's keys (a key may override both).",
+    )
+    auth_failures_per_minute: int = Field(
+        20, ge=1, description="Failed authentications one client address may make a minute before getting 429."
+    )
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="Addresses or CIDR networks of proxies whose X-Forwarded-For names the client; from any other "
+        "peer the header is ignored.",
+    )
+    metrics_token: str | None = Field(
+        None, description="Bearer token /metrics requires when set; unset: /metrics is public (for Prometheus)."
+    )
+    key_cache_s: float = Field(
+        5.0, ge=0, description="Seconds a replica trusts a key it looked up; a revocation takes effect within this."
+    )
+    audit: bool = Field(
+        True,
+        description="Write the audit trail and the usage ledger (budgets read it). Off for benchmarks only.",
+    )
+    audit_content: Literal["hash", "redacted"] = Field(
+        "hash",
+        description="What audit records keep of questions and answers: hash, their SHA-256; redacted, their text "
+        "with PII and secrets redacted.",
+    )
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="Price per model (the answer's model, else its generator's name): per 1k prompt and "
+        "completion tokens, or per hour of generation for self-hosted models. Unpriced models cost 0.",
+    )
+    budget_soft_ratio: float = Field(
+        0.8, gt=0, le=1, description="Share of a tenant's budget at which the soft alert fires (metric, log line)."
+    )
+    answer_cache_backend: Literal["memory", "redis"] = Field(
+        "memory", description="memory: per process; redis: shared by replicas (needs redis_url)."
+    )
+    answer_cache_ttl_s: int = Field(86400, ge=1, description="Seconds a cached answer lives in Redis.")
     max_query_chars: int = Field(
         2000, ge=1, description="Longest search query or chat question accepted (HTTP 400 beyond)."
     )
@@ -294,9 +356,27 @@ class Settings(BaseSettings):
             raise ValueError("chunk_overlap must be smaller than chunk_tokens")
         return self
 
+    @model_validator(mode="after")
+    def _redis_cache_needs_redis(self) -> Settings:
+        if self.answer_cache_backend == "redis" and self.redis_url is None:
+            raise ValueError("answer_cache_backend=redis needs redis_url")
+        return self
+
+    @field_validator("api_keys")
+    @classmethod
+    def _env_key_roles(cls, keys: dict[str, str]) -> dict[str, str]:
+        for tenant_role in keys.values():
+            parse_tenant_role(tenant_role)
+        return keys
+
     @property
     def index_dir(self) -> Path:
         return self.data_dir / "index"
+
+    @property
+    def state_path(self) -> Path:
+        """The SQLite state store (when database_url is unset)."""
+        return self.data_dir / "state.sqlite"
 
     @property
     def cache_dir(self) -> Path:

@@ -7,9 +7,11 @@ nobody tuned on.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SQUAD_SHIFTS_DIR = ROOT / "data" / "squad_shifts"
@@ -40,3 +42,11 @@ def percentile(values: list[float], q: float) -> float:
         raise ValueError("no values to take a percentile of")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def emit(figures: dict[str, Any], out: Path | None) -> None:
+    """Print a benchmark's figures as JSON, and write them to ``out`` when given."""
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if out is not None:
+        out.write_text(text + "\n")

@@ -79,6 +79,7 @@ class Answer(BaseModel):
     cached: bool = False
     prompt: PromptInfo
     usage: Usage = Field(default_factory=Usage)
+    cost_usd: float = Field(0.0, description="What generating the answer cost, from the price table (0: unpriced).")
     timings_ms: dict[str, float] = Field(default_factory=dict)
     refused: bool = Field(False, description="A guard blocked the question or the answer.")
     abstained: bool = Field(False, description="The documents do not hold the answer (never set by an outage).")

@@ -71,9 +71,44 @@ class ServiceMetrics:
         self.alert_active = Gauge(
             "ragops_alert_active", "1 while a rate is above its alert threshold.", ["alert"], registry=r
         )
+        self._add_governance_metrics(r)
         self._window: deque[tuple[bool | None, bool]] = deque(maxlen=self._alerts.window)
         self._firing: set[str] = set()
         self._lock = threading.Lock()
+
+    def _add_governance_metrics(self, r: CollectorRegistry) -> None:
+        """Cost and budgets, rate limits and Redis, the audit trail's writes."""
+        self.cost = Counter("ragops_cost_usd", "What answers cost (prices setting), by tenant.", ["tenant"], registry=r)
+        self.budget_used = Gauge(
+            "ragops_budget_used_ratio", "Share of its monthly budget a tenant has spent.", ["tenant"], registry=r
+        )
+        self.budget_soft_ratio = Gauge(
+            "ragops_budget_soft_ratio", "The used share at which a tenant's budget warns.", ["tenant"], registry=r
+        )
+        self.rate_limit_refusals = Counter(
+            "ragops_rate_limit_refusals", "Requests refused with 429 by a rate limit or quota.", ["limit"], registry=r
+        )
+        self.rate_limiter_degraded = Gauge(
+            "ragops_rate_limiter_degraded",
+            "1 while Redis is unreachable: limits counted in process (or refused, rate_limit_fail=closed).",
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "ragops_redis_errors", "Failed Redis commands by part (rate_limits, answer_cache).", ["part"], registry=r
+        )
+        self.audit_records = Counter("ragops_audit_records", "Audit records committed.", registry=r)
+        self.audit_failures = Counter(
+            "ragops_audit_write_failures", "Audit records whose batch failed to commit (their requests got 503).",
+            registry=r,
+        )  # fmt: skip
+        self.audit_commit_seconds = Histogram(
+            "ragops_audit_commit_seconds", "Time to commit one batch of audit records (group commit).",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.audit_batch_records = Histogram(
+            "ragops_audit_batch_records", "Audit records per committed batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r,
+        )  # fmt: skip
 
     def observe(self, answer: Answer) -> None:
         generator = answer.generator or "none"
@@ -119,6 +154,15 @@ class ServiceMetrics:
                     self._firing.discard(name)
                     alert_log.info("alert resolved", extra={"alert": name, "rate": round(rate, 4)})
                 self.alert_active.labels(name).set(1 if firing else 0)
+
+    def observe_audit_batch(self, records: int, seconds: float, ok: bool) -> None:
+        """One group commit of the audit writer: its size and time, or its failure."""
+        if not ok:
+            self.audit_failures.inc(records)
+            return
+        self.audit_records.inc(records)
+        self.audit_commit_seconds.observe(seconds)
+        self.audit_batch_records.observe(records)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

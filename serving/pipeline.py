@@ -1,8 +1,8 @@
 """The answering pipeline: the steps of ``serving.stages`` wired in order, read top to bottom in ``_run``.
 
 Every answer says how the request ended (``outcome``), which generator produced it, whether a fallback was used
-and why, whether it came from the cache, which prompt version made it, what the guards found, and how well the
-passages support it.
+and why, whether it came from the cache, which prompt version made it, what the guards found, how well the
+passages support it, and what it cost (``AnswerPricing``, applied to every final answer before the observer).
 
 Streaming: the output guard checks the answer sentence by sentence as the model writes it, so every delta is
 guarded text (redacted, and checked for groundedness and the rest of the policy) before a client sees it. When a
@@ -20,6 +20,7 @@ from serving.answer import Answer
 from serving.fallback import Replaced
 from serving.generation import GeneratorError
 from serving.stages import AnswerRequest, Stages, Turn, whole
+from serving.usage import AnswerPricing
 
 __all__ = ["Answer", "AnswerRequest", "RagPipeline", "Replaced", "Stages"]
 
@@ -30,10 +31,12 @@ class RagPipeline:
         stages: Stages,
         prompts: Callable[[str | None], Prompt],
         observer: Callable[[AnswerRequest, Answer], None] | None = None,
+        pricing: AnswerPricing | None = None,
     ) -> None:
         self.stages = stages
         self._prompts = prompts  # which prompt version answers a user (stable or canary)
         self._observer = observer  # sees every final answer (metrics, tracing)
+        self._pricing = pricing or AnswerPricing({})  # every final answer's cost; without prices, 0
 
     def prompt_for(self, user: str | None = None) -> Prompt:
         """The prompt version that answers this user."""
@@ -50,9 +53,11 @@ class RagPipeline:
         ``Replaced`` event withdraws the deltas before it; the ones after it make the answer."""
         turn = Turn.start(request, self._prompts(request.user))
         for event in self._run(turn):
-            if isinstance(event, Answer) and self._observer is not None:
-                # What the guards let through: metrics, traces and the sampled judge never see redacted PII.
-                self._observer(replace(request, question=turn.question, history=turn.history), event)
+            if isinstance(event, Answer):
+                event = self._pricing.price(event, request.scope.tenant)
+                if self._observer is not None:
+                    # What the guards let through: metrics, traces and the sampled judge never see redacted PII.
+                    self._observer(replace(request, question=turn.question, history=turn.history), event)
             yield event
 
     def _run(self, turn: Turn) -> Iterator[str | Replaced | Answer]:

@@ -26,7 +26,7 @@ from safety.guards import ContextVerdict, Guard, GuardAction, Guards, GuardVerdi
 from serving.answer import Answer, GuardVerdicts, Outcome, PromptInfo, resolve_citations
 from serving.answer_cache import AnswerCache, CacheKey, normalise_question
 from serving.fallback import ChainDelta, ChainResult, Fallback, FallbackChain, Replaced
-from serving.generation import NOT_IN_DOCUMENTS, Generation, GenerationRequest, GeneratorError, StreamDelta
+from serving.generation import NOT_IN_DOCUMENTS, Generation, GenerationRequest, GeneratorError, StreamDelta, Usage
 from serving.generation import Generator as TextGenerator
 from serving.sentences import compress_passages
 from serving.streaming_guard import SentenceGuard, SplitGuard
@@ -119,7 +119,7 @@ class CachedAnswers:
     scope, index version, prompt version and first generator; conversations with history are not cached."""
 
     def __init__(
-        self, cache: AnswerCache, embedder: CachedEmbedder, index_version: Callable[[], int], generator: str
+        self, cache: AnswerCache, embedder: CachedEmbedder, index_version: Callable[[Scope], str], generator: str
     ) -> None:
         self._cache = cache
         self._embedder = embedder
@@ -133,7 +133,7 @@ class CachedAnswers:
             normalise_question(turn.question),
             scope.collection,
             scope.tenant,
-            self._index_version(),
+            self._index_version(scope),  # a digest of the scope's documents (serving.index_digest)
             f"{prompt.ref}#{prompt.content_hash}",
             self._generator,
             turn.request.top_k,
@@ -143,8 +143,9 @@ class CachedAnswers:
         cached = self._cache.get(turn.cache_key, turn.query_vector)
         if not isinstance(cached, Answer):
             return None
+        # A cache hit generated nothing: no tokens, no cost (it still counts as a request against rate limits).
         return cached.model_copy(
-            update={"outcome": "cached", "cached": True, "timings_ms": {"total": _ms(turn.started)}}
+            update={"outcome": "cached", "cached": True, "usage": Usage(), "timings_ms": {"total": _ms(turn.started)}}
         )
 
     def store(self, turn: Turn, answer: Answer) -> None:

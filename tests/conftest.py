@@ -17,6 +17,7 @@ from retrieval.documents import Document, Section
 from retrieval.embedding import Embedder, OnnxEmbedder
 from retrieval.offline import apply_offline_environment
 from serving.answer import Answer, PromptInfo
+from tests.backing_services import PostgresServer, RedisServer, postgres_bin_dir, redis_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CORPUS = ROOT / "data" / "sample" / "disfl_qa_passages.jsonl"
@@ -118,3 +119,43 @@ def sample_questions(passage_ids: set[str], limit: int = 20) -> list[dict[str, A
                 if len(found) == limit:
                     break
     return found
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real Redis for the session; tests that share it flush it first (``redis_url``)."""
+    if redis_binary() is None:
+        pytest.skip("redis-server not installed (make test installs it as root)")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    redis_server.flush()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real Postgres cluster for the session; each test gets a fresh database (``postgres_url``)."""
+    if postgres_bin_dir() is None:
+        pytest.skip("postgresql not installed (make test installs it as root)")
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """Run a test on both state stores: None is the embedded SQLite under the data dir."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url

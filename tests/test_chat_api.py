@@ -101,9 +101,10 @@ def test_openai_sdk_works_unchanged(server: LiveServer) -> None:
     assert [m.id for m in client.models.list()] == ["ragops"]
     completion = client.chat.completions.create(model="ragops", messages=[{"role": "user", "content": QUESTION}])
     assert completion.choices[0].message.content and completion.choices[0].finish_reason == "stop"
-    assert completion.usage is not None and completion.usage.total_tokens > 0
     extra = completion.model_extra or {}
     assert extra["citations"] and extra["ragops"]["prompt"]["version"] == PRODUCTION
+    # A cache hit generated nothing: it reports no tokens (and costs nothing).
+    assert completion.usage is not None and (completion.usage.total_tokens > 0) != extra["ragops"]["cached"]
 
     stream = client.chat.completions.create(
         model="ragops", messages=[{"role": "user", "content": "Who were the Normans?"}], stream=True

@@ -12,6 +12,7 @@ patterns, drop ``NOT_YET_CHECKED``."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from schemathesis.core.result import Err
 from schemathesis.schemas import APIOperation, BaseSchema
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.conftest import load_sample_records
+from tests.conftest import ROOT, load_sample_records
 from tests.live_server import LiveServer
 
 EXAMPLES_PER_OPERATION = 50
@@ -46,8 +47,12 @@ BOUNDED = settings(
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[LiveServer]:
     data = tmp_path_factory.mktemp("fuzz")
+    # Admin routes are fuzzed too (the server has no keys: every caller is its admin): a promoted label must not
+    # write the repository's prompt registry.
+    shutil.copytree(ROOT / "prompts", data / "prompts", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     env = {
         "RAGOPS_DATA_DIR": str(data / "data"),
+        "RAGOPS_PROMPTS_DIR": str(data / "prompts"),
         "RAGOPS_MODELS_DIR": str(models_dir),
         "RAGOPS_GENERATOR": "extractive",
         "RAGOPS_DEFAULT_COLLECTION": "sample",

@@ -201,7 +201,9 @@ def pipeline_with(services: Services, text: str) -> RagPipeline:
     assert guards is not None
     stages = replace(
         services.pipeline.stages,
-        cache=CachedAnswers(InMemoryAnswerCache(), services.embedder, lambda: services.ingestor.version, "scripted"),
+        cache=CachedAnswers(
+            InMemoryAnswerCache(), services.embedder, lambda _: str(services.ingestor.version), "scripted"
+        ),
         compose=ComposePrompt(services.embedder, context_sentences=0),
         generate=Generate(FallbackChain([Scripted(text), extractive])),
         output_guard=OutputGuard(guards.output, extractive, enforce=True),

@@ -104,7 +104,9 @@ def scripted_pipeline(services: Services, model: Scripted, enforce: bool = True)
     return RagPipeline(
         type(stages)(
             input_guard=stages.input_guard,
-            cache=CachedAnswers(InMemoryAnswerCache(), services.embedder, lambda: services.ingestor.version, "x"),
+            cache=CachedAnswers(
+                InMemoryAnswerCache(), services.embedder, lambda _: str(services.ingestor.version), "x"
+            ),
             retrieve=stages.retrieve,
             screen=stages.screen,
             abstain=stages.abstain,

@@ -11,14 +11,14 @@ from collections.abc import Iterator
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import ServicesDep, TenantDep, answer_request
+from app.api.deps import Reader, ServicesDep, answer_request, answered
 from app.api.errors import error_responses
 from app.api.schemas import ChatAnswerEvent, ChatDelta, ChatReplacedEvent, ChatRequest
 from app.api.sse import sse_event, sse_response, sse_responses
 from serving.answer import Answer
 from serving.fallback import Replaced
 
-router = APIRouter(tags=["chat"], responses=error_responses(400, 401, 404, 503))
+router = APIRouter(tags=["chat"], responses=error_responses(400, 401, 403, 404, 429, 503))
 
 
 @router.post(
@@ -26,16 +26,16 @@ router = APIRouter(tags=["chat"], responses=error_responses(400, 401, 404, 503))
     response_model=Answer,
     responses=sse_responses("ChatStreamEvent", "The answer; with stream, ChatStreamEvent events, then [DONE]."),
 )
-def chat(body: ChatRequest, services: ServicesDep, tenant: TenantDep) -> Answer | StreamingResponse:
+def chat(body: ChatRequest, services: ServicesDep, caller: Reader) -> Answer | StreamingResponse:
     history = [turn.model_dump() for turn in body.history]
-    request = answer_request(services, tenant, body.question, body.collection, body.top_k, history, body.user)
+    request = answer_request(services, caller.tenant, body.question, body.collection, body.top_k, history, body.user)
     if not body.stream:
-        return services.pipeline.answer(request)
+        return answered(services, caller, services.pipeline.answer(request))
 
     def events() -> Iterator[str]:
         for event in services.pipeline.stream(request):
             if isinstance(event, Answer):
-                yield sse_event(ChatAnswerEvent(**dict(event)))
+                yield sse_event(ChatAnswerEvent(**dict(answered(services, caller, event))))
             elif isinstance(event, Replaced):
                 yield sse_event(ChatReplacedEvent(from_=event.from_, reason=event.reason))
             else:

@@ -1,15 +1,23 @@
-"""Request dependencies: the wired services, the caller's tenant, and the pipeline request built from them."""
+"""Request dependencies: the wired services, the caller (``Reader``, ``Editor``, ``Admin``: each route declares its
+role by the one it takes), and the pipeline request built from them."""
 
 from __future__ import annotations
 
-import secrets
+import ipaddress
+from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from pydantic import IPvAnyNetwork
 
 from app.api.errors import ApiError
+from app.api.middleware import current_exchange
 from app.container import Services
 from retrieval.index import SCOPE_NAME_PATTERN, SCOPE_NAME_RULE, Scope, is_scope_name
+from serving.access import Principal, Role
+from serving.answer import Answer
+from serving.clock import parse_moment
 from serving.stages import AnswerRequest
 
 
@@ -22,30 +30,17 @@ def get_services(request: Request) -> Services:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
-# Documented with its pattern, checked in get_tenant (with API keys configured the key decides and the header is
-# ignored, so FastAPI must not reject it first).
+# Documented with its pattern, checked in open_tenant (with keys the key decides and the header is ignored, so
+# FastAPI must not reject it first).
 _TENANT_HEADER = Header(
-    description=f"Tenant whose documents the request reads and writes ({SCOPE_NAME_RULE}); without API keys "
-    "only, else the key decides. Default: the default_tenant setting.",
+    description=f"Tenant whose documents the request reads and writes ({SCOPE_NAME_RULE}); on a server without "
+    "API keys only, else the key decides. Default: the default_tenant setting.",
     json_schema_extra={"pattern": SCOPE_NAME_PATTERN},
 )
 
 
-def get_tenant(
-    services: ServicesDep,
-    authorization: Annotated[str | None, Header()] = None,
-    x_tenant: Annotated[str | None, _TENANT_HEADER] = None,
-) -> str:
-    """With API keys configured, the key decides the tenant; without, ``X-Tenant`` or the default does."""
-    keys = services.settings.api_keys
-    if keys:
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
-        for key, tenant in keys.items():
-            if secrets.compare_digest(token.encode(), key.encode()):
-                return tenant
-        raise ApiError(401, "invalid API key", code="invalid_api_key")
+def open_tenant(services: Services, x_tenant: str | None) -> str:
+    """The tenant of a server without keys: ``X-Tenant``, or the default."""
     if x_tenant is None:
         return services.settings.default_tenant
     if not is_scope_name(x_tenant):
@@ -53,7 +48,75 @@ def get_tenant(
     return x_tenant
 
 
-TenantDep = Annotated[str, Depends(get_tenant)]
+def _caller(needed: Role) -> Callable[..., Principal]:
+    """The dependency that admits a caller to a route needing ``needed`` (``AccessGate.admit``): the route's
+    role is declared by which of ``Reader``, ``Editor`` and ``Admin`` it takes."""
+
+    def admitted(
+        request: Request,
+        services: ServicesDep,
+        authorization: Annotated[str | None, Header()] = None,
+        x_tenant: Annotated[str | None, _TENANT_HEADER] = None,
+    ) -> Principal:
+        scheme, _, token = (authorization or "").partition(" ")
+        bearer = token.strip() if scheme.lower() == "bearer" else None
+        address = client_address(request, services.settings.trusted_proxies)
+        principal = services.gate.identify(bearer or None, address, lambda: open_tenant(services, x_tenant))
+        exchange = current_exchange.get()
+        if exchange is not None:
+            exchange.principal = principal  # a 403 or 429 that follows is recorded with who was refused
+        services.gate.authorize(principal, needed)
+        return principal
+
+    admitted.required_role = needed  # type: ignore[attr-defined]  # read by the route x role test
+    return admitted
+
+
+Reader = Annotated[Principal, Depends(_caller(Role.reader))]
+Editor = Annotated[Principal, Depends(_caller(Role.editor))]
+Admin = Annotated[Principal, Depends(_caller(Role.admin))]
+
+
+def client_address(request: Request, trusted_proxies: list[IPvAnyNetwork]) -> str:
+    """The caller's address: the peer's, unless the peer is a trusted proxy; then the last address in
+    ``X-Forwarded-For`` that is not itself a trusted proxy (the ones before it are the client's to forge)."""
+    peer = request.client.host if request.client else "unknown"
+    if not trusted_proxies or not _is_trusted(peer, trusted_proxies):
+        return peer
+    forwarded = [part.strip() for part in request.headers.get("x-forwarded-for", "").split(",") if part.strip()]
+    for address in reversed(forwarded):
+        if not _is_trusted(address, trusted_proxies):
+            return address
+    return peer
+
+
+def _is_trusted(address: str, trusted_proxies: list[IPvAnyNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:  # ::ffff:10.0.0.1 is 10.0.0.1
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in trusted_proxies)
+
+
+def moment_param(text: str | None, param: str) -> datetime | None:
+    """A ``since``/``until`` query value (``serving.clock.parse_moment``), or the 400 that names it."""
+    if text is None:
+        return None
+    try:
+        return parse_moment(text)
+    except ValueError as exc:
+        raise ApiError(400, f"{param}: {exc}", param=param) from exc
+
+
+def answered(services: Services, principal: Principal, answer: Answer) -> Answer:
+    """A chat answer on its way out: noted for the audit record, its tokens counted against the key's quota."""
+    exchange = current_exchange.get()
+    if exchange is not None:
+        exchange.answer = answer
+    services.gate.settle(principal, answer.usage.total_tokens)
+    return answer
 
 
 def answer_request(
@@ -68,6 +131,9 @@ def answer_request(
     """The pipeline's request for a question in the caller's tenant; a collection without documents is a 404."""
     settings = services.settings
     question = require_text(question, services, "question")
+    exchange = current_exchange.get()
+    if exchange is not None:
+        exchange.question = question  # for the audit record
     scope = Scope(collection or settings.default_collection, tenant)
     if services.index.count(scope) == 0:
         raise ApiError(404, f"collection {scope.collection!r} has no documents", param="collection")

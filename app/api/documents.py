@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import ServicesDep, TenantDep
+from app.api.deps import Editor, Reader, ServicesDep
 from app.api.errors import ApiError, error_responses
 from app.api.schemas import COLLECTION_PATTERN, DocumentBody, IngestRequest, invalid_field
 from retrieval.documents import Document
@@ -12,18 +12,18 @@ from retrieval.index import Scope
 from retrieval.loaders import document_from_record
 from retrieval.validation import DocumentLimits, InvalidFieldError
 
-router = APIRouter(tags=["documents"], responses=error_responses(400, 401, 503))
+router = APIRouter(tags=["documents"], responses=error_responses(400, 401, 403, 429, 503))
 CollectionQuery = Annotated[str | None, Query(pattern=COLLECTION_PATTERN)]
 
 
 @router.post("/v1/documents")
-def ingest_documents(body: IngestRequest, services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
+def ingest_documents(body: IngestRequest, services: ServicesDep, caller: Editor) -> dict[str, Any]:
     """Add or update documents (by id; unchanged ones cost nothing). All are validated before any is written."""
     settings = services.settings
     if len(body.documents) > settings.max_documents_per_request:
         raise ApiError(400, f"at most {settings.max_documents_per_request} documents a request", param="documents")
     documents = _valid_documents(body.documents, services.limits)
-    scope = Scope(body.collection or settings.default_collection, tenant)
+    scope = Scope(body.collection or settings.default_collection, caller.tenant)
     report = services.ingestor.ingest_documents(documents, scope)
     if report.errors:  # a failed batch is rolled back; say which documents did not make it
         failed = ", ".join(error["source"] for error in report.errors[:5])
@@ -51,8 +51,8 @@ def _valid_documents(items: list[DocumentBody], limits: DocumentLimits) -> list[
 
 
 @router.get("/v1/documents")
-def list_documents(services: ServicesDep, tenant: TenantDep, collection: CollectionQuery = None) -> dict[str, Any]:
-    scope = Scope(collection or services.settings.default_collection, tenant)
+def list_documents(services: ServicesDep, caller: Reader, collection: CollectionQuery = None) -> dict[str, Any]:
+    scope = Scope(collection or services.settings.default_collection, caller.tenant)
     hashes = services.index.document_hashes(scope)
     return {
         "collection": scope.collection,
@@ -62,9 +62,9 @@ def list_documents(services: ServicesDep, tenant: TenantDep, collection: Collect
 
 @router.delete("/v1/documents/{doc_id:path}", responses=error_responses(404))
 def delete_document(
-    doc_id: str, services: ServicesDep, tenant: TenantDep, collection: CollectionQuery = None
+    doc_id: str, services: ServicesDep, caller: Editor, collection: CollectionQuery = None
 ) -> dict[str, Any]:
-    scope = Scope(collection or services.settings.default_collection, tenant)
+    scope = Scope(collection or services.settings.default_collection, caller.tenant)
     if not services.ingestor.delete(scope, doc_id):
         raise ApiError(404, f"no document {doc_id!r} in collection {scope.collection!r}", param="doc_id")
     return {"id": doc_id, "collection": scope.collection, "deleted": True}

@@ -12,6 +12,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retrieval.index import IndexUnavailableError
+from serving.access import AccessDeniedError, LimitExceededError, UnauthenticatedError
+from serving.state_store import StateStoreUnavailableError
 
 _TYPES = {
     400: "invalid_request_error",
@@ -45,8 +47,10 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     meaning = {
         400: "Bad request: invalid JSON, a field out of range, a blank question.",
         401: "Missing or invalid API key.",
+        403: "The key's role is below the one this route needs; the message names it.",
         404: "Not found: an unknown model, document, or a collection without documents.",
         413: "The request body is larger than max_body_bytes; it was not read.",
+        429: "A rate limit, token quota or budget is used up: param names it, Retry-After says when to retry.",
         500: "A bug: the server log has the traceback under the same request id.",
         503: "Not ready, or the index or its storage failed; the message says what was and was not written.",
     }
@@ -95,6 +99,8 @@ def unexpected_error(exc: BaseException, request_id: str | None) -> ApiError:
     cannot serve (503, retry later), else a 500 naming the request id, whose log line has the traceback."""
     if isinstance(exc, IndexUnavailableError):
         return ApiError(503, str(exc), code="index_unavailable")
+    if isinstance(exc, StateStoreUnavailableError):
+        return ApiError(503, str(exc), code="state_store_unavailable")
     return ApiError(500, f"internal error; see the server log for request id {request_id}", code="internal_error")
 
 
@@ -125,6 +131,16 @@ def _api_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.message, exc.param, exc.code)
 
 
+def _access_denied(_: Request, exc: Exception) -> JSONResponse:
+    """The access gate's refusals: 401, 403 naming the role needed, 429 naming the limit with Retry-After."""
+    assert isinstance(exc, AccessDeniedError)
+    if isinstance(exc, LimitExceededError):
+        retry = {"Retry-After": str(exc.retry_after_s)}
+        return error_response(exc.status, exc.message, exc.limit, exc.code, headers=retry)
+    challenge = {"WWW-Authenticate": "Bearer"} if isinstance(exc, UnauthenticatedError) else None
+    return error_response(exc.status, exc.message, code=exc.code, headers=challenge)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """The errors a request can cause. Exceptions no handler takes (bugs, an index that fails) are answered,
     logged and counted by ``app.api.middleware.RequestContext``, around these handlers: Starlette's handler for
@@ -132,3 +148,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(AccessDeniedError, _access_denied)

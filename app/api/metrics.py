@@ -1,15 +1,27 @@
-"""``GET /metrics``: the Prometheus exposition of the service's metrics."""
+"""``GET /metrics``: the Prometheus exposition of the service's metrics. Public by default so that Prometheus
+scrapes it without a key; with ``metrics_token`` set it needs ``Authorization: Bearer <token>``."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+import hashlib
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.deps import ServicesDep
+from app.api.errors import ApiError
 
 router = APIRouter(tags=["monitoring"])
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics(services: ServicesDep) -> Response:
+def metrics(services: ServicesDep, authorization: Annotated[str | None, Header()] = None) -> Response:
+    token = services.settings.metrics_token
+    if token is not None:
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        # Digests, so that the comparison's time does not even tell the token's length.
+        if not hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(token.encode()).digest()):
+            raise ApiError(401, "/metrics needs 'Authorization: Bearer <metrics_token>'", code="invalid_metrics_token")
     return Response(services.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -5,15 +5,23 @@ refuses bodies over ``max_body_bytes`` (413, unread), answers any exception no h
 (503 for an index that cannot serve, else 500) on a connection that stays open, counts every error status in
 ``ragops_errors_total``, and logs one line per request: the traceback rides on that line when there is one.
 
+With the audit trail on, every request to a route that is not public gets one audit record, and its response is
+released only once that record is durable (``AuditHook``): an ordinary response's start is held until then; an
+event stream's ``[DONE]`` is (the record is complete only when the stream is). A record that cannot be written
+turns the response into a 503 "audit trail unavailable": never an unaudited success.
+
 A pure ASGI middleware rather than ``@app.middleware("http")``: that one sees responses only, so an exception
 raised by a route went past it to Starlette's last-resort handler, outside the request id, uncounted, unlogged.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 import uuid
+from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -22,19 +30,43 @@ from urllib.parse import unquote
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import ApiError, BodyTooLargeError, body_too_large_message, error_response, unexpected_error
+from app.api.errors import (
+    ApiError,
+    BodyTooLargeError,
+    body_too_large_message,
+    error_body,
+    error_response,
+    unexpected_error,
+)
 from app.logs import request_id
+from safety.pii import redact
+from serving.access import Principal
+from serving.answer import Answer
+from serving.audit import AuditAction, AuditLog, AuditRecord, RequestFacts, build_record
 
 log = logging.getLogger("ragops.http")
+
+# Public by design (probes, Prometheus, the page and its docs): no audit record. Nor has a path that matches no
+# route (a 404 that reached nothing): recording those would let anyone grow the trail for free.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/docs", "/openapi.json"})
+PUBLIC_PREFIXES = ("/docs/",)
+AUDIT_UNAVAILABLE = "audit trail unavailable"
+AUDIT_WAIT_S = 30.0  # the longest a response waits for its record's commit before it becomes a 503
+DONE = "data: [DONE]\n\n"  # an event stream's last event (app.api.sse ends every stream with it)
 
 
 @dataclass
 class Exchange:
-    """One request as the middleware tracks it; a stream that fails after its 200 reports here."""
+    """One request as the middleware tracks it; a stream that fails after its 200 reports here, and the routes
+    note what the audit record needs (who called, what the answer was, what an admin did)."""
 
     status: int = 0  # the response's status once sent
     error: BaseException | None = None  # the exception that ended the request or its stream
     error_status: int | None = None  # the status that error was (or, mid-stream, would have been) answered with
+    principal: Principal | None = None  # who the access gate let in
+    answer: Answer | None = None  # the final answer of a chat request
+    action: AuditAction | None = None  # what an admin route did (keys.create, budgets.set, prompts.promote...)
+    question: str | None = None  # a chat request's question, as asked (the audit record hashes or redacts it)
 
     @property
     def started(self) -> bool:
@@ -42,6 +74,13 @@ class Exchange:
 
 
 current_exchange: ContextVar[Exchange | None] = ContextVar("current_exchange", default=None)
+
+
+def note_admin_action(action: str, target: str, detail: dict[str, Any] | None = None) -> None:
+    """What an admin route did, for the request's audit record."""
+    exchange = current_exchange.get()
+    if exchange is not None:
+        exchange.action = AuditAction(action=action, target=target, detail=detail)
 
 
 def report_failure(exc: BaseException) -> ApiError:
@@ -67,9 +106,13 @@ class RequestContext:
         id_token, exchange = request_id.set(rid), Exchange()
         exchange_token = current_exchange.set(exchange)
         started = time.perf_counter()
+        tracked = _tracking(send, exchange, rid)
+        hook = AuditHook.of(scope, receive, exchange, rid, started)
         try:
-            await self._serve(scope, receive, _tracking(send, exchange, rid), exchange)
+            await self._serve(scope, receive, tracked if hook is None else hook.holding(tracked), exchange)
         finally:
+            if hook is not None:
+                hook.finish()
             _count(scope, exchange)
             _log_request(scope, exchange, started)
             current_exchange.reset(exchange_token)
@@ -88,6 +131,111 @@ class RequestContext:
             if not exchange.started:
                 await error_response(error.status, error.message, code=error.code)(scope, receive, send)
             # Else the body was under way: it stays incomplete, so the client sees the failure.
+
+
+class AuditHook:
+    """One request's audit record: written, and waited for without blocking the event loop, before the response
+    (or the end of its event stream) is released."""
+
+    def __init__(
+        self, audit: AuditLog, scope: Scope, receive: Receive, exchange: Exchange, rid: str, started: float
+    ) -> None:
+        self._audit, self._scope, self._receive = audit, scope, receive
+        self._exchange, self._rid, self._started = exchange, rid, started
+        self._recorded = False
+        self._refused = False  # the response was replaced by a 503: the rest of the original is dropped
+        self._stream = False
+        self._status = 0
+
+    @classmethod
+    def of(cls, scope: Scope, receive: Receive, exchange: Exchange, rid: str, started: float) -> AuditHook | None:
+        """The hook of a request that is audited: not a public route, with the audit trail on."""
+        path = str(scope["path"])
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+            return None
+        services = getattr(scope["app"].state, "services", None) if "app" in scope else None
+        audit: AuditLog | None = services.audit if services is not None else None
+        return None if audit is None else cls(audit, scope, receive, exchange, rid, started)
+
+    def holding(self, send: Send) -> Send:
+        async def audited(message: Message) -> None:
+            if self._refused:
+                return
+            if message["type"] == "http.response.start" and self._scope.get("route") is None:
+                self._recorded = True  # no route matched: nothing was reached, nothing to record
+            elif message["type"] == "http.response.start":
+                self._status = int(message["status"])
+                self._stream = _is_event_stream(message)
+                if not self._stream and not await self._durable():
+                    self._refused = True
+                    await error_response(503, AUDIT_UNAVAILABLE, code="audit_unavailable")(
+                        self._scope, self._receive, send
+                    )
+                    return
+            elif self._stream and not self._recorded and _ends_stream(message) and not await self._durable():
+                # The status went out with the first event: the stream ends in the error shape instead.
+                await send({"type": "http.response.body", "body": _unavailable_event(), "more_body": True})
+            await send(message)
+
+        return audited
+
+    async def _durable(self) -> bool:
+        """Write the record and wait for its commit; False (logged, counted as a 503) when it failed."""
+        self._recorded = True
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self._audit.submit(self._record())), AUDIT_WAIT_S)
+        except Exception as exc:  # a failed commit, or a writer that does not answer in time
+            self._exchange.error, self._exchange.error_status = exc, 503
+            return False
+        return True
+
+    def finish(self) -> None:
+        """A request that ended before its response was released (its client left): recorded all the same; no
+        one waits for it."""
+        if not self._recorded and self._scope.get("route") is not None:
+            self._recorded = True
+            self._audit.submit(self._record()).add_done_callback(_log_lost_record)
+
+    def _record(self) -> AuditRecord:
+        exchange = self._exchange
+        facts = RequestFacts(
+            request_id=self._rid,
+            method=str(self._scope["method"]),
+            route=_route_template(self._scope),
+            status=exchange.error_status or self._status or exchange.status,
+            latency_ms=(time.perf_counter() - self._started) * 1000,
+        )
+        return build_record(
+            facts, exchange.principal, exchange.answer, exchange.question, exchange.action, self._audit.content
+        )
+
+
+def _is_event_stream(start: Message) -> bool:
+    return any(
+        name.lower() == b"content-type" and value.startswith(b"text/event-stream") for name, value in start["headers"]
+    )
+
+
+def _ends_stream(message: Message) -> bool:
+    return message["type"] == "http.response.body" and (
+        message.get("body") == DONE.encode() or not message.get("more_body", False)
+    )
+
+
+def _unavailable_event() -> bytes:
+    body = error_body(503, AUDIT_UNAVAILABLE, code="audit_unavailable").model_dump()
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's path template (``/v1/documents/{doc_id}``), else the path with personal data redacted."""
+    template = getattr(scope.get("route"), "path", None)
+    return template if isinstance(template, str) else redact(loggable_path(scope))
+
+
+def _log_lost_record(future: Future[int]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("audit record of a request whose client left was not written", exc_info=future.exception())
 
 
 def _request_id(given: str) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import ServicesDep, TenantDep, answer_request
+from app.api.deps import Reader, ServicesDep, answer_request, answered
 from app.api.errors import ApiError, error_responses
 from app.api.openai_protocol import (
     MODEL_ID,
@@ -41,13 +41,13 @@ from serving.answer import Answer
 from serving.fallback import Replaced
 from serving.stages import AnswerRequest
 
-router = APIRouter(tags=["openai"], responses=error_responses(400, 401, 404, 503))
+router = APIRouter(tags=["openai"], responses=error_responses(400, 401, 403, 404, 429, 503))
 
 WITHDRAWN_NOTICE = "\n\n[The answer above was withdrawn; a checked answer follows.]\n\n"
 
 
 @router.get("/v1/models")
-def models() -> ModelList:
+def models(caller: Reader) -> ModelList:
     return ModelList(data=[ModelCard(id=MODEL_ID)])
 
 
@@ -57,12 +57,12 @@ def models() -> ModelList:
     responses=sse_responses("ChatCompletionChunk", "A chat.completion; with stream, chat.completion.chunk events."),
 )
 def chat_completions(
-    body: ChatCompletionRequest, services: ServicesDep, tenant: TenantDep
+    body: ChatCompletionRequest, services: ServicesDep, caller: Reader
 ) -> ChatCompletion | StreamingResponse:
-    request = _answer_request(body, services, tenant)
+    request = _answer_request(body, services, caller.tenant)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if not body.stream:
-        answer = services.pipeline.answer(request)
+        answer = answered(services, caller, services.pipeline.answer(request))
         return ChatCompletion(
             id=completion_id,
             created=created,
@@ -89,7 +89,10 @@ def chat_completions(
     def events() -> Iterator[str]:
         yield chunk(DeltaMessage(role="assistant", content=""))
         for content in streamed_content(services.pipeline.stream(request)):
-            yield last_chunk(content) if isinstance(content, Answer) else chunk(DeltaMessage(content=content))
+            if isinstance(content, Answer):
+                yield last_chunk(answered(services, caller, content))
+            else:
+                yield chunk(DeltaMessage(content=content))
 
     return sse_response(events())
 

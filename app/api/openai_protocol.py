@@ -57,6 +57,7 @@ class RagopsDetails(BaseModel):
     refused: bool
     guards: GuardVerdicts | None
     groundedness: Groundedness | None
+    cost_usd: float
 
     @classmethod
     def of(cls, answer: Answer) -> RagopsDetails:

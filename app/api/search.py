@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import ServicesDep, TenantDep, require_text
+from app.api.deps import Reader, ServicesDep, require_text
 from app.api.errors import error_responses
 from app.api.schemas import HitBody, SearchFilterBody, SearchRequest, SearchResponse, invalid_field
 from retrieval.documents import Hit
@@ -10,18 +10,18 @@ from retrieval.index import Scope, SearchFilter
 from retrieval.validation import DocumentLimits, InvalidFieldError, check_filter
 from safety.pii import redact
 
-router = APIRouter(tags=["search"], responses=error_responses(400, 401, 503))
+router = APIRouter(tags=["search"], responses=error_responses(400, 401, 403, 429, 503))
 
 
 @router.post("/v1/search")
-def search(body: SearchRequest, services: ServicesDep, tenant: TenantDep) -> SearchResponse:
+def search(body: SearchRequest, services: ServicesDep, caller: Reader) -> SearchResponse:
     settings = services.settings
     query = require_text(body.query, services, "query")
     collection = body.collection or settings.default_collection
     mode = body.mode or settings.default_mode
     search_filter = _search_filter(body.filter, services.limits)
     result = services.searcher.search(
-        query, Scope(collection, tenant), body.top_k or settings.default_top_k, mode, search_filter
+        query, Scope(collection, caller.tenant), body.top_k or settings.default_top_k, mode, search_filter
     )
     return SearchResponse(
         hits=[_hit_body(hit, settings.redact_retrieved) for hit in result.hits],

@@ -10,10 +10,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from app.api.errors import error_body
-from app.api.middleware import report_failure
+from app.api.middleware import DONE, report_failure
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-DONE = "data: [DONE]\n\n"
 
 
 def sse_event(event: BaseModel) -> str:

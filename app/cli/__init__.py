@@ -14,13 +14,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.cli import ask, evals, guards, ingest, prompts, search, serve, snapshot
+from app.cli import ask, audit, backup, evals, guards, ingest, keys, prompts, search, serve, snapshot, usage
 from app.cli.common import CliError, Handler
 
 __all__ = ["main"]
 
 # In the order of ``ragops --help``.
-_COMMAND_MODULES = (ingest, search, ask, prompts, evals, serve, guards, snapshot)
+_COMMAND_MODULES = (ingest, search, ask, prompts, evals, serve, guards, snapshot, backup, keys, usage, audit)
 
 
 def build_parser() -> argparse.ArgumentParser:

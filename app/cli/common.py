@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeAlias, get_args
 
 from pydantic import ValidationError
@@ -15,6 +17,7 @@ from retrieval.index import SCOPE_NAME_RULE, Scope, is_scope_name
 
 if TYPE_CHECKING:
     from app.container import Services
+    from serving.state_store import StateStore
 
     Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -52,6 +55,32 @@ def open_services(settings: Settings) -> Services:
         return build_services(settings)
     except IndexUnavailableError as exc:
         raise CliError(str(exc), EXIT_FAILURE) from exc
+
+
+@contextmanager
+def open_state(settings: Settings) -> Iterator[StateStore]:
+    """The state store alone (no index, no model); one that cannot open or stops answering is a runtime
+    failure (exit 1)."""
+    from serving.state_store import StateStore, StateStoreError
+
+    try:
+        store = StateStore.open(settings.database_url, settings.state_path)
+        try:
+            yield store
+        finally:
+            store.close()
+    except StateStoreError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from exc
+
+
+def moment_arg(text: str, flag: str) -> datetime:
+    """A ``--since``/``--before`` value: a date, an ISO time or a duration ago (``serving.clock.parse_moment``)."""
+    from serving.clock import parse_moment
+
+    try:
+        return parse_moment(text)
+    except ValueError as exc:
+        raise CliError(f"{flag}: {exc}") from exc
 
 
 def scope_from(args: argparse.Namespace, settings: Settings) -> Scope:

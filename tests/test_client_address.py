@@ -1,0 +1,65 @@
+"""Per-address limits key on the real client: ``X-Forwarded-For`` counts only when the peer is a trusted proxy,
+and then only its last address that is not itself a proxy (the ones before it are the client's to forge)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.live_server import LiveServer
+
+FAILURES_PER_MINUTE = 3
+
+
+def _server(tmp_path: Path, models_dir: Path, trusted: list[str]) -> LiveServer:
+    env = {
+        "RAGOPS_DATA_DIR": str(tmp_path / "data"),
+        "RAGOPS_MODELS_DIR": str(models_dir),
+        "RAGOPS_GENERATOR": "extractive",
+        "RAGOPS_API_KEYS": json.dumps({"good-key": "acme:reader"}),
+        "RAGOPS_AUTH_FAILURES_PER_MINUTE": str(FAILURES_PER_MINUTE),
+        "RAGOPS_TRUSTED_PROXIES": json.dumps(trusted),
+    }
+    return LiveServer(env, tmp_path / "server.log")
+
+
+@pytest.fixture
+def behind_proxy(tmp_path: Path, models_dir: Path) -> Iterator[LiveServer]:
+    server = _server(tmp_path, models_dir, ["127.0.0.0/8"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def direct(tmp_path: Path, models_dir: Path) -> Iterator[LiveServer]:
+    server = _server(tmp_path, models_dir, [])
+    yield server
+    server.stop()
+
+
+def _models(server: LiveServer, forwarded_for: str, key: str = "wrong-key") -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": forwarded_for}
+    return httpx.get(f"{server.url}/v1/models", headers=headers, timeout=10)
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_failure_limit(behind_proxy: LiveServer) -> None:
+    for _ in range(FAILURES_PER_MINUTE):
+        assert _models(behind_proxy, "203.0.113.7").status_code == 401
+    refused = _models(behind_proxy, "203.0.113.7")
+    assert refused.status_code == 429 and refused.json()["error"]["param"] == "auth_failures_per_minute"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert _models(behind_proxy, "203.0.113.7", key="good-key").status_code == 429  # the address, not the key
+    # Another client behind the same proxy is not refused; a forged first hop does not change who the client is.
+    assert _models(behind_proxy, "198.51.100.9").status_code == 401
+    assert _models(behind_proxy, "198.51.100.9, 203.0.113.7").status_code == 429
+    assert _models(behind_proxy, "198.51.100.1", key="good-key").status_code == 200
+
+
+def test_without_trusted_proxies_the_header_is_ignored(direct: LiveServer) -> None:
+    for i in range(FAILURES_PER_MINUTE):
+        assert _models(direct, f"203.0.113.{i}").status_code == 401  # a new forged address each time
+    assert _models(direct, "198.51.100.200").status_code == 429  # all were the one peer
