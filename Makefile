@@ -85,6 +85,7 @@ bench: setup
 	$(PY) bench/governance.py --out bench/results/governance.json
 	$(PY) bench/audit.py --out bench/results/audit.json
 	$(PY) bench/rate_limits.py --out bench/results/rate_limits.json
+	$(PY) bench/load.py --out bench/results/load.json
 
 clean:
 	rm -rf .ragops .pytest_cache .mypy_cache .ruff_cache

@@ -262,6 +262,17 @@ class Settings(BaseSettings):
     allow_open: bool = Field(
         False, description="Let `serve` listen on a non-loopback address without API keys (anyone can read and write)."
     )
+    shutdown_drain_s: float = Field(
+        0.0,
+        ge=0,
+        description="On SIGTERM, seconds `/readyz` answers 503 while new requests are still served, so a load "
+        "balancer stops sending before the port closes (e.g. 5 behind Kubernetes).",
+    )
+    shutdown_grace_s: int = Field(
+        30,
+        ge=1,
+        description="On shutdown, seconds requests in flight and open streams get to finish before they are cut.",
+    )
 
     # Guards and groundedness
     redact_retrieved: bool = Field(

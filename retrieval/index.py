@@ -150,6 +150,10 @@ class VectorIndex(Protocol):
 
     def count(self, scope: Scope | None = None) -> int: ...
 
+    def collections(self, tenant: str) -> list[str]:
+        """The names of the tenant's collections that hold documents, sorted."""
+        ...
+
     def close(self) -> None: ...
 
 

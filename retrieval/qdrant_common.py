@@ -234,3 +234,14 @@ class QdrantIndexBase(ABC, Generic[FilterT, RequestT]):
 
     def count(self, scope: Scope | None = None) -> int:
         return self._count_where(scope_filter(self._dialect, scope) if scope is not None else None)
+
+    def collections(self, tenant: str) -> list[str]:
+        # A scroll over the tenant's points reading one payload field: no collection registry to keep in step.
+        condition = self._dialect.filter([match(self._dialect, "tenant", tenant)], [])
+        names: set[str] = set()
+        offset: Any = None
+        while True:
+            payloads, offset = self._scroll_page(condition, offset, ["collection"])
+            names.update(str(payload["collection"]) for payload in payloads if payload)
+            if offset is None:
+                return sorted(names)

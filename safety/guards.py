@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +34,20 @@ GuardAction = Literal["pass", "flag", "redact", "fallback", "block"]
 ACTIONS: tuple[GuardAction, ...] = ("flag", "redact", "fallback", "block")  # in increasing severity
 TextPart = Literal["question", "history"]
 TEXT_PARTS: tuple[TextPart, ...] = ("question", "history")
-POLICIES_DIR = Path(__file__).resolve().parents[1] / "guardrails"
+
+
+def _policies_dir() -> Path:
+    """The guard policies: ``safety/policies`` once installed (pyproject maps the repository's ``guardrails/``
+    there as package data: never a package named ``guardrails``, guardrails-ai's import name), or
+    ``guardrails/`` beside the package in a checkout, since an editable install cannot map a data-only
+    directory into a regular package."""
+    installed = resources.files("safety").joinpath("policies")
+    if installed.is_dir():
+        return Path(str(installed))
+    return Path(__file__).resolve().parents[1] / "guardrails"
+
+
+POLICIES_DIR = _policies_dir()
 GUARDRAILS_RC = Path("~/.guardrailsrc")
 
 

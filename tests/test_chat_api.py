@@ -98,7 +98,7 @@ def test_client_leaving_mid_stream_does_not_wedge_the_server(server: LiveServer)
 
 def test_openai_sdk_works_unchanged(server: LiveServer) -> None:
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
-    assert [m.id for m in client.models.list()] == ["ragops"]
+    assert [m.id for m in client.models.list()] == ["ragops", "ragops/sample"]  # the default, then each collection
     completion = client.chat.completions.create(model="ragops", messages=[{"role": "user", "content": QUESTION}])
     assert completion.choices[0].message.content and completion.choices[0].finish_reason == "stop"
     extra = completion.model_extra or {}

@@ -12,7 +12,7 @@ router = APIRouter(tags=["health"])
 class Readiness(BaseModel):
     """``/readyz``'s body: probes read the status code; people read the rest."""
 
-    status: Literal["ready", "starting", "unavailable"]
+    status: Literal["ready", "starting", "draining", "unavailable"]
     points: int | None = Field(None, description="Points in the index (ready only).")
     embedding_model: str | None = Field(None, description="The embedding model's identity (ready only).")
     reason: str | None = Field(None, description="Why the index does not answer (unavailable only).")
@@ -29,11 +29,13 @@ def healthz() -> dict[str, str]:
     response_model=None,
     responses={
         200: {"model": Readiness, "description": "Ready."},
-        503: {"model": Readiness, "description": "Starting, or the index does not answer."},
+        503: {"model": Readiness, "description": "Starting, shutting down, or the index does not answer."},
     },
 )
 def readyz(request: Request) -> dict[str, Any] | JSONResponse:
     """Ready to answer: the models are loaded and the index answers."""
+    if getattr(request.app.state, "draining", False):  # set by serve on SIGTERM: load balancers stop sending
+        return JSONResponse({"status": "draining"}, status_code=503)
     services = getattr(request.app.state, "services", None)
     if services is None:
         return JSONResponse({"status": "starting"}, status_code=503)

@@ -23,6 +23,7 @@ from fastapi.responses import StreamingResponse
 from app.api.deps import Reader, ServicesDep, answer_request, answered
 from app.api.errors import ApiError, error_responses
 from app.api.openai_protocol import (
+    COLLECTION_MODEL_PREFIX,
     MODEL_ID,
     AssistantMessage,
     ChatCompletion,
@@ -34,9 +35,11 @@ from app.api.openai_protocol import (
     ModelCard,
     ModelList,
     RagopsDetails,
+    collection_model_id,
 )
 from app.api.schemas import MAX_HISTORY_TURNS, MAX_TURN_CHARS
 from app.api.sse import sse_event, sse_response, sse_responses
+from retrieval.index import is_scope_name
 from serving.answer import Answer
 from serving.fallback import Replaced
 from serving.stages import AnswerRequest
@@ -47,8 +50,11 @@ WITHDRAWN_NOTICE = "\n\n[The answer above was withdrawn; a checked answer follow
 
 
 @router.get("/v1/models")
-def models(caller: Reader) -> ModelList:
-    return ModelList(data=[ModelCard(id=MODEL_ID)])
+def models(services: ServicesDep, caller: Reader) -> ModelList:
+    """``ragops`` (the default collection), then ``ragops/COLLECTION`` for each collection of the caller's tenant
+    that holds documents: choosing one selects that collection, for clients that can send no extra field."""
+    collections = services.index.collections(caller.tenant)
+    return ModelList(data=[ModelCard(id=MODEL_ID), *(ModelCard(id=collection_model_id(c)) for c in collections)])
 
 
 @router.post(
@@ -66,6 +72,7 @@ def chat_completions(
         return ChatCompletion(
             id=completion_id,
             created=created,
+            model=body.model,
             choices=[Choice(message=AssistantMessage(content=answer.answer))],
             usage=answer.usage,
             citations=answer.citations,
@@ -74,15 +81,15 @@ def chat_completions(
 
     def chunk(delta: DeltaMessage) -> str:
         choice = ChunkChoice(delta=delta, finish_reason=None)
-        return sse_event(ChatCompletionChunk(id=completion_id, created=created, choices=[choice]))
+        return sse_event(ChatCompletionChunk(id=completion_id, created=created, model=body.model, choices=[choice]))
 
     def last_chunk(answer: Answer) -> str:
         choice = ChunkChoice(delta=DeltaMessage(), finish_reason="stop")
         details = RagopsDetails.of(answer)
         return sse_event(
             ChatCompletionChunk(
-                id=completion_id, created=created, choices=[choice], usage=answer.usage, citations=answer.citations,
-                ragops=details,
+                id=completion_id, created=created, model=body.model, choices=[choice], usage=answer.usage,
+                citations=answer.citations, ragops=details,
             )
         )  # fmt: skip
 
@@ -114,8 +121,7 @@ def streamed_content(events: Iterator[str | Replaced | Answer]) -> Iterator[str 
 
 def _answer_request(body: ChatCompletionRequest, services: ServicesDep, tenant: str) -> AnswerRequest:
     """The last user message is the question; earlier user and assistant turns are history."""
-    if body.model != MODEL_ID:
-        raise ApiError(404, f"model {body.model!r} does not exist; use {MODEL_ID!r}", "model", "model_not_found")
+    collection = requested_collection(body)
     turns = [m for m in body.messages if m.role in ("user", "assistant")]
     if not turns or turns[-1].role != "user":
         raise ApiError(400, "the last message must come from the user", param="messages")
@@ -123,4 +129,19 @@ def _answer_request(body: ChatCompletionRequest, services: ServicesDep, tenant: 
     if len(history) > MAX_HISTORY_TURNS or any(len(turn["content"]) > MAX_TURN_CHARS for turn in history):
         limit = f"at most {MAX_HISTORY_TURNS} earlier messages of at most {MAX_TURN_CHARS} characters each"
         raise ApiError(400, limit, param="messages")
-    return answer_request(services, tenant, turns[-1].text(), body.collection, body.top_k, history, body.user)
+    return answer_request(services, tenant, turns[-1].text(), collection, body.top_k, history, body.user)
+
+
+def requested_collection(body: ChatCompletionRequest) -> str | None:
+    """The collection a request asks for (None: the default). ``ragops`` leaves it to the ``collection`` field;
+    ``ragops/C`` names C, and a ``collection`` field that names another one is a 400 rather than a silent pick."""
+    if body.model == MODEL_ID:
+        return body.collection
+    named = body.model.removeprefix(COLLECTION_MODEL_PREFIX)
+    if named == body.model or not is_scope_name(named):
+        known = f"use {MODEL_ID!r} or '{COLLECTION_MODEL_PREFIX}COLLECTION' (GET /v1/models lists them)"
+        raise ApiError(404, f"model {body.model!r} does not exist; {known}", "model", "model_not_found")
+    if body.collection is not None and body.collection != named:
+        conflict = f"model {body.model!r} selects collection {named!r}, but collection is {body.collection!r}"
+        raise ApiError(400, f"{conflict}: send one, or the same in both", param="collection")
+    return named

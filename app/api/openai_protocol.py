@@ -1,6 +1,7 @@
 """The OpenAI-compatible shapes of ``/v1/chat/completions`` and ``/v1/models``, apart from the serving logic
 (as in vLLM's ``entrypoints/openai/protocol.py``). ragops' extensions are marked as such: ``collection`` and
-``top_k`` in the request (the SDK's ``extra_body``), ``citations`` and ``ragops`` in the response."""
+``top_k`` in the request (the SDK's ``extra_body``), ``citations`` and ``ragops`` in the response. Clients that
+can send no extra field pick a collection by model: ``ragops/COLLECTION``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,15 @@ from serving.answer import Answer, Citation, GuardVerdicts, Outcome, PromptInfo
 from serving.fallback import Fallback
 from serving.generation import Usage
 
-MODEL_ID = "ragops"
+MODEL_ID = "ragops"  # the caller's default collection, or the one the ``collection`` field names
+COLLECTION_MODEL_PREFIX = f"{MODEL_ID}/"  # ``ragops/COLLECTION``: for clients that can only pick a model
+
+
+def collection_model_id(collection: str) -> str:
+    """The model id that selects ``collection``, as ``/v1/models`` lists it."""
+    return f"{COLLECTION_MODEL_PREFIX}{collection}"
+
+
 RAGOPS_EXTENSION = "ragops extension (not in OpenAI's API)."
 
 
@@ -33,7 +42,10 @@ class OpenAIMessage(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """OpenAI's chat-completions body; sampling parameters are accepted, the prompt version decides them."""
 
-    model: str
+    model: str = Field(
+        description=f"{MODEL_ID!r} (the default collection, or the ``collection`` field's), or "
+        f"'{COLLECTION_MODEL_PREFIX}COLLECTION' for one collection of the caller's tenant (see /v1/models)."
+    )
     messages: list[OpenAIMessage] = Field(min_length=1, max_length=100)
     stream: bool = False
     temperature: float | None = Field(None, ge=0, le=2)

@@ -27,10 +27,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragops", description="Retrieval-augmented chat service and LLMOps harness.")
     parser.add_argument("--data-dir", type=Path, help="index, caches and logs (default: $RAGOPS_DATA_DIR or ./.ragops)")
     parser.add_argument("--config", type=Path, help="TOML settings file (default: $RAGOPS_CONFIG)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _COMMAND_MODULES:
         module.add_parser(commands)
     return parser
+
+
+def installed_version() -> str:
+    """The version in the installed package's metadata (pyproject's ``version``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ragops")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,8 @@
 Safe by default: without API keys anyone who reaches the port reads and writes every tenant's documents, so a
 non-loopback address needs ``RAGOPS_ALLOW_OPEN=true`` to say that is meant. The services (index, models) are
 built before uvicorn starts, so an index that cannot open is one line and exit 1, not a traceback from inside
-uvicorn's startup.
+uvicorn's startup. Shutdown is graceful (``app.cli.graceful``): SIGTERM turns ``/readyz`` to 503, open requests and
+streams finish within ``shutdown_grace_s``, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def add_parser(commands: Commands) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.cli.graceful import GracefulServer
     from app.logs import SERVER_LOGGER, configure_logging
     from app.main import create_app
 
@@ -53,10 +55,11 @@ def run_serve(args: argparse.Namespace) -> int:
         # Our middleware logs one line per request, path without the query string; uvicorn's would log both.
         # proxy_headers off: uvicorn would otherwise take X-Forwarded-For from any loopback peer as the client;
         # app.api.deps.client_address is the one rule (trusted_proxies).
-        uvicorn.run(
+        config = uvicorn.Config(
             app, host=args.host, port=args.port, log_level=args.log_level, log_config=None, access_log=False,
-            proxy_headers=False,
+            proxy_headers=False, timeout_graceful_shutdown=settings.shutdown_grace_s,
         )  # fmt: skip
+        GracefulServer(config, app.state, settings.shutdown_drain_s).run()
     finally:
         services.close()
     return EXIT_OK
