@@ -11,20 +11,18 @@ import sqlite3
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ValidationError
 
-from app.cli.common import EXIT_FAILURE, EXIT_OK, CliError, open_services, settings_from
+from app.cli.common import EXIT_FAILURE, EXIT_OK, CliError, settings_from, with_snapshot_index
 
 if TYPE_CHECKING:
     from app.cli.common import Commands
     from app.settings import Settings
     from retrieval.index import SnapshotIndex
 
-T = TypeVar("T")
 INDEX_MEMBER, STATE_MEMBER, MANIFEST_MEMBER = "index.tar.gz", "state.sqlite", "manifest.json"
 POSTGRES_NOTE = (
     "the state store is Postgres: this backup holds the index only; back the state up with "
@@ -61,7 +59,7 @@ def run_create(args: argparse.Namespace) -> int:
     args.file.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=args.file.parent, prefix=".backup-"))
     try:
-        _with_index(settings, lambda index: index.snapshot(staging / INDEX_MEMBER))
+        with_snapshot_index(settings, lambda index: index.snapshot(staging / INDEX_MEMBER))
         if with_state:
             copy_sqlite(_existing_state(settings), staging / STATE_MEMBER)
         manifest = Manifest(created=utc_now(), state=with_state)
@@ -89,7 +87,7 @@ def run_restore(args: argparse.Namespace) -> int:
                            "`ragops snapshot restore` after extracting index.tar.gz")  # fmt: skip
         if manifest.state:
             check_sqlite(staging / STATE_MEMBER)
-        points = _with_index(settings, lambda index: _restored(index, staging / INDEX_MEMBER))
+        points = with_snapshot_index(settings, lambda index: _restored(index, staging / INDEX_MEMBER))
         if manifest.state:
             _swap_state(staging / STATE_MEMBER, settings.state_path)
     finally:
@@ -97,22 +95,6 @@ def run_restore(args: argparse.Namespace) -> int:
     state = "state store restored" if manifest.state else "no state store in the backup (kept the current one)"
     print(f"restored {args.file}: {points} points; {state}")
     return EXIT_OK
-
-
-def _with_index(settings: Settings, act: Callable[[SnapshotIndex], T]) -> T:
-    """``act`` on the embedded index (refused for a Qdrant server, or while a server holds the index)."""
-    from retrieval.index import IndexUnavailableError, SnapshotIndex
-
-    services = open_services(settings)
-    try:
-        index = services.index
-        if not isinstance(index, SnapshotIndex):
-            raise CliError("backups cover the embedded index; use Qdrant's own snapshots for a server")
-        return act(index)
-    except IndexUnavailableError as exc:
-        raise CliError(str(exc), EXIT_FAILURE) from exc
-    finally:
-        services.close()
 
 
 def _swap_state(staged: Path, live: Path) -> None:

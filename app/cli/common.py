@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeAlias, get_args
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, get_args
 
 from pydantic import ValidationError
 
@@ -17,11 +17,13 @@ from retrieval.index import SCOPE_NAME_RULE, Scope, is_scope_name
 
 if TYPE_CHECKING:
     from app.container import Services
+    from retrieval.index import SnapshotIndex
     from serving.state_store import StateStore
 
     Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
+T = TypeVar("T")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 GENERATORS = get_args(GeneratorBackend)
@@ -81,6 +83,22 @@ def moment_arg(text: str, flag: str) -> datetime:
         return parse_moment(text)
     except ValueError as exc:
         raise CliError(f"{flag}: {exc}") from exc
+
+
+def with_snapshot_index(settings: Settings, act: Callable[[SnapshotIndex], T]) -> T:
+    """``act`` on the embedded index (refused for a Qdrant server; exit 1 while a server holds the index)."""
+    from retrieval.index import IndexUnavailableError, SnapshotIndex
+
+    services = open_services(settings)
+    try:
+        index = services.index
+        if not isinstance(index, SnapshotIndex):
+            raise CliError("snapshots and backups cover the embedded index; use Qdrant's own snapshots for a server")
+        return act(index)
+    except IndexUnavailableError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from exc
+    finally:
+        services.close()
 
 
 def scope_from(args: argparse.Namespace, settings: Settings) -> Scope:

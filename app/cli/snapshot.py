@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.cli.common import EXIT_FAILURE, EXIT_OK, CliError, open_services, settings_from
+from app.cli.common import EXIT_OK, settings_from, with_snapshot_index
 
 if TYPE_CHECKING:
     from app.cli.common import Commands
@@ -24,20 +24,13 @@ def add_parser(commands: Commands) -> None:
 
 
 def run_snapshot(args: argparse.Namespace) -> int:
-    from retrieval.index import IndexUnavailableError, SnapshotIndex
+    from retrieval.index import SnapshotIndex
 
-    services = open_services(settings_from(args))
-    try:
-        index = services.index
-        if not isinstance(index, SnapshotIndex):
-            raise CliError("snapshots cover the embedded index; use Qdrant's own snapshots for a server")
+    def act(index: SnapshotIndex) -> str:
         if args.snapshot_command == "create":
-            print(index.snapshot(args.file))
-        else:
-            index.restore(args.file)
-            print(f"restored {args.file}: {index.count()} points")
-    except IndexUnavailableError as exc:
-        raise CliError(str(exc), EXIT_FAILURE) from exc
-    finally:
-        services.close()
+            return str(index.snapshot(args.file))
+        index.restore(args.file)
+        return f"restored {args.file}: {index.count()} points"
+
+    print(with_snapshot_index(settings_from(args), act))
     return EXIT_OK
