@@ -85,6 +85,10 @@ bench: setup
 	$(PY) bench/governance.py --out bench/results/governance.json
 	$(PY) bench/audit.py --out bench/results/audit.json
 	$(PY) bench/rate_limits.py --out bench/results/rate_limits.json
+	$(PY) bench/drift.py --out bench/results/drift.json
+	$(PY) bench/feedback.py --out bench/results/feedback.json
+	$(PY) -m bench.canary --out bench/results/canary.json
+	$(PY) bench/tracing.py --out bench/results/tracing.json
 	$(PY) bench/load.py --out bench/results/load.json
 
 clean:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from app.settings import Settings
 from evals.ragas_metrics import JudgeConfig
 from evals.runner import EvalParts
-from prompts.registry import PromptRegistry, PromptSelector
+from prompts.registry import PromptRef, PromptRegistry, PromptSelector
 from retrieval.chunking import Chunker
 from retrieval.embedding import Embedder, build_embedder
 from retrieval.embedding_cache import CachedEmbedder, EmbeddingStore, SqliteEmbeddingStore
@@ -52,11 +52,18 @@ from serving.stages import (
     Stages,
 )
 from serving.state_store import StateStore
-from serving.tracing import LangSmithTracer, NoTracer
+from serving.tracing import FanOutTracer, LangSmithTracer, NoTracer, Tracer
 from serving.usage import AnswerPricing
 
 if TYPE_CHECKING:
+    from serving.answer_log import AnswerLog
     from serving.audit import AuditLog
+    from serving.canary_control import CanaryMonitor, CanaryPolicy
+    from serving.drift import DriftMonitor
+    from serving.feedback import FeedbackStore, RetentionPruner
+    from serving.file_hashes import FileHashes
+    from serving.lineage import Lineage, ModelHashes
+    from serving.live_prompts import LivePrompts
 
 logger = logging.getLogger("ragops")
 answer_log = logging.getLogger("ragops.answers")
@@ -92,12 +99,12 @@ class Services:
         return build_pipeline(self)
 
     @cached_property
-    def tracer(self) -> LangSmithTracer | NoTracer:
-        s = self.settings
-        if not s.tracing or not (s.langsmith_api_key or s.langsmith_endpoint):
+    def tracer(self) -> Tracer:
+        """LangSmith, OpenTelemetry (OTLP/HTTP), both side by side, or nothing, as the settings say."""
+        tracers = build_tracers(self.settings) if self.settings.tracing else []
+        if not tracers:
             return NoTracer()
-        endpoint = s.langsmith_endpoint or "https://api.smith.langchain.com"
-        return LangSmithTracer(endpoint, s.langsmith_api_key, s.langsmith_project, s.trace_redact)
+        return tracers[0] if len(tracers) == 1 else FanOutTracer(tracers)
 
     @cached_property
     def judge(self) -> SampledJudge | None:
@@ -117,9 +124,40 @@ class Services:
                    "ms": answer.timings_ms.get("total")},
         )  # fmt: skip
         self.metrics.observe(answer)
+        if self.answer_log is not None:
+            self.answer_log.record(request, answer)
         self.tracer.record(request, answer)
         if self.judge is not None:
             self.judge.record(request, answer)
+        if self.drift_monitor is not None:
+            self.drift_monitor.observe(answer)
+        if self.canary_monitor is not None:
+            self.canary_monitor.observe(answer)
+
+    @cached_property
+    def prompts(self) -> PromptSelector | LivePrompts:
+        """Which prompt answers a user: the live labels and canary share of the state store (a change reaches
+        every replica within ``label_refresh_s``), or with ``live_labels`` off registry.yaml's as at start."""
+        return build_prompts(self)
+
+    @cached_property
+    def canary_monitor(self) -> CanaryMonitor | None:
+        """The canary analysis every ``canary_check_every`` answers (in the background); None without a canary
+        prompt, live labels or kept answers."""
+        return build_canary_monitor(self)
+
+    @cached_property
+    def drift_monitor(self) -> DriftMonitor | None:
+        """The periodic drift check (every ``drift_every`` answers, in the background); None when off or when no
+        answers are kept."""
+        s = self.settings
+        if not s.drift_every or self.answer_log is None:
+            return None
+        from serving.drift import DriftMonitor, DriftProfiles
+
+        return DriftMonitor(s.drift_every, s.drift_window, s.drift_alpha, self.answer_log, DriftProfiles(self.state),
+                            self.embedder.embed, self.embedder.model_id, self.metrics.observe_drift,
+                            self.lineage)  # fmt: skip
 
     @cached_property
     def state(self) -> StateStore:
@@ -137,17 +175,58 @@ class Services:
         return build_audit(self) if self.settings.audit else None
 
     @cached_property
+    def answer_log(self) -> AnswerLog | None:
+        """Answers kept (redacted) for feedback, drift and canary analysis; None with a retention of 0 days."""
+        if not self.settings.feedback_retention_days:
+            return None
+        from serving.answer_log import AnswerLog
+
+        return AnswerLog(self.state, self.settings.feedback_retention_days)
+
+    @cached_property
+    def feedback(self) -> FeedbackStore | None:
+        """Users' ratings of kept answers; None when answers are not kept (nothing to rate)."""
+        if self.answer_log is None:
+            return None
+        from serving.feedback import FeedbackStore
+
+        return FeedbackStore(self.state, self.settings.alert_window)
+
+    @cached_property
+    def retention(self) -> RetentionPruner | None:
+        """Prunes kept answers and their feedback past retention, at start and daily (started by the server)."""
+        if self.answer_log is None:
+            return None
+        from serving.feedback import RetentionPruner
+
+        return RetentionPruner(self.answer_log.prune)
+
+    @cached_property
+    def lineage(self) -> Lineage:
+        """What touched each prompt version: eval runs, gates, releases, label moves, canary decisions, drift."""
+        from serving.lineage import Lineage
+
+        return Lineage(self.state)
+
+    @cached_property
+    def model_hashes(self) -> ModelHashes:
+        """The embedder and generator these settings run, by content (file hashes cached under the cache dir)."""
+        return model_hashes(self.settings, self.embedder.inner)
+
+    @cached_property
     def metrics(self) -> ServiceMetrics:
         s = self.settings
         thresholds = AlertThresholds(
-            s.alert_hallucination_rate, s.alert_fallback_rate, s.alert_window, s.alert_min_answers
-        )
+            s.alert_hallucination_rate, s.alert_fallback_rate, s.alert_window, s.alert_min_answers,
+            s.alert_thumbs_down_rate,
+        )  # fmt: skip
         return ServiceMetrics(s.groundedness_threshold, thresholds)
 
     def close(self) -> None:
-        audit = self.__dict__.get("audit")
-        if audit is not None:
-            audit.close()  # its last records are written before the store closes
+        # Their last records are written before the store closes (the drift check reads the answer log first).
+        for writer in ("canary_monitor", "drift_monitor", "retention", "audit", "answer_log", "prompts"):
+            if self.__dict__.get(writer) is not None:
+                self.__dict__[writer].close()
         if "state" in self.__dict__:
             self.state.close()
         if "tracer" in self.__dict__:
@@ -179,6 +258,59 @@ def build_keys(services: Services) -> KeyLookup:
 
     settings = services.settings
     return Authenticator(KeyStore(services.state), settings.api_keys, settings.key_cache_s)
+
+
+def build_tracers(settings: Settings) -> list[Tracer]:
+    """The configured trace exporters: LangSmith with a key or an endpoint, OpenTelemetry with an OTLP endpoint."""
+    tracers: list[Tracer] = []
+    if settings.langsmith_api_key or settings.langsmith_endpoint:
+        endpoint = settings.langsmith_endpoint or "https://api.smith.langchain.com"
+        tracers.append(
+            LangSmithTracer(endpoint, settings.langsmith_api_key, settings.langsmith_project, settings.trace_redact)
+        )
+    if settings.otlp_endpoint:
+        from app.version import installed_version
+        from serving.otel import OtelTracer  # the OpenTelemetry SDK loads only when it is used
+
+        tracers.append(
+            OtelTracer(settings.otlp_endpoint, settings.otel_service_name, installed_version(), settings.trace_redact)
+        )
+    return tracers
+
+
+def model_hashes(settings: Settings, embedder: Embedder) -> ModelHashes:
+    """What the settings' models are, by content: the embedder's id (its weights' fingerprint) and ONNX export,
+    the GGUF's sha256 for llama.cpp, the served model's name for vLLM (its weights are the server's)."""
+    from retrieval.embedding import OnnxEmbedder
+    from serving.file_hashes import FileHashes
+    from serving.lineage import ModelHashes
+
+    hashes = FileHashes(settings.cache_dir / "file-hashes.sqlite")
+    try:
+        files = [embedder.onnx_path] if isinstance(embedder, OnnxEmbedder) else []
+        models = ModelHashes(
+            embedder=embedder.model_id, embedder_files={p.name: hashes.sha256(p) for p in files},
+            generator=settings.generator,
+        )  # fmt: skip
+        if settings.generator == "vllm":
+            return models.model_copy(update={"generator_model": settings.vllm_model})
+        if settings.generator == "llamacpp":
+            return models.model_copy(update=_gguf_lineage(settings, hashes))
+        return models
+    finally:
+        hashes.close()
+
+
+def _gguf_lineage(settings: Settings, hashes: FileHashes) -> dict[str, str | None]:
+    """The GGUF's name and sha256; a model file that is missing is recorded as such (its answers fall back and
+    say why), never a failed run."""
+    from serving.llamacpp import bundled_model_path
+
+    try:
+        gguf = settings.llamacpp_model_path or bundled_model_path()
+        return {"generator_model": gguf.name, "generator_sha256": hashes.sha256(gguf)}
+    except OSError as exc:
+        return {"generator_model": f"unavailable: {exc}"[:200], "generator_sha256": None}
 
 
 def build_limiter(services: Services) -> Limiter:
@@ -241,9 +373,7 @@ def build_pipeline(services: Services) -> RagPipeline:
     settings = services.settings
     primary = build_generator(settings, services.embedder)
     generators = [primary] if primary.name == "extractive" else [primary, ExtractiveGenerator(services.embedder)]
-    registry = PromptRegistry(settings.prompts_dir) if settings.prompts_dir else PromptRegistry()
-    canary = registry.resolve(settings.canary_prompt) if settings.canary_prompt else None
-    prompts = PromptSelector(registry.resolve(settings.prompt), canary, settings.canary_share)
+    prompts = services.prompts
     guards = build_guards(settings, services.embedder)
     embedder = services.embedder
     stages = Stages(
@@ -267,6 +397,50 @@ def build_pipeline(services: Services) -> RagPipeline:
     )
     pricing = AnswerPricing(settings.prices, services.metrics)
     return RagPipeline(stages, prompts, observer=services.observe, pricing=pricing)
+
+
+def build_prompts(services: Services) -> PromptSelector | LivePrompts:
+    s = services.settings
+    registry = PromptRegistry(s.prompts_dir) if s.prompts_dir else PromptRegistry()
+    if not s.live_labels:
+        canary = registry.resolve(s.canary_prompt) if s.canary_prompt else None
+        return PromptSelector(registry.resolve(s.prompt), canary, s.canary_share)
+    from serving.canary_control import CanaryBook
+    from serving.labels import StoreLabels
+    from serving.live_prompts import LivePrompts
+
+    labels = StoreLabels(services.state)
+    labels.adopt_declared(registry)  # what git declares and the store has not taken yet
+    book = CanaryBook(services.state, s.canary_share)
+    return LivePrompts(registry.with_labels(labels), s.prompt, s.canary_prompt, book, s.label_refresh_s,
+                       services.metrics)  # fmt: skip
+
+
+def build_canary_monitor(services: Services) -> CanaryMonitor | None:
+    s = services.settings
+    if not (s.live_labels and s.canary_prompt) or services.answer_log is None:
+        return None
+    from functools import partial
+
+    from serving.canary_control import CanaryBook, CanaryLabels, CanaryMonitor, ratings_by_answer
+
+    stable, canary = PromptRef.parse(s.prompt), PromptRef.parse(s.canary_prompt)
+    labels = CanaryLabels(*(None if ref.is_version else ref.selector for ref in (stable, canary)))
+    book = CanaryBook(services.state, s.canary_share)
+    ratings = partial(ratings_by_answer, services.state)
+    policy = canary_policy(s)
+    return CanaryMonitor(book, services.answer_log, ratings, policy, stable.name, labels, services.metrics)
+
+
+def canary_policy(settings: Settings) -> CanaryPolicy:
+    """How the canary analysis decides, from the settings (the server's monitor and ``ragops canary status``)."""
+    from serving.canary import Tolerance
+    from serving.canary_control import CanaryPolicy
+
+    s = settings
+    tolerance = Tolerance(s.canary_tolerance, s.canary_latency_tolerance)
+    return CanaryPolicy(tolerance, s.canary_alpha, s.canary_min_answers, s.canary_autopromote,
+                        s.groundedness_threshold, s.canary_check_every)  # fmt: skip
 
 
 def judge_config(settings: Settings) -> JudgeConfig | None:
@@ -314,6 +488,7 @@ def eval_parts(services: Services) -> EvalParts:
         answers_path=settings.cache_dir / "eval-answers.sqlite",
         answer_settings=settings.model_dump_json(include=set(ANSWER_SETTINGS)),
         judge=judge_config(settings),
+        models=services.model_hashes,
     )
 
 

@@ -7,7 +7,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import admin_audit, admin_keys, admin_usage, chat, documents, health, metrics, openai_api, search, web
+from app.api import (
+    admin_audit,
+    admin_keys,
+    admin_usage,
+    chat,
+    documents,
+    feedback,
+    health,
+    metrics,
+    openai_api,
+    search,
+    web,
+)
 from app.api.errors import ErrorResponse, install_error_handlers
 from app.api.middleware import RequestContext
 from app.api.openai_protocol import ChatCompletionChunk
@@ -17,7 +29,7 @@ from app.container import Services, build_services
 from app.settings import Settings, load_settings
 
 # Public first (probes, metrics, the page), then the API, then the admin routes.
-_ROUTERS = (health, metrics, web, search, documents, chat, openai_api, admin_keys, admin_audit, admin_usage)
+_ROUTERS = (health, metrics, web, search, documents, chat, openai_api, feedback, admin_keys, admin_audit, admin_usage)
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -33,6 +45,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         owned = build_services(resolved)
         _ = owned.pipeline  # load the generator now, not on the first question
         _ = owned.gate, owned.audit  # open the state store now, not on the event loop during a request
+        _ = owned.retention  # prune kept answers past retention now and daily
         app.state.services = owned
         try:
             yield

@@ -19,6 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from prompts.registry import PromptRef
 from retrieval.index import SCOPE_NAME_PATTERN, FusionParams, SearchMode
 from retrieval.rerank import RERANK_DEPTH, RerankWeights
 from retrieval.validation import DocumentLimits
@@ -119,7 +120,47 @@ class Settings(BaseSettings):
     canary_prompt: str | None = Field(
         None, description="A second prompt (e.g. rag_answer@canary) answering canary_share of users."
     )
-    canary_share: float = Field(0.0, ge=0, le=1, description="Share of users (sticky by user id) on the canary.")
+    canary_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of users (sticky by user id) on the canary when it starts; a rollback "
+        "sets the live share (state store) to 0.",
+    )
+    canary_autopromote: bool = Field(
+        False, description="Promote a canary that is not worse after canary_min_answers answers per arm."
+    )
+    canary_min_answers: int = Field(
+        200, ge=10, description="Answers per arm (canary and stable) before a canary that is not worse is promoted."
+    )
+    canary_tolerance: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="How much worse than stable a canary's rate may be (absolute, e.g. 0.05 = "
+        "5 points more fallbacks) before the sequential test counts evidence against it.",
+    )
+    canary_latency_tolerance: float = Field(
+        0.2,
+        ge=0,
+        le=10,
+        description="How much slower than stable a canary may be (relative, e.g. 0.2 = 20% slower) before the "
+        "sequential test counts evidence against it.",
+    )
+    canary_alpha: float = Field(
+        0.05, gt=0, lt=1, description="False-rollback rate the canary's sequential test allows, over all signals."
+    )
+    canary_check_every: int = Field(
+        10, ge=1, description="Run the canary analysis every N answers (in the background, off the request path)."
+    )
+    label_refresh_s: float = Field(
+        2.0, gt=0, le=60, description="Seconds a replica keeps the live prompt labels before reading them again."
+    )
+    live_labels: bool = Field(
+        True,
+        description="Resolve prompt labels and the canary share through the state store, live on every replica; "
+        "off: registry.yaml's labels as they were at start (eval runs turn it off).",
+    )
     chat_top_k: int = Field(4, ge=1, le=20, description="Passages put in the prompt.")
     context_sentences: int = Field(
         3, ge=0, le=100, description="Keep only the N sentences that best match the question in the prompt; 0: all."
@@ -312,6 +353,29 @@ class Settings(BaseSettings):
     alert_window: int = Field(100, ge=1, description="Answers in the rolling window.")
     alert_min_answers: int = Field(20, ge=1, description="No alert before the window holds this many.")
 
+    # The production loop: answers kept for feedback, drift detection
+    feedback_retention_days: int = Field(
+        30,
+        ge=0,
+        description="Days answers are kept (redacted) so feedback can refer to them; 0: not kept (no "
+        "feedback, no canary analysis).",
+    )
+    alert_thumbs_down_rate: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Alert when more of a prompt version's recent rated answers than this are thumbs-down.",
+    )
+    drift_every: int = Field(
+        0,
+        ge=0,
+        description="Check for drift every N answers against the newest reference profile (in the background); 0: off.",
+    )
+    drift_window: int = Field(200, ge=20, description="Recent answers a drift check compares with the reference.")
+    drift_alpha: float = Field(
+        0.01, gt=0, lt=1, description="Significance of a drift check, over all signals (Holm-corrected)."
+    )
+
     # Tracing (LangSmith): on when an API key or an endpoint is set; LangSmith's own variable names work too
     langsmith_api_key: str | None = Field(
         None,
@@ -327,6 +391,17 @@ class Settings(BaseSettings):
         "ragops",
         validation_alias=AliasChoices("RAGOPS_LANGSMITH_PROJECT", "LANGSMITH_PROJECT"),
         description="LangSmith project the traces go to.",
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        validation_alias=AliasChoices("RAGOPS_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="OpenTelemetry collector base URL (OTLP over HTTP, spans go to /v1/traces); set, it turns "
+        "OpenTelemetry tracing on beside LangSmith.",
+    )
+    otel_service_name: str = Field(
+        "ragops",
+        validation_alias=AliasChoices("RAGOPS_OTEL_SERVICE_NAME", "OTEL_SERVICE_NAME"),
+        description="service.name of the exported spans.",
     )
     trace_redact: bool = Field(True, description="Redact PII and secrets in traced inputs and outputs.")
     tracing: bool = Field(True, description="Trace requests when LangSmith is configured (eval runs turn it off).")
@@ -365,6 +440,13 @@ class Settings(BaseSettings):
     def _overlap_below_budget(self) -> Settings:
         if self.chunk_overlap >= self.chunk_tokens:
             raise ValueError("chunk_overlap must be smaller than chunk_tokens")
+        return self
+
+    @model_validator(mode="after")
+    def _autopromote_moves_a_label(self) -> Settings:
+        # Promotion moves the stable label to the canary's version: a stable prompt named by version has none.
+        if self.canary_autopromote and PromptRef.parse(self.prompt).is_version:
+            raise ValueError("canary_autopromote needs prompt to name a label (e.g. rag_answer@production)")
         return self
 
     @model_validator(mode="after")

@@ -482,7 +482,7 @@ def calibrate_groundedness(
     better signal never lowers the support), each family weighing as much as the supported answers together;
     then the threshold with the best balanced accuracy (supported answers passing against the mean share of
     each family caught)."""
-    from scipy.optimize import minimize  # type: ignore[import-untyped]
+    from scipy.optimize import minimize
 
     names = [f.name for f in fields(SupportSignals)]
     features = np.array([[getattr(s, n) for n in names] for s in case_signals(scorer, cases)])

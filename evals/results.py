@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from serving.answer import Outcome
 from serving.fallback import Fallback
+from serving.lineage import RunLineage
 
 
 class ResultsError(Exception):
@@ -100,6 +101,7 @@ class EvalResults(BaseModel):
     aggregate: dict[str, MetricSummary]
     performance: Performance
     samples: list[SampleResult]
+    lineage: RunLineage | None = None  # None in runs made before lineage was recorded
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.model_dump(mode="json", exclude_none=False), indent=1), encoding="utf-8")

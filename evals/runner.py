@@ -38,6 +38,7 @@ from retrieval.index import Scope, VectorIndex
 from retrieval.ingest import Ingestor
 from retrieval.loaders import load_paths
 from serving.answer import Answer
+from serving.lineage import ModelHashes, RunLineage
 from serving.pipeline import AnswerRequest, RagPipeline
 
 ProgressFactory = Callable[[int], Any]
@@ -80,6 +81,7 @@ class EvalParts:
     answers_path: Path
     answer_settings: str = ""  # the settings answers depend on, serialised: part of the answer cache key
     judge: JudgeConfig | None = None
+    models: ModelHashes | None = None  # the models by content, for the run's lineage (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,11 @@ def _results(
 ) -> EvalResults:
     prompt = parts.pipeline.prompt_for(None)
     models = sorted({row.model for row in rows if row.model})
+    dataset = DatasetInfo(path=_shown(suite.dataset), hash=dataset_hash(samples), samples=len(samples))
+    lineage = None
+    if parts.models is not None:
+        lineage = RunLineage(dataset=dataset.hash, corpus=corpus_hash, prompt=f"{prompt.name}@{prompt.version}",
+                             prompt_hash=prompt.content_hash, models=parts.models)  # fmt: skip
     return EvalResults(
         suite=suite.name,
         prompt=PromptRef(ref=prompt.ref, name=prompt.name, version=prompt.version, hash=prompt.content_hash),
@@ -257,11 +264,12 @@ def _results(
         model=models[0] if len(models) == 1 else models,
         embedder=parts.embedder.model_id,
         judge=parts.judge.model if parts.judge else None,
-        dataset=DatasetInfo(path=_shown(suite.dataset), hash=dataset_hash(samples), samples=len(samples)),
+        dataset=dataset,
         corpus_hash=corpus_hash,
         timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
         thresholds={name: Limits(threshold=m.threshold, tolerance=m.tolerance) for name, m in suite.metrics.items()},
         aggregate=aggregate(rows, list(suite.metrics)),
         performance=performance(rows),
         samples=rows,
+        lineage=lineage,
     )

@@ -5,6 +5,10 @@ changes is refused: make a new version instead), the labels (``production``, ``s
 and each label's history, so ``rollback`` returns a label to the version it pointed at before.
 
 References: ``NAME`` (the production label), ``NAME@VERSION`` or ``NAME@LABEL``.
+
+Labels resolve through a ``LabelSource``: by default the YAML's own labels (evals, tests and tools without a
+state store); a server passes the state store's live labels (``serving.labels.StoreLabels``), which start from
+the YAML's and then move at run time (promotions, rollbacks) on every replica at once.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -43,10 +47,21 @@ class PromptRef:
         return bool(_VERSION.match(self.selector))
 
 
+class LabelSource(Protocol):
+    """Where a prompt's labels are read: label -> version."""
+
+    def labels(self, name: str) -> dict[str, str]: ...
+
+
 class PromptRegistry:
-    def __init__(self, root: Path = PROMPTS_DIR) -> None:
+    def __init__(self, root: Path = PROMPTS_DIR, labels: LabelSource | None = None) -> None:
         self.root = root
         self.path = root / "registry.yaml"
+        self._labels: LabelSource = labels or DeclaredLabels(self)
+
+    def with_labels(self, labels: LabelSource) -> PromptRegistry:
+        """The same registry, its labels read from ``labels``."""
+        return PromptRegistry(self.root, labels)
 
     # --- reading ----------------------------------------------------------------------------------------
     def _data(self) -> dict[str, Any]:
@@ -75,6 +90,11 @@ class PromptRegistry:
         return list_versions(name, self.root)
 
     def labels(self, name: str) -> dict[str, str]:
+        """The labels references resolve through (the label source's)."""
+        return self._labels.labels(name)
+
+    def declared_labels(self, name: str) -> dict[str, str]:
+        """The labels registry.yaml declares (git's), whatever the label source says."""
         return dict(self._entry(self._data(), name)["labels"])
 
     def released(self, name: str) -> dict[str, str]:
@@ -87,7 +107,7 @@ class PromptRegistry:
         """The prompt a reference names; a released version whose file changed is refused."""
         parsed = PromptRef.parse(ref) if isinstance(ref, str) else ref
         entry = self._entry(self._data(), parsed.name)
-        version = parsed.selector if parsed.is_version else entry["labels"].get(parsed.selector)
+        version = parsed.selector if parsed.is_version else self.labels(parsed.name).get(parsed.selector)
         if version is None:
             raise PromptError(f"prompt {parsed.name!r} has no label {parsed.selector!r}")
         prompt = load_prompt(parsed.name, version, self.root)
@@ -150,6 +170,16 @@ class PromptRegistry:
         Path(tmp.name).replace(self.path)
 
 
+class DeclaredLabels:
+    """The default label source: the labels registry.yaml declares."""
+
+    def __init__(self, registry: PromptRegistry) -> None:
+        self._registry = registry
+
+    def labels(self, name: str) -> dict[str, str]:
+        return self._registry.declared_labels(name)
+
+
 class PromptSelector:
     """Which prompt answers a request: the stable one, or for a configured share of users the canary. The
     choice hashes the user (or session) id, so a user keeps seeing the same version; anonymous requests get the
@@ -162,8 +192,15 @@ class PromptSelector:
         self.canary = canary
         self.canary_share = canary_share
 
+    def close(self) -> None:
+        """Nothing to stop (the live selector has a refresh thread; both are closed alike)."""
+
     def __call__(self, user: str | None = None) -> Prompt:
         if self.canary is None or user is None or not self.canary_share:
             return self.stable
-        bucket = int.from_bytes(hashlib.sha256(user.encode()).digest()[:8], "big") / 2**64
-        return self.canary if bucket < self.canary_share else self.stable
+        return self.canary if user_bucket(user) < self.canary_share else self.stable
+
+
+def user_bucket(user: str) -> float:
+    """Where a user falls in [0, 1): the users below the canary share get the canary, as long as it runs."""
+    return int.from_bytes(hashlib.sha256(user.encode()).digest()[:8], "big") / 2**64

@@ -136,6 +136,7 @@ class OnnxEmbedder(_LocalModelEmbedder):
         fingerprint = model_fingerprint(model_dir)
         self._model_id = f"{model_name}:onnx-int8:{fingerprint}"
         onnx_path = models_dir / f"{model_name}-{fingerprint}-int8.onnx"
+        self.onnx_path = onnx_path  # what runs: its hash is part of every eval run's lineage
         if not onnx_path.is_file():
             with self._export_lock:
                 if not onnx_path.is_file():

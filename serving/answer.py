@@ -7,6 +7,7 @@ SSE events, the OpenAI-compatible endpoint, metrics, tracing and the eval runner
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -70,6 +71,9 @@ class Answer(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    id: str = Field(
+        "", description="The server's id of this answer (POST /v1/feedback refers to it); made per request."
+    )
     answer: str
     outcome: Outcome
     citations: list[Citation] = Field(default_factory=list)
@@ -86,6 +90,14 @@ class Answer(BaseModel):
     relevance: float | None = Field(None, description="Best cosine between the question and a retrieved passage.")
     guards: GuardVerdicts | None = None
     groundedness: Groundedness | None = None
+
+
+ANSWER_ID = re.compile(r"^(ans_|chatcmpl-)[0-9a-f]{32}$")
+
+
+def new_answer_id(prefix: str = "ans_") -> str:
+    """A fresh answer id: ``ans_`` for /v1/chat, ``chatcmpl-`` for the OpenAI endpoint (its completion id)."""
+    return f"{prefix}{uuid.uuid4().hex}"
 
 
 def drop_invalid_citations(text: str, passages: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -32,12 +33,26 @@ class BackgroundWorker(Generic[Item]):
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def put(self, item: Item) -> None:
+    def put(self, item: Item) -> bool:
+        """Enqueue ``item``; False when the queue is full and it was dropped."""
         try:
             self._queue.put_nowait(item)
         except queue.Full:  # the consumer is not keeping up
             if self._on_drop is not None:
                 self._on_drop()
+            return False
+        return True
+
+    def flush(self, wait_s: float) -> bool:
+        """Wait up to ``wait_s`` until every item put so far is handled; False if some are still pending."""
+        deadline = time.monotonic() + wait_s
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._queue.all_tasks_done.wait(left)
+        return True
 
     def close(self, wait_s: float = 1.0) -> None:
         """Finish what is pending within ``wait_s``."""
@@ -49,6 +64,7 @@ class BackgroundWorker(Generic[Item]):
         while True:
             item = self._queue.get()
             if item is None:
+                self._queue.task_done()
                 return
             batch, closing = [item], False
             while len(batch) < self._batch_size and not closing:
@@ -60,6 +76,10 @@ class BackgroundWorker(Generic[Item]):
                     closing = True
                 else:
                     batch.append(more)
-            self._handle(batch)
+            try:
+                self._handle(batch)
+            finally:
+                for _ in range(len(batch) + closing):  # the close marker, when taken, was put too
+                    self._queue.task_done()
             if closing:
                 return

@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 if TYPE_CHECKING:
     from serving.answer import Answer
+    from serving.drift import DriftReport
+    from serving.feedback import Rated
 
 alert_log = logging.getLogger("ragops.alerts")
 
@@ -32,6 +34,7 @@ class AlertThresholds:
     fallback_rate: float = 0.3
     window: int = 100  # answers
     min_answers: int = 20  # no alert on a handful of answers
+    thumbs_down_rate: float = 0.3  # of a prompt version's latest ``window`` ratings, after ``min_answers`` of them
 
 
 class ServiceMetrics:
@@ -72,6 +75,9 @@ class ServiceMetrics:
             "ragops_alert_active", "1 while a rate is above its alert threshold.", ["alert"], registry=r
         )
         self._add_governance_metrics(r)
+        self._add_feedback_metrics(r)
+        self._add_canary_metrics(r)
+        self._add_drift_metrics(r)
         self._window: deque[tuple[bool | None, bool]] = deque(maxlen=self._alerts.window)
         self._firing: set[str] = set()
         self._lock = threading.Lock()
@@ -109,6 +115,59 @@ class ServiceMetrics:
             "ragops_audit_batch_records", "Audit records per committed batch.",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r,
         )  # fmt: skip
+
+    def _add_feedback_metrics(self, r: CollectorRegistry) -> None:
+        """Users' ratings of answers, per prompt version, and the version's recent thumbs-down rate."""
+        self.feedback = Counter(
+            "ragops_feedback", "Ratings received, by prompt, version and rating (a changed rating counts again).",
+            ["prompt", "version", "rating"], registry=r,
+        )  # fmt: skip
+        self.thumbs_down_rate = Gauge(
+            "ragops_thumbs_down_rate",
+            "Share of thumbs-down among a prompt version's latest rated answers (alert_window of them, all replicas).",
+            ["prompt", "version"], registry=r,
+        )  # fmt: skip
+        self.thumbs_down_alert = Gauge(
+            "ragops_thumbs_down_alert",
+            "1 while a prompt version's thumbs-down rate is above alert_thumbs_down_rate (after alert_min_answers).",
+            ["prompt", "version"], registry=r,
+        )  # fmt: skip
+
+    def _add_canary_metrics(self, r: CollectorRegistry) -> None:
+        """The canary's live share of users and the analysis' decisions (rollback, promote)."""
+        self.canary_share = Gauge(
+            "ragops_canary_share", "Share of users the prompt's canary version serves now (0 after a decision).",
+            ["prompt"], registry=r,
+        )  # fmt: skip
+        self.canary_decisions = Counter(
+            "ragops_canary_decisions", "Canary analysis decisions taken by this replica, by decision.",
+            ["prompt", "decision"], registry=r,
+        )  # fmt: skip
+
+    def observe_canary_share(self, prompt: str, share: float) -> None:
+        self.canary_share.labels(prompt).set(share)
+
+    def observe_canary_decision(self, prompt: str, decision: str) -> None:
+        self.canary_decisions.labels(prompt, decision).inc()
+
+    def observe_feedback(self, rated: Rated) -> None:
+        """One rating kept: counted, and its version's recent rate (read from the store, so over every replica's
+        ratings) exported; crossing the threshold logs an alert once, falling back under it a resolution."""
+        prompt, recent = rated.prompt_name, rated.recent
+        self.feedback.labels(prompt, recent.prompt_version, rated.feedback.rating).inc()
+        rate = recent.rate or 0.0
+        firing = recent.rated >= self._alerts.min_answers and rate > self._alerts.thumbs_down_rate
+        self.thumbs_down_rate.labels(prompt, recent.prompt_version).set(rate)
+        self.thumbs_down_alert.labels(prompt, recent.prompt_version).set(1 if firing else 0)
+        alert = f"thumbs_down_rate:{prompt}@{recent.prompt_version}"
+        with self._lock:
+            changed = firing != (alert in self._firing)
+            (self._firing.add if firing else self._firing.discard)(alert)
+        details = {"alert": "thumbs_down_rate", "prompt": f"{prompt}@{recent.prompt_version}", "rate": round(rate, 4),
+                   "rated": recent.rated, "threshold": self._alerts.thumbs_down_rate}  # fmt: skip
+        if changed:
+            alert_log.log(logging.WARNING if firing else logging.INFO,
+                          "alert firing" if firing else "alert resolved", extra=details)  # fmt: skip
 
     def observe(self, answer: Answer) -> None:
         generator = answer.generator or "none"
@@ -154,6 +213,40 @@ class ServiceMetrics:
                     self._firing.discard(name)
                     alert_log.info("alert resolved", extra={"alert": name, "rate": round(rate, 4)})
                 self.alert_active.labels(name).set(1 if firing else 0)
+
+    def _add_drift_metrics(self, r: CollectorRegistry) -> None:
+        """The periodic drift check (serving/drift.py): each signal's score and verdict, the check's time."""
+        self.drift_score = Gauge(
+            "ragops_drift_score",
+            "Last drift check, per signal: ROC AUC of the domain classifier (query_embedding), KS statistic "
+            "(numbers), window rate minus reference rate (rates).",
+            ["signal"], registry=r,
+        )  # fmt: skip
+        self.drift_detected = Gauge(
+            "ragops_drift_detected", "1 when the last drift check found the signal drifted (Holm-corrected).",
+            ["signal"], registry=r,
+        )  # fmt: skip
+        self.drift_check_seconds = Histogram(
+            "ragops_drift_check_seconds", "Time of one drift check (embedding the window included).",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._drift_firing = False
+
+    def observe_drift(self, report: DriftReport) -> None:
+        """A finished drift check; logs ``alert firing`` (``drift``) when drift appears, ``resolved`` when it ends."""
+        for result in report.signals:
+            if result.statistic is not None:
+                self.drift_score.labels(result.signal).set(result.statistic)
+            self.drift_detected.labels(result.signal).set(1 if result.drifted else 0)
+        self.drift_check_seconds.observe(report.took_ms / 1000)
+        if report.drifted != self._drift_firing:
+            self._drift_firing = report.drifted
+            drifted = [r.signal for r in report.signals if r.drifted]
+            extra = {"alert": "drift", "signals": drifted, "profile": report.profile_id, "answers": report.answers}
+            if report.drifted:
+                alert_log.warning("alert firing", extra=extra)
+            else:
+                alert_log.info("alert resolved", extra=extra)
 
     def observe_audit_batch(self, records: int, seconds: float, ok: bool) -> None:
         """One group commit of the audit writer: its size and time, or its failure."""

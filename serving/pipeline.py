@@ -54,7 +54,8 @@ class RagPipeline:
         turn = Turn.start(request, self._prompts(request.user))
         for event in self._run(turn):
             if isinstance(event, Answer):
-                event = self._pricing.price(event, request.scope.tenant)
+                # Stamped here, once: a cached answer is a new answer with an id of its own.
+                event = self._pricing.price(event.model_copy(update={"id": request.id}), request.scope.tenant)
                 if self._observer is not None:
                     # What the guards let through: metrics, traces and the sampled judge never see redacted PII.
                     self._observer(replace(request, question=turn.question, history=turn.history), event)

@@ -23,7 +23,7 @@ from retrieval.embedding_cache import CachedEmbedder
 from retrieval.index import Scope
 from retrieval.search import Searcher
 from safety.guards import ContextVerdict, Guard, GuardAction, Guards, GuardVerdict
-from serving.answer import Answer, GuardVerdicts, Outcome, PromptInfo, resolve_citations
+from serving.answer import Answer, GuardVerdicts, Outcome, PromptInfo, new_answer_id, resolve_citations
 from serving.answer_cache import AnswerCache, CacheKey, normalise_question
 from serving.fallback import ChainDelta, ChainResult, Fallback, FallbackChain, Replaced
 from serving.generation import NOT_IN_DOCUMENTS, Generation, GenerationRequest, GeneratorError, StreamDelta, Usage
@@ -42,6 +42,7 @@ class AnswerRequest:
     top_k: int = 4
     history: list[dict[str, str]] = field(default_factory=list)
     user: str | None = None  # picks the prompt when a canary takes a share of users (sticky per user)
+    id: str = field(default_factory=new_answer_id)  # the answer's id: made by the server, never by the client
 
 
 @dataclass

@@ -70,6 +70,7 @@ def test_chat_answers_with_citations(server: LiveServer) -> None:
     }
     again = httpx.post(f"{server.url}/v1/chat", json={"question": QUESTION}, timeout=60).json()
     assert again["cached"] is True and again["answer"] == body["answer"]
+    assert body["id"].startswith("ans_") and again["id"] != body["id"]  # the server's id, one per answer
 
 
 def test_chat_streams_server_sent_events(server: LiveServer) -> None:
@@ -84,6 +85,7 @@ def test_chat_streams_server_sent_events(server: LiveServer) -> None:
     assert all(e["type"] == "delta" for e in events[:-2]) and deltas  # one delta per guarded sentence
     assert "".join(deltas) == final["answer"]
     assert final["type"] == "answer" and final["generator"] == "llamacpp" and final["citations"]
+    assert final["id"].startswith("ans_")
 
 
 def test_client_leaving_mid_stream_does_not_wedge_the_server(server: LiveServer) -> None:
@@ -112,6 +114,7 @@ def test_openai_sdk_works_unchanged(server: LiveServer) -> None:
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.strip() and chunks[-1].choices[0].finish_reason == "stop"
+    assert completion.id.startswith("chatcmpl-") and len({c.id for c in chunks}) == 1  # feedback names it
     assert (chunks[-1].model_extra or {})["citations"]
 
 

@@ -12,7 +12,7 @@ from app.container import Services, UnavailableGenerator
 from prompts.registry import PromptRegistry
 from retrieval.documents import Document, Section
 from retrieval.index import Scope
-from serving.answer import resolve_citations
+from serving.answer import ANSWER_ID, resolve_citations
 from serving.fallback import FallbackChain
 from serving.generation import NOT_IN_DOCUMENTS, Generation, GenerationRequest, StreamDelta, Usage
 from serving.pipeline import Answer, AnswerRequest, RagPipeline
@@ -105,6 +105,7 @@ def test_cache_hit_and_invalidation_on_index_change(extractive: Services) -> Non
     again = extractive.pipeline.answer(AnswerRequest("  what part of the earth's atmosphere is OXYGEN ", SCOPE))
     assert again.cached and again.outcome == "cached" and again.answer == first.answer
     assert set(again.timings_ms) == {"total"}
+    assert ANSWER_ID.match(first.id) and ANSWER_ID.match(again.id) and again.id != first.id  # each answer its own
     extractive.ingestor.ingest_documents([Document("new", (Section("Oxygen makes up a fifth of air."),))], SCOPE)
     assert not extractive.pipeline.answer(question).cached  # the index changed
     other_tenant = AnswerRequest(question.question, Scope("sample", "someone-else"))

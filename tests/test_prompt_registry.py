@@ -90,7 +90,7 @@ def test_answers_name_the_canary_version(make_services: Callable[..., Services])
 
 def test_prompts_cli(registry: PromptRegistry, tmp_path: Path) -> None:
     def ragops(*args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "RAGOPS_PROMPTS_DIR": str(registry.root)}
+        env = {**os.environ, "RAGOPS_PROMPTS_DIR": str(registry.root), "RAGOPS_DATA_DIR": str(tmp_path / "d")}
         return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, env=env)
 
     listing = json.loads(ragops("prompts", "list", "--json").stdout)

@@ -96,7 +96,7 @@ def test_two_replicas_share_one_rate_limit_one_answer_cache_and_one_audit_chain(
     second = ask(b, "chatb", sent["b"])
     assert first.json()["outcome"] == "answered" and second.json()["outcome"] == "cached"
     assert second.json()["usage"]["total_tokens"] == 0
-    made_anew = {"outcome", "cached", "usage", "timings_ms", "cost_usd"}  # what a hit says of itself
+    made_anew = {"id", "outcome", "cached", "usage", "timings_ms", "cost_usd"}  # what a hit says of itself
     assert {k: v for k, v in second.json().items() if k not in made_anew} == {
         k: v for k, v in first.json().items() if k not in made_anew
     }

@@ -73,6 +73,9 @@ CASES = [
         {"model": "ragops", "messages": [{"role": "user", "content": "When do the skates ship?"}],
          "collection": COLLECTION}, 200,
     ),
+    Case(
+        "POST", "/v1/feedback", Role.reader, "/v1/feedback", {"id": "ans_" + "0" * 32, "rating": "down"}, 404,
+    ),
     Case("GET", "/v1/documents", Role.reader, f"/v1/documents?collection={COLLECTION}", None, 200),
     Case("POST", "/v1/documents", Role.editor, "/v1/documents", INGEST, 200),
     Case("DELETE", "/v1/documents/{doc_id:path}", Role.editor, f"/v1/documents/absent{IN_COLLECTION}", None, 404),
@@ -237,14 +240,14 @@ def test_admin_moves_prompt_labels(server: tuple[LiveServer, Keys], http: httpx.
         moved = http.post(f"/v1/admin/prompts/rag_answer/labels/{LABEL}", json={"version": version}, headers=admin)
         assert moved.status_code == 200, moved.text
         assert (moved.json()["version"], moved.json()["previous"]) == (version, previous)
-        assert "next restart" in moved.json()["applies"]
+        assert "labels are live" in moved.json()["applies"]
     back = http.post(f"/v1/admin/prompts/rag_answer/labels/{LABEL}/rollback", headers=admin).json()
     assert (back["version"], back["previous"]) == ("v1", "v2")
     again = http.post(f"/v1/admin/prompts/rag_answer/labels/{LABEL}/rollback", headers=admin)
     assert again.status_code == 409 and again.json()["error"]["type"] == "conflict_error"
     after = http.get("/v1/admin/prompts", headers=admin).json()
     assert next(p for p in after["prompts"] if p["name"] == "rag_answer")["labels"][LABEL] == "v1"
-    assert after["served"] == served  # what this server answers with changes at its next restart
+    assert after["served"] == served  # the label moved is not the one this server answers with
     for url, body in (
         (f"/v1/admin/prompts/rag_answer/labels/{LABEL}", {"version": "v999"}),
         (f"/v1/admin/prompts/rag_answer/labels/{LABEL}", {"version": "../../etc/passwd"}),

@@ -3,11 +3,9 @@
 /v1/admin/prompts/{name}/labels/{label}`` (promote) and ``.../rollback``. Each notes what it did for the audit
 trail; a key's secret is in one response only, the one that made it.
 
-A running server resolved its prompt labels when it started (``app.container.build_pipeline``): a label moved
-here is served from the next restart, and every response that moves one says so. Re-resolving on each request
-would cost a file read per answer and still change one replica only: the registry is a file beside each
-replica's prompts (mount ``prompts_dir`` on a volume to keep changes across restarts, or promote in git as CI
-does)."""
+Labels are live state (``serving.labels``): a label moved here is moved in the state store, and every replica
+answering with it serves the new version within ``label_refresh_s``; the release (the version's hash) and the
+label are also written to this replica's registry.yaml, as ``ragops prompts promote`` does."""
 
 from __future__ import annotations
 
@@ -42,6 +40,8 @@ from serving.keys import (
     expiry_from,
     grace_from,
 )
+from serving.labels import StoreLabels
+from serving.lineage import ReleaseDraft
 
 router = APIRouter(tags=["admin"], responses=error_responses(400, 401, 403, 429))
 
@@ -50,8 +50,8 @@ _CONFLICT: dict[int | str, dict[str, Any]] = {
 }
 _KEY_ID = Path(description="The key's id (`rgk_<id>_...`, or `env-...` for a key from RAGOPS_API_KEYS).")
 LABELS_APPLY = (
-    "a running server resolved its prompt labels when it started: a server answering with this label serves "
-    "the new version from its next restart"
+    "labels are live: every server answering with this label serves the new version within label_refresh_s "
+    "(servers with live_labels off: from their next restart)"
 )
 
 
@@ -206,7 +206,7 @@ def _key_errors() -> Iterator[None]:
 def list_prompts(services: ServicesDep, caller: Admin) -> PromptListing:
     """Prompts, their versions, labels and released versions, and the one this server answers with."""
     note_admin_action("prompts.list", "*")
-    registry = _registry(services)
+    registry = _registry(services).with_labels(StoreLabels(services.state))
     with _prompt_errors():
         entries = [
             PromptEntry(
@@ -228,9 +228,12 @@ def promote_label(name: str, label: str, body: LabelPromotion, services: Service
     """Point ``label`` at a version, releasing it (its file is frozen from then on)."""
     note_admin_action("prompts.promote", f"{name}@{label}", {"version": body.version})
     registry = _known_prompt(services, name)
+    labels = StoreLabels(services.state)
     with _prompt_errors():
-        previous = registry.labels(name).get(label)
+        previous = labels.labels(name).get(label)
         prompt = registry.promote(name, body.version, label)
+    labels.move(name, label, prompt.version, caller.key_id, "promote")
+    services.lineage.release(name, prompt.version, ReleaseDraft(label, previous, prompt.content_hash, caller.key_id))
     return LabelChange(name=name, label=label, version=prompt.version, previous=previous, hash=prompt.content_hash)
 
 
@@ -242,13 +245,15 @@ def promote_label(name: str, label: str, body: LabelPromotion, services: Service
 def rollback_label(name: str, label: str, services: ServicesDep, caller: Admin) -> LabelChange:
     """Return ``label`` to the version it named before."""
     note_admin_action("prompts.rollback", f"{name}@{label}")
-    registry = _known_prompt(services, name)
+    registry, labels = _known_prompt(services, name), StoreLabels(services.state)
     with _prompt_errors():
-        if not registry.history(name, label):
+        labels.adopt_declared(registry)
+        version = labels.rollback_target(name, label)  # the live history, canary decisions included
+        if version is None:
             raise ApiError(409, f"label {label!r} of {name!r} has no earlier version to roll back to", param="label")
-        previous = registry.labels(name).get(label)
-        version = registry.rollback(name, label)
-        prompt = registry.resolve(f"{name}@{version}")
+        previous = labels.labels(name).get(label)
+        prompt = registry.promote(name, version, label)  # registry.yaml follows (bookkeeping)
+    labels.move(name, label, version, caller.key_id, "rollback")
     note_admin_action("prompts.rollback", f"{name}@{label}", {"version": version, "previous": previous})
     return LabelChange(name=name, label=label, version=version, previous=previous, hash=prompt.content_hash)
 

@@ -16,7 +16,7 @@ from app.api.middleware import current_exchange
 from app.container import Services
 from retrieval.index import SCOPE_NAME_PATTERN, SCOPE_NAME_RULE, Scope, is_scope_name
 from serving.access import Principal, Role
-from serving.answer import Answer
+from serving.answer import Answer, new_answer_id
 from serving.clock import parse_moment
 from serving.stages import AnswerRequest
 
@@ -127,6 +127,7 @@ def answer_request(
     top_k: int | None,
     history: list[dict[str, str]],
     user: str | None = None,
+    id_prefix: str = "ans_",
 ) -> AnswerRequest:
     """The pipeline's request for a question in the caller's tenant; a collection without documents is a 404."""
     settings = services.settings
@@ -137,7 +138,7 @@ def answer_request(
     scope = Scope(collection or settings.default_collection, tenant)
     if services.index.count(scope) == 0:
         raise ApiError(404, f"collection {scope.collection!r} has no documents", param="collection")
-    return AnswerRequest(question, scope, top_k or settings.chat_top_k, history, user)
+    return AnswerRequest(question, scope, top_k or settings.chat_top_k, history, user, new_answer_id(id_prefix))
 
 
 def require_text(text: str, services: Services, param: str) -> str:

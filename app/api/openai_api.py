@@ -14,7 +14,6 @@ mid-answer), the part already sent, then ``WITHDRAWN_NOTICE``, then the replacem
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 
 from fastapi import APIRouter
@@ -66,7 +65,7 @@ def chat_completions(
     body: ChatCompletionRequest, services: ServicesDep, caller: Reader
 ) -> ChatCompletion | StreamingResponse:
     request = _answer_request(body, services, caller.tenant)
-    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    completion_id, created = request.id, int(time.time())  # the completion id is the answer's (feedback)
     if not body.stream:
         answer = answered(services, caller, services.pipeline.answer(request))
         return ChatCompletion(
@@ -129,7 +128,8 @@ def _answer_request(body: ChatCompletionRequest, services: ServicesDep, tenant: 
     if len(history) > MAX_HISTORY_TURNS or any(len(turn["content"]) > MAX_TURN_CHARS for turn in history):
         limit = f"at most {MAX_HISTORY_TURNS} earlier messages of at most {MAX_TURN_CHARS} characters each"
         raise ApiError(400, limit, param="messages")
-    return answer_request(services, tenant, turns[-1].text(), collection, body.top_k, history, body.user)
+    question = turns[-1].text()
+    return answer_request(services, tenant, question, collection, body.top_k, history, body.user, "chatcmpl-")
 
 
 def requested_collection(body: ChatCompletionRequest) -> str | None:

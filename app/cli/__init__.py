@@ -14,13 +14,48 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.cli import ask, audit, backup, evals, guards, ingest, keys, prompts, search, serve, snapshot, usage
+from app.cli import (
+    ask,
+    audit,
+    backup,
+    canary,
+    drift,
+    evals,
+    feedback,
+    guards,
+    ingest,
+    keys,
+    lineage,
+    prompts,
+    search,
+    serve,
+    snapshot,
+    usage,
+)
 from app.cli.common import CliError, Handler
+from app.version import installed_version
 
 __all__ = ["main"]
 
 # In the order of ``ragops --help``.
-_COMMAND_MODULES = (ingest, search, ask, prompts, evals, serve, guards, snapshot, backup, keys, usage, audit)
+_COMMAND_MODULES = (
+    ingest,
+    search,
+    ask,
+    prompts,
+    evals,
+    lineage,
+    feedback,
+    drift,
+    canary,
+    serve,
+    guards,
+    snapshot,
+    backup,
+    keys,
+    usage,
+    audit,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,16 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     for module in _COMMAND_MODULES:
         module.add_parser(commands)
     return parser
-
-
-def installed_version() -> str:
-    """The version in the installed package's metadata (pyproject's ``version``)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("ragops")
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from prompts.loader import PromptError
 
 if TYPE_CHECKING:
     from app.cli.common import Commands
+    from evals.gate import MetricVerdict
     from evals.results import EvalResults
     from evals.suite import Suite
 
@@ -66,8 +67,11 @@ def _run_suite(args: argparse.Namespace, suite: Suite, prompt: str | None) -> Ev
         prompt=prompt or suite.prompt,
         generator=args.generator or suite.generator,
         canary_prompt=None,
+        live_labels=False,  # registry.yaml's labels (git's), as CI gates them, not a store's run-time moves
         output_guard="report",  # score the model's own answers; groundedness is a metric here
         tracing=False,  # --upload sends the run as an experiment instead
+        feedback_retention_days=0,  # eval answers are no traffic: kept, they would count as drift or canary evidence
+        drift_every=0,
     )
     services = open_services(settings)
     try:
@@ -122,6 +126,7 @@ def run_eval(args: argparse.Namespace) -> int:
             f"{suite.name}-{results.prompt.version}-{results.generator}"
         )
         report = _write_run(out, results, baseline)
+        _record_run(args, results, out / "results.json")
         uploaded = _upload(results) if args.upload else None
     if args.json:
         aggregate = {metric: summary.model_dump() for metric, summary in results.aggregate.items()}
@@ -137,6 +142,30 @@ def run_eval(args: argparse.Namespace) -> int:
         if uploaded:
             print(f"langsmith: experiment {uploaded['experiment']}")
     return EXIT_OK
+
+
+def _record_run(args: argparse.Namespace, results: EvalResults, path: Path) -> None:
+    """An ``eval_run`` lineage event: the run's means and what it ran, by hash."""
+    from app.cli.lineage import record_event
+    from evals.lineage import run_record
+
+    record = run_record(results, path)
+    if record is not None:
+        prompt = results.prompt
+        record_event(settings_from(args), "eval_run", prompt.name, prompt.version, record.model_dump(mode="json"))
+
+
+def _record_gate(
+    args: argparse.Namespace, baseline: EvalResults, candidate: EvalResults, verdicts: list[MetricVerdict]
+) -> None:
+    """A ``gate`` lineage event on the candidate version: the verdict and both runs' hashes."""
+    from app.cli.lineage import record_event
+    from evals.lineage import gate_record
+
+    record = gate_record(baseline, candidate, verdicts)
+    if record is not None:
+        prompt = candidate.prompt
+        record_event(settings_from(args), "gate", prompt.name, prompt.version, record.model_dump(mode="json"))
 
 
 def _gate_runs(args: argparse.Namespace) -> tuple[Suite, EvalResults, EvalResults]:
@@ -166,6 +195,7 @@ def run_gate(args: argparse.Namespace) -> int:
         raise CliError(f"broken eval run: {exc}") from exc
     verdicts = compare(baseline, candidate, suite, seed=args.seed)
     print(verdict_table(verdicts, baseline.prompt.ref, candidate.prompt.ref))
+    _record_gate(args, baseline, candidate, verdicts)
     if args.out:
         print(f"report: {_write_run(args.out, candidate, baseline)}", file=sys.stderr)
     return EXIT_FAILURE if any(v.verdict == REGRESSION for v in verdicts) else EXIT_OK

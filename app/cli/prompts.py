@@ -1,4 +1,8 @@
-"""``ragops prompts list|show|diff|promote|rollback``: prompt versions and labels."""
+"""``ragops prompts list|show|diff|promote|rollback``: prompt versions and labels.
+
+Labels are live state: ``list``, ``show``, ``promote`` and ``rollback`` read and move them in the state store
+(``serving.labels``), so running servers answer with a moved label within ``label_refresh_s``; ``promote`` and
+``rollback`` also record the release (and the label, git's declaration) in registry.yaml as before."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from prompts.loader import PromptError
 if TYPE_CHECKING:
     from app.cli.common import Commands
     from prompts.registry import PromptRegistry
+    from serving.labels import StoreLabels
 
 
 def add_parser(commands: Commands) -> None:
@@ -49,6 +54,21 @@ def _registry(args: argparse.Namespace) -> PromptRegistry:
 
 
 @contextmanager
+def _live(args: argparse.Namespace) -> Iterator[tuple[PromptRegistry, StoreLabels]]:
+    """The registry with its labels read from the state store (which first takes what registry.yaml declares
+    anew), and the store's labels to move."""
+    from app.cli.common import open_state
+    from serving.labels import StoreLabels
+
+    settings = settings_from(args)
+    with open_state(settings) as state:
+        labels = StoreLabels(state)
+        registry = _registry(args)
+        labels.adopt_declared(registry)
+        yield registry.with_labels(labels), labels
+
+
+@contextmanager
 def _prompt_errors() -> Iterator[None]:
     """A missing or invalid prompt, version or label: one line, exit 2."""
     try:
@@ -58,8 +78,7 @@ def _prompt_errors() -> Iterator[None]:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    registry = _registry(args)
-    with _prompt_errors():
+    with _prompt_errors(), _live(args) as (registry, _):
         listing: list[dict[str, Any]] = [
             {
                 "name": name,
@@ -79,8 +98,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    registry = _registry(args)
-    with _prompt_errors():
+    with _prompt_errors(), _live(args) as (registry, _):
         prompt = registry.resolve(args.ref)
     assert prompt.path is not None
     print(f"# {prompt.ref} (hash {prompt.content_hash})")
@@ -96,15 +114,23 @@ def run_diff(args: argparse.Namespace) -> int:
 
 
 def run_promote(args: argparse.Namespace) -> int:
-    registry = _registry(args)
-    with _prompt_errors():
+    from app.cli.lineage import record_release
+
+    with _prompt_errors(), _live(args) as (registry, labels):
+        previous = registry.labels(args.name).get(args.label)
         prompt = registry.promote(args.name, args.version, args.label)
+        labels.move(args.name, args.label, prompt.version, "cli", "promote")
+    record_release(settings_from(args), prompt, args.label, previous)
     print(f"{args.name}@{args.label} -> {prompt.version} (hash {prompt.content_hash})")
     return EXIT_OK
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    registry = _registry(args)
-    with _prompt_errors():
-        print(f"{args.name}@{args.label} -> {registry.rollback(args.name, args.label)}")
+    with _prompt_errors(), _live(args) as (registry, labels):
+        version = labels.rollback_target(args.name, args.label)  # the live history, canary decisions included
+        if version is None:
+            raise CliError(f"label {args.label!r} of {args.name!r} has no earlier version to roll back to")
+        registry.promote(args.name, version, args.label)  # registry.yaml follows (bookkeeping for git)
+        labels.move(args.name, args.label, version, "cli", "rollback")
+    print(f"{args.name}@{args.label} -> {version}")
     return EXIT_OK

@@ -51,6 +51,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         open_governance(services)
         _ = services.pipeline  # load the generator now, not on the first question
+        _ = services.retention  # prune kept answers past retention now and daily
         app = create_app(settings, services=services)
         # Our middleware logs one line per request, path without the query string; uvicorn's would log both.
         # proxy_headers off: uvicorn would otherwise take X-Forwarded-For from any loopback peer as the client;

@@ -1,0 +1,162 @@
+"""``ragops canary status|start|stop``: the canary analysis of each prompt, and an operator's switches.
+
+``status`` shows, per prompt with a canary, the arms (versions, answers), the live share and status, and per signal
+the arms' rates, the difference, the sequential test's p-value and verdict: for a running canary as the analysis
+sees it now (from the kept answers in the state store), for a decided one the evidence it was decided on.
+``start`` (re)starts the canary the settings name (``canary_prompt``, resolved through the live labels) at a
+share, its evidence from now on; ``stop`` sends it no more users. Running servers follow within
+``label_refresh_s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pydantic import TypeAdapter
+
+from app.cli.common import EXIT_OK, CliError, open_state, settings_from
+from serving.canary import CanaryAnalysis
+from serving.canary_control import CanaryRow
+
+if TYPE_CHECKING:
+    from app.cli.common import Commands
+    from app.settings import Settings
+    from serving.state_store import StateStore
+
+
+def add_parser(commands: Commands) -> None:
+    canary = commands.add_parser("canary", help="canary analysis: status, start, stop")
+    actions = canary.add_subparsers(dest="canary_command", required=True, metavar="ACTION")
+    status = actions.add_parser("status", help="arms, per-signal tests and the decision")
+    status.add_argument("name", nargs="?", help="one prompt (default: every prompt with a canary)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=run_status)
+    start = actions.add_parser("start", help="(re)start the canary of canary_prompt at a share of users")
+    start.add_argument("--share", type=_share, help="default: canary_share")
+    start.set_defaults(handler=run_start)
+    stop = actions.add_parser("stop", help="send the canary no more users (share 0)")
+    stop.add_argument("name")
+    stop.set_defaults(handler=run_stop)
+
+
+def _share(text: str) -> float:
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0.0 < share <= 1.0:
+        raise argparse.ArgumentTypeError(f"a share of users in (0, 1]: {text!r}")
+    return share
+
+
+@dataclass(frozen=True)
+class CanaryView:
+    """A canary as ``status`` shows it: its row, and its analysis (current while it runs, else the deciding one)."""
+
+    row: CanaryRow
+    analysis: CanaryAnalysis | None
+
+
+def _view(row: CanaryRow, state: StateStore, settings: Settings) -> CanaryView:
+    from functools import partial
+
+    from app.container import canary_policy
+    from serving.answer_log import AnswerLog
+    from serving.canary_control import current_analysis, ratings_by_answer
+
+    if row.status != "running":
+        return CanaryView(row, row.decision)
+    answers = AnswerLog(state, max(settings.feedback_retention_days, 1))
+    try:
+        ratings = partial(ratings_by_answer, state)
+        return CanaryView(row, current_analysis(row, answers, ratings, canary_policy(settings)))
+    finally:
+        answers.close()
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from serving.canary_control import CanaryBook
+
+    settings = settings_from(args)
+    with open_state(settings) as state:
+        rows = CanaryBook(state, settings.canary_share).all()
+        rows = [r for r in rows if args.name in (None, r.prompt)]
+        if args.name and not rows:
+            raise CliError(f"no canary for prompt {args.name!r}")
+        views = [_view(row, state, settings) for row in rows]
+    if args.json:
+        print(TypeAdapter(list[CanaryView]).dump_json(views).decode())
+        return EXIT_OK
+    for view in views:
+        print(_text(view))
+    if not views:
+        print("no canary")
+    return EXIT_OK
+
+
+def _text(view: CanaryView) -> str:
+    row, analysis = view.row, view.analysis
+    counts = f"canary {analysis.canary_answers}, stable {analysis.stable_answers}" if analysis else "none yet"
+    lines = [
+        f"{row.prompt}: canary {row.version} vs stable {row.stable_version}, {row.status}, share {row.share:.2f}, "
+        f"since {row.started_at.isoformat()}; answers: {counts}; decision: {analysis.decision if analysis else '-'}",
+        f"  {'signal':<12} {'canary':>8} {'stable':>8} {'diff':>8} {'margin':>7} {'p-value':>8} {'alpha':>7}  verdict",
+    ]
+    for test in analysis.tests if analysis else ():
+        cells = [_number(v) for v in (test.canary_mean, test.stable_mean, test.difference)]
+        lines.append(f"  {test.signal:<12} {cells[0]:>8} {cells[1]:>8} {cells[2]:>8} {test.margin:>7.3f} "
+                     f"{test.p_value:>8.4f} {test.alpha:>7.4f}  {test.verdict}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _served(settings: Settings, state: StateStore) -> tuple[str, str, str]:
+    """(prompt, canary version, stable version) of the settings' canary, through the live labels."""
+    from prompts.loader import PromptError
+    from prompts.registry import PromptRegistry
+    from serving.labels import StoreLabels
+
+    if not settings.canary_prompt:
+        raise CliError("no canary_prompt is set (RAGOPS_CANARY_PROMPT, e.g. rag_answer@canary)")
+    registry = PromptRegistry(settings.prompts_dir) if settings.prompts_dir else PromptRegistry()
+    labels = StoreLabels(state)
+    labels.adopt_declared(registry)
+    live = registry.with_labels(labels)
+    try:
+        canary, stable = live.resolve(settings.canary_prompt), live.resolve(settings.prompt)
+    except PromptError as exc:
+        raise CliError(str(exc)) from exc
+    if canary.version == stable.version:
+        raise CliError(f"{settings.canary_prompt} and {settings.prompt} both name {stable.version}: nothing to compare")
+    return stable.name, canary.version, stable.version
+
+
+def run_start(args: argparse.Namespace) -> int:
+    from serving.canary_control import CanaryBook
+
+    settings = settings_from(args)
+    with open_state(settings) as state:
+        prompt, version, stable = _served(settings, state)
+        share = args.share if args.share is not None else settings.canary_share
+        if not share:
+            raise CliError("a share of 0 starts nothing: pass --share or set canary_share")
+        CanaryBook(state, share).start(prompt, version, stable, share, "cli")
+    print(f"{prompt}: canary {version} vs stable {stable} running at share {share:.2f}")
+    return EXIT_OK
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    from serving.canary_control import CanaryBook
+
+    settings = settings_from(args)
+    with open_state(settings) as state:
+        row = CanaryBook(state, settings.canary_share).stop(args.name, "cli")
+    if row is None:
+        raise CliError(f"no canary for prompt {args.name!r}")
+    print(f"{row.prompt}: canary {row.version} stopped (share 0)")
+    return EXIT_OK
