@@ -134,8 +134,8 @@ class PromptRegistry:
     # --- writing ----------------------------------------------------------------------------------------
     def promote(self, name: str, version: str, label: str) -> Prompt:
         """Point ``label`` at ``version`` (releasing it: its hash is recorded and the file frozen)."""
-        if not _LABEL.match(label):
-            raise PromptError(f"bad label {label!r}: lowercase letters, digits, '-' or '_'")
+        if not _LABEL.match(label) or _VERSION.match(label):  # NAME@v2 must always mean the version
+            raise PromptError(f"bad label {label!r}: lowercase letters, digits, '-' or '_', not shaped like a version")
         prompt = self.resolve(PromptRef(name, version))  # validates, and refuses an edited release
         data = self._data()
         entry = self._entry(data, name)

@@ -69,7 +69,7 @@ PRIVATE_KEY_BEGIN = r"-----BEGIN [A-Z ]*PRIVATE KEY-----"  # the one secret that
 PRIVATE_KEY_END = r"-----END [A-Z ]*PRIVATE KEY-----"
 
 # ragops' own API keys (serving/keys.py makes them): first, so no other pattern takes part of one and leaves the rest.
-RAGOPS_API_KEY = re.compile(r"rgk_[A-Za-z0-9]{12}_[A-Za-z0-9_-]{20,100}")
+RAGOPS_API_KEY = re.compile(r"rgk_[A-Za-z0-9]{12}_[A-Za-z0-9_-]{8,100}")  # shorter than ours: still keep it out
 
 # (kind, pattern, check). Order matters where spans overlap: the first finding wins.
 _DETECTORS: list[tuple[str, re.Pattern[str], Callable[[re.Match[str]], bool] | None]] = [
@@ -97,7 +97,12 @@ _DETECTORS: list[tuple[str, re.Pattern[str], Callable[[re.Match[str]], bool] | N
     ("ip_address", re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b|\b(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{1,4}\b"), _ip),
     (
         "phone",
-        re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){2,4}\b"),
+        re.compile(
+            r"(?<![\w+])(?:\+\d{7,15}"  # E.164 written together: +14155550132
+            r"|(?:\+\d{1,3}[ .-]?)?\(\d{1,4}\)[ .-]?\d{2,4}(?:[ .-]\d{2,4}){1,3}"  # (415) 555-0132
+            r"|\+\d{1,3}[ .-]\d{1,4}(?:[ .-]\d{2,4}){2,5}"  # +33 1 42 68 53 00
+            r"|\d{2,4}(?:[ .-]\d{2,4}){2,4})\b"  # 415-555-0199, 020 7946 0958
+        ),
         _phone,
     ),
 ]

@@ -86,14 +86,14 @@ class AnswerRecord:
     @classmethod
     def of(cls, request: AnswerRequest, answer: Answer, now: datetime | None = None) -> AnswerRecord:
         passages = tuple(
-            KeptPassage(c.index, c.doc_id, c.chunk_id, None if c.title is None else redact(c.title), redact(c.text),
-                        c.cited)
+            KeptPassage(c.index, c.doc_id, c.chunk_id, None if c.title is None else kept_text(c.title),
+                        kept_text(c.text), c.cited)
             for c in answer.citations
         )  # fmt: skip
         return cls(
             id=answer.id, ts=now or parse_stamp(utc_now()), tenant=request.scope.tenant,
             collection=request.scope.collection, user_hash=user_hash(request.user),
-            question=redact(request.question), answer=redact(answer.answer), passages=passages,
+            question=kept_text(request.question), answer=kept_text(answer.answer), passages=passages,
             outcome=answer.outcome, prompt_name=answer.prompt.name, prompt_version=answer.prompt.version,
             prompt_hash=answer.prompt.hash, generator=answer.generator, model=answer.model,
             fallback=answer.fallback.reason if answer.fallback else None,
@@ -118,6 +118,43 @@ class AnswerRecord:
         )  # fmt: skip
 
 
+def kept_answers(
+    state: StateStore,
+    since: datetime | None = None,
+    prompt: str | None = None,
+    version: str | None = None,
+    limit: int = 10_000,
+) -> list[AnswerRecord]:
+    """The newest ``limit`` kept answers (since ``since``; of one prompt, or one version of it), oldest first.
+    A reader needs no ``AnswerLog`` (whose writer thread only a server needs)."""
+    where, params = ["ts >= ?"], [stamp(since or datetime(1970, 1, 1))]
+    if prompt is not None:
+        where.append("prompt_name = ?")
+        params.append(prompt)
+    if version is not None:
+        where.append("prompt_version = ?")
+        params.append(version)
+    sql = f"SELECT {_COLUMNS} FROM answers WHERE {' AND '.join(where)} ORDER BY ts DESC LIMIT ?"
+    with state.transaction() as cur:
+        rows = cur.execute(sql, [*params, limit])
+    return [AnswerRecord.from_row(row) for row in reversed(rows)]
+
+
+def prune_answers(state: StateStore, before: datetime) -> int:
+    """Delete the answers kept before ``before``, with their feedback; returns how many answers went."""
+    cutoff = stamp(before)
+    with state.transaction(write=True) as cur:
+        cur.execute("DELETE FROM feedback WHERE answer_id IN (SELECT id FROM answers WHERE ts < ?)", [cutoff])
+        gone = cur.execute("SELECT COUNT(*) FROM answers WHERE ts < ?", [cutoff])[0][0]
+        cur.execute("DELETE FROM answers WHERE ts < ?", [cutoff])
+    return int(gone)
+
+
+def kept_text(text: str) -> str:
+    """Text as the store keeps it: redacted, and without NUL characters (Postgres text cannot hold them)."""
+    return redact(text).replace("\x00", "")
+
+
 def user_hash(user: str | None) -> str | None:
     """What is kept of a user id: enough to count users, not to name one."""
     return None if user is None else hashlib.sha256(f"ragops-user:{user}".encode()).hexdigest()[:16]
@@ -127,7 +164,7 @@ class AnswerLog:
     """The ``answers`` table: ``record`` (off the request path), ``find``, ``window`` and ``prune``."""
 
     def __init__(self, state: StateStore, retention_days: int, max_pending: int = 10_000) -> None:
-        self._state = state
+        self.state = state
         self.retention = timedelta(days=retention_days)
         self.dropped = 0
         self._pending: set[str] = set()  # ids enqueued and not yet written: what ``find`` may wait for
@@ -156,27 +193,11 @@ class AnswerLog:
     def window(
         self, since: datetime | None = None, prompt: str | None = None, version: str | None = None, limit: int = 10_000
     ) -> list[AnswerRecord]:
-        """The newest ``limit`` kept answers (since ``since``; of one prompt, or one version of it), oldest first."""
-        where, params = ["ts >= ?"], [stamp(since or datetime(1970, 1, 1))]
-        if prompt is not None:
-            where.append("prompt_name = ?")
-            params.append(prompt)
-        if version is not None:
-            where.append("prompt_version = ?")
-            params.append(version)
-        sql = f"SELECT {_COLUMNS} FROM answers WHERE {' AND '.join(where)} ORDER BY ts DESC LIMIT ?"
-        with self._state.transaction() as cur:
-            rows = cur.execute(sql, [*params, limit])
-        return [AnswerRecord.from_row(row) for row in reversed(rows)]
+        return kept_answers(self.state, since, prompt, version, limit)
 
     def prune(self, now: datetime) -> int:
         """Delete answers (and their feedback) older than the retention; returns how many answers went."""
-        cutoff = stamp(now - self.retention)
-        with self._state.transaction(write=True) as cur:
-            cur.execute("DELETE FROM feedback WHERE answer_id IN (SELECT id FROM answers WHERE ts < ?)", [cutoff])
-            gone = cur.execute("SELECT COUNT(*) FROM answers WHERE ts < ?", [cutoff])[0][0]
-            cur.execute("DELETE FROM answers WHERE ts < ?", [cutoff])
-        return int(gone)
+        return prune_answers(self.state, now - self.retention)
 
     def flush(self, wait_s: float = 2.0) -> bool:
         return self._worker.flush(wait_s)
@@ -185,7 +206,7 @@ class AnswerLog:
         self._worker.close(wait_s)
 
     def _select(self, answer_id: str, tenant: str) -> AnswerRecord | None:
-        with self._state.transaction() as cur:
+        with self.state.transaction() as cur:
             rows = cur.execute(f"SELECT {_COLUMNS} FROM answers WHERE id = ? AND tenant = ?", [answer_id, tenant])
         return AnswerRecord.from_row(rows[0]) if rows else None
 
@@ -193,7 +214,7 @@ class AnswerLog:
         placeholders = ", ".join("?" * len(_COLUMNS.split(",")))
         try:
             records = [AnswerRecord.of(k.request, k.answer, k.ts) for k in kept]
-            with self._state.transaction(write=True) as cur:
+            with self.state.transaction(write=True) as cur:
                 cur.executemany(f"INSERT INTO answers ({_COLUMNS}) VALUES ({placeholders})", [r.row() for r in records])
         except Exception as exc:  # a store outage loses these records, never a request
             self.dropped += len(kept)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import TypeAdapter
 
+from serving.answer_log import kept_answers
 from serving.audit import AuditAction, AuditRecord, append_records, status_outcome
 from serving.background import BackgroundWorker
 from serving.canary import Arm, CanaryAnalysis, Observation, Tolerance, analyse
@@ -120,12 +121,13 @@ class CanaryBook:
             return _start(cur, prompt, version, stable, share, actor)
 
     def stop(self, prompt: str, actor: str) -> CanaryRow | None:
-        """Send the canary no more users (share 0, stopped); its label stays."""
+        """Send the running canary no more users (share 0, stopped); its label stays. A decided canary is left as
+        it was decided (returned unchanged): its status and evidence are the record of that decision."""
         with self._state.transaction(write=True) as cur:
             cur.lock(CANARY_LOCK)
             row = _read(cur, prompt)
-            if row is None:
-                return None
+            if row is None or row.status != "running":
+                return row
             cur.execute("UPDATE canaries SET share = 0, status = 'stopped', decided_at = ? WHERE prompt = ?",
                         (utc_now(), prompt))  # fmt: skip
             append_event(cur, "canary_decision", prompt, row.version, {"decision": "stop", "by": actor})
@@ -208,11 +210,9 @@ def _observation(record: AnswerRecord, arm: Arm, rating: str | None, threshold: 
     )
 
 
-def current_analysis(
-    row: CanaryRow, answers: AnswerLog, ratings: RatingsReader, policy: CanaryPolicy
-) -> CanaryAnalysis:
+def current_analysis(row: CanaryRow, state: StateStore, ratings: RatingsReader, policy: CanaryPolicy) -> CanaryAnalysis:
     """The analysis of ``row``'s canary over every kept answer of both arms since it started."""
-    records = answers.window(since=row.started_at, prompt=row.prompt, limit=100_000)
+    records = kept_answers(state, since=row.started_at, prompt=row.prompt, limit=100_000)
     seen = observations(records, row, ratings(row.prompt, row.started_at), policy.groundedness_threshold)
     return analyse(seen, policy.tolerance, policy.alpha, policy.min_answers, policy.autopromote)
 
@@ -235,7 +235,7 @@ class CanaryMonitor:
 
     def analyse(self, row: CanaryRow) -> CanaryAnalysis:
         self._answers.flush()  # this replica's answers so far are in the store
-        return current_analysis(row, self._answers, self._ratings, self.policy)
+        return current_analysis(row, self._answers.state, self._ratings, self.policy)
 
     def check(self) -> CanaryRow | None:
         """One analysis of the running canary, and its decision applied; the decided row, else None."""

@@ -3,7 +3,7 @@ with an optional comment and correction, in the state store's ``feedback`` table
 
 Readers: the canary analysis (``answer_ratings`` / ``down_rates``: the ratings of a prompt's answers given
 since a moment, per version), ``ragops feedback export`` (``FeedbackStore.cases``: rated answers with what
-was asked, answered and shown) and retention (``AnswerLog.prune`` deletes feedback with its answer).
+was asked, answered and shown) and retention (``serving.answer_log.prune_answers`` deletes feedback with its answer).
 Comments and corrections are redacted before they are kept, like the answers themselves.
 """
 
@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from safety.pii import redact
-from serving.answer_log import AnswerRecord, answer_columns
+from serving.answer_log import AnswerRecord, answer_columns, kept_text
 from serving.clock import parse_stamp, stamp, utc_now
 from serving.state_store import Cursor, Row, StateStore
 
@@ -201,7 +200,7 @@ def _recent_down_rate(cur: Cursor, prompt: str, version: str, window: int) -> Do
 
 def _redacted(text: str | None) -> str | None:
     text = text.strip() if text else None
-    return redact(text) if text else None
+    return kept_text(text) if text else None
 
 
 def _feedback_row(feedback: Feedback) -> tuple[object, ...]:

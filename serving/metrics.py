@@ -47,12 +47,9 @@ class ServiceMetrics:
             "ragops_answers", "Answers by outcome and generator.", ["outcome", "generator"], registry=r
         )
         self.stage_seconds = Histogram(
-            "ragops_stage_seconds",
-            "Time per pipeline stage.",
-            ["stage", "generator"],
-            buckets=LATENCY_BUCKETS,
+            "ragops_stage_seconds", "Time per pipeline stage.", ["stage", "generator"], buckets=LATENCY_BUCKETS,
             registry=r,
-        )
+        )  # fmt: skip
         self.tokens = Counter("ragops_tokens", "Tokens by generator and kind.", ["generator", "kind"], registry=r)
         self.cache_hits = Counter("ragops_answer_cache_hits", "Answers served from the answer cache.", registry=r)
         self.fallbacks = Counter("ragops_fallbacks", "Fallback answers by reason.", ["reason"], registry=r)
@@ -74,10 +71,9 @@ class ServiceMetrics:
         self.alert_active = Gauge(
             "ragops_alert_active", "1 while a rate is above its alert threshold.", ["alert"], registry=r
         )
-        self._add_governance_metrics(r)
-        self._add_feedback_metrics(r)
-        self._add_canary_metrics(r)
-        self._add_drift_metrics(r)
+        for add_metrics in (self._add_governance_metrics, self._add_feedback_metrics, self._add_canary_metrics,
+                            self._add_drift_metrics):  # fmt: skip
+            add_metrics(r)
         self._window: deque[tuple[bool | None, bool]] = deque(maxlen=self._alerts.window)
         self._firing: set[str] = set()
         self._lock = threading.Lock()

@@ -122,6 +122,7 @@ def test_document_lifecycle(client: httpx.Client) -> None:
         ("post", "/v1/search", {"query": "x", "filter": {"metadata": {"a": {"nested": 1}}}}, None),
         ("post", "/v1/search", {"query": "x", "unknown": 1}, "unknown"),
         ("post", "/v1/search", {"top_k": 3}, "query"),
+        ("post", "/v1/chat", {"question": "Who were the Normans?\u0000"}, "question"),  # Postgres text holds no NUL
         ("post", "/v1/search", "not json", None),
         ("post", "/v1/search", [1, 2], None),
         ("post", "/v1/documents", {"documents": []}, "documents"),

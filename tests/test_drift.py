@@ -239,6 +239,9 @@ def test_cli_exit_codes(
     assert "no drift profile" in capsys.readouterr().err
     assert main([*base, "baseline", "--from-traffic"]) == 2  # needs --since
     assert main([*base, "baseline", "--from-suite", str(tmp_path / "none.yaml")]) == 2
+    qa_suite = str(ROOT / "evals/suites/qa.yaml")
+    assert main([*base, "baseline", "--from-suite", qa_suite, "--results", str(tmp_path / "gone.json")]) == 2
+    assert main([*base, "check", "--window", str(10**23)]) == 2  # past SQLite's integers: refused, not a traceback
     assert main([*base, "baseline", "--from-suite", str(ROOT / "evals/suites/qa.yaml"), "--name", "qa"]) == 0
     assert "from suite qa: 40 questions, 40 answers" in capsys.readouterr().out
     wiki = shuffled_wiki(300)

@@ -101,6 +101,7 @@ def test_feedback_refers_only_to_the_callers_tenants_answers(api: tuple[TestClie
         ({"id": "ans_123", "rating": "up"}, bearer("acme-reader"), 400, "id"),
         ({"id": answer["id"], "rating": "up", "comment": "x" * 2001}, bearer("acme-reader"), 400, "comment"),
         ({"id": answer["id"], "rating": "up", "score": 5}, bearer("acme-reader"), 400, "score"),
+        ({"id": answer["id"], "rating": "up", "comment": "a\u0000b"}, bearer("acme-reader"), 400, "comment"),
         ({"rating": "up"}, bearer("acme-reader"), 400, "id"),
         ({"id": answer["id"], "rating": "up"}, {}, 401, None),
     ]

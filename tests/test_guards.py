@@ -50,6 +50,8 @@ def test_pii_detection_uses_checksums() -> None:
     assert "[EMAIL]" in redacted and "jane.doe" not in redacted and "4111 1111 1111 1112" in redacted
     assert "666-12-3456" in redacted and "999.1.1.1" in redacted
     assert find_pii("In the fall quarter of 2014, how many students signed up in 1066 or 1492?") == []
+    for phone in ("(415) 555-0132", "+14155550132", "+33 1 42 68 53 00", "415-555-0199"):  # the shapes people write
+        assert redact(f"call {phone} today") == "call [PHONE] today", phone
 
 
 @pytest.fixture

@@ -117,6 +117,8 @@ def test_eval_run_gate_and_release_are_a_versions_lineage_in_order(
     assert f"generator {models.generator_model} {models.generator_sha256[:12]}" in text
     code, _, err = ragops(capsys, "lineage", "rag_answer@")
     assert code == 2 and err.startswith("ragops: error: expected PROMPT")
+    for unknown in ("nosuch", "rag_answer@nosuch"):  # an unknown prompt, a label that is not one
+        assert ragops(capsys, "lineage", unknown)[0] == 2
 
 
 def test_a_release_through_the_admin_api_is_in_the_lineage(

@@ -51,8 +51,9 @@ def test_promote_and_rollback_keep_history(registry: PromptRegistry) -> None:
         registry.rollback("rag_answer", "production")
     registry.promote("rag_answer", "v2", "canary")
     assert registry.labels("rag_answer") == {"production": "v1", "canary": "v2"}
-    with pytest.raises(PromptError, match="bad label"):
-        registry.promote("rag_answer", "v2", "Bad Label")
+    for bad in ("Bad Label", "v2"):  # a label shaped like a version would make NAME@v2 ambiguous
+        with pytest.raises(PromptError, match="bad label"):
+            registry.promote("rag_answer", "v1", bad)
     with pytest.raises(PromptError, match="no label 'staging'"):
         registry.resolve("rag_answer@staging")
 

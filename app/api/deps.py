@@ -147,6 +147,8 @@ def require_text(text: str, services: Services, param: str) -> str:
     limit = services.settings.max_query_chars
     if not text:
         raise ApiError(400, f"{param} must not be blank", param=param)
+    if "\x00" in text:  # no meaning in a question, and Postgres text (audit, kept answers) cannot hold it
+        raise ApiError(400, f"{param} must not contain NUL characters", param=param)
     if len(text) > limit:
         raise ApiError(400, f"{param} is longer than {limit} characters", param=param)
     return text

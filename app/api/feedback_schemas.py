@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from app.api.schemas import StrictModel
 from serving.answer import ANSWER_ID
@@ -23,6 +23,13 @@ class FeedbackRequest(StrictModel):
     correction: str | None = Field(
         None, max_length=MAX_FEEDBACK_CHARS, description="The right answer: the expected answer once exported."
     )
+
+    @field_validator("comment", "correction")
+    @classmethod
+    def _no_nul(cls, text: str | None) -> str | None:
+        if text is not None and "\x00" in text:
+            raise ValueError("must not contain NUL characters")
+        return text
 
 
 class FeedbackReceipt(BaseModel):

@@ -63,17 +63,12 @@ def _view(row: CanaryRow, state: StateStore, settings: Settings) -> CanaryView:
     from functools import partial
 
     from app.container import canary_policy
-    from serving.answer_log import AnswerLog
     from serving.canary_control import current_analysis, ratings_by_answer
 
     if row.status != "running":
         return CanaryView(row, row.decision)
-    answers = AnswerLog(state, max(settings.feedback_retention_days, 1))
-    try:
-        ratings = partial(ratings_by_answer, state)
-        return CanaryView(row, current_analysis(row, answers, ratings, canary_policy(settings)))
-    finally:
-        answers.close()
+    ratings = partial(ratings_by_answer, state)
+    return CanaryView(row, current_analysis(row, state, ratings, canary_policy(settings)))
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -158,5 +153,7 @@ def run_stop(args: argparse.Namespace) -> int:
         row = CanaryBook(state, settings.canary_share).stop(args.name, "cli")
     if row is None:
         raise CliError(f"no canary for prompt {args.name!r}")
+    if row.status != "stopped":
+        raise CliError(f"the canary {row.version} of {row.prompt!r} is already {row.status.replace('_', ' ')}")
     print(f"{row.prompt}: canary {row.version} stopped (share 0)")
     return EXIT_OK

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 EXIT_DRIFT = 1
 
 
+MAX_ANSWERS = 1_000_000  # a window or profile larger than this is a typo, and SQLite's integers end near 9e18
+
+
 def add_parser(commands: Commands) -> None:
     drift = commands.add_parser("drift", help="drift reference profiles and checks")
     actions = drift.add_subparsers(dest="drift_command", required=True, metavar="ACTION")
@@ -58,8 +61,10 @@ def run_baseline(args: argparse.Namespace) -> int:
     if args.from_traffic and args.since is None:
         raise CliError("--from-traffic needs --since")
     since = moment_arg(args.since, "--since") if args.since is not None else None
-    if args.limit < 1:
-        raise CliError("--limit must be at least 1")
+    if not 1 <= args.limit <= MAX_ANSWERS:
+        raise CliError(f"--limit must be within 1..{MAX_ANSWERS}")
+    if args.results is not None and not args.results.is_file():
+        raise CliError(f"--results: no such file: {args.results}")
     settings = settings_from(args)
     with _embedder(settings) as embedder, open_state(settings) as store:
         if args.from_suite is not None:
@@ -85,8 +90,8 @@ def _check(args: argparse.Namespace) -> int:
     name = _profile_name(args.name)
     settings = settings_from(args)
     window = settings.drift_window if args.window is None else args.window
-    if window < 1:
-        raise CliError("--window must be at least 1")
+    if not 1 <= window <= MAX_ANSWERS:
+        raise CliError(f"--window must be within 1..{MAX_ANSWERS}")
     with _embedder(settings) as embedder, open_state(settings) as store:
         profile = DriftProfiles(store).latest(name)
         if profile is None:
@@ -132,13 +137,9 @@ def _traffic_source(
 
 
 def _kept_answers(settings: Settings, store: StateStore, since: datetime | None, limit: int) -> list[AnswerRecord]:
-    from serving.answer_log import AnswerLog
+    from serving.answer_log import kept_answers
 
-    log = AnswerLog(store, max(settings.feedback_retention_days, 1))
-    try:
-        return log.window(since=since, limit=limit)
-    finally:
-        log.close()
+    return kept_answers(store, since=since, limit=limit)
 
 
 @contextmanager

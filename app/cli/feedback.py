@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,23 +56,21 @@ def run_export(args: argparse.Namespace) -> int:
         raise CliError(str(exc), EXIT_FAILURE) from exc
     except ExportError as exc:
         raise CliError(str(exc)) from exc
+    except OSError as exc:  # --out is a file, read-only, or gone
+        raise CliError(f"cannot write the suite under {args.out}: {exc.strerror or exc}") from exc
     print(_export_json(exported) if args.json else _export_summary(exported))
     return EXIT_OK
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from serving.answer_log import AnswerLog
+    from serving.answer_log import prune_answers
     from serving.clock import parse_stamp, stamp, utc_now
 
     settings = settings_from(args)
-    now = parse_stamp(utc_now())
+    cutoff = parse_stamp(utc_now()) - timedelta(days=settings.feedback_retention_days)
     with open_state(settings) as store:
-        log = AnswerLog(store, settings.feedback_retention_days)
-        try:
-            pruned = log.prune(now)
-        finally:
-            log.close()
-    before = stamp(now - log.retention)
+        pruned = prune_answers(store, cutoff)
+    before = stamp(cutoff)
     if args.json:
         print(json.dumps({"answers": pruned, "before": before, "retention_days": settings.feedback_retention_days}))
     else:

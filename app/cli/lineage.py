@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from app.cli.common import Commands
     from app.settings import Settings
     from prompts.loader import Prompt
+    from prompts.registry import PromptRegistry
     from serving.lineage import LineageEvent, LineageKind, RunLineage
     from serving.state_store import StateStore
 
@@ -24,6 +26,9 @@ def add_parser(commands: Commands) -> None:
     lineage.add_argument("ref", metavar="PROMPT[@VERSION|@LABEL]", help="without a version: every version's events")
     lineage.add_argument("--json", action="store_true")
     lineage.set_defaults(handler=run_lineage)
+
+
+_VERSION_SHAPE = re.compile(r"^v[0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def record_event(settings: Settings, kind: LineageKind, prompt: str, version: str, body: dict[str, Any]) -> None:
@@ -58,7 +63,6 @@ def _version_of(settings: Settings, state: StateStore, name: str, wanted: str | 
     """A label resolves to the version it names now (the live label in the state store, else registry.yaml's);
     anything else is taken as a version, so the lineage of a version whose file is gone can still be read."""
     from prompts.loader import PromptError
-    from prompts.registry import PromptRegistry
     from serving.labels import StoreLabels
 
     if wanted is None:
@@ -66,11 +70,21 @@ def _version_of(settings: Settings, state: StateStore, name: str, wanted: str | 
     live = StoreLabels(state).labels(name)
     if wanted in live:
         return live[wanted]
-    registry = PromptRegistry(settings.prompts_dir) if settings.prompts_dir else PromptRegistry()
     try:
-        return registry.labels(name).get(wanted, wanted)
+        declared = _registry(settings).labels(name)
     except PromptError:
-        return wanted
+        declared = {}
+    if wanted in declared:
+        return declared[wanted]
+    if not _VERSION_SHAPE.match(wanted):
+        raise CliError(f"prompt {name!r} has no label {wanted!r} (and {wanted!r} is not a version)")
+    return wanted
+
+
+def _registry(settings: Settings) -> PromptRegistry:
+    from prompts.registry import PromptRegistry
+
+    return PromptRegistry(settings.prompts_dir) if settings.prompts_dir else PromptRegistry()
 
 
 def run_lineage(args: argparse.Namespace) -> int:
@@ -83,6 +97,8 @@ def run_lineage(args: argparse.Namespace) -> int:
     with open_state(settings) as state:
         version = _version_of(settings, state, name, wanted or None)
         events = Lineage(state).history(name, version)
+        if not events and not Lineage(state).history(name) and name not in _registry(settings).names():
+            raise CliError(f"no prompt {name!r} (none in the registry, and no lineage names it)")
     if args.json:
         print(json.dumps({"prompt": name, "version": version, "events": [_as_json(e) for e in events]}))
         return EXIT_OK
