@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prompts.loader import Prompt
 from prompts.registry import PromptRegistry
 from serving.clock import utc_now
-from serving.lineage import LabelMoveRecord, append_label_move
+from serving.lineage import LabelMoveRecord, ReleaseDraft, append_label_move, append_release
 from serving.state_store import Cursor, StateStore
 
 LABELS_LOCK = "ragops.prompt_labels"
@@ -85,6 +86,17 @@ class StoreLabels:
         with self._state.transaction() as cur:
             rows = cur.execute(sql + ("" if label is None else " AND label = ?") + " ORDER BY seq", params)
         return [LabelMove(*row) for row in rows]
+
+    def release(self, prompt: Prompt, label: str, actor: str) -> str | None:
+        """Point ``label`` at ``prompt``'s version and record the ``release`` (with the eval runs and gates of its
+        content) in one transaction; returns the version the label named before."""
+        with self._state.transaction(write=True) as cur:
+            rows = cur.execute("SELECT version FROM prompt_labels WHERE prompt = ? AND label = ?", (prompt.name, label))
+            previous = rows[0][0] if rows else None
+            move_label(cur, prompt.name, label, prompt.version, actor, "promote")
+            append_release(cur, prompt.name, prompt.version,
+                           ReleaseDraft(label, previous, prompt.content_hash, actor))  # fmt: skip
+        return previous
 
     def rollback_target(self, prompt: str, label: str) -> str | None:
         """The version ``rollback`` returns ``label`` to: the moves replayed as a stack (a move pushes the version

@@ -41,7 +41,6 @@ from serving.keys import (
     grace_from,
 )
 from serving.labels import StoreLabels
-from serving.lineage import ReleaseDraft
 
 router = APIRouter(tags=["admin"], responses=error_responses(400, 401, 403, 429))
 
@@ -230,10 +229,8 @@ def promote_label(name: str, label: str, body: LabelPromotion, services: Service
     registry = _known_prompt(services, name)
     labels = StoreLabels(services.state)
     with _prompt_errors():
-        previous = labels.labels(name).get(label)
         prompt = registry.promote(name, body.version, label)
-    labels.move(name, label, prompt.version, caller.key_id, "promote")
-    services.lineage.release(name, prompt.version, ReleaseDraft(label, previous, prompt.content_hash, caller.key_id))
+    previous = labels.release(prompt, label, caller.key_id)
     return LabelChange(name=name, label=label, version=prompt.version, previous=previous, hash=prompt.content_hash)
 
 

@@ -15,7 +15,6 @@ from app.cli.common import EXIT_OK, CliError, open_state, settings_from
 if TYPE_CHECKING:
     from app.cli.common import Commands
     from app.settings import Settings
-    from prompts.loader import Prompt
     from prompts.registry import PromptRegistry
     from serving.lineage import LineageEvent, LineageKind, RunLineage
     from serving.state_store import StateStore
@@ -44,19 +43,6 @@ def record_event(settings: Settings, kind: LineageKind, prompt: str, version: st
         print(f"ragops: warning: lineage not recorded: {exc}", file=sys.stderr)
         return
     print(f"lineage: {kind} #{event.seq} for {prompt}@{version}", file=sys.stderr)
-
-
-def record_release(settings: Settings, prompt: Prompt, label: str, previous: str | None) -> None:
-    """A ``release`` event: ``label`` now names ``prompt``'s version, with the eval runs and gates of its content."""
-    from serving.lineage import Lineage, ReleaseDraft
-    from serving.state_store import StateStoreError
-
-    draft = ReleaseDraft(label=label, previous=previous, prompt_hash=prompt.content_hash, actor="cli")
-    try:
-        with open_state(settings) as state:
-            Lineage(state).release(prompt.name, prompt.version, draft)
-    except (CliError, StateStoreError) as exc:
-        print(f"ragops: warning: lineage not recorded: {exc}", file=sys.stderr)
 
 
 def _version_of(settings: Settings, state: StateStore, name: str, wanted: str | None) -> str | None:

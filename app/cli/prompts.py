@@ -114,13 +114,9 @@ def run_diff(args: argparse.Namespace) -> int:
 
 
 def run_promote(args: argparse.Namespace) -> int:
-    from app.cli.lineage import record_release
-
     with _prompt_errors(), _live(args) as (registry, labels):
-        previous = registry.labels(args.name).get(args.label)
-        prompt = registry.promote(args.name, args.version, args.label)
-        labels.move(args.name, args.label, prompt.version, "cli", "promote")
-    record_release(settings_from(args), prompt, args.label, previous)
+        prompt = registry.promote(args.name, args.version, args.label)  # the release's hash, in git's file
+        labels.release(prompt, args.label, "cli")  # the live label and its lineage, together
     print(f"{args.name}@{args.label} -> {prompt.version} (hash {prompt.content_hash})")
     return EXIT_OK
 
