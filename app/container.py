@@ -58,7 +58,7 @@ from serving.usage import AnswerPricing
 if TYPE_CHECKING:
     from serving.answer_log import AnswerLog
     from serving.audit import AuditLog
-    from serving.canary_control import CanaryMonitor, CanaryPolicy
+    from serving.canary_control import CanaryBook, CanaryMonitor, CanaryPolicy
     from serving.drift import DriftMonitor
     from serving.feedback import FeedbackStore, RetentionPruner
     from serving.file_hashes import FileHashes
@@ -139,6 +139,13 @@ class Services:
         """Which prompt answers a user: the live labels and canary share of the state store (a change reaches
         every replica within ``label_refresh_s``), or with ``live_labels`` off registry.yaml's as at start."""
         return build_prompts(self)
+
+    @cached_property
+    def canaries(self) -> CanaryBook:
+        """The live canary of each prompt (share, status, decision): what the selector serves, the monitor decides."""
+        from serving.canary_control import CanaryBook
+
+        return CanaryBook(self.state, self.settings.canary_share)
 
     @cached_property
     def canary_monitor(self) -> CanaryMonitor | None:
@@ -405,14 +412,12 @@ def build_prompts(services: Services) -> PromptSelector | LivePrompts:
     if not s.live_labels:
         canary = registry.resolve(s.canary_prompt) if s.canary_prompt else None
         return PromptSelector(registry.resolve(s.prompt), canary, s.canary_share)
-    from serving.canary_control import CanaryBook
     from serving.labels import StoreLabels
     from serving.live_prompts import LivePrompts
 
     labels = StoreLabels(services.state)
     labels.adopt_declared(registry)  # what git declares and the store has not taken yet
-    book = CanaryBook(services.state, s.canary_share)
-    return LivePrompts(registry.with_labels(labels), s.prompt, s.canary_prompt, book, s.label_refresh_s,
+    return LivePrompts(registry.with_labels(labels), s.prompt, s.canary_prompt, services.canaries, s.label_refresh_s,
                        services.metrics)  # fmt: skip
 
 
@@ -422,14 +427,13 @@ def build_canary_monitor(services: Services) -> CanaryMonitor | None:
         return None
     from functools import partial
 
-    from serving.canary_control import CanaryBook, CanaryLabels, CanaryMonitor, ratings_by_answer
+    from serving.canary_control import CanaryLabels, CanaryMonitor, ratings_by_answer
 
     stable, canary = PromptRef.parse(s.prompt), PromptRef.parse(s.canary_prompt)
     labels = CanaryLabels(*(None if ref.is_version else ref.selector for ref in (stable, canary)))
-    book = CanaryBook(services.state, s.canary_share)
     ratings = partial(ratings_by_answer, services.state)
     policy = canary_policy(s)
-    return CanaryMonitor(book, services.answer_log, ratings, policy, stable.name, labels, services.metrics)
+    return CanaryMonitor(services.canaries, services.answer_log, ratings, policy, stable.name, labels, services.metrics)
 
 
 def canary_policy(settings: Settings) -> CanaryPolicy:

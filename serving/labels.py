@@ -91,9 +91,8 @@ class StoreLabels:
         """Point ``label`` at ``prompt``'s version and record the ``release`` (with the eval runs and gates of its
         content) in one transaction; returns the version the label named before."""
         with self._state.transaction(write=True) as cur:
-            rows = cur.execute("SELECT version FROM prompt_labels WHERE prompt = ? AND label = ?", (prompt.name, label))
-            previous = rows[0][0] if rows else None
-            move_label(cur, prompt.name, label, prompt.version, actor, "promote")
+            move = move_label(cur, prompt.name, label, prompt.version, actor, "promote")
+            previous = prompt.version if move is None else move.previous  # None: the label named it already
             append_release(cur, prompt.name, prompt.version,
                            ReleaseDraft(label, previous, prompt.content_hash, actor))  # fmt: skip
         return previous
