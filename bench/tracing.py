@@ -33,7 +33,7 @@ from safety.guards import GuardVerdict  # noqa: E402
 from serving.answer import Answer, Citation, GuardVerdicts, PromptInfo  # noqa: E402
 from serving.file_hashes import FileHashes  # noqa: E402
 from serving.generation import Usage  # noqa: E402
-from serving.llamacpp import bundled_model_path  # noqa: E402
+from serving.llamacpp.engine import bundled_model_path  # noqa: E402
 from serving.otel import OtelTracer  # noqa: E402
 from serving.stages import AnswerRequest  # noqa: E402
 from serving.tracing import FanOutTracer, LangSmithTracer, NoTracer, Tracer  # noqa: E402

@@ -57,12 +57,17 @@ class CircuitBreaker:
         with self._lock:
             self._failures, self._opened_at, self._trial_running = 0, None, False
 
-    def record_failure(self) -> None:
+    def record_failure(self, trip: bool = False) -> None:
+        """One more failure in a row; ``trip``: open now, whatever the count (the backend is known to be down)."""
         with self._lock:
             self._failures += 1
-            if self._trial_running or self._failures >= self._threshold:
+            if trip or self._trial_running or self._failures >= self._threshold:
                 self._opened_at = self._clock()
             self._trial_running = False
+
+    def reset(self) -> None:
+        """Closed again before the cool-down ends: the backend says it is back (a restarted worker is ready)."""
+        self.record_success()
 
 
 class Fallback(BaseModel):
@@ -139,7 +144,7 @@ class FallbackChain:
                         yield ChainResult(generation, generator.name, first_failure)
                         return
             except GeneratorError as exc:
-                self.breakers[generator.name].record_failure()
+                self.breakers[generator.name].record_failure(trip=exc.kind == "crashed")
                 last_failure = Replaced(from_=generator.name, reason=f"{exc.kind}: {exc}")
                 first_failure = first_failure or Fallback(from_=generator.name, reason=last_failure.reason)
             finally:

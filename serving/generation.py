@@ -13,7 +13,8 @@ from prompts.answer_format import answer_grammar
 from prompts.citations import NOT_IN_DOCUMENTS as NOT_IN_DOCUMENTS  # re-exported: its users import it from here
 from prompts.loader import ModelParams, PromptPassage
 
-FailureKind = Literal["timeout", "connection", "status", "empty", "malformed", "circuit_open", "error"]
+# "crashed": the backend's process died or is restarting (the llama.cpp worker); the breaker opens at once.
+FailureKind = Literal["timeout", "connection", "status", "empty", "malformed", "circuit_open", "crashed", "error"]
 
 
 class GeneratorError(Exception):

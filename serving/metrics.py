@@ -67,6 +67,10 @@ class ServiceMetrics:
             "ragops_judge_results", "Sampled judgements by result (scored, failed, dropped).", ["result"], registry=r
         )
         self.errors = Counter("ragops_errors", "Requests that ended in an error response.", ["status"], registry=r)
+        self.generator_restarts = Counter(
+            "ragops_generator_restarts", "llama.cpp worker processes restarted, by cause (SIGILL, SIGKILL, hung, ...).",
+            ["cause"], registry=r,
+        )  # fmt: skip
         self.rates = Gauge("ragops_rolling_rate", "Rates over the recent answers.", ["rate"], registry=r)
         self.alert_active = Gauge(
             "ragops_alert_active", "1 while a rate is above its alert threshold.", ["alert"], registry=r

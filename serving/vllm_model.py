@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serving.llamacpp import bundled_model_path
+from serving.llamacpp.engine import bundled_model_path
 
 
 def convert(target: Path) -> Path:

@@ -24,7 +24,8 @@ from serving.generation import (
     StreamDelta,
     Usage,
 )
-from serving.llamacpp import LlamaCppGenerator
+from serving.llamacpp.engine import bundled_model_path
+from serving.llamacpp.supervisor import LlamaCppGenerator, WorkerConfig, WorkerSupervisor
 from serving.openai_compat import OpenAICompatibleGenerator
 from serving.streaming_guard import SentenceSplitter
 from tests.faulty_server import FaultyServer
@@ -42,9 +43,18 @@ def request(question: str = "What is the capital of France?", max_tokens: int = 
     )
 
 
+def start_llamacpp(timeout_s: float = 30.0) -> LlamaCppGenerator:
+    """llama.cpp as the server runs it: a supervised worker process."""
+    supervisor = WorkerSupervisor(WorkerConfig(bundled_model_path(), timeout_s=timeout_s))
+    assert supervisor.start().up
+    return LlamaCppGenerator(supervisor)
+
+
 @pytest.fixture(scope="session")
-def llamacpp() -> LlamaCppGenerator:
-    return LlamaCppGenerator()
+def llamacpp() -> Iterator[LlamaCppGenerator]:
+    generator = start_llamacpp()
+    yield generator
+    generator.supervisor.close()
 
 
 def test_extractive_is_deterministic_and_cites(embedder: Embedder) -> None:
@@ -81,13 +91,18 @@ def test_llamacpp_consumer_stopping_early_does_not_wedge_the_model(llamacpp: Lla
     assert time.monotonic() - started < 20
 
 
-def test_llamacpp_deadline_is_a_timeout(llamacpp: LlamaCppGenerator) -> None:
-    slow = LlamaCppGenerator.__new__(LlamaCppGenerator)
-    slow.__dict__.update(llamacpp.__dict__)
-    slow._timeout_s = 0.0
-    with pytest.raises(GeneratorError) as failure:
-        slow.generate(request())
-    assert failure.value.kind == "timeout"
+def test_llamacpp_deadline_is_a_timeout_and_the_worker_lives_on() -> None:
+    """The worker's own deadline, checked between tokens: a ``timeout``, and the same worker takes the next job."""
+    slow = start_llamacpp(timeout_s=0.05)
+    try:
+        pid = slow.supervisor.status().pid
+        for _ in range(2):
+            with pytest.raises(GeneratorError) as failure:
+                slow.generate(request(max_tokens=200))
+            assert failure.value.kind == "timeout"
+        assert slow.supervisor.status().pid == pid and slow.supervisor.status().restarts == 0
+    finally:
+        slow.supervisor.close()
 
 
 @pytest.mark.parametrize(("mode", "kind"), [("error", "status"), ("malformed", "malformed"), ("slow", "timeout")])

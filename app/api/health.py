@@ -12,10 +12,14 @@ router = APIRouter(tags=["health"])
 class Readiness(BaseModel):
     """``/readyz``'s body: probes read the status code; people read the rest."""
 
-    status: Literal["ready", "starting", "draining", "unavailable"]
-    points: int | None = Field(None, description="Points in the index (ready only).")
-    embedding_model: str | None = Field(None, description="The embedding model's identity (ready only).")
-    reason: str | None = Field(None, description="Why the index does not answer (unavailable only).")
+    status: Literal["ready", "degraded", "starting", "draining", "unavailable"]
+    points: int | None = Field(None, description="Points in the index (ready and degraded).")
+    embedding_model: str | None = Field(None, description="The embedding model's identity (ready and degraded).")
+    reason: str | None = Field(
+        None,
+        description="Why the index does not answer (unavailable), or why answers come from the fallback "
+        "generator now (degraded: the first generator is down or restarting; still 200, answers are served).",
+    )
 
 
 @router.get("/healthz")
@@ -33,7 +37,8 @@ def healthz() -> dict[str, str]:
     },
 )
 def readyz(request: Request) -> dict[str, Any] | JSONResponse:
-    """Ready to answer: the models are loaded and the index answers."""
+    """Ready to answer: the models are loaded and the index answers. ``degraded`` (still 200: answers are served,
+    by the fallback generator) while the first generator is down, e.g. its worker restarting after a crash."""
     if getattr(request.app.state, "draining", False):  # set by serve on SIGTERM: load balancers stop sending
         return JSONResponse({"status": "draining"}, status_code=503)
     services = getattr(request.app.state, "services", None)
@@ -43,4 +48,6 @@ def readyz(request: Request) -> dict[str, Any] | JSONResponse:
         points = services.index.count()
     except Exception as exc:  # any index failure means not ready, never a 500
         return JSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
-    return {"status": "ready", "points": points, "embedding_model": services.embedder.model_id}
+    ready = {"status": "ready", "points": points, "embedding_model": services.embedder.model_id}
+    down = services.generator_down()
+    return ready if down is None else {**ready, "status": "degraded", "reason": down}

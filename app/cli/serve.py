@@ -3,23 +3,32 @@
 Safe by default: without API keys anyone who reaches the port reads and writes every tenant's documents, so a
 non-loopback address needs ``RAGOPS_ALLOW_OPEN=true`` to say that is meant. The services (index, models) are
 built before uvicorn starts, so an index that cannot open is one line and exit 1, not a traceback from inside
-uvicorn's startup. Shutdown is graceful (``app.cli.graceful``): SIGTERM turns ``/readyz`` to 503, open requests and
-streams finish within ``shutdown_grace_s``, and the process exits 0.
+uvicorn's startup. ``ragops doctor --quick`` runs first, in a child process beside the start-up (a check that
+crashes natively cannot take ``serve`` with it), and what it finds wrong goes to the log with what to do. The
+llama.cpp generator runs in a worker process of its own (``serving.llamacpp``). Shutdown is graceful
+(``app.cli.graceful``): SIGTERM turns ``/readyz`` to 503, open requests and streams finish within
+``shutdown_grace_s``, and the process exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import json
 import logging
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
-from app.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, open_services, open_state, settings_from
+from app.cli.common import EXIT_FAILURE, EXIT_OK, CliError, open_services, settings_from
+from app.cli.doctor import Check
+from app.cli.exposure import check_exposure, is_loopback, store_has_keys
+from app.logs import SERVER_LOGGER
+
+PREFLIGHT_TIMEOUT_S = 60.0
 
 if TYPE_CHECKING:
     from app.cli.common import Commands
     from app.container import Services
-    from app.settings import Settings
 
 
 def add_parser(commands: Commands) -> None:
@@ -34,11 +43,12 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.cli.graceful import GracefulServer
-    from app.logs import SERVER_LOGGER, configure_logging
+    from app.logs import configure_logging
     from app.main import create_app
 
     if not 0 < args.port < 65536:
         raise CliError("--port must be between 1 and 65535")
+    preflight = start_preflight(args)
     settings = settings_from(args)
     has_keys = bool(settings.api_keys) or store_has_keys(settings)  # opens no model, creates no file
     check_exposure(args.host, settings, has_keys)
@@ -51,6 +61,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         open_governance(services)
         _ = services.pipeline  # load the generator now, not on the first question
+        report_preflight(preflight)
         _ = services.retention  # prune kept answers past retention now and daily
         app = create_app(settings, services=services)
         # Our middleware logs one line per request, path without the query string; uvicorn's would log both.
@@ -66,15 +77,30 @@ def run_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def store_has_keys(settings: Settings) -> bool:
-    """Whether a key was ever made in the state store. A SQLite store that does not exist yet holds none (and is
-    not created here: a refused ``serve`` leaves the data dir as it found it)."""
-    from serving.keys import KeyStore
+def start_preflight(args: argparse.Namespace) -> subprocess.Popen[str]:
+    """``ragops doctor --quick --json`` for this host and port, with this command's settings, started now."""
+    options = [
+        f"--{name.replace('_', '-')}={getattr(args, name)}" for name in ("data_dir", "config") if getattr(args, name)
+    ]
+    argv = [sys.executable, "-m", "app.cli", *options, "doctor", "--quick", "--json", "--host", args.host,
+            "--port", str(args.port)]  # fmt: skip
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
 
-    if settings.database_url is None and not settings.state_path.exists():
-        return False
-    with open_state(settings) as store:
-        return KeyStore(store).any_made()
+
+def report_preflight(preflight: subprocess.Popen[str]) -> None:
+    """Each check that did not pass, as a warning line with what to do. Advisory: the checks that must stop the
+    server (an unwritable data dir, an open port without keys) stop it on their own, with the same words."""
+    log = logging.getLogger(SERVER_LOGGER)
+    try:
+        out, _ = preflight.communicate(timeout=PREFLIGHT_TIMEOUT_S)
+        checks = [Check.model_validate(item) for item in json.loads(out)]
+    except (subprocess.TimeoutExpired, ValueError) as exc:
+        preflight.kill()
+        log.warning("ragops doctor did not finish (%s, exit %s): %s", exc, preflight.poll(), preflight.stderr)
+        return
+    for check in checks:
+        if check.status != "ok":
+            log.warning("doctor: %s", check.line)
 
 
 def open_governance(services: Services) -> None:
@@ -87,26 +113,3 @@ def open_governance(services: Services) -> None:
         _ = services.gate.keys.has_keys()
     except StateStoreError as exc:
         raise CliError(str(exc), EXIT_FAILURE) from exc
-
-
-def check_exposure(host: str, settings: Settings, has_keys: bool) -> None:
-    """Refuse a non-loopback address without API keys unless ``allow_open`` says it is meant."""
-    if has_keys or settings.allow_open or is_loopback(host):
-        return
-    raise CliError(
-        f"refusing to serve on {host} without API keys: anyone who reaches it could read and write every "
-        "tenant's documents. Set RAGOPS_API_KEYS or create a key (ragops keys create), or listen on 127.0.0.1 "
-        "(the default), or set RAGOPS_ALLOW_OPEN=true if an open service is meant",
-        EXIT_USAGE,
-    )
-
-
-def is_loopback(host: str) -> bool:
-    """Only this machine can connect: ``localhost`` or a loopback address. A host name may resolve to anything,
-    so it counts as open."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
