@@ -235,8 +235,13 @@ class Services:
 
     @cached_property
     def model_hashes(self) -> ModelHashes:
-        """The embedder and generator these settings run, by content (file hashes cached under the cache dir)."""
-        return model_hashes(self.settings, self.embedder.inner)
+        """The embedder and generator these settings run, by content (file hashes cached under the cache dir), and
+        the llama.cpp build when its worker runs (an eval run starts it first)."""
+        models = model_hashes(self.settings, self.embedder.inner)
+        generator = self.__dict__.get("generator")  # not started for this: only a running worker knows its build
+        if isinstance(generator, LlamaCppGenerator) and (ready := generator.supervisor.status().ready) is not None:
+            return models.model_copy(update={"generator_build": ready.build.label})
+        return models
 
     @cached_property
     def metrics(self) -> ServiceMetrics:
@@ -523,17 +528,21 @@ ANSWER_SETTINGS = (
 def eval_parts(services: Services) -> EvalParts:
     """What the eval runner needs of the wired services."""
     settings = services.settings
+    pipeline = services.pipeline  # first: the models' lineage names the llama.cpp build its worker loaded
+    models = services.model_hashes
+    # Another llama.cpp build decodes differently: its answers are never read back as this one's.
+    answer_settings = settings.model_dump_json(include=set(ANSWER_SETTINGS)) + (models.generator_build or "")
     return EvalParts(
-        pipeline=services.pipeline,
+        pipeline=pipeline,
         ingestor=services.ingestor,
         index=services.index,
         embedder=services.embedder,
         tenant=settings.default_tenant,
         generator=settings.generator,
         answers_path=settings.cache_dir / "eval-answers.sqlite",
-        answer_settings=settings.model_dump_json(include=set(ANSWER_SETTINGS)),
+        answer_settings=answer_settings,
         judge=judge_config(settings),
-        models=services.model_hashes,
+        models=models,
     )
 
 

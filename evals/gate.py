@@ -32,11 +32,32 @@ def check_judges_prompts(generator: str) -> None:
 
 
 def check_comparable(baseline: EvalResults, candidate: EvalResults) -> None:
-    """Baseline and candidate must answer the same dataset with the same generator: only the prompt differs."""
+    """Baseline and candidate must answer the same dataset with the same generator, and llama.cpp's runs the same
+    build (when both record it): only the prompt differs."""
     if candidate.dataset.hash != baseline.dataset.hash:
         raise GateError("the baseline was run on another dataset (dataset hashes differ)")
     if candidate.generator != baseline.generator:
         raise GateError(f"the baseline was run on {baseline.generator}, not {candidate.generator}")
+    builds = [_build(run) for run in (baseline, candidate)]
+    if None not in builds and builds[0] != builds[1]:
+        raise GateError(
+            f"the baseline was run on another llama.cpp build ({builds[0]}), the candidate on {builds[1]}: builds "
+            "decode differently, so the difference would not be the prompt's. Re-run the baseline on this build"
+        )
+
+
+def build_unknown(baseline: EvalResults, candidate: EvalResults) -> str | None:
+    """A warning when one run does not record its llama.cpp build (made before builds were recorded)."""
+    runs = {"baseline": baseline, "candidate": candidate}
+    unknown = [name for name, run in runs.items() if run.generator == "llamacpp" and not _build(run)]
+    if not unknown:
+        return None
+    return (f"warning: the {' and '.join(unknown)} does not record its llama.cpp build: if the builds differ, "
+            "so do the answers, and the gate cannot tell that from the prompt's effect")  # fmt: skip
+
+
+def _build(run: EvalResults) -> str | None:
+    return run.lineage.models.generator_build if run.lineage else None
 
 
 @dataclass(frozen=True)

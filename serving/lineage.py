@@ -34,6 +34,11 @@ class ModelHashes(BaseModel):
     generator_sha256: str | None = Field(
         None, description="The GGUF's sha256; null for a model behind an API (only its name is known) or none."
     )
+    generator_build: str | None = Field(
+        None,
+        description="The llama.cpp build that ran the GGUF: library version and CPU instruction sets "
+        "(serving.llamacpp.build). Builds decode differently, so the gate compares runs of one build only.",
+    )
 
 
 class RunLineage(BaseModel):

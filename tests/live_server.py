@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -62,3 +63,30 @@ class LiveServer(ServerProcess):
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--log-level", log_level]
         super().__init__(argv, {**os.environ, **env}, log_path, f"{self.url}/readyz", timeout)
+
+
+# A prompt that makes SmolLM2 talk for seconds, so a test (or bench/llamacpp_worker.py) can kill the worker with an
+# answer half-way out.
+LONG_ANSWER_PROMPT = "rag_answer@v90"
+_LONG_ANSWER = """name: rag_answer
+version: v90
+description: Test only. A long free-text answer, so that the model can be killed mid-answer.
+changelog: Test only.
+params:
+  temperature: 0.0
+  max_tokens: 400
+  seed: 0
+system: You are a storyteller. Write a long and detailed story of at least twenty sentences about the question.
+user: |
+  {% for passage in passages %}Passage [{{ passage.index }}]: {{ passage.text }}
+  {% endfor %}
+  Question: {{ question }}
+"""
+
+
+def long_answer_prompts(root: Path) -> Path:
+    """The shipped prompts plus ``LONG_ANSWER_PROMPT``, under ``root`` (for ``RAGOPS_PROMPTS_DIR``)."""
+    shutil.copytree(Path(__file__).resolve().parents[1] / "prompts", root,
+                    ignore=shutil.ignore_patterns("*.py", "__pycache__"))  # fmt: skip
+    (root / "rag_answer" / "v90.yaml").write_text(_LONG_ANSWER)
+    return root

@@ -65,7 +65,7 @@ def test_file_hashes_are_computed_once_per_file_version(tmp_path: Path, monkeypa
 
 
 def test_results_made_before_lineage_still_read() -> None:
-    assert read_results(ROOT / "evals" / "baselines" / "qa.json").lineage is None
+    assert read_results(ROOT / "evals" / "baselines" / "retrieval.json").lineage is None  # extractive, not re-run
 
 
 def test_eval_run_gate_and_release_are_a_versions_lineage_in_order(
@@ -162,3 +162,25 @@ def test_a_release_names_the_evals_of_exactly_its_content(database_url: str | No
         assert [e.version for e in lineage.history("p")] == ["v9", "v9", "v9", "v8", "v9"]
     finally:
         store.close()
+
+
+def test_the_gate_compares_runs_of_one_llama_build_only() -> None:
+    """Two llama.cpp builds decode differently: a baseline of another build is a broken comparison (exit 2), a run
+    that does not record its build is compared with a warning."""
+    from evals.gate import GateError, build_unknown, check_comparable
+
+    shipped = read_results(ROOT / "evals" / "baselines" / "qa.json")
+
+    def built(build: str | None) -> Any:
+        models = ModelHashes(embedder="e", generator="llamacpp", generator_build=build)
+        lineage = RunLineage(dataset="d", corpus="c", prompt="rag_answer@v2", prompt_hash="h", models=models)
+        return shipped.model_copy(update={"lineage": lineage})
+
+    portable, native = built("llama-cpp-python 0.3.36 portable (AVX2)"), built("llama-cpp-python 0.3.36 native:AVX512")
+    check_comparable(portable, portable)
+    with pytest.raises(GateError, match=r"another llama\.cpp build"):
+        check_comparable(portable, native)
+    check_comparable(built(None), portable)
+    warning = build_unknown(built(None), portable)
+    assert warning is not None and "baseline does not record its llama.cpp build" in warning
+    assert build_unknown(portable, portable) is None

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -27,25 +26,8 @@ from serving.generation import GenerationRequest, GeneratorError, StreamDelta
 from serving.llamacpp.build import BEYOND_BASELINE, LlamaBuild
 from serving.llamacpp.engine import bundled_model_path
 from serving.llamacpp.supervisor import LlamaCppGenerator, WorkerConfig, WorkerSupervisor
-from tests.conftest import ROOT, load_sample_records
-from tests.live_server import LiveServer
-
-# A prompt that makes SmolLM2 talk for seconds, so a test can kill the worker with an answer half-way out.
-LONG_ANSWER = """name: rag_answer
-version: v90
-description: Test only. A long free-text answer, so that the model can be killed mid-answer.
-changelog: Test only.
-params:
-  temperature: 0.0
-  max_tokens: 400
-  seed: 0
-system: You are a storyteller. Write a long and detailed story of at least twenty sentences about the question.
-user: |
-  {% for passage in passages %}Passage [{{ passage.index }}]: {{ passage.text }}
-  {% endfor %}
-  Question: {{ question }}
-"""
-
+from tests.conftest import load_sample_records
+from tests.live_server import LONG_ANSWER_PROMPT, LiveServer, long_answer_prompts
 
 HANG_TIMEOUT_S = 3.0
 SHORT = GenerationRequest([{"role": "user", "content": "Say hi."}], "hi", [], ModelParams(max_tokens=4))
@@ -184,15 +166,13 @@ def test_a_worker_that_cannot_start_says_why() -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[LiveServer]:
     data = tmp_path_factory.mktemp("worker")
-    prompts = data / "prompts"
-    shutil.copytree(ROOT / "prompts", prompts, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
-    (prompts / "rag_answer" / "v90.yaml").write_text(LONG_ANSWER)
+    prompts = long_answer_prompts(data / "prompts")
     live = LiveServer(
         {
             "RAGOPS_DATA_DIR": str(data),
             "RAGOPS_MODELS_DIR": str(models_dir),
             "RAGOPS_PROMPTS_DIR": str(prompts),
-            "RAGOPS_PROMPT": "rag_answer@v90",
+            "RAGOPS_PROMPT": LONG_ANSWER_PROMPT,
             "RAGOPS_OUTPUT_GUARD": "report",
             "RAGOPS_ANSWER_CACHE_SIZE": "0",
             "RAGOPS_GENERATION_TIMEOUT_S": "60",

@@ -186,13 +186,15 @@ def _gate_runs(args: argparse.Namespace) -> tuple[Suite, EvalResults, EvalResult
 
 
 def run_gate(args: argparse.Namespace) -> int:
-    from evals.gate import REGRESSION, GateError, check_comparable, compare, verdict_table
+    from evals.gate import REGRESSION, GateError, build_unknown, check_comparable, compare, verdict_table
 
     suite, baseline, candidate = _gate_runs(args)
     try:
         check_comparable(baseline, candidate)
     except GateError as exc:
         raise CliError(f"broken eval run: {exc}") from exc
+    if (warning := build_unknown(baseline, candidate)) is not None:
+        print(warning, file=sys.stderr)
     verdicts = compare(baseline, candidate, suite, seed=args.seed)
     print(verdict_table(verdicts, baseline.prompt.ref, candidate.prompt.ref))
     _record_gate(args, baseline, candidate, verdicts)
