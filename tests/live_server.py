@@ -65,6 +65,21 @@ class LiveServer(ServerProcess):
         super().__init__(argv, {**os.environ, **env}, log_path, f"{self.url}/readyz", timeout)
 
 
+def llamacpp_worker(server: ServerProcess) -> int:
+    """The pid of a ``ragops serve``'s llama.cpp worker (a child that exited and is not reaped yet is not it)."""
+    import psutil  # type: ignore[import-untyped]
+
+    workers = []
+    for child in psutil.Process(server.process.pid).children():
+        try:
+            if "serving.llamacpp.worker" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+                workers.append(child.pid)
+        except psutil.Error:  # gone, or a zombie, while we looked
+            continue
+    (pid,) = workers
+    return int(pid)
+
+
 # A prompt that makes SmolLM2 talk for seconds, so a test (or bench/llamacpp_worker.py) can kill the worker with an
 # answer half-way out.
 LONG_ANSWER_PROMPT = "rag_answer@v90"

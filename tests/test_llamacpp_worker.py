@@ -27,7 +27,7 @@ from serving.llamacpp.build import BEYOND_BASELINE, LlamaBuild
 from serving.llamacpp.engine import bundled_model_path
 from serving.llamacpp.supervisor import LlamaCppGenerator, WorkerConfig, WorkerSupervisor
 from tests.conftest import load_sample_records
-from tests.live_server import LONG_ANSWER_PROMPT, LiveServer, long_answer_prompts
+from tests.live_server import LONG_ANSWER_PROMPT, LiveServer, llamacpp_worker, long_answer_prompts
 
 HANG_TIMEOUT_S = 3.0
 SHORT = GenerationRequest([{"role": "user", "content": "Say hi."}], "hi", [], ModelParams(max_tokens=4))
@@ -186,9 +186,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
 
 
 def worker_of(server: LiveServer) -> psutil.Process:
-    children = [c for c in psutil.Process(server.process.pid).children() if "serving.llamacpp.worker" in c.cmdline()]
-    assert len(children) == 1, children
-    return children[0]
+    return psutil.Process(llamacpp_worker(server))
 
 
 def readiness_until_ready(server: LiveServer, timeout: float = 30) -> list[str]:

@@ -76,6 +76,7 @@ class Done(_Message):
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    worker_ms: float = Field(0.0, description="The job's time inside the worker, from its start to this event.")
 
 
 class Failed(_Message):

@@ -48,7 +48,7 @@ logger = logging.getLogger("ragops")
 HANG_GRACE_S = 5.0
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
-STABLE_AFTER_S = 60.0  # a worker up this long resets the backoff
+STABLE_AFTER_S = 60.0  # a worker up this long, or one that finished an answer, resets the backoff
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,7 @@ class WorkerProcess:
         self.ready: Ready | None = None
         self.exit_reason: str | None = None
         self._killed_for: str | None = None
+        self.answered = 0  # jobs it finished: one that did has shown it works
         self.started_at = time.monotonic()
         self.last_heard = self.started_at  # when the worker last wrote anything: silence past a deadline is a hang
         self._process = subprocess.Popen(config.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -182,6 +183,7 @@ class WorkerProcess:
                     events = self._jobs.get(event.id)
                 if events is not None:
                     events.put(event)
+                self.answered += isinstance(event, Done)
         cause, reason = exit_cause(self._process.wait(), self._killed_for, unusable)
         with self._lock:
             self.exit_reason = reason
@@ -204,10 +206,11 @@ class WorkerStatus:
 
 
 class WorkerSupervisor:
-    """Keeps one worker running. A worker that exits is started again after a backoff (0.5 s, doubling to 30 s;
-    back to 0.5 s once a worker has been up for a minute); ``on_exit`` hears the cause (``SIGILL``, ``hung``, ...),
-    ``on_ready``
-    when a worker (the first, or a restarted one) takes jobs."""
+    """Keeps one worker running. A worker that exits is started again after a backoff (0.5 s, doubling to 30 s
+    while workers die without finishing an answer; back to 0.5 s after one that finished an answer or was up for a
+    minute: a crash loop at start backs off, a crash now and then is restarted at once). ``on_exit`` hears the
+    cause (``SIGILL``, ``hung``, ...); ``when_ready`` callbacks run when a worker (the first, or a restarted one)
+    takes jobs."""
 
     def __init__(
         self,
@@ -289,9 +292,8 @@ class WorkerSupervisor:
         with self._lock:
             if self._closed or (worker is not None and worker is not self._worker):
                 return
-            uptime = time.monotonic() - worker.started_at if worker is not None else 0.0
-            if uptime >= STABLE_AFTER_S:
-                self._backoff_s = FIRST_BACKOFF_S
+            if worker is not None and (worker.answered or time.monotonic() - worker.started_at >= STABLE_AFTER_S):
+                self._backoff_s = FIRST_BACKOFF_S  # it worked: this crash is news, not a loop
             delay, self._backoff_s = self._backoff_s, min(self._backoff_s * 2, MAX_BACKOFF_S)
             self._last_exit = reason
             self._restarts += 1

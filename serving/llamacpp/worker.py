@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from serving.llamacpp.build import loaded_build
 from serving.llamacpp.engine import LlamaEngine
-from serving.llamacpp.protocol import TO_WORKER, Cancel, Failed, Job, Ready, Started, Unusable, _Message, encode
+from serving.llamacpp.protocol import TO_WORKER, Cancel, Done, Failed, Job, Ready, Started, Unusable, _Message, encode
 
 WARMUP = Job(id=0, messages=[{"role": "user", "content": "Count from one to twenty."}], temperature=0.0,
              max_tokens=16, stop=[], seed=0, grammar=None)  # fmt: skip
@@ -90,8 +90,11 @@ def serve(engine: LlamaEngine, inbox: Inbox, outbox: Outbox) -> None:
         if inbox.cancelled(job.id):
             continue
         outbox.send(Started(id=job.id))
+        started = time.perf_counter()
         try:
             for event in engine.run(job, functools.partial(inbox.cancelled, job.id)):
+                if isinstance(event, Done):
+                    event = event.model_copy(update={"worker_ms": (time.perf_counter() - started) * 1000})
                 outbox.send(event)
         except Exception as exc:  # a Python-level failure ends this job, not the worker
             outbox.send(Failed(id=job.id, error="error", message=f"llama.cpp worker: {exc}"))
