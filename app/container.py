@@ -35,7 +35,7 @@ from serving.gate import AccessGate, BudgetCheck, KeyLookup, Limiter
 from serving.generation import Generation, GenerationRequest, Generator, GeneratorError, StreamDelta
 from serving.index_digest import IndexDigest
 from serving.judge_sampler import Judgement, SampledJudge
-from serving.llamacpp.supervisor import LlamaCppGenerator
+from serving.llamacpp.supervisor import LlamaCppGenerator, WorkerConfig, WorkerSupervisor
 from serving.metrics import AlertThresholds, ServiceMetrics
 from serving.openai_compat import OpenAICompatibleGenerator
 from serving.pipeline import RagPipeline
@@ -65,7 +65,6 @@ if TYPE_CHECKING:
     from serving.file_hashes import FileHashes
     from serving.lineage import Lineage, ModelHashes
     from serving.live_prompts import LivePrompts
-    from serving.llamacpp.supervisor import WorkerConfig
 
 logger = logging.getLogger("ragops")
 answer_log = logging.getLogger("ragops.answers")
@@ -394,7 +393,6 @@ def build_generator(settings: Settings, embedder: CachedEmbedder, metrics: Servi
 def llamacpp_worker_config(settings: Settings) -> WorkerConfig:
     """The llama.cpp worker's command line, from the settings (the server's generator and ``ragops doctor``)."""
     from serving.llamacpp.engine import bundled_model_path
-    from serving.llamacpp.supervisor import WorkerConfig
 
     return WorkerConfig(
         settings.llamacpp_model_path or bundled_model_path(), settings.llamacpp_threads, settings.llamacpp_context,
@@ -405,8 +403,6 @@ def llamacpp_worker_config(settings: Settings) -> WorkerConfig:
 def build_llamacpp(settings: Settings, metrics: ServiceMetrics) -> Generator:
     """llama.cpp in a supervised worker process (a native crash ends the worker, not the API), its first start
     waited for; a worker that cannot start leaves answers to the fallback, which says why."""
-    from serving.llamacpp.supervisor import WorkerSupervisor
-
     try:
         config = llamacpp_worker_config(settings)
     except OSError as exc:
