@@ -25,7 +25,7 @@ ENV PATH=/opt/venv/bin:$PATH
 RUN pip install torch==2.13.0 --index-url "${TORCH_INDEX_URL}"
 WORKDIR /src
 COPY . .
-# llama-cpp-python from the portable build (serving/deploy/llama-wheel.sh: AVX2 baseline, never -march=native): an
+# llama-cpp-python from the portable build (serving/deploy/llama-wheel.sh: GGML_NATIVE=OFF, AVX2 baseline): an
 # image built on a host with AVX-512 or AMX must run on every host it is deployed to.
 RUN wheels="$(bash serving/deploy/llama-wheel.sh python /wheels/llama)" \
     && pip install --no-index --no-deps "$wheels"/llama_cpp_python-*.whl

