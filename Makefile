@@ -19,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup system vllm run doctor ingest serve test bench clean
+.PHONY: setup system vllm run doctor ingest serve docs test bench clean
 
 setup: $(STAMP)
 
@@ -65,7 +65,7 @@ $(VLLM_VENV)/.installed:
 	touch $@
 
 $(VLLM_MODEL)/config.json: | setup
-	$(PY) -m serving.vllm_model $(VLLM_MODEL)
+	$(PY) -m serving.answering.vllm_model $(VLLM_MODEL)
 
 # What would stop `make run` from answering, one line each with what to do (the llama.cpp build against this CPU
 # too, in a child process). Advisory: with a broken generator the server still answers, with the extractive one.
@@ -80,6 +80,11 @@ serve: setup
 
 run: doctor ingest serve
 
+# The docs site (docs/, mkdocs.yml): --strict makes a broken link or anchor an error; docs/hooks.py renders the CLI
+# and settings references from the code on every build. The site goes to .site/ (gitignored).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir .site
+
 # The three set-ups run side by side: the llama.cpp build is CPU-bound, the vLLM venv and Debian's packages are
 # downloads (on a fresh machine this saves minutes of `make test`'s time).
 test:
@@ -87,6 +92,7 @@ test:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir .site
 	$(VENV)/bin/pytest
 
 bench: setup
@@ -104,4 +110,4 @@ bench: setup
 	$(PY) bench/load.py --out bench/results/load.json
 
 clean:
-	rm -rf .ragops .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .ragops .pytest_cache .mypy_cache .ruff_cache .site

@@ -27,21 +27,15 @@ from retrieval.storage import DiskGuard, ensure_writable
 from retrieval.validation import DocumentLimits
 from safety.groundedness import GroundednessBackend
 from safety.guards import Guards
-from serving.answer import Answer
-from serving.answer_cache import AnswerCache, InMemoryAnswerCache, RedisAnswerCache
-from serving.extractive import ExtractiveGenerator
-from serving.fallback import FallbackChain
-from serving.gate import AccessGate, BudgetCheck, KeyLookup, Limiter
-from serving.generation import Generation, GenerationRequest, Generator, GeneratorError, StreamDelta
-from serving.index_digest import IndexDigest
-from serving.judge_sampler import Judgement, SampledJudge
-from serving.llamacpp.supervisor import LlamaCppGenerator, WorkerConfig, WorkerSupervisor
-from serving.metrics import AlertThresholds, ServiceMetrics
-from serving.openai_compat import OpenAICompatibleGenerator
-from serving.pipeline import RagPipeline
-from serving.stages import (
+from serving.answering.answer_cache import AnswerCache, InMemoryAnswerCache, RedisAnswerCache
+from serving.answering.extractive import ExtractiveGenerator
+from serving.answering.fallback import FallbackChain
+from serving.answering.index_digest import IndexDigest
+from serving.answering.llamacpp.supervisor import LlamaCppGenerator, WorkerConfig, WorkerSupervisor
+from serving.answering.openai_compat import OpenAICompatibleGenerator
+from serving.answering.pipeline import RagPipeline
+from serving.answering.stages import (
     Abstain,
-    AnswerRequest,
     CachedAnswers,
     Cite,
     ComposePrompt,
@@ -52,19 +46,24 @@ from serving.stages import (
     ScreenPassages,
     Stages,
 )
-from serving.state_store import StateStore
-from serving.tracing import FanOutTracer, LangSmithTracer, NoTracer, Tracer
-from serving.usage import AnswerPricing
+from serving.contracts.answer import Answer, AnswerRequest
+from serving.contracts.generation import Generation, GenerationRequest, Generator, GeneratorError, StreamDelta
+from serving.governance.admission import Admission, BudgetCheck, KeyLookup, Limiter
+from serving.governance.usage import AnswerPricing
+from serving.infra.state_store import StateStore
+from serving.loop.judge_sampler import Judgement, SampledJudge
+from serving.observe.metrics import AlertThresholds, ServiceMetrics
+from serving.observe.tracing import FanOutTracer, LangSmithTracer, NoTracer, Tracer
 
 if TYPE_CHECKING:
-    from serving.answer_log import AnswerLog
-    from serving.audit import AuditLog
-    from serving.canary_control import CanaryBook, CanaryMonitor, CanaryPolicy
-    from serving.drift import DriftMonitor
-    from serving.feedback import FeedbackStore, RetentionPruner
-    from serving.file_hashes import FileHashes
-    from serving.lineage import Lineage, ModelHashes
-    from serving.live_prompts import LivePrompts
+    from serving.governance.audit import AuditLog
+    from serving.infra.file_hashes import FileHashes
+    from serving.loop.answer_log import AnswerLog
+    from serving.loop.canary_control import CanaryBook, CanaryMonitor, CanaryPolicy
+    from serving.loop.drift import DriftMonitor
+    from serving.loop.feedback import FeedbackStore, RetentionPruner
+    from serving.loop.lineage import Lineage, ModelHashes
+    from serving.loop.live_prompts import LivePrompts
 
 logger = logging.getLogger("ragops")
 answer_log = logging.getLogger("ragops.answers")
@@ -160,7 +159,7 @@ class Services:
     @cached_property
     def canaries(self) -> CanaryBook:
         """The live canary of each prompt (share, status, decision): what the selector serves, the monitor decides."""
-        from serving.canary_control import CanaryBook
+        from serving.loop.canary_control import CanaryBook
 
         return CanaryBook(self.state, self.settings.canary_share)
 
@@ -177,7 +176,7 @@ class Services:
         s = self.settings
         if not s.drift_every or self.answer_log is None:
             return None
-        from serving.drift import DriftMonitor, DriftProfiles
+        from serving.loop.drift import DriftMonitor, DriftProfiles
 
         return DriftMonitor(s.drift_every, s.drift_window, s.drift_alpha, self.answer_log, DriftProfiles(self.state),
                             self.embedder.embed, self.embedder.model_id, self.metrics.observe_drift,
@@ -189,9 +188,9 @@ class Services:
         return StateStore.open(self.settings.database_url, self.settings.state_path)
 
     @cached_property
-    def gate(self) -> AccessGate:
+    def admission(self) -> Admission:
         """Authentication, roles, rate limits, quotas and budgets, in front of every route that is not public."""
-        return AccessGate(build_keys(self), build_limiter(self), build_budgets(self))
+        return Admission(build_keys(self), build_limiter(self), build_budgets(self))
 
     @cached_property
     def audit(self) -> AuditLog | None:
@@ -203,7 +202,7 @@ class Services:
         """Answers kept (redacted) for feedback, drift and canary analysis; None with a retention of 0 days."""
         if not self.settings.feedback_retention_days:
             return None
-        from serving.answer_log import AnswerLog
+        from serving.loop.answer_log import AnswerLog
 
         return AnswerLog(self.state, self.settings.feedback_retention_days)
 
@@ -212,7 +211,7 @@ class Services:
         """Users' ratings of kept answers; None when answers are not kept (nothing to rate)."""
         if self.answer_log is None:
             return None
-        from serving.feedback import FeedbackStore
+        from serving.loop.feedback import FeedbackStore
 
         return FeedbackStore(self.state, self.settings.alert_window)
 
@@ -221,14 +220,14 @@ class Services:
         """Prunes kept answers and their feedback past retention, at start and daily (started by the server)."""
         if self.answer_log is None:
             return None
-        from serving.feedback import RetentionPruner
+        from serving.loop.feedback import RetentionPruner
 
         return RetentionPruner(self.answer_log.prune)
 
     @cached_property
     def lineage(self) -> Lineage:
         """What touched each prompt version: eval runs, gates, releases, label moves, canary decisions, drift."""
-        from serving.lineage import Lineage
+        from serving.loop.lineage import Lineage
 
         return Lineage(self.state)
 
@@ -286,7 +285,7 @@ class UnavailableGenerator:
 
 
 def build_keys(services: Services) -> KeyLookup:
-    from serving.keys import Authenticator, KeyStore
+    from serving.governance.keys import Authenticator, KeyStore
 
     settings = services.settings
     return Authenticator(KeyStore(services.state), settings.api_keys, settings.key_cache_s)
@@ -302,7 +301,7 @@ def build_tracers(settings: Settings) -> list[Tracer]:
         )
     if settings.otlp_endpoint:
         from app.version import installed_version
-        from serving.otel import OtelTracer  # the OpenTelemetry SDK loads only when it is used
+        from serving.observe.otel import OtelTracer  # the OpenTelemetry SDK loads only when it is used
 
         tracers.append(
             OtelTracer(settings.otlp_endpoint, settings.otel_service_name, installed_version(), settings.trace_redact)
@@ -314,8 +313,8 @@ def model_hashes(settings: Settings, embedder: Embedder) -> ModelHashes:
     """What the settings' models are, by content: the embedder's id (its weights' fingerprint) and ONNX export,
     the GGUF's sha256 for llama.cpp, the served model's name for vLLM (its weights are the server's)."""
     from retrieval.embedding import OnnxEmbedder
-    from serving.file_hashes import FileHashes
-    from serving.lineage import ModelHashes
+    from serving.infra.file_hashes import FileHashes
+    from serving.loop.lineage import ModelHashes
 
     hashes = FileHashes(settings.cache_dir / "file-hashes.sqlite")
     try:
@@ -336,7 +335,7 @@ def model_hashes(settings: Settings, embedder: Embedder) -> ModelHashes:
 def _gguf_lineage(settings: Settings, hashes: FileHashes) -> dict[str, str | None]:
     """The GGUF's name and sha256; a model file that is missing is recorded as such (its answers fall back and
     say why), never a failed run."""
-    from serving.llamacpp.engine import bundled_model_path
+    from serving.answering.llamacpp.engine import bundled_model_path
 
     try:
         gguf = settings.llamacpp_model_path or bundled_model_path()
@@ -346,7 +345,7 @@ def _gguf_lineage(settings: Settings, hashes: FileHashes) -> dict[str, str | Non
 
 
 def build_limiter(services: Services) -> Limiter:
-    from serving.rate_limits import RateLimits
+    from serving.governance.rate_limits import RateLimits
 
     s = services.settings
     return RateLimits(s.redis_url, s.rate_limit_fail, s.role_limits, s.auth_failures_per_minute, services.metrics)
@@ -363,13 +362,13 @@ def build_answer_cache(services: Services) -> AnswerCache:
 
 
 def build_budgets(services: Services) -> BudgetCheck:
-    from serving.usage import Budgets
+    from serving.governance.usage import Budgets
 
     return Budgets(services.state, services.settings.budget_soft_ratio, services.metrics)
 
 
 def build_audit(services: Services) -> AuditLog:
-    from serving.audit import AuditLog
+    from serving.governance.audit import AuditLog
 
     return AuditLog(services.state, services.settings.audit_content, services.metrics)
 
@@ -392,7 +391,7 @@ def build_generator(settings: Settings, embedder: CachedEmbedder, metrics: Servi
 
 def llamacpp_worker_config(settings: Settings) -> WorkerConfig:
     """The llama.cpp worker's command line, from the settings (the server's generator and ``ragops doctor``)."""
-    from serving.llamacpp.engine import bundled_model_path
+    from serving.answering.llamacpp.engine import bundled_model_path
 
     return WorkerConfig(
         settings.llamacpp_model_path or bundled_model_path(), settings.llamacpp_threads, settings.llamacpp_context,
@@ -454,8 +453,8 @@ def build_prompts(services: Services) -> PromptSelector | LivePrompts:
     if not s.live_labels:
         canary = registry.resolve(s.canary_prompt) if s.canary_prompt else None
         return PromptSelector(registry.resolve(s.prompt), canary, s.canary_share)
-    from serving.labels import StoreLabels
-    from serving.live_prompts import LivePrompts
+    from serving.loop.labels import StoreLabels
+    from serving.loop.live_prompts import LivePrompts
 
     labels = StoreLabels(services.state)
     labels.adopt_declared(registry)  # what git declares and the store has not taken yet
@@ -469,7 +468,7 @@ def build_canary_monitor(services: Services) -> CanaryMonitor | None:
         return None
     from functools import partial
 
-    from serving.canary_control import CanaryLabels, CanaryMonitor, ratings_by_answer
+    from serving.loop.canary_control import CanaryLabels, CanaryMonitor, ratings_by_answer
 
     stable, canary = PromptRef.parse(s.prompt), PromptRef.parse(s.canary_prompt)
     labels = CanaryLabels(*(None if ref.is_version else ref.selector for ref in (stable, canary)))
@@ -480,8 +479,8 @@ def build_canary_monitor(services: Services) -> CanaryMonitor | None:
 
 def canary_policy(settings: Settings) -> CanaryPolicy:
     """How the canary analysis decides, from the settings (the server's monitor and ``ragops canary status``)."""
-    from serving.canary import Tolerance
-    from serving.canary_control import CanaryPolicy
+    from serving.loop.canary import Tolerance
+    from serving.loop.canary_control import CanaryPolicy
 
     s = settings
     tolerance = Tolerance(s.canary_tolerance, s.canary_latency_tolerance)

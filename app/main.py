@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             return
         owned = build_services(resolved)
         _ = owned.pipeline  # load the generator now, not on the first question
-        _ = owned.gate, owned.audit  # open the state store now, not on the event loop during a request
+        _ = owned.admission, owned.audit  # open the state store now, not on the event loop during a request
         _ = owned.retention  # prune kept answers past retention now and daily
         app.state.services = owned
         try:

@@ -23,8 +23,8 @@ from prompts.registry import PromptRef
 from retrieval.index import SCOPE_NAME_PATTERN, FusionParams, SearchMode
 from retrieval.rerank import RERANK_DEPTH, RerankWeights
 from retrieval.validation import DocumentLimits
-from serving.access import Role, RoleLimits, default_role_limits, parse_tenant_role
-from serving.usage import ModelPrice
+from serving.governance.access import Role, RoleLimits, default_role_limits, parse_tenant_role
+from serving.governance.usage import ModelPrice
 
 EmbedderBackend = Literal["onnx", "torch"]
 GeneratorBackend = Literal["llamacpp", "vllm", "extractive"]

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.corpora import DISFL_QA, percentile  # noqa: E402
 from evals.metrics import METRICS, Sample  # noqa: E402
-from serving.answer import Answer  # noqa: E402
+from serving.contracts.answer import Answer  # noqa: E402
 from tests import vllm_server  # noqa: E402
 from tests.live_server import LiveServer  # noqa: E402
 

@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.corpora import emit, percentile  # noqa: E402
-from serving.audit import AuditLog, AuditRecord  # noqa: E402
-from serving.clock import utc_now  # noqa: E402
-from serving.metrics import ServiceMetrics  # noqa: E402
-from serving.state_store import StateStore  # noqa: E402
+from serving.governance.audit import AuditLog, AuditRecord  # noqa: E402
+from serving.infra.clock import utc_now  # noqa: E402
+from serving.infra.state_store import StateStore  # noqa: E402
+from serving.observe.metrics import ServiceMetrics  # noqa: E402
 
 QUESTION = "When were the Normans in Normandy?"
 

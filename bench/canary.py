@@ -4,7 +4,7 @@ how often a neutral canary is rolled back by mistake.
 Traffic is simulated from recorded answers (``bench/data/canary_answers.jsonl``, made by ``bench/canary_record.py``
 from eval runs of SmolLM2 in llama.cpp): each simulated request picks a question of the suites at random and a
 user bucket; a share of users gets the canary version, the others the stable one (v2), and the answer is the one
-that version gave to that question. The analysis (``serving.canary.analyse``, as the server runs it) looks every
+that version gave to that question. The analysis (``serving.loop.canary.analyse``, as the server runs it) looks every
 ``check_every`` answers. Bad: v94 (drops citations); neutral: v91 (a rewording) and v2 against itself (the same
 answers, so any rollback is a false one).
 
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.corpora import emit, percentile
-from serving.canary import Arm, CanaryAnalysis, Observation, Tolerance, analyse
+from serving.loop.canary import Arm, CanaryAnalysis, Observation, Tolerance, analyse
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDED = ROOT / "bench" / "data" / "canary_answers.jsonl"
@@ -154,10 +154,10 @@ def request_path_cost(calls: int = 100_000) -> dict[str, float]:
     import time
 
     from prompts.registry import PromptRegistry
-    from serving.canary_control import CanaryBook
-    from serving.labels import StoreLabels
-    from serving.live_prompts import LivePrompts
-    from serving.state_store import StateStore
+    from serving.infra.state_store import StateStore
+    from serving.loop.canary_control import CanaryBook
+    from serving.loop.labels import StoreLabels
+    from serving.loop.live_prompts import LivePrompts
 
     with tempfile.TemporaryDirectory() as tmp:
         state = StateStore.open(None, Path(tmp) / "state.sqlite")

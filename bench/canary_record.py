@@ -2,7 +2,7 @@
 
 For each suite and planted prompt version, ``ragops eval run`` answers the suite's questions with SmolLM2 in
 llama.cpp (guards, groundedness and the fallback chain as served) and this script keeps, per answer, the live
-signals the canary analysis reads (``serving.canary.Observation``): outcome, fallback, groundedness, whether it
+signals the canary analysis reads (``serving.loop.canary.Observation``): outcome, fallback, groundedness, whether it
 cites a passage, latency and completion tokens.
 
 The planted versions are the eval tests' (``tests/test_evals.py``): v91 rewords production (neutral), v94 drops

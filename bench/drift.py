@@ -1,4 +1,4 @@
-"""Drift detection (serving/drift.py) on SQuADShifts: detection power against window size, false alarms over
+"""Drift detection (serving/loop/drift.py) on SQuADShifts: detection power against window size, false alarms over
 same-stream splits, what the periodic check costs a request, and the check's own time.
 
 Report range: questions 3000 on of each domain (the method was tried out on questions 0-2999 only). The
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.corpora import emit, percentile  # noqa: E402
 from retrieval.embedding import Embedder, build_embedder  # noqa: E402
-from serving.drift import AnswerSignals, DriftSample, compare  # noqa: E402
+from serving.loop.drift import AnswerSignals, DriftSample, compare  # noqa: E402
 from tests.test_drift import shift_questions, shuffled_wiki, table_embed  # noqa: E402
 
 ALPHA = 0.01
@@ -110,7 +110,7 @@ def same_stream_rate(stream: list[str], window: int, runs: int, embed: Embed, se
 def observe_cost() -> dict[str, float]:
     """ns per ``DriftMonitor.observe``: counting, and every 20th call enqueueing a check (dropped here: the
     worker's queue holds one, as while a check runs)."""
-    from serving.drift import DriftMonitor
+    from serving.loop.drift import DriftMonitor
 
     class Idle:  # a check that never finishes starting: observe's enqueue is all that is timed
         def flush(self, wait_s: float = 0) -> bool:
@@ -137,8 +137,8 @@ def paired_answers(embedder: Embedder, answers: int) -> dict[str, Any]:
     from app.container import build_services
     from app.settings import load_settings
     from retrieval.index import Scope
-    from serving.drift import DriftProfiles, ProfileLineage
-    from serving.stages import AnswerRequest
+    from serving.contracts.answer import AnswerRequest
+    from serving.loop.drift import DriftProfiles, ProfileLineage
     from tests.conftest import sample_documents, sample_questions
 
     scope = Scope("sample", "default")

@@ -29,12 +29,16 @@ sys.path.insert(0, str(ROOT))
 
 from bench.corpora import emit, percentile  # noqa: E402
 from retrieval.index import Scope  # noqa: E402
-from serving.answer import Answer, Citation, PromptInfo  # noqa: E402
-from serving.answer_log import AnswerLog  # noqa: E402
-from serving.clock import stamp  # noqa: E402
-from serving.feedback import FeedbackStore, answer_ratings, down_rates  # noqa: E402
-from serving.stages import AnswerRequest  # noqa: E402
-from serving.state_store import StateStore  # noqa: E402
+from serving.contracts.answer import (  # noqa: E402
+    Answer,
+    AnswerRequest,
+    Citation,
+    PromptInfo,
+)
+from serving.infra.clock import stamp  # noqa: E402
+from serving.infra.state_store import StateStore  # noqa: E402
+from serving.loop.answer_log import AnswerLog  # noqa: E402
+from serving.loop.feedback import FeedbackStore, answer_ratings, down_rates  # noqa: E402
 
 PASSAGE = "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region."
 

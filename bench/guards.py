@@ -97,7 +97,7 @@ def added_latency(settings: Settings, embedder: Any, questions: list[dict[str, A
     embeddings warmed first, so both runs see the same caches, as a running server does)."""
     from app.container import build_pipeline, build_services
     from retrieval.index import Scope
-    from serving.pipeline import AnswerRequest
+    from serving.contracts.answer import AnswerRequest
 
     services = build_services(settings.model_copy(update={"generator": "extractive", "answer_cache_size": 0}))
     scope = Scope("bench", "default")
@@ -627,7 +627,7 @@ def ingest_slice(services: Any, corpus: str, passages: dict[str, str]) -> Any:
 
 
 def smollm2_answer(services: Any, scope: Any, corpus: str, row: dict[str, Any]) -> dict[str, Any]:
-    from serving.pipeline import AnswerRequest
+    from serving.contracts.answer import AnswerRequest
 
     answer = services.pipeline.answer(AnswerRequest(row["question"], scope))
     print(corpus, row["id"], answer.generator, repr(answer.answer[:80]), file=sys.stderr)

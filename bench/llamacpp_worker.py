@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.corpora import DISFL_QA, percentile  # noqa: E402
 from prompts.loader import PromptPassage, load_prompt  # noqa: E402
-from serving.generation import GenerationRequest  # noqa: E402
-from serving.llamacpp.engine import LlamaEngine, bundled_model_path  # noqa: E402
-from serving.llamacpp.protocol import Delta, Done, Job, Started  # noqa: E402
-from serving.llamacpp.supervisor import WorkerConfig, WorkerSupervisor  # noqa: E402
+from serving.answering.llamacpp.engine import LlamaEngine, bundled_model_path  # noqa: E402
+from serving.answering.llamacpp.protocol import Delta, Done, Job, Started  # noqa: E402
+from serving.answering.llamacpp.supervisor import WorkerConfig, WorkerSupervisor  # noqa: E402
+from serving.contracts.generation import GenerationRequest  # noqa: E402
 from tests.live_server import LONG_ANSWER_PROMPT, LiveServer, llamacpp_worker, long_answer_prompts  # noqa: E402
 
 

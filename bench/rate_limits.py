@@ -31,11 +31,11 @@ from app.settings import load_settings  # noqa: E402
 from bench.corpora import emit, percentile  # noqa: E402
 from retrieval.documents import Document, Section  # noqa: E402
 from retrieval.index import Scope  # noqa: E402
-from serving.access import KeyLimits, Principal, Role, default_role_limits  # noqa: E402
-from serving.index_digest import IndexDigest  # noqa: E402
-from serving.metrics import ServiceMetrics  # noqa: E402
-from serving.rate_limits import RateLimits  # noqa: E402
-from serving.stages import AnswerRequest  # noqa: E402
+from serving.answering.index_digest import IndexDigest  # noqa: E402
+from serving.contracts.answer import AnswerRequest  # noqa: E402
+from serving.governance.access import KeyLimits, Principal, Role, default_role_limits  # noqa: E402
+from serving.governance.rate_limits import RateLimits  # noqa: E402
+from serving.observe.metrics import ServiceMetrics  # noqa: E402
 from tests.backing_services import RedisServer, redis_binary  # noqa: E402
 from tests.conftest import load_sample_records  # noqa: E402
 

@@ -30,13 +30,18 @@ from bench.corpora import emit, percentile  # noqa: E402
 from retrieval.index import Scope  # noqa: E402
 from safety.groundedness import Groundedness  # noqa: E402
 from safety.guards import GuardVerdict  # noqa: E402
-from serving.answer import Answer, Citation, GuardVerdicts, PromptInfo  # noqa: E402
-from serving.file_hashes import FileHashes  # noqa: E402
-from serving.generation import Usage  # noqa: E402
-from serving.llamacpp.engine import bundled_model_path  # noqa: E402
-from serving.otel import OtelTracer  # noqa: E402
-from serving.stages import AnswerRequest  # noqa: E402
-from serving.tracing import FanOutTracer, LangSmithTracer, NoTracer, Tracer  # noqa: E402
+from serving.answering.llamacpp.engine import bundled_model_path  # noqa: E402
+from serving.contracts.answer import (  # noqa: E402
+    Answer,
+    AnswerRequest,
+    Citation,
+    GuardVerdicts,
+    PromptInfo,
+)
+from serving.contracts.generation import Usage  # noqa: E402
+from serving.infra.file_hashes import FileHashes  # noqa: E402
+from serving.observe.otel import OtelTracer  # noqa: E402
+from serving.observe.tracing import FanOutTracer, LangSmithTracer, NoTracer, Tracer  # noqa: E402
 from tests.http_receiver import HttpReceiver  # noqa: E402
 
 

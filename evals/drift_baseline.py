@@ -15,7 +15,7 @@ from pathlib import Path
 from evals.metrics import Sample
 from evals.results import EvalResults, ResultsError, SampleResult, read_results
 from evals.suite import SuiteError, dataset_hash, load_dataset, load_suite
-from serving.drift import AnswerSignals, Embed, ProfileLineage
+from serving.loop.drift import AnswerSignals, Embed, ProfileLineage
 
 
 @dataclass(frozen=True)

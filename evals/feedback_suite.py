@@ -21,7 +21,7 @@ import yaml
 
 from evals.metrics import normalise
 from evals.suite import Suite, load_dataset, load_suite
-from serving.feedback import FeedbackCase
+from serving.loop.feedback import FeedbackCase
 
 SUITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
 SUITE_NAME_RULE = "1-48 lower-case letters, digits, '_' or '-', starting with a letter or digit"

@@ -1,4 +1,4 @@
-"""The lineage records of eval runs and gates (``serving.lineage``'s bodies), made from their results."""
+"""The lineage records of eval runs and gates (``serving.loop.lineage``'s bodies), made from their results."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from evals.gate import REGRESSION, MetricVerdict
 from evals.results import EvalResults
-from serving.lineage import EvalRunRecord, GateRecord
+from serving.loop.lineage import EvalRunRecord, GateRecord
 
 
 def run_record(results: EvalResults, results_path: Path | None) -> EvalRunRecord | None:

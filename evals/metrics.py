@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from prompts.citations import cited_numbers, strip_citations
-from serving.answer import Answer
+from serving.contracts.answer import Answer
 
 _PUNCTUATION = set(string.punctuation)
 

@@ -22,7 +22,7 @@ from retrieval.offline import apply_offline_environment
 
 if TYPE_CHECKING:
     from retrieval.embedding import Embedder
-    from serving.answer import Answer
+    from serving.contracts.answer import Answer
 
 JUDGE_METRICS = ("faithfulness", "answer_relevancy")
 

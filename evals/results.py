@@ -8,9 +8,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from serving.answer import Outcome
-from serving.fallback import Fallback
-from serving.lineage import RunLineage
+from serving.contracts.answer import Outcome
+from serving.contracts.generation import Fallback
+from serving.loop.lineage import RunLineage
 
 
 class ResultsError(Exception):

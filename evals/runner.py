@@ -37,9 +37,9 @@ from retrieval.embedding import Embedder
 from retrieval.index import Scope, VectorIndex
 from retrieval.ingest import Ingestor
 from retrieval.loaders import load_paths
-from serving.answer import Answer
-from serving.lineage import ModelHashes, RunLineage
-from serving.pipeline import AnswerRequest, RagPipeline
+from serving.answering.pipeline import RagPipeline
+from serving.contracts.answer import Answer, AnswerRequest
+from serving.loop.lineage import ModelHashes, RunLineage
 
 ProgressFactory = Callable[[int], Any]
 # Bumped when answers gain fields metrics read, or the code behind them changes what they hold (2: guards and

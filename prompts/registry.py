@@ -7,7 +7,7 @@ and each label's history, so ``rollback`` returns a label to the version it poin
 References: ``NAME`` (the production label), ``NAME@VERSION`` or ``NAME@LABEL``.
 
 Labels resolve through a ``LabelSource``: by default the YAML's own labels (evals, tests and tools without a
-state store); a server passes the state store's live labels (``serving.labels.StoreLabels``), which start from
+state store); a server passes the state store's live labels (``serving.loop.labels.StoreLabels``), which start from
 the YAML's and then move at run time (promotions, rollbacks) on every replica at once.
 """
 

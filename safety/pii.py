@@ -68,7 +68,8 @@ def _phone(match: re.Match[str]) -> bool:
 PRIVATE_KEY_BEGIN = r"-----BEGIN [A-Z ]*PRIVATE KEY-----"  # the one secret that spans lines
 PRIVATE_KEY_END = r"-----END [A-Z ]*PRIVATE KEY-----"
 
-# ragops' own API keys (serving/keys.py makes them): first, so no other pattern takes part of one and leaves the rest.
+# ragops' own API keys (serving/governance/keys.py makes them): first, so no other pattern takes part of one and
+# leaves the rest.
 RAGOPS_API_KEY = re.compile(r"rgk_[A-Za-z0-9]{12}_[A-Za-z0-9_-]{8,100}")  # shorter than ours: still keep it out
 
 # (kind, pattern, check). Order matters where spans overlap: the first finding wins.

@@ -16,7 +16,7 @@ from app.settings import Settings, load_settings
 from retrieval.documents import Document, Section
 from retrieval.embedding import Embedder, OnnxEmbedder
 from retrieval.offline import apply_offline_environment
-from serving.answer import Answer, PromptInfo
+from serving.contracts.answer import Answer, PromptInfo
 from tests.backing_services import PostgresServer, RedisServer, postgres_bin_dir, redis_binary
 
 ROOT = Path(__file__).resolve().parents[1]

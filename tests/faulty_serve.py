@@ -13,8 +13,8 @@ from typing import Any
 from app.cli import main
 from retrieval.index import IndexUnavailableError
 from retrieval.search import Searcher
-from serving.pipeline import RagPipeline
-from serving.stages import AnswerRequest
+from serving.answering.pipeline import RagPipeline
+from serving.contracts.answer import AnswerRequest
 
 SEARCH_FAULTS: dict[str, Callable[[], Exception]] = {
     "fault-runtime": lambda: RuntimeError("injected fault alice@example.com"),

@@ -72,7 +72,7 @@ def llamacpp_worker(server: ServerProcess) -> int:
     workers = []
     for child in psutil.Process(server.process.pid).children():
         try:
-            if "serving.llamacpp.worker" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+            if "serving.answering.llamacpp.worker" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
                 workers.append(child.pid)
         except psutil.Error:  # gone, or a zombie, while we looked
             continue

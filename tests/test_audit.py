@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from app.cli import main as cli_main
-from serving.access import Principal, Role
-from serving.audit import (
+from serving.governance.access import Principal, Role
+from serving.governance.audit import (
     AuditLog,
     AuditRecord,
     RequestFacts,
@@ -31,8 +31,8 @@ from serving.audit import (
     prune,
     verify,
 )
-from serving.clock import stamp
-from serving.state_store import StateStore
+from serving.infra.clock import stamp
+from serving.infra.state_store import StateStore
 from tests.conftest import load_sample_records, make_answer
 from tests.live_server import LiveServer
 

@@ -24,17 +24,16 @@ from prompts.loader import Prompt
 from prompts.registry import PromptRegistry
 from retrieval.index import Scope
 from safety.groundedness import Groundedness
-from serving.answer import Answer, Citation, PromptInfo
-from serving.answer_log import AnswerLog
-from serving.canary import Arm, CanaryAnalysis, Observation, Tolerance, analyse
-from serving.canary_control import CanaryBook, CanaryLabels, CanaryMonitor, CanaryPolicy, ratings_by_answer
-from serving.fallback import Fallback
-from serving.labels import StoreLabels
-from serving.lineage import Lineage
-from serving.live_prompts import LivePrompts
-from serving.metrics import ServiceMetrics
-from serving.stages import AnswerRequest
-from serving.state_store import StateStore
+from serving.contracts.answer import Answer, AnswerRequest, Citation, PromptInfo
+from serving.contracts.generation import Fallback
+from serving.infra.state_store import StateStore
+from serving.loop.answer_log import AnswerLog
+from serving.loop.canary import Arm, CanaryAnalysis, Observation, Tolerance, analyse
+from serving.loop.canary_control import CanaryBook, CanaryLabels, CanaryMonitor, CanaryPolicy, ratings_by_answer
+from serving.loop.labels import StoreLabels
+from serving.loop.lineage import Lineage
+from serving.loop.live_prompts import LivePrompts
+from serving.observe.metrics import ServiceMetrics
 from tests.conftest import make_answer
 from tests.test_evals import planted_prompts
 

@@ -1,4 +1,4 @@
-"""Drift detection (serving/drift.py): the statistics on SQuADShifts, profiles in the state store, the server's
+"""Drift detection (serving/loop/drift.py): the statistics on SQuADShifts, profiles in the state store, the server's
 periodic check, and ``ragops drift baseline|check``'s exit codes.
 
 SQuADShifts' Wikipedia questions against its Amazon product-review questions must be detected within 200
@@ -23,8 +23,10 @@ from app.container import Services
 from evals.drift_baseline import suite_reference
 from retrieval.embedding import Embedder
 from retrieval.index import Scope
-from serving.answer_log import AnswerLog
-from serving.drift import (
+from serving.contracts.answer import AnswerRequest
+from serving.infra.state_store import StateStore
+from serving.loop.answer_log import AnswerLog
+from serving.loop.drift import (
     AnswerSignals,
     DriftError,
     DriftProfiles,
@@ -34,9 +36,7 @@ from serving.drift import (
     compare,
     holm,
 )
-from serving.lineage import Lineage
-from serving.stages import AnswerRequest
-from serving.state_store import StateStore
+from serving.loop.lineage import Lineage
 from tests.conftest import load_sample_records, make_answer, sample_documents, sample_questions
 from tests.live_server import LiveServer
 

@@ -27,7 +27,7 @@ from prompts.loader import PROMPTS_DIR
 from prompts.registry import PromptRegistry
 from retrieval.embedding import Embedder
 from safety.groundedness import Groundedness
-from serving.answer import Answer, Citation, PromptInfo
+from serving.contracts.answer import Answer, Citation, PromptInfo
 from tests.browser import launch, needs_chromium
 from tests.http_receiver import HttpReceiver
 from tests.live_server import free_port

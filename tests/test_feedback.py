@@ -23,13 +23,12 @@ from app.container import Services
 from app.main import create_app
 from evals.suite import load_dataset, load_suite
 from retrieval.index import Scope
-from serving.answer import Citation, PromptInfo
-from serving.answer_log import AnswerLog
-from serving.clock import stamp
-from serving.feedback import DownRate, Feedback, FeedbackStore, Rated, RetentionPruner, answer_ratings, down_rates
-from serving.metrics import AlertThresholds, ServiceMetrics
-from serving.stages import AnswerRequest
-from serving.state_store import StateStore
+from serving.contracts.answer import AnswerRequest, Citation, PromptInfo
+from serving.infra.clock import stamp
+from serving.infra.state_store import StateStore
+from serving.loop.answer_log import AnswerLog
+from serving.loop.feedback import DownRate, FeedbackStore, Rated, RetentionPruner, answer_ratings, down_rates
+from serving.observe.metrics import AlertThresholds, ServiceMetrics
 from tests.browser import launch, needs_chromium
 from tests.conftest import ROOT, make_answer
 from tests.live_server import LiveServer
@@ -213,16 +212,15 @@ def test_retention_prunes_old_answers_with_their_feedback(kept: Kept) -> None:
 def test_thumbs_down_alert_fires_once_past_the_threshold_and_resolves(caplog: pytest.LogCaptureFixture) -> None:
     metrics = ServiceMetrics(0.5, AlertThresholds(window=10, min_answers=3, thumbs_down_rate=0.3))
 
-    def rated(down: int, of: int) -> Rated:
-        feedback = Feedback("ans_" + "0" * 32, "acme", datetime.now(UTC), "down", None, None, None)
-        return Rated(feedback, "rag_answer", DownRate("v9", of, down))
+    def rated(down: int, of: int) -> DownRate:
+        return DownRate("v9", of, down)
 
     labels = {"prompt": "rag_answer", "version": "v9"}
     with caplog.at_level(logging.INFO, logger="ragops.alerts"):
         for down, of in [(2, 2), (3, 3), (4, 4), (4, 10)]:  # 2 rated: too few to alert; then 1.0 twice; then 0.4
-            metrics.observe_feedback(rated(down, of))
+            metrics.observe_feedback("rag_answer", "down", rated(down, of))
         assert metrics.registry.get_sample_value("ragops_thumbs_down_alert", labels) == 1
-        metrics.observe_feedback(rated(2, 10))
+        metrics.observe_feedback("rag_answer", "down", rated(2, 10))
     assert metrics.registry.get_sample_value("ragops_thumbs_down_alert", labels) == 0
     assert metrics.registry.get_sample_value("ragops_thumbs_down_rate", labels) == 0.2
     alerts = [(r.getMessage(), getattr(r, "prompt", None)) for r in caplog.records if r.name == "ragops.alerts"]

@@ -14,20 +14,21 @@ from prompts.answer_format import AnswerFormat
 from prompts.loader import ModelParams, PromptPassage, load_prompt
 from retrieval.embedding import Embedder
 from safety.validators import CitationsValid
-from serving.extractive import ExtractiveGenerator
-from serving.fallback import ChainDelta, ChainResult, CircuitBreaker, FallbackChain, Replaced
-from serving.generation import (
+from serving.answering.extractive import ExtractiveGenerator
+from serving.answering.fallback import ChainDelta, ChainResult, CircuitBreaker, FallbackChain
+from serving.answering.llamacpp.engine import bundled_model_path
+from serving.answering.llamacpp.supervisor import LlamaCppGenerator, WorkerConfig, WorkerSupervisor
+from serving.answering.openai_compat import OpenAICompatibleGenerator
+from serving.answering.streaming_guard import SentenceSplitter
+from serving.contracts.generation import (
     NOT_IN_DOCUMENTS,
     Generation,
     GenerationRequest,
     GeneratorError,
+    Replaced,
     StreamDelta,
     Usage,
 )
-from serving.llamacpp.engine import bundled_model_path
-from serving.llamacpp.supervisor import LlamaCppGenerator, WorkerConfig, WorkerSupervisor
-from serving.openai_compat import OpenAICompatibleGenerator
-from serving.streaming_guard import SentenceSplitter
 from tests.faulty_server import FaultyServer
 
 PASSAGES = [

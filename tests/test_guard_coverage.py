@@ -17,7 +17,8 @@ from retrieval.index import Scope
 from safety.guards import POLICIES_DIR, load_injection_settings
 from safety.injection import PatternDetector, load_attacks
 from safety.normalise import normalise, split_tolerant
-from serving.stages import AnswerRequest, ComposePrompt, InputGuard, Turn
+from serving.answering.stages import ComposePrompt, InputGuard, Turn
+from serving.contracts.answer import AnswerRequest
 from tests.conftest import SAMPLE_CORPUS, load_sample_records
 from tests.live_server import LiveServer
 

@@ -23,13 +23,14 @@ from retrieval.index import Scope
 from safety.groundedness import Groundedness, GroundednessScorer
 from safety.guards import POLICIES_DIR, Guard, GuardContext, GuardStep, PolicyError, build_guard, load_policy
 from safety.pii import find_pii, iban_valid, luhn_valid, redact
-from serving.answer_cache import InMemoryAnswerCache
-from serving.extractive import ExtractiveGenerator
-from serving.fallback import FallbackChain
-from serving.generation import Generation, GenerationRequest, StreamDelta, Usage
-from serving.metrics import AlertThresholds, ServiceMetrics
-from serving.pipeline import Answer, AnswerRequest, RagPipeline
-from serving.stages import CachedAnswers, ComposePrompt, Generate, OutputGuard
+from serving.answering.answer_cache import InMemoryAnswerCache
+from serving.answering.extractive import ExtractiveGenerator
+from serving.answering.fallback import FallbackChain
+from serving.answering.pipeline import Answer, RagPipeline
+from serving.answering.stages import CachedAnswers, ComposePrompt, Generate, OutputGuard
+from serving.contracts.answer import AnswerRequest
+from serving.contracts.generation import Generation, GenerationRequest, StreamDelta, Usage
+from serving.observe.metrics import AlertThresholds, ServiceMetrics
 from tests.conftest import load_sample_records, make_answer, sample_documents
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient
 from app.cli import main
 from app.container import Services
 from app.main import create_app
-from serving.access import GateUnavailableError, KeyLimits, Principal, Role
-from serving.clock import parse_stamp
-from serving.keys import Authenticator, KeyStore, parse_key
-from serving.state_store import StateStore, StateStoreUnavailableError
+from serving.governance.access import GateUnavailableError, KeyLimits, Principal, Role
+from serving.governance.keys import Authenticator, KeyStore, parse_key
+from serving.infra.clock import parse_stamp
+from serving.infra.state_store import StateStore, StateStoreUnavailableError
 from tests.live_server import LiveServer
 
 ENV_KEYS = {"bootstrap-admin-key": "ops:admin", "reader-key": "acme:reader", "old-style-key": "acme"}

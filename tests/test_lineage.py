@@ -12,14 +12,15 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-import serving.file_hashes
+import serving.infra.file_hashes
 from app.cli import main
 from app.container import Services
 from app.main import create_app
 from evals.results import read_results
 from prompts.loader import PROMPTS_DIR
-from serving.file_hashes import FileHashes
-from serving.lineage import (
+from serving.infra.file_hashes import FileHashes
+from serving.infra.state_store import StateStore
+from serving.loop.lineage import (
     EvalRunRecord,
     GateRecord,
     LabelMoveRecord,
@@ -29,7 +30,6 @@ from serving.lineage import (
     ReleaseRecord,
     RunLineage,
 )
-from serving.state_store import StateStore
 from tests.test_evals import ragops_eval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,13 +46,13 @@ def test_file_hashes_are_computed_once_per_file_version(tmp_path: Path, monkeypa
     weights = tmp_path / "model.gguf"
     weights.write_bytes(b"w" * 1000)
     hashed: list[Path] = []
-    real = serving.file_hashes.sha256_of
+    real = serving.infra.file_hashes.sha256_of
 
     def counted(path: Path) -> str:
         hashed.append(path)
         return real(path)
 
-    monkeypatch.setattr(serving.file_hashes, "sha256_of", counted)
+    monkeypatch.setattr(serving.infra.file_hashes, "sha256_of", counted)
     hashes = FileHashes(tmp_path / "cache" / "file-hashes.sqlite")
     first = hashes.sha256(weights)
     assert hashes.sha256(weights) == first and len(hashed) == 1

@@ -20,12 +20,12 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 
 from prompts.loader import ModelParams, PromptPassage
-from serving.extractive import ExtractiveGenerator
-from serving.fallback import ChainResult, FallbackChain
-from serving.generation import GenerationRequest, GeneratorError, StreamDelta
-from serving.llamacpp.build import BEYOND_BASELINE, LlamaBuild
-from serving.llamacpp.engine import bundled_model_path
-from serving.llamacpp.supervisor import LlamaCppGenerator, WorkerConfig, WorkerSupervisor
+from serving.answering.extractive import ExtractiveGenerator
+from serving.answering.fallback import ChainResult, FallbackChain
+from serving.answering.llamacpp.build import BEYOND_BASELINE, LlamaBuild
+from serving.answering.llamacpp.engine import bundled_model_path
+from serving.answering.llamacpp.supervisor import LlamaCppGenerator, WorkerConfig, WorkerSupervisor
+from serving.contracts.generation import GenerationRequest, GeneratorError, StreamDelta
 from tests.conftest import load_sample_records
 from tests.live_server import LONG_ANSWER_PROMPT, LiveServer, llamacpp_worker, long_answer_prompts
 

@@ -16,10 +16,10 @@ from app.container import faithfulness_judgement
 from evals.ragas_metrics import JudgeConfig
 from retrieval.embedding import Embedder
 from retrieval.index import Scope
-from serving.judge_sampler import SampledJudge
-from serving.metrics import ServiceMetrics
-from serving.pipeline import AnswerRequest
-from serving.tracing import LangSmithTracer
+from serving.contracts.answer import AnswerRequest
+from serving.loop.judge_sampler import SampledJudge
+from serving.observe.metrics import ServiceMetrics
+from serving.observe.tracing import LangSmithTracer
 from tests.conftest import load_sample_records, make_answer
 from tests.http_receiver import HttpReceiver
 from tests.live_server import LiveServer, free_port
@@ -144,7 +144,7 @@ def test_dashboard_and_alert_rules_use_exported_metrics() -> None:
 
     import yaml
 
-    from serving.metrics import ServiceMetrics
+    from serving.observe.metrics import ServiceMetrics
 
     exported = {
         s.name for f in text_string_to_metric_families(ServiceMetrics(0.5).exposition().decode()) for s in f.samples

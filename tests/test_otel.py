@@ -16,10 +16,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from retrieval.index import Scope
 from safety.groundedness import Groundedness
 from safety.guards import GuardVerdict
-from serving.answer import Citation, GuardVerdicts
-from serving.generation import Usage
-from serving.otel import OtelTracer, traces_url
-from serving.pipeline import AnswerRequest
+from serving.contracts.answer import AnswerRequest, Citation, GuardVerdicts
+from serving.contracts.generation import Usage
+from serving.observe.otel import OtelTracer, traces_url
 from tests.conftest import load_sample_records, make_answer
 from tests.http_receiver import HttpReceiver
 from tests.live_server import LiveServer

@@ -12,11 +12,11 @@ from app.container import Services, UnavailableGenerator
 from prompts.registry import PromptRegistry
 from retrieval.documents import Document, Section
 from retrieval.index import Scope
-from serving.answer import ANSWER_ID, resolve_citations
-from serving.fallback import FallbackChain
-from serving.generation import NOT_IN_DOCUMENTS, Generation, GenerationRequest, StreamDelta, Usage
-from serving.pipeline import Answer, AnswerRequest, RagPipeline
-from serving.stages import Generate
+from serving.answering.fallback import FallbackChain
+from serving.answering.pipeline import Answer, RagPipeline
+from serving.answering.stages import Generate
+from serving.contracts.answer import ANSWER_ID, AnswerRequest, resolve_citations
+from serving.contracts.generation import NOT_IN_DOCUMENTS, Generation, GenerationRequest, StreamDelta, Usage
 from tests.conftest import sample_documents
 
 SCOPE = Scope("sample", "default")

@@ -13,7 +13,7 @@ from app.container import Services
 from prompts.loader import PROMPTS_DIR, PromptError
 from prompts.registry import PromptRegistry, PromptSelector
 from retrieval.index import Scope
-from serving.pipeline import AnswerRequest
+from serving.contracts.answer import AnswerRequest
 from tests.conftest import sample_documents
 
 

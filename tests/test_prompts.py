@@ -10,7 +10,7 @@ import pytest
 from prompts.answer_format import MAX_SENTENCE_CHARS, answer_grammar
 from prompts.citations import NOT_IN_DOCUMENTS
 from prompts.loader import PromptError, PromptPassage, list_versions, load_prompt, parse_prompt
-from serving.llamacpp.engine import bundled_model_path
+from serving.answering.llamacpp.engine import bundled_model_path
 
 VALID = """
 name: demo

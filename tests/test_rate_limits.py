@@ -17,7 +17,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.rate_limits import KEY_PREFIX
+from serving.governance.rate_limits import KEY_PREFIX
 from tests.backing_services import RedisServer
 from tests.conftest import load_sample_records
 from tests.live_server import LiveServer

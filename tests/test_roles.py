@@ -20,9 +20,9 @@ from starlette.routing import Mount
 
 from app.main import create_app
 from app.settings import load_settings
-from serving.access import KeyLimits, Role
-from serving.keys import KeyStore
-from serving.state_store import StateStore
+from serving.governance.access import KeyLimits, Role
+from serving.governance.keys import KeyStore
+from serving.infra.state_store import StateStore
 from tests.conftest import ROOT
 from tests.live_server import LiveServer
 

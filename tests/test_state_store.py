@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.migrations import MIGRATIONS
-from serving.state_store import StateStore, StateStoreError
+from serving.infra.migrations import MIGRATIONS
+from serving.infra.state_store import StateStore, StateStoreError
 from tests.live_server import free_port
 
 

@@ -26,14 +26,14 @@ from app.settings import load_settings
 from retrieval.documents import Document, Hit, Section
 from retrieval.embedding import Embedder
 from retrieval.index import Scope
-from serving.answer import resolve_citations
-from serving.answer_cache import InMemoryAnswerCache
-from serving.extractive import ExtractiveGenerator
-from serving.fallback import FallbackChain, Replaced
-from serving.generation import Generation, GenerationRequest, GeneratorError, StreamDelta, Usage
-from serving.pipeline import RagPipeline
-from serving.stages import AnswerRequest, CachedAnswers, ComposePrompt, Generate, OutputGuard
-from serving.streaming_guard import SentenceGuard, SentenceSplitter
+from serving.answering.answer_cache import InMemoryAnswerCache
+from serving.answering.extractive import ExtractiveGenerator
+from serving.answering.fallback import FallbackChain
+from serving.answering.pipeline import RagPipeline
+from serving.answering.stages import CachedAnswers, ComposePrompt, Generate, OutputGuard
+from serving.answering.streaming_guard import SentenceGuard, SentenceSplitter
+from serving.contracts.answer import AnswerRequest, resolve_citations
+from serving.contracts.generation import Generation, GenerationRequest, GeneratorError, Replaced, StreamDelta, Usage
 from tests.browser import asked_on_the_page, needs_chromium
 from tests.conftest import sample_documents
 from tests.live_server import LiveServer, free_port

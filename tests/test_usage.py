@@ -18,13 +18,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.cli import main as cli
 from app.container import Services
 from retrieval.index import Scope
-from serving.access import LimitExceededError
-from serving.clock import day_of, month_start, next_month_start
-from serving.generation import Usage
-from serving.metrics import ServiceMetrics
-from serving.pipeline import AnswerRequest
-from serving.state_store import StateStore
-from serving.usage import AnswerPricing, Budgets, BudgetUpdate, ModelPrice, usage_report
+from serving.contracts.answer import AnswerRequest
+from serving.contracts.generation import Usage
+from serving.governance.access import LimitExceededError
+from serving.governance.usage import AnswerPricing, Budgets, BudgetUpdate, ModelPrice, usage_report
+from serving.infra.clock import day_of, month_start, next_month_start
+from serving.infra.state_store import StateStore
+from serving.observe.metrics import ServiceMetrics
 from tests.conftest import load_sample_records, make_answer, sample_documents
 from tests.live_server import LiveServer
 

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from prompts.loader import ModelParams, PromptPassage, load_prompt
-from serving.generation import NOT_IN_DOCUMENTS, Generation, GenerationRequest, StreamDelta
-from serving.openai_compat import OpenAICompatibleGenerator
+from serving.answering.openai_compat import OpenAICompatibleGenerator
+from serving.contracts.generation import NOT_IN_DOCUMENTS, Generation, GenerationRequest, StreamDelta
 from tests import vllm_server
 from tests.conftest import load_sample_records
 from tests.live_server import LiveServer

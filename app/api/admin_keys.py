@@ -3,7 +3,7 @@
 /v1/admin/prompts/{name}/labels/{label}`` (promote) and ``.../rollback``. Each notes what it did for the audit
 trail; a key's secret is in one response only, the one that made it.
 
-Labels are live state (``serving.labels``): a label moved here is moved in the state store, and every replica
+Labels are live state (``serving.loop.labels``): a label moved here is moved in the state store, and every replica
 answering with it serves the new version within ``label_refresh_s``; the release (the version's hash) and the
 label are also written to this replica's registry.yaml, as ``ragops prompts promote`` does."""
 
@@ -24,10 +24,9 @@ from app.container import Services
 from prompts.loader import PromptError
 from prompts.registry import PromptRegistry
 from retrieval.index import SCOPE_NAME_PATTERN
-from serving.access import ANONYMOUS_KEY_ID, KeyLimits, Role
-from serving.answer import PromptInfo
-from serving.clock import parse_duration, parse_stamp, utc_now
-from serving.keys import (
+from serving.contracts.answer import PromptInfo
+from serving.governance.access import ANONYMOUS_KEY_ID, KeyLimits, Role
+from serving.governance.keys import (
     LIMIT_MAX,
     NAME_MAX_CHARS,
     NAME_PATTERN,
@@ -40,7 +39,8 @@ from serving.keys import (
     expiry_from,
     grace_from,
 )
-from serving.labels import StoreLabels
+from serving.infra.clock import parse_duration, parse_stamp, utc_now
+from serving.loop.labels import StoreLabels
 
 router = APIRouter(tags=["admin"], responses=error_responses(400, 401, 403, 429))
 

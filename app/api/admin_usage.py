@@ -14,7 +14,7 @@ from app.api.errors import ApiError, error_responses
 from app.api.middleware import note_admin_action
 from app.container import Services
 from retrieval.index import SCOPE_NAME_PATTERN, SCOPE_NAME_RULE, is_scope_name
-from serving.usage import Budgets, BudgetStanding, BudgetUpdate, UsagePeriod, UsageReport, usage_report
+from serving.governance.usage import Budgets, BudgetStanding, BudgetUpdate, UsagePeriod, UsageReport, usage_report
 
 router = APIRouter(tags=["admin"], responses=error_responses(400, 401, 403, 429))
 
@@ -80,9 +80,9 @@ def clear_budget(tenant: Annotated[str, _TENANT], services: ServicesDep, caller:
 
 
 def _budgets(services: Services) -> Budgets:
-    budgets = services.gate.budgets
+    budgets = services.admission.budgets
     if not isinstance(budgets, Budgets):  # the composition root wires Budgets; anything else is a wiring bug
-        raise TypeError(f"the gate's budget check is {type(budgets).__name__}, not Budgets")
+        raise TypeError(f"admission's budget check is {type(budgets).__name__}, not Budgets")
     return budgets
 
 

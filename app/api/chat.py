@@ -15,8 +15,8 @@ from app.api.deps import Reader, ServicesDep, answer_request, answered
 from app.api.errors import error_responses
 from app.api.schemas import ChatAnswerEvent, ChatDelta, ChatReplacedEvent, ChatRequest
 from app.api.sse import sse_event, sse_response, sse_responses
-from serving.answer import Answer
-from serving.fallback import Replaced
+from serving.contracts.answer import Answer
+from serving.contracts.generation import Replaced
 
 router = APIRouter(tags=["chat"], responses=error_responses(400, 401, 403, 404, 429, 503))
 

@@ -15,10 +15,9 @@ from app.api.errors import ApiError
 from app.api.middleware import current_exchange
 from app.container import Services
 from retrieval.index import SCOPE_NAME_PATTERN, SCOPE_NAME_RULE, Scope, is_scope_name
-from serving.access import Principal, Role
-from serving.answer import Answer, new_answer_id
-from serving.clock import parse_moment
-from serving.stages import AnswerRequest
+from serving.contracts.answer import Answer, AnswerRequest, new_answer_id
+from serving.governance.access import Principal, Role
+from serving.infra.clock import parse_moment
 
 
 def get_services(request: Request) -> Services:
@@ -49,7 +48,7 @@ def open_tenant(services: Services, x_tenant: str | None) -> str:
 
 
 def _caller(needed: Role) -> Callable[..., Principal]:
-    """The dependency that admits a caller to a route needing ``needed`` (``AccessGate.admit``): the route's
+    """The dependency that admits a caller to a route needing ``needed`` (``Admission.admit``): the route's
     role is declared by which of ``Reader``, ``Editor`` and ``Admin`` it takes."""
 
     def admitted(
@@ -61,11 +60,11 @@ def _caller(needed: Role) -> Callable[..., Principal]:
         scheme, _, token = (authorization or "").partition(" ")
         bearer = token.strip() if scheme.lower() == "bearer" else None
         address = client_address(request, services.settings.trusted_proxies)
-        principal = services.gate.identify(bearer or None, address, lambda: open_tenant(services, x_tenant))
+        principal = services.admission.identify(bearer or None, address, lambda: open_tenant(services, x_tenant))
         exchange = current_exchange.get()
         if exchange is not None:
             exchange.principal = principal  # a 403 or 429 that follows is recorded with who was refused
-        services.gate.authorize(principal, needed)
+        services.admission.authorize(principal, needed)
         return principal
 
     admitted.required_role = needed  # type: ignore[attr-defined]  # read by the route x role test
@@ -101,7 +100,7 @@ def _is_trusted(address: str, trusted_proxies: list[IPvAnyNetwork]) -> bool:
 
 
 def moment_param(text: str | None, param: str) -> datetime | None:
-    """A ``since``/``until`` query value (``serving.clock.parse_moment``), or the 400 that names it."""
+    """A ``since``/``until`` query value (``serving.infra.clock.parse_moment``), or the 400 that names it."""
     if text is None:
         return None
     try:
@@ -115,7 +114,7 @@ def answered(services: Services, principal: Principal, answer: Answer) -> Answer
     exchange = current_exchange.get()
     if exchange is not None:
         exchange.answer = answer
-    services.gate.settle(principal, answer.usage.total_tokens)
+    services.admission.settle(principal, answer.usage.total_tokens)
     return answer
 
 

@@ -12,8 +12,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retrieval.index import IndexUnavailableError
-from serving.access import AccessDeniedError, LimitExceededError, UnauthenticatedError
-from serving.state_store import StateStoreUnavailableError
+from serving.governance.access import AccessDeniedError, LimitExceededError, UnauthenticatedError
+from serving.infra.state_store import StateStoreUnavailableError
 
 _TYPES = {
     400: "invalid_request_error",
@@ -132,7 +132,7 @@ def _api_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 def _access_denied(_: Request, exc: Exception) -> JSONResponse:
-    """The access gate's refusals: 401, 403 naming the role needed, 429 naming the limit with Retry-After."""
+    """admission's refusals: 401, 403 naming the role needed, 429 naming the limit with Retry-After."""
     assert isinstance(exc, AccessDeniedError)
     if isinstance(exc, LimitExceededError):
         retry = {"Retry-After": str(exc.retry_after_s)}

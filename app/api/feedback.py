@@ -22,7 +22,7 @@ def give_feedback(body: FeedbackRequest, services: ServicesDep, caller: Reader) 
     if answer is None:
         raise ApiError(404, f"no answer {body.id!r} (unknown, another tenant's, or past retention)", param="id")
     rated = services.feedback.rate(answer, body.rating, body.comment, body.correction, caller.key_id)
-    services.metrics.observe_feedback(rated)
+    services.metrics.observe_feedback(rated.prompt_name, rated.feedback.rating, rated.recent)
     kept = rated.feedback
     return FeedbackReceipt(
         id=kept.answer_id, rating=kept.rating, comment=kept.comment, correction=kept.correction,

@@ -7,8 +7,8 @@ from datetime import datetime
 from pydantic import BaseModel, Field, field_validator
 
 from app.api.schemas import StrictModel
-from serving.answer import ANSWER_ID
-from serving.feedback import Rating
+from serving.contracts.answer import ANSWER_ID
+from serving.loop.feedback import Rating
 
 MAX_FEEDBACK_CHARS = 2000
 

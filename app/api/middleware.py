@@ -40,9 +40,9 @@ from app.api.errors import (
 )
 from app.logs import request_id
 from safety.pii import redact
-from serving.access import Principal
-from serving.answer import Answer
-from serving.audit import AuditAction, AuditLog, AuditRecord, RequestFacts, build_record
+from serving.contracts.answer import Answer
+from serving.governance.access import Principal
+from serving.governance.audit import AuditAction, AuditLog, AuditRecord, RequestFacts, build_record
 
 log = logging.getLogger("ragops.http")
 
@@ -63,7 +63,7 @@ class Exchange:
     status: int = 0  # the response's status once sent
     error: BaseException | None = None  # the exception that ended the request or its stream
     error_status: int | None = None  # the status that error was (or, mid-stream, would have been) answered with
-    principal: Principal | None = None  # who the access gate let in
+    principal: Principal | None = None  # who admission let in
     answer: Answer | None = None  # the final answer of a chat request
     action: AuditAction | None = None  # what an admin route did (keys.create, budgets.set, prompts.promote...)
     question: str | None = None  # a chat request's question, as asked (the audit record hashes or redacts it)

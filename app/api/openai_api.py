@@ -39,9 +39,8 @@ from app.api.openai_protocol import (
 from app.api.schemas import MAX_HISTORY_TURNS, MAX_TURN_CHARS
 from app.api.sse import sse_event, sse_response, sse_responses
 from retrieval.index import is_scope_name
-from serving.answer import Answer
-from serving.fallback import Replaced
-from serving.stages import AnswerRequest
+from serving.contracts.answer import Answer, AnswerRequest
+from serving.contracts.generation import Replaced
 
 router = APIRouter(tags=["openai"], responses=error_responses(400, 401, 403, 404, 429, 503))
 

@@ -12,9 +12,8 @@ from pydantic import BaseModel, Field
 from app.api.schemas import COLLECTION_PATTERN
 from safety.groundedness import Groundedness
 from safety.guards import is_none
-from serving.answer import Answer, Citation, GuardVerdicts, Outcome, PromptInfo
-from serving.fallback import Fallback
-from serving.generation import Usage
+from serving.contracts.answer import Answer, Citation, GuardVerdicts, Outcome, PromptInfo
+from serving.contracts.generation import Fallback, Usage
 
 MODEL_ID = "ragops"  # the caller's default collection, or the one the ``collection`` field names
 COLLECTION_MODEL_PREFIX = f"{MODEL_ID}/"  # ``ragops/COLLECTION``: for clients that can only pick a model

@@ -1,5 +1,5 @@
 """Request and response bodies of ragops' own HTTP API (the OpenAI-compatible shapes are in
-``app.api.openai_protocol``; the answer itself is ``serving.answer.Answer``)."""
+``app.api.openai_protocol``; the answer itself is ``serving.contracts.answer.Answer``)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from retrieval.validation import (
     METADATA_KEY_RULE,
     InvalidFieldError,
 )
-from serving.answer import Answer
-from serving.fallback import Replaced
+from serving.contracts.answer import Answer
+from serving.contracts.generation import Replaced
 
 COLLECTION_PATTERN = SCOPE_NAME_PATTERN
 

@@ -12,7 +12,7 @@ from prompts.loader import PromptError
 
 if TYPE_CHECKING:
     from app.cli.common import Commands
-    from serving.pipeline import Answer
+    from serving.answering.pipeline import Answer
 
 
 def add_parser(commands: Commands) -> None:
@@ -27,7 +27,7 @@ def add_parser(commands: Commands) -> None:
 
 
 def run_ask(args: argparse.Namespace) -> int:
-    from serving.pipeline import AnswerRequest
+    from serving.contracts.answer import AnswerRequest
 
     if not args.question.strip():
         raise CliError("the question must not be blank")

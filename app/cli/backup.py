@@ -50,7 +50,7 @@ def add_parser(commands: Commands) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
-    from serving.clock import utc_now
+    from serving.infra.clock import utc_now
 
     settings = settings_from(args)
     with_state = settings.database_url is None
@@ -112,7 +112,7 @@ def _restored(index: SnapshotIndex, snapshot: Path) -> int:
 
 def _existing_state(settings: Settings) -> Path:
     """The SQLite state store, created (migrated, empty) when this data dir never had one."""
-    from serving.state_store import StateStore
+    from serving.infra.state_store import StateStore
 
     if not settings.state_path.exists():
         StateStore.open(None, settings.state_path).close()

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 from pydantic import TypeAdapter
 
 from app.cli.common import EXIT_OK, CliError, open_state, settings_from
-from serving.canary import CanaryAnalysis
-from serving.canary_control import CanaryRow
+from serving.loop.canary import CanaryAnalysis
+from serving.loop.canary_control import CanaryRow
 
 if TYPE_CHECKING:
     from app.cli.common import Commands
     from app.settings import Settings
-    from serving.state_store import StateStore
+    from serving.infra.state_store import StateStore
 
 
 def add_parser(commands: Commands) -> None:
@@ -63,7 +63,7 @@ def _view(row: CanaryRow, state: StateStore, settings: Settings) -> CanaryView:
     from functools import partial
 
     from app.container import canary_policy
-    from serving.canary_control import current_analysis, ratings_by_answer
+    from serving.loop.canary_control import current_analysis, ratings_by_answer
 
     if row.status != "running":
         return CanaryView(row, row.decision)
@@ -72,7 +72,7 @@ def _view(row: CanaryRow, state: StateStore, settings: Settings) -> CanaryView:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from serving.canary_control import CanaryBook
+    from serving.loop.canary_control import CanaryBook
 
     settings = settings_from(args)
     with open_state(settings) as state:
@@ -114,7 +114,7 @@ def _served(settings: Settings, state: StateStore) -> tuple[str, str, str]:
     """(prompt, canary version, stable version) of the settings' canary, through the live labels."""
     from prompts.loader import PromptError
     from prompts.registry import PromptRegistry
-    from serving.labels import StoreLabels
+    from serving.loop.labels import StoreLabels
 
     if not settings.canary_prompt:
         raise CliError("no canary_prompt is set (RAGOPS_CANARY_PROMPT, e.g. rag_answer@canary)")
@@ -132,7 +132,7 @@ def _served(settings: Settings, state: StateStore) -> tuple[str, str, str]:
 
 
 def run_start(args: argparse.Namespace) -> int:
-    from serving.canary_control import CanaryBook
+    from serving.loop.canary_control import CanaryBook
 
     settings = settings_from(args)
     with open_state(settings) as state:
@@ -146,7 +146,7 @@ def run_start(args: argparse.Namespace) -> int:
 
 
 def run_stop(args: argparse.Namespace) -> int:
-    from serving.canary_control import CanaryBook
+    from serving.loop.canary_control import CanaryBook
 
     settings = settings_from(args)
     with open_state(settings) as state:

@@ -18,7 +18,7 @@ from retrieval.index import SCOPE_NAME_RULE, Scope, is_scope_name
 if TYPE_CHECKING:
     from app.container import Services
     from retrieval.index import SnapshotIndex
-    from serving.state_store import StateStore
+    from serving.infra.state_store import StateStore
 
     Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -63,7 +63,7 @@ def open_services(settings: Settings) -> Services:
 def open_state(settings: Settings) -> Iterator[StateStore]:
     """The state store alone (no index, no model); one that cannot open or stops answering is a runtime
     failure (exit 1)."""
-    from serving.state_store import StateStore, StateStoreError
+    from serving.infra.state_store import StateStore, StateStoreError
 
     try:
         store = StateStore.open(settings.database_url, settings.state_path)
@@ -76,8 +76,8 @@ def open_state(settings: Settings) -> Iterator[StateStore]:
 
 
 def moment_arg(text: str, flag: str) -> datetime:
-    """A ``--since``/``--before`` value: a date, an ISO time or a duration ago (``serving.clock.parse_moment``)."""
-    from serving.clock import parse_moment
+    """A ``--since``/``--before`` value: a date, an ISO time or a duration ago (``clock.parse_moment``)."""
+    from serving.infra.clock import parse_moment
 
     try:
         return parse_moment(text)

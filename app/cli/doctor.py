@@ -170,7 +170,7 @@ def _cpu_flags(cpuinfo: str) -> set[str] | None:
 def check_model_files(settings: Settings) -> Check:
     """The GGUF the llamacpp generator loads exists and reads as GGUF (the worker would fail later, and answers
     would fall back without a word at start)."""
-    from serving.llamacpp.engine import bundled_model_path
+    from serving.answering.llamacpp.engine import bundled_model_path
 
     if settings.generator != "llamacpp":
         return _ok("model files", f"not used (generator: {settings.generator})")
@@ -203,7 +203,7 @@ def _check_llamacpp(settings: Settings) -> Check:
     """The worker started as the server starts it, in its own process: a build the CPU cannot run dies there of
     SIGILL, and the status says so."""
     from app.container import llamacpp_worker_config
-    from serving.llamacpp.supervisor import WorkerSupervisor
+    from serving.answering.llamacpp.supervisor import WorkerSupervisor
 
     try:
         config = llamacpp_worker_config(settings)

@@ -24,9 +24,9 @@ if TYPE_CHECKING:
     from app.cli.common import Commands
     from app.settings import Settings
     from retrieval.embedding_cache import CachedEmbedder
-    from serving.answer_log import AnswerRecord
-    from serving.drift import AnswerSignals, DriftProfile, DriftReport, ProfileLineage
-    from serving.state_store import StateStore
+    from serving.infra.state_store import StateStore
+    from serving.loop.answer_log import AnswerRecord
+    from serving.loop.drift import AnswerSignals, DriftProfile, DriftReport, ProfileLineage
 
 EXIT_DRIFT = 1
 
@@ -55,7 +55,7 @@ def add_parser(commands: Commands) -> None:
 
 
 def run_baseline(args: argparse.Namespace) -> int:
-    from serving.drift import DriftProfiles, DriftSample
+    from serving.loop.drift import DriftProfiles, DriftSample
 
     name = _profile_name(args.name)
     if args.from_traffic and args.since is None:
@@ -84,8 +84,8 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from serving.drift import AnswerSignals, DriftError, DriftProfiles, check, record_check
-    from serving.lineage import Lineage
+    from serving.loop.drift import AnswerSignals, DriftError, DriftProfiles, check, record_check
+    from serving.loop.lineage import Lineage
 
     name = _profile_name(args.name)
     settings = settings_from(args)
@@ -123,7 +123,7 @@ def _suite_source(args: argparse.Namespace, embedder: CachedEmbedder) -> tuple[l
 def _traffic_source(
     since: datetime | None, limit: int, settings: Settings, store: StateStore, embedder_id: str
 ) -> tuple[list[AnswerSignals], ProfileLineage]:
-    from serving.drift import AnswerSignals, ProfileLineage
+    from serving.loop.drift import AnswerSignals, ProfileLineage
 
     records = _kept_answers(settings, store, since, limit)
     if not records:
@@ -137,7 +137,7 @@ def _traffic_source(
 
 
 def _kept_answers(settings: Settings, store: StateStore, since: datetime | None, limit: int) -> list[AnswerRecord]:
-    from serving.answer_log import kept_answers
+    from serving.loop.answer_log import kept_answers
 
     return kept_answers(store, since=since, limit=limit)
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 def store_has_keys(settings: Settings) -> bool:
     """Whether a key was ever made in the state store. A SQLite store that does not exist yet holds none (and is
     not created here: a refused ``serve`` leaves the data dir as it found it)."""
-    from serving.keys import KeyStore
+    from serving.governance.keys import KeyStore
 
     if settings.database_url is None and not settings.state_path.exists():
         return False

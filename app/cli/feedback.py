@@ -23,7 +23,7 @@ def add_parser(commands: Commands) -> None:
     actions = feedback.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")
     export = actions.add_parser("export", help="rated answers -> evals/datasets, evals/corpora, evals/suites")
     export.add_argument("--suite", required=True, metavar="NAME", help="the suite's name (and its files')")
-    # serving.feedback.Rating's values, written out: importing it would slow every command's start.
+    # serving.loop.feedback.Rating's values, written out: importing it would slow every command's start.
     export.add_argument("--rating", choices=("up", "down"), help="only this rating (default: both)")
     export.add_argument("--since", help="rated since: 2026-11-01, an ISO time, or 7d ago (default: all kept)")
     export.add_argument(
@@ -41,7 +41,7 @@ def add_parser(commands: Commands) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from evals.feedback_suite import ExportError, NothingToExportError, export_suite
-    from serving.feedback import FeedbackStore
+    from serving.loop.feedback import FeedbackStore
 
     settings = settings_from(args)
     tenant = settings.default_tenant if args.tenant is None else args.tenant
@@ -63,8 +63,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from serving.answer_log import prune_answers
-    from serving.clock import parse_stamp, stamp, utc_now
+    from serving.infra.clock import parse_stamp, stamp, utc_now
+    from serving.loop.answer_log import prune_answers
 
     settings = settings_from(args)
     cutoff = parse_stamp(utc_now()) - timedelta(days=settings.feedback_retention_days)

@@ -17,11 +17,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from app.cli.common import EXIT_OK, CliError, open_state, settings_from
-from serving.access import KeyLimits, Role
+from serving.governance.access import KeyLimits, Role
 
 if TYPE_CHECKING:
     from app.cli.common import Commands
-    from serving.keys import ApiKeyRecord, IssuedKey, KeyStore
+    from serving.governance.keys import ApiKeyRecord, IssuedKey, KeyStore
 
 
 def add_parser(commands: Commands) -> None:
@@ -52,7 +52,7 @@ def add_parser(commands: Commands) -> None:
 @contextmanager
 def _key_store(args: argparse.Namespace) -> Iterator[KeyStore]:
     """The store's keys; a store that cannot open is a runtime failure (exit 1), bad input is exit 2."""
-    from serving.keys import KeyNotFoundError, KeyStateError, KeyStore
+    from serving.governance.keys import KeyNotFoundError, KeyStateError, KeyStore
 
     with open_state(settings_from(args)) as store:
         try:
@@ -62,8 +62,8 @@ def _key_store(args: argparse.Namespace) -> Iterator[KeyStore]:
 
 
 def run_create(args: argparse.Namespace) -> int:
-    from serving.clock import parse_stamp, utc_now
-    from serving.keys import expiry_from
+    from serving.governance.keys import expiry_from
+    from serving.infra.clock import parse_stamp, utc_now
 
     with _key_store(args) as keys:
         expires = expiry_from(args.expires, parse_stamp(utc_now())) if args.expires else None
@@ -73,7 +73,7 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from serving.keys import EnvKeys
+    from serving.governance.keys import EnvKeys
 
     with _key_store(args) as keys:
         records = keys.list() + EnvKeys(settings_from(args).api_keys).records()
@@ -93,7 +93,7 @@ def run_revoke(args: argparse.Namespace) -> int:
 
 
 def run_rotate(args: argparse.Namespace) -> int:
-    from serving.keys import grace_from
+    from serving.governance.keys import grace_from
 
     _refuse_env_key(args)
     with _key_store(args) as keys:
@@ -106,7 +106,7 @@ def run_rotate(args: argparse.Namespace) -> int:
 
 
 def _refuse_env_key(args: argparse.Namespace) -> None:
-    from serving.keys import EnvKeyError, EnvKeys
+    from serving.governance.keys import EnvKeyError, EnvKeys
 
     try:
         EnvKeys(settings_from(args).api_keys).refuse_change(args.key_id)

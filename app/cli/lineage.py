@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from app.cli.common import Commands
     from app.settings import Settings
     from prompts.registry import PromptRegistry
-    from serving.lineage import LineageEvent, LineageKind, RunLineage
-    from serving.state_store import StateStore
+    from serving.infra.state_store import StateStore
+    from serving.loop.lineage import LineageEvent, LineageKind, RunLineage
 
 
 def add_parser(commands: Commands) -> None:
@@ -33,8 +33,8 @@ _VERSION_SHAPE = re.compile(r"^v[0-9][A-Za-z0-9._-]{0,63}$")
 def record_event(settings: Settings, kind: LineageKind, prompt: str, version: str, body: dict[str, Any]) -> None:
     """Add one event; a store that cannot be written is said on stderr and does not fail the command (its
     exit code means what the command did: a gate's 1 is a regression, never a lineage failure)."""
-    from serving.lineage import Lineage
-    from serving.state_store import StateStoreError
+    from serving.infra.state_store import StateStoreError
+    from serving.loop.lineage import Lineage
 
     try:
         with open_state(settings) as state:
@@ -49,7 +49,7 @@ def _version_of(settings: Settings, state: StateStore, name: str, wanted: str | 
     """A label resolves to the version it names now (the live label in the state store, else registry.yaml's);
     anything else is taken as a version, so the lineage of a version whose file is gone can still be read."""
     from prompts.loader import PromptError
-    from serving.labels import StoreLabels
+    from serving.loop.labels import StoreLabels
 
     if wanted is None:
         return None
@@ -74,7 +74,7 @@ def _registry(settings: Settings) -> PromptRegistry:
 
 
 def run_lineage(args: argparse.Namespace) -> int:
-    from serving.lineage import Lineage
+    from serving.loop.lineage import Lineage
 
     name, _, wanted = args.ref.partition("@")
     if not name or (args.ref.endswith("@") and not wanted):
@@ -102,7 +102,7 @@ def _as_json(event: LineageEvent) -> dict[str, Any]:
 def summary(event: LineageEvent) -> str:
     """One line: what the event says, with the hashes it used shortened (``--json`` has them whole); kinds
     recorded by other parts (canary decisions, drift baselines) as their bodies."""
-    from serving.lineage import EvalRunRecord, GateRecord, LabelMoveRecord, ReleaseRecord
+    from serving.loop.lineage import EvalRunRecord, GateRecord, LabelMoveRecord, ReleaseRecord
 
     body = event.body
     if event.kind == "eval_run":

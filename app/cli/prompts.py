@@ -1,7 +1,7 @@
 """``ragops prompts list|show|diff|promote|rollback``: prompt versions and labels.
 
 Labels are live state: ``list``, ``show``, ``promote`` and ``rollback`` read and move them in the state store
-(``serving.labels``), so running servers answer with a moved label within ``label_refresh_s``; ``promote`` and
+(``serving.loop.labels``), so running servers answer with a moved label within ``label_refresh_s``; ``promote`` and
 ``rollback`` also record the release (and the label, git's declaration) in registry.yaml as before."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from prompts.loader import PromptError
 if TYPE_CHECKING:
     from app.cli.common import Commands
     from prompts.registry import PromptRegistry
-    from serving.labels import StoreLabels
+    from serving.loop.labels import StoreLabels
 
 
 def add_parser(commands: Commands) -> None:
@@ -58,7 +58,7 @@ def _live(args: argparse.Namespace) -> Iterator[tuple[PromptRegistry, StoreLabel
     """The registry with its labels read from the state store (which first takes what registry.yaml declares
     anew), and the store's labels to move."""
     from app.cli.common import open_state
-    from serving.labels import StoreLabels
+    from serving.loop.labels import StoreLabels
 
     settings = settings_from(args)
     with open_state(settings) as state:

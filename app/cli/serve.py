@@ -5,7 +5,7 @@ non-loopback address needs ``RAGOPS_ALLOW_OPEN=true`` to say that is meant. The 
 built before uvicorn starts, so an index that cannot open is one line and exit 1, not a traceback from inside
 uvicorn's startup. ``ragops doctor --quick`` runs first, in a child process beside the start-up (a check that
 crashes natively cannot take ``serve`` with it), and what it finds wrong goes to the log with what to do. The
-llama.cpp generator runs in a worker process of its own (``serving.llamacpp``). Shutdown is graceful
+llama.cpp generator runs in a worker process of its own (``serving.answering.llamacpp``). Shutdown is graceful
 (``app.cli.graceful``): SIGTERM turns ``/readyz`` to 503, open requests and streams finish within
 ``shutdown_grace_s``, and the process exits 0.
 """
@@ -104,12 +104,12 @@ def report_preflight(preflight: subprocess.Popen[str]) -> None:
 
 
 def open_governance(services: Services) -> None:
-    """The state store, the access gate and the audit writer, opened before the first request: a database
+    """The state store, admission and the audit writer, opened before the first request: a database
     that cannot be reached is one line and exit 1."""
-    from serving.state_store import StateStoreError
+    from serving.infra.state_store import StateStoreError
 
     try:
         _ = services.audit
-        _ = services.gate.keys.has_keys()
+        _ = services.admission.keys.has_keys()
     except StateStoreError as exc:
         raise CliError(str(exc), EXIT_FAILURE) from exc

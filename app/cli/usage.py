@@ -17,7 +17,7 @@ from retrieval.index import SCOPE_NAME_RULE, is_scope_name
 
 if TYPE_CHECKING:
     from app.cli.common import Commands
-    from serving.usage import BudgetStanding, BudgetUpdate, UsageReport
+    from serving.governance.usage import BudgetStanding, BudgetUpdate, UsageReport
 
 CLI_ADMIN = "cli"  # who set a budget from the command line (the budgets table's updated_by)
 
@@ -46,7 +46,7 @@ def add_parser(commands: Commands) -> None:
 
 
 def run_usage(args: argparse.Namespace) -> int:
-    from serving.usage import usage_report
+    from serving.governance.usage import usage_report
 
     tenant = _tenant(args.tenant) if args.tenant is not None else None
     since, until = _moment(args.since, "--since"), _moment(args.until, "--until")
@@ -61,7 +61,7 @@ def run_usage(args: argparse.Namespace) -> int:
 
 
 def run_budgets(args: argparse.Namespace) -> int:
-    from serving.usage import Budgets
+    from serving.governance.usage import Budgets
 
     settings = settings_from(args)
     tenant = _tenant(args.tenant) if args.budgets_command != "list" else ""
@@ -81,7 +81,7 @@ def run_budgets(args: argparse.Namespace) -> int:
 
 
 def _budget_update(args: argparse.Namespace) -> BudgetUpdate:
-    from serving.usage import BudgetUpdate
+    from serving.governance.usage import BudgetUpdate
 
     try:
         return BudgetUpdate(monthly_usd=args.monthly, soft_ratio=args.soft)

@@ -1,0 +1,150 @@
+"""Answer caches. The exact cache keys on (normalised question, collection, tenant, index version, prompt version,
+generator): a change to the index or the prompt changes the key, so stale answers are never served. The
+optional semantic layer also matches a new question whose embedding is close enough to a cached one's.
+
+In process by default; in Redis (``answer_cache_backend=redis``) the exact cache is shared by every replica, keyed
+by a digest of the ``CacheKey``, since the index version in it is a digest of the scope's documents that replicas
+holding the same documents compute alike (``serving.answering.index_digest``). The semantic layer stays in process: a
+nearest-neighbour scan over every cached question's vector is not a Redis lookup."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import ValidationError
+from redis import RedisError
+
+from retrieval.embedding import Vectors
+from serving.contracts.answer import Answer
+from serving.infra.redis_link import RedisOutage, redis_client
+from serving.observe.metrics import ServiceMetrics
+
+REDIS_KEY_PREFIX = "ragops:answer:v1:"  # v1: the stored Answer's JSON; a new layout takes a new prefix
+
+
+def normalise_question(question: str) -> str:
+    return re.sub(r"\s+", " ", question.lower()).strip().rstrip("?.! ")
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    question: str
+    collection: str
+    tenant: str
+    index_version: str  # digest of the scope's document versions (serving.answering.index_digest)
+    prompt: str
+    generator: str
+    top_k: int  # how many passages the answer was made from
+
+    @property
+    def context(self) -> tuple[str, str, str, str, str, int]:
+        """Everything but the question: a semantic match must agree on all of it."""
+        return (self.collection, self.tenant, self.index_version, self.prompt, self.generator, self.top_k)
+
+
+class AnswerCache(Protocol):
+    def get(self, key: CacheKey, query_vector: Vectors | None = None) -> Any | None: ...
+
+    def put(self, key: CacheKey, value: Any, query_vector: Vectors | None = None) -> None: ...
+
+
+class InMemoryAnswerCache:
+    """LRU of answers; with ``semantic_threshold``, a miss looks for the most similar cached question."""
+
+    def __init__(self, max_entries: int = 2048, semantic_threshold: float | None = None) -> None:
+        self._entries: OrderedDict[CacheKey, tuple[Any, Vectors | None]] = OrderedDict()
+        self._max_entries = max_entries
+        self._semantic_threshold = semantic_threshold
+        self._lock = threading.Lock()
+
+    def get(self, key: CacheKey, query_vector: Vectors | None = None) -> Any | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                return entry[0]
+            if self._semantic_threshold is None or query_vector is None:
+                return None
+            best, best_score = None, self._semantic_threshold
+            for other, (value, vector) in self._entries.items():
+                if vector is not None and other.context == key.context:
+                    score = float(np.dot(vector, query_vector))
+                    if score >= best_score:
+                        best, best_score = value, score
+            return best
+
+    def put(self, key: CacheKey, value: Any, query_vector: Vectors | None = None) -> None:
+        if self._max_entries <= 0:
+            return
+        with self._lock:
+            self._entries[key] = (value, query_vector)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+
+
+def redis_key(key: CacheKey) -> str:
+    """The Redis key of an answer: every field of its ``CacheKey``, hashed (a question may be long)."""
+    fields = json.dumps(dataclasses.astuple(key), ensure_ascii=False).encode()
+    return REDIS_KEY_PREFIX + hashlib.sha256(fields).hexdigest()
+
+
+class RedisAnswerCache:
+    """Exact answers in Redis, shared by replicas, each kept ``ttl_s``; with ``semantic``, the in-process semantic
+    layer behind it. A Redis error is a miss (or a put not made), counted in ``ragops_redis_errors``, never a
+    failed request; after one, Redis is left alone for a few seconds (``RedisOutage``)."""
+
+    def __init__(
+        self, redis_url: str, ttl_s: int, metrics: ServiceMetrics, semantic: InMemoryAnswerCache | None = None
+    ) -> None:
+        self._redis = redis_client(redis_url)
+        self._ttl_s = ttl_s
+        self._metrics = metrics
+        self._semantic = semantic
+        self._outage = RedisOutage("answer cache", "answering without the shared cache", lambda down: None)
+
+    def get(self, key: CacheKey, query_vector: Vectors | None = None) -> Answer | None:
+        stored = self._shared_get(redis_key(key))
+        if stored is not None:
+            return stored
+        return self._semantic.get(key, query_vector) if self._semantic is not None else None
+
+    def put(self, key: CacheKey, value: Any, query_vector: Vectors | None = None) -> None:
+        if self._semantic is not None:
+            self._semantic.put(key, value, query_vector)
+        if isinstance(value, Answer) and self._outage.usable():
+            try:
+                self._redis.set(redis_key(key), value.model_dump_json(), ex=self._ttl_s)
+            except (RedisError, OSError) as error:
+                self._failed(error)
+            else:
+                self._outage.succeeded()
+
+    def _shared_get(self, name: str) -> Answer | None:
+        if not self._outage.usable():
+            return None
+        try:
+            stored = self._redis.get(name)
+        except (RedisError, OSError) as error:
+            self._failed(error)
+            return None
+        self._outage.succeeded()
+        if not isinstance(stored, bytes):
+            return None
+        try:
+            return Answer.model_validate_json(stored)
+        except ValidationError:  # written by another layout of Answer: a miss, and the next put replaces it
+            self._metrics.redis_errors.labels("answer_cache").inc()
+            return None
+
+    def _failed(self, error: Exception) -> None:
+        self._metrics.redis_errors.labels("answer_cache").inc()
+        self._outage.failed(error)
