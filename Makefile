@@ -92,7 +92,7 @@ test:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir .site
+	$(MAKE) --no-print-directory docs
 	$(VENV)/bin/pytest
 
 bench: setup

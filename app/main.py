@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from app.api import (
     admin_audit,
     admin_keys,
+    admin_prompts,
     admin_usage,
     chat,
     documents,
@@ -29,7 +30,10 @@ from app.container import Services, build_services
 from app.settings import Settings, load_settings
 
 # Public first (probes, metrics, the page), then the API, then the admin routes.
-_ROUTERS = (health, metrics, web, search, documents, chat, openai_api, feedback, admin_keys, admin_audit, admin_usage)
+_ROUTERS = (
+    health, metrics, web, search, documents, chat, openai_api, feedback,
+    admin_keys, admin_prompts, admin_audit, admin_usage,
+)  # fmt: skip
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -64,7 +68,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     install_error_handlers(app)
     install_openapi(app, [ChatStreamEvent, ChatCompletionChunk, ErrorResponse])  # a failed stream's last event
     install_docs(app)
-    app.add_middleware(RequestContext, max_body_bytes=resolved.max_body_bytes)
+    app.add_middleware(RequestContext, max_body_bytes=resolved.limits.max_body_bytes)
 
     for module in _ROUTERS:
         app.include_router(module.router)

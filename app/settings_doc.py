@@ -1,8 +1,7 @@
-"""The README's settings table, generated from ``Settings``: names, types, defaults and descriptions.
-
-``python -m app.settings_doc`` prints the table; ``python -m app.settings_doc --write README.md`` replaces the
-table between the ``settings-table`` markers in place. ``tests/test_settings.py`` fails when the README's table
-differs from what this renders.
+"""The settings reference, generated from ``Settings``: the top-level settings, then one table per group
+(``settings.canary``), each setting under the environment variables that set it (its flat name,
+``RAGOPS_CANARY_SHARE``), with its type, default and description. ``docs/hooks.py`` puts it into the docs
+site on every build; ``python -m app.settings_doc`` prints it.
 """
 
 from __future__ import annotations
@@ -19,47 +18,44 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import annotated_types
-from pydantic import AliasChoices
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
-from app.settings import Settings
-
-START = "<!-- settings-table:start -->"
-END = "<!-- settings-table:end -->"
-REGENERATE = "python -m app.settings_doc --write README.md"
+from app.settings import Settings, setting_groups
+from app.settings_groups import ENV_ALIASES
 
 _HEADER = ("setting", "type", "default", "meaning")
 
 
-def render_table(settings_cls: type[BaseSettings] = Settings) -> str:
-    """A Markdown table of every field in declaration order, with a bold row where a commented section starts."""
-    sections = _section_starts(settings_cls)
+def render_reference(settings_cls: type[BaseSettings] = Settings) -> str:
+    """Markdown: the top-level settings' table (a bold row where a commented section starts), then a heading,
+    the description and a table per group, in declaration order."""
+    groups = setting_groups(settings_cls)
+    prefix = settings_cls.model_config.get("env_prefix", "")
+    top = {name: field for name, field in settings_cls.model_fields.items() if name not in groups}
+    parts = [_table(settings_cls, top, prefix, "")]
+    for name, group in groups.items():
+        doc = inspect.cleandoc(group.__doc__ or "")
+        parts.append(f"### `{name}`\n\n{doc}\n\n" + _table(group, group.model_fields, prefix, group.prefix))
+    return "\n".join(parts)
+
+
+def _table(model: type[BaseModel], fields: dict[str, FieldInfo], env_prefix: str, flat_prefix: str) -> str:
+    sections = _section_starts(model)
     rows = [_row(_HEADER), _row(("---",) * len(_HEADER))]
-    for name, field in settings_cls.model_fields.items():
+    for name, field in fields.items():
         if name in sections:
             rows.append(_row((f"**{sections[name]}**", "", "", "")))
-        cells = (
-            ", ".join(f"`{env}`" for env in env_names(settings_cls, name, field)),
-            format_type(field),
-            format_default(field),
-            field.description or "",
-        )
-        rows.append(_row(cells))
+        envs = env_names(flat_prefix + name, env_prefix)
+        rows.append(_row((", ".join(f"`{env}`" for env in envs), format_type(field), format_default(field),
+                          field.description or "")))  # fmt: skip
     return "\n".join(rows) + "\n"
 
 
-def env_names(settings_cls: type[BaseSettings], name: str, field: FieldInfo) -> list[str]:
-    """The environment variables that set a field: its validation aliases, else the prefixed field name."""
-    alias = field.validation_alias
-    if isinstance(alias, AliasChoices):
-        names = [choice for choice in alias.choices if isinstance(choice, str)]
-    elif isinstance(alias, str):
-        names = [alias]
-    else:
-        names = []
-    prefix = settings_cls.model_config.get("env_prefix", "")
-    return [env.upper() for env in names or [f"{prefix}{name}"]]
+def env_names(flat_name: str, env_prefix: str = "RAGOPS_") -> list[str]:
+    """The environment variables that set a setting: the prefixed flat name, then the vendors' (``ENV_ALIASES``)."""
+    return [f"{env_prefix}{flat_name}".upper(), *ENV_ALIASES.get(flat_name, ())]
 
 
 def format_type(field: FieldInfo) -> str:
@@ -109,52 +105,12 @@ def format_default(field: FieldInfo) -> str:
         return f"`{value!r}`"
 
 
-def table_in(text: str) -> str:
-    """The table between the markers of ``text``, as :func:`render_table` writes it."""
-    start, end = _marker_span(text)
-    return text[start + len(START) : end].strip("\n") + "\n"
-
-
-def replace_table(text: str, table: str) -> str:
-    """``text`` with whatever is between the markers replaced by ``table`` (blank lines around it)."""
-    start, end = _marker_span(text)
-    return f"{text[: start + len(START)]}\n\n{table.strip(chr(10))}\n\n{text[end:]}"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m app.settings_doc", description="Print the settings table, or write it into a Markdown file."
+    argparse.ArgumentParser(prog="python -m app.settings_doc", description="Print the settings reference.").parse_args(
+        argv
     )
-    parser.add_argument(
-        "--write", metavar="FILE", type=Path, help=f"replace the table between {START} and {END} in FILE"
-    )
-    args = parser.parse_args(argv)
-    table = render_table()
-    if args.write is None:
-        sys.stdout.write(table)
-        return 0
-    path: Path = args.write
-    text = path.read_text(encoding="utf-8")
-    try:
-        updated = replace_table(text, table)
-    except ValueError as exc:
-        print(f"{path}: {exc}", file=sys.stderr)
-        return 1
-    if updated == text:
-        print(f"{path}: settings table already up to date")
-    else:
-        path.write_text(updated, encoding="utf-8")
-        print(f"{path}: settings table updated")
+    sys.stdout.write(render_reference())
     return 0
-
-
-def _marker_span(text: str) -> tuple[int, int]:
-    if text.count(START) != 1 or text.count(END) != 1:
-        raise ValueError(f"expected {START} and {END} once each")
-    start, end = text.index(START), text.index(END)
-    if end < start:
-        raise ValueError(f"{END} comes before {START}")
-    return start, end
 
 
 def _row(cells: Sequence[str]) -> str:
@@ -174,7 +130,7 @@ def _type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")
 
 
-def _section_starts(settings_cls: type[BaseSettings]) -> dict[str, str]:
+def _section_starts(settings_cls: type[BaseModel]) -> dict[str, str]:
     """Field name -> title of the section it opens: a comment after a blank line in the class body (its text up
     to a colon), as in ``# Embeddings``. Without the source, no sections."""
     try:

@@ -46,7 +46,7 @@ COLLECTION = "bench"
 
 
 def score(metric: str, question: dict[str, Any], body: dict[str, Any]) -> float:
-    sample = Sample(question["id"], question["question"], tuple(question["answers"]))
+    sample = Sample(id=question["id"], question=question["question"], answers=tuple(question["answers"]))
     return METRICS[metric](sample, Answer.model_validate(body)) or 0.0
 
 
@@ -205,8 +205,10 @@ def main() -> None:
                     # Unique questions (no answer-cache hits). The first pass meets passages whose sentences
                     # the extractive generator has not embedded yet; the second asks other questions about
                     # the same passages, as a service in steady state does.
-                    extras(results, server, all_questions, held_out, args.concurrent_requests,
-                           args.abstention_questions)  # fmt: skip
+                    extras(
+                        results=results, server=server, questions=all_questions, held_out=held_out,
+                        concurrent_requests=args.concurrent_requests, abstention_questions=args.abstention_questions,
+                    )  # fmt: skip
             finally:
                 server.stop()
     finally:

@@ -12,7 +12,8 @@ Latency: the versions were recorded one after another on a shared 2-core machine
 put on it (v91's median was 7.3 s against v2's 1.0 s on the same questions, with 17% more tokens), so recorded
 latencies compare machine loads, not versions. In a real canary both arms run side by side under the same load;
 the replay keeps what a version changes, its answer's length: latency = completion tokens x 43.5 ms (SmolLM2's
-decode time per token here, README "v2"), plus the fixed prompt time, which is the same for both.
+decode time per token here, docs/guides/prompt-engineer.md "v2"), plus the fixed prompt time, the same
+for both.
 
 Tuning (``--tune``, the mixture's τ) uses the ``qa`` suite's questions only (Disfl-QA); the figures reported are
 on the other suites' (near_miss, counterfactual: SQuADShifts new_wiki).
@@ -45,7 +46,7 @@ TUNING_SUITES = ("qa",)
 REPORT_SUITES = ("near_miss", "counterfactual")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Recorded:
     """One recorded answer's live signals."""
 
@@ -64,8 +65,10 @@ class Recorded:
         return PROMPT_MS + self.completion_tokens * MS_PER_TOKEN
 
     def observe(self, arm: Arm, threshold: float = THRESHOLD) -> Observation:
-        return Observation.of(arm, self.outcome, self.groundedness, self.cited, self.fallback,
-                              self.replayed_latency_ms, None, threshold)  # fmt: skip
+        return Observation.of(
+            arm=arm, outcome=self.outcome, groundedness=self.groundedness, cited=self.cited, fallback=self.fallback,
+            latency_ms=self.replayed_latency_ms, rating=None, threshold=threshold,
+        )  # fmt: skip
 
 
 def load_recorded(path: Path = RECORDED) -> dict[str, dict[str, Recorded]]:
@@ -133,7 +136,12 @@ def replay(run: Traffic, check_every: int, tolerance: Tolerance, alpha: float) -
 def scenario(
     recorded: dict[str, dict[str, Recorded]], canary: str, suites: Sequence[str], runs: int, args: argparse.Namespace
 ) -> dict[str, Any]:
-    simulated = [traffic(recorded["v2"], recorded[canary], suites, args.share, args.requests, s) for s in range(runs)]
+    simulated = [
+        traffic(
+            stable=recorded["v2"], canary=recorded[canary], suites=suites, share=args.share, n=args.requests, seed=s
+        )
+        for s in range(runs)
+    ]
     tolerance = Tolerance(args.tolerance, args.latency_tolerance)
     results = [replay(run, args.check_every, tolerance, args.alpha) for run in simulated]
     to_rollback = [r.canary_answers for r in results if r.rolled_back]

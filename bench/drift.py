@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.corpora import emit, percentile  # noqa: E402
 from retrieval.embedding import Embedder, build_embedder  # noqa: E402
-from serving.loop.drift import AnswerSignals, DriftSample, compare  # noqa: E402
+from serving.loop.drift_stats import AnswerSignals, DriftSample, compare  # noqa: E402
 from tests.test_drift import shift_questions, shuffled_wiki, table_embed  # noqa: E402
 
 ALPHA = 0.01
@@ -55,7 +55,7 @@ Embed = Callable[[Sequence[str]], NDArray[np.float32]]
 
 
 def sample(questions: Sequence[str], embed: Embed) -> DriftSample:
-    return DriftSample.of([AnswerSignals(q) for q in questions], embed)
+    return DriftSample.of([AnswerSignals(question=q) for q in questions], embed)
 
 
 def detection_rate(reference: list[str], stream: list[str], window: int, runs: int, embed: Embed, seed: int) -> Any:
@@ -120,7 +120,16 @@ def observe_cost() -> dict[str, float]:
     def no_embedding(texts: Sequence[str]) -> NDArray[np.float32]:
         return np.zeros((0, 0), dtype=np.float32)
 
-    monitor = DriftMonitor(20, 200, ALPHA, Idle(), None, no_embedding, "none", print)  # type: ignore[arg-type]
+    monitor = DriftMonitor(
+        every=20,
+        window=200,
+        alpha=ALPHA,
+        answers=Idle(),  # type: ignore[arg-type]
+        profiles=None,  # type: ignore[arg-type]
+        embed=no_embedding,
+        embedder_id="none",
+        on_report=print,
+    )
     timings = []
     for _ in range(100_000):
         started = time.perf_counter_ns()
@@ -161,7 +170,7 @@ def paired_answers(embedder: Embedder, answers: int) -> dict[str, Any]:
             for name in ("off", "on") if block // 25 % 2 else ("on", "off"):
                 for question in questions[block : block + 25]:
                     started = time.perf_counter()
-                    services[name].pipeline.answer(AnswerRequest(question, scope))
+                    services[name].pipeline.answer(AnswerRequest(question=question, scope=scope))
                     timings[name].append((time.perf_counter() - started) * 1000)
                 monitor.flush(60)
         monitor.flush(60)

@@ -48,7 +48,9 @@ def keep_answers(log: AnswerLog, state: StateStore, count: int, rng: random.Rand
     kept: list[tuple[str, str]] = []
     for n in range(count):
         version = "v9" if rng.random() < 0.1 else "v2"
-        request = AnswerRequest(f"Question {n}: who gave their name to Normandy?", Scope("bench", "acme"))
+        request = AnswerRequest(
+            question=f"Question {n}: who gave their name to Normandy?", scope=Scope("bench", "acme")
+        )
         citations = [
             Citation(index=i, doc_id=f"doc-{rng.randrange(500)}", chunk_id=f"c{i}", title=None, source=None,
                      text=PASSAGE, score=0.5, cited=i == 1)

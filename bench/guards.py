@@ -55,8 +55,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.container import build_cached_embedder, build_guards  # noqa: E402
-from app.settings import Settings  # noqa: E402
+from app.parts import build_cached_embedder, build_guards  # noqa: E402
+from app.settings import Settings, load_settings  # noqa: E402
 from bench.corpora import CORPORA, DISFL_QA, percentile  # noqa: E402
 from retrieval.chunking import split_sentences  # noqa: E402
 from safety.groundedness import (  # noqa: E402
@@ -99,21 +99,27 @@ def added_latency(settings: Settings, embedder: Any, questions: list[dict[str, A
     from retrieval.index import Scope
     from serving.contracts.answer import AnswerRequest
 
-    services = build_services(settings.model_copy(update={"generator": "extractive", "answer_cache_size": 0}))
+    services = build_services(
+        settings.model_copy(
+            update={"generator": "extractive", "answer_cache": settings.answer_cache.model_copy(update={"size": 0})}
+        )
+    )
     scope = Scope("bench", "default")
     records = [json.loads(line) for line in CORPUS.read_text().splitlines()]
     from retrieval.documents import Document, Section
 
     services.ingestor.ingest_documents([Document(r["id"], (Section(r["text"]),)) for r in records], scope)
     guarded = build_pipeline(services)
-    services.settings = services.settings.model_copy(update={"guards": False})
+    services.settings = services.settings.model_copy(
+        update={"safety": services.settings.safety.model_copy(update={"guards": False})}
+    )
     plain = build_pipeline(services)
     for q in questions:
-        guarded.answer(AnswerRequest(q["question"], scope))
+        guarded.answer(AnswerRequest(question=q["question"], scope=scope))
     added = []
     for q in questions:
-        with_guards = guarded.answer(AnswerRequest(q["question"], scope)).timings_ms["total"]
-        without = plain.answer(AnswerRequest(q["question"], scope)).timings_ms["total"]
+        with_guards = guarded.answer(AnswerRequest(question=q["question"], scope=scope)).timings_ms["total"]
+        without = plain.answer(AnswerRequest(question=q["question"], scope=scope)).timings_ms["total"]
         added.append(with_guards - without)
     services.close()
     return {"p50": round(percentile(added, 50), 2), "p95": round(percentile(added, 95), 2)}
@@ -497,7 +503,9 @@ def calibrate_groundedness(
 
     bounds = [(None, None)] + [(0.0, None)] * len(names)
     fitted = minimize(loss, np.zeros(len(names) + 1), method="L-BFGS-B", bounds=bounds).x
-    scorer.weights = GroundednessWeights(*(round(float(w), 2) for w in fitted))
+    scorer.weights = GroundednessWeights(
+        **{n: round(float(w), 2) for n, w in zip(["bias", *names], fitted, strict=True)}
+    )
     scores = groundedness_scores(scorer, cases)
     threshold = max((t / 100 for t in range(5, 96)), key=lambda t: balanced_accuracy(scores, cases, t))
     return scorer.weights, threshold
@@ -595,7 +603,7 @@ def record_smollm2_answers(per_corpus: int, distractors: int, seed: int) -> None
     done = {r["id"] for r in read_jsonl(SMOLLM_ANSWERS)} if SMOLLM_ANSWERS.exists() else set()
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp, SMOLLM_ANSWERS.open("a", encoding="utf-8") as out:
-        settings = Settings(
+        settings = load_settings(
             data_dir=Path(tmp), models_dir=ROOT / ".ragops" / "models", output_guard="report", answer_cache_size=0,
             generation_timeout_s=600.0,  # a busy CPU is slow, and a fallback's answer is not SmolLM2's
         )  # fmt: skip
@@ -629,7 +637,7 @@ def ingest_slice(services: Any, corpus: str, passages: dict[str, str]) -> Any:
 def smollm2_answer(services: Any, scope: Any, corpus: str, row: dict[str, Any]) -> dict[str, Any]:
     from serving.contracts.answer import AnswerRequest
 
-    answer = services.pipeline.answer(AnswerRequest(row["question"], scope))
+    answer = services.pipeline.answer(AnswerRequest(question=row["question"], scope=scope))
     print(corpus, row["id"], answer.generator, repr(answer.answer[:80]), file=sys.stderr)
     return {
         "corpus": corpus, "id": row["id"], "question": row["question"], "answers": row["answers"],
@@ -661,7 +669,7 @@ def main() -> None:
         record_smollm2_answers(args.record_answers, distractors=300, seed=5)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=args.data_dir or Path(tmp), models_dir=ROOT / ".ragops" / "models")
+        settings = load_settings(data_dir=args.data_dir or Path(tmp), models_dir=ROOT / ".ragops" / "models")
         embedder = build_cached_embedder(settings)
         guards = build_guards(settings, embedder)
         assert guards is not None and guards.input is not None and guards.output is not None

@@ -87,7 +87,7 @@ class Workload:
     trickle: list[dict[str, str]]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TypeFigures:
     n: int
     ok: int
@@ -99,7 +99,7 @@ class TypeFigures:
     errors_by_status: dict[str, int]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StepResult:
     rate: float
     duration_s: float
@@ -312,7 +312,15 @@ def run_locust(plan_path: Path, users: int, step_s: float, log: Path) -> tuple[d
 
 def run_step(servers: list[LiveServer], workload: Workload, rate: float, step_s: float, unique: list[str],
              seed: int, work: Path) -> StepResult:  # fmt: skip
-    plan = write_plan(work / f"plan-{seed}.json", servers, workload, rate, step_s, unique, seed)
+    plan = write_plan(
+        path=work / f"plan-{seed}.json",
+        servers=servers,
+        workload=workload,
+        rate=rate,
+        step_s=step_s,
+        unique=unique,
+        seed=seed,
+    )
     processes = processes_of([s.process.pid for s in servers])
     started = time.monotonic()
     with sampling(processes) as samples:
@@ -381,7 +389,17 @@ def run_config(config: Config, servers: list[LiveServer], workload: Workload, ra
     steps: list[StepResult] = []
 
     def step(rate: float) -> StepResult:
-        steps.append(measure_step(servers, workload, rate, step_s, questions, len(steps), work))
+        steps.append(
+            measure_step(
+                servers=servers,
+                workload=workload,
+                rate=rate,
+                step_s=step_s,
+                questions=questions,
+                index=len(steps),
+                work=work,
+            )
+        )
         print(f"{config.name} {rate:g}/s: {steps[-1].slo_failures or 'SLOs met'}", file=sys.stderr)
         return steps[-1]
 
@@ -397,7 +415,9 @@ def measure_step(servers: list[LiveServer], workload: Workload, rate: float, ste
     unique = [q for _, q in zip(range(int(rate * step_s * 0.6) + 20), questions, strict=False)]
     step_work = work / f"step-{index}"
     step_work.mkdir()
-    return run_step(servers, workload, rate, step_s, unique, index, step_work)
+    return run_step(
+        servers=servers, workload=workload, rate=rate, step_s=step_s, unique=unique, seed=index, work=step_work
+    )
 
 
 # --- main -------------------------------------------------------------------------------------------------
@@ -435,7 +455,9 @@ def main() -> int:
         backing = start_backing(work, args.processes)
         try:
             for config in configs:
-                results[config.name] = measure_config(config, seed, work, backing, workload, args)
+                results[config.name] = measure_config(
+                    config=config, seed=seed, work=work, backing=backing, workload=workload, args=args
+                )
         finally:
             if backing is not None:
                 backing.stop()
@@ -453,7 +475,9 @@ def measure_config(config: Config, seed: Path, work: Path, backing: Backing | No
             raise RuntimeError(f"{config.name}: the repeated questions are not answered from the cache")
         config_work = work / config.name
         config_work.mkdir()
-        figures = run_config(config, servers, workload, args.rates, args.step_s, config_work)
+        figures = run_config(
+            config=config, servers=servers, workload=workload, rates=args.rates, step_s=args.step_s, work=config_work
+        )
         figures["repeated_still_cached_after_steps"] = repeated_are_cached(servers, workload)
         return figures
     finally:

@@ -34,7 +34,7 @@ MIX = {"chat_cached": 50, "chat_unique": 30, "search": 15, "chat_stream": 5}
 IDLE_S = 3600.0  # a finished user's wait: the run ends before it does
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Plan:
     hosts: list[str]
     start_at: float  # epoch seconds of the first arrival: set when Locust starts the test

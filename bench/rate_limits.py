@@ -85,7 +85,7 @@ def digest_cost(models_dir: Path, repeats: int) -> dict[str, Any]:
             services.ingestor.ingest_documents(documents, scope)
             digest = IndexDigest(services.index, lambda: services.ingestor.version)
             fresh = IndexDigest(services.index, lambda: services.ingestor.version, max_age_s=0)
-            request = AnswerRequest(QUESTION, scope)
+            request = AnswerRequest(question=QUESTION, scope=scope)
             services.pipeline.answer(request)  # fills the answer cache
             return {
                 "documents": len(documents),

@@ -5,7 +5,7 @@ Attacks: every jailbreak template (``pyrit/datasets/jailbreak/templates``, incl.
 set) with its ``{{ prompt }}`` slot filled by an AdvBench objective, and the prompt-injection seeds
 (system-prompt extraction from garak and ps_fuzz, leakage). They are split by template, seeded: 50% become
 the detector's bundled known attacks (``guardrails/attacks.jsonl``), 20% calibrate its threshold and 30% are
-held out for the README's figures (``bench/data/redteam.jsonl``, with a ``split`` field).
+held out for the figures in docs/benchmarks.md (``bench/data/redteam.jsonl``, with a ``split`` field).
 
 Run: ``.venv/bin/python bench/redteam.py`` (downloads the pyrit 1.1.0 wheel once into .ragops/cache).
 """

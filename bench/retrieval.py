@@ -180,7 +180,7 @@ def sentence_documents(documents: list[Document], needed: int) -> list[Document]
 def throughput(settings: Settings, raw_embedder: Embedder) -> dict[str, float]:
     services = build_services(settings, embedder=raw_embedder)
     try:
-        chunker = Chunker(services.embedder.count_tokens, settings.chunk_tokens, settings.chunk_overlap)
+        chunker = Chunker(services.embedder.count_tokens, settings.chunking.tokens, settings.chunking.overlap)
         documents = load_file(SAMPLE, SAMPLE.name)
         texts = [chunk.embedding_text for document in documents for chunk in chunker.chunk(document)]
         raw_embedder.embed(texts[:64])
@@ -260,14 +260,16 @@ def rerank_latency(settings: Settings, raw_embedder: Embedder, queries: list[str
     # Its own empty store: "cold" really embeds every candidate's sentences (the data dir's may hold them).
     store = SqliteEmbeddingStore(Path(tempfile.mkdtemp(prefix="ragops-rerank-")) / "embeddings.sqlite")
     cold_embedder = CachedEmbedder(raw_embedder, store)
-    weights = RerankWeights(*settings.rerank_weights)
-    reranker = SentenceReranker(cold_embedder, sparse, weights, depth=settings.rerank_depth)
+    weights = RerankWeights(*settings.retrieval.rerank_weights)
+    reranker = SentenceReranker(cold_embedder, sparse, weights, depth=settings.retrieval.rerank_depth)
     try:
         inputs = []
         for query in queries:
             vector, terms = services.embedder.embed_query(query), sparse.encode_query(query)
-            lists = services.index.search_both(SCOPE, vector, terms, settings.prefetch_limit, SearchFilter())
-            inputs.append((vector, terms, fuse(lists, settings.hybrid_dense_weight)[: settings.rerank_depth]))
+            lists = services.index.search_both(SCOPE, vector, terms, settings.retrieval.prefetch_limit, SearchFilter())
+            inputs.append(
+                (vector, terms, fuse(lists, settings.retrieval.hybrid_dense_weight)[: settings.retrieval.rerank_depth])
+            )
         timings: dict[str, list[float]] = {"cold": [], "warm": []}
         for label in ("cold", "warm"):
             for vector, terms, candidates in inputs:
@@ -352,7 +354,10 @@ def main() -> None:
 
     settings = load_settings(models_dir=ROOT / ".ragops" / "models")
     raw_embedder = build_embedder(
-        settings.embedder, settings.embedding_model, settings.model_cache_dir, settings.embedding_batch_size
+        settings.embedding.embedder,
+        settings.embedding.embedding_model,
+        settings.model_cache_dir,
+        settings.embedding.embedding_batch_size,
     )
     results: dict[str, Any] = {"machine": "2 cores, no GPU", "embedder": raw_embedder.model_id}
     if args.only and args.out and args.out.is_file():  # one part re-measured: keep the other's figures

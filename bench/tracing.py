@@ -46,7 +46,9 @@ from tests.http_receiver import HttpReceiver  # noqa: E402
 
 
 def sample_answer() -> tuple[AnswerRequest, Answer]:
-    request = AnswerRequest("Who were the Normans, and where did they come from?", Scope("sample", "acme"))
+    request = AnswerRequest(
+        question="Who were the Normans, and where did they come from?", scope=Scope("sample", "acme")
+    )
     text = "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy. "
     citations = [Citation(index=i, doc_id=f"d{i}", chunk_id=f"c{i}", title=None, source=None, text=text * 4,
                           score=0.8 - i / 10, cited=i == 1) for i in range(1, 5)]  # fmt: skip

@@ -15,7 +15,8 @@ from pathlib import Path
 from evals.metrics import Sample
 from evals.results import EvalResults, ResultsError, SampleResult, read_results
 from evals.suite import SuiteError, dataset_hash, load_dataset, load_suite
-from serving.loop.drift import AnswerSignals, Embed, ProfileLineage
+from serving.loop.drift import ProfileLineage
+from serving.loop.drift_stats import AnswerSignals, Embed
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def suite_reference(suite_path: Path, embed: Embed, embedder_id: str, results_pa
     results_path = results_path or baseline_path(suite_path, suite.name)
     results = _matching_results(results_path, samples) if results_path.is_file() else None
     if results is None:
-        answers = [AnswerSignals(s.question) for s in samples]
+        answers = [AnswerSignals(question=s.question) for s in samples]
     else:
         answers = [_signals(r, top) for r, top in zip(results.samples, _top_scores(results, embed), strict=True)]
     lineage = ProfileLineage(

@@ -60,7 +60,7 @@ def _build(run: EvalResults) -> str | None:
     return run.lineage.models.generator_build if run.lineage else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MetricVerdict:
     metric: str
     baseline: float | None
@@ -115,17 +115,17 @@ def compare(baseline: EvalResults, candidate: EvalResults, suite: Suite, seed: i
             verdict, reason = REGRESSION, f"mean below threshold {spec.threshold}"
         verdicts.append(
             MetricVerdict(
-                metric,
-                baseline_mean,
-                candidate_mean,
-                difference,
-                ci_low,
-                ci_high,
-                len(scored),
-                spec.threshold,
-                spec.tolerance,
-                verdict,
-                reason,
+                metric=metric,
+                baseline=baseline_mean,
+                candidate=candidate_mean,
+                difference=difference,
+                ci_low=ci_low,
+                ci_high=ci_high,
+                pairs=len(scored),
+                threshold=spec.threshold,
+                tolerance=spec.tolerance,
+                verdict=verdict,
+                reason=reason,
             )
         )
     return verdicts

@@ -54,11 +54,12 @@ class AnswerStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.row_factory = sqlite3.Row  # rows read by column name
         self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, body TEXT NOT NULL)")
 
     def get(self, key: str) -> str | None:
         row = self._db.execute("SELECT body FROM answers WHERE key = ?", (key,)).fetchone()
-        return str(row[0]) if row else None
+        return str(row["body"]) if row else None
 
     def put(self, key: str, body: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO answers (key, body) VALUES (?, ?)", (key, body))
@@ -67,7 +68,7 @@ class AnswerStore:
         self._db.close()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalParts:
     """What a suite run needs, wired by the composition root: the real pipeline and ingestor, the index (for the
     corpus hash), the embedder (for judge metrics), and where answers are cached."""
@@ -187,7 +188,9 @@ class _SampleScorer:
         if stored is not None:
             self.cached += 1
             return key, Answer.model_validate_json(stored)
-        answer = self._parts.pipeline.answer(AnswerRequest(sample.question, self._scope, self._suite.top_k))
+        answer = self._parts.pipeline.answer(
+            AnswerRequest(question=sample.question, scope=self._scope, top_k=self._suite.top_k)
+        )
         if answer.fallback is None:  # a fallback answer says nothing about the prompt: retry next run
             self._store.put(key, answer.model_dump_json())
         return key, answer

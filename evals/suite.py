@@ -32,7 +32,7 @@ class MetricSpec:
     tolerance: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Suite:
     name: str
     path: Path

@@ -19,6 +19,7 @@ import jinja2.meta
 import yaml
 
 from prompts.answer_format import ANSWER_FORMATS, AnswerFormat
+from prompts.messages import ChatMessage
 
 PROMPTS_DIR = Path(__file__).resolve().parent
 PROVIDED_VARIABLES = frozenset({"question", "passages", "history"})
@@ -50,7 +51,7 @@ class PromptPassage:
     title: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Prompt:
     name: str
     version: str
@@ -67,12 +68,13 @@ class Prompt:
         return f"{self.name}@{self.version}"
 
     def render(
-        self, question: str, passages: list[PromptPassage], history: list[dict[str, str]] | None = None
+        self, question: str, passages: list[PromptPassage], history: list[ChatMessage] | None = None
     ) -> list[dict[str, str]]:
-        """Chat messages: system, earlier turns, then the user turn with the passages."""
+        """Chat messages as the model takes them: system, earlier turns, then the user turn with the passages.
+        Templates see ``history`` as the ``ChatMessage`` list (``turn.role``, ``turn.content``)."""
         variables = {"question": question, "passages": passages, "history": history or []}
         messages = [{"role": "system", "content": _template(self.system).render(variables).strip()}]
-        messages.extend(history or [])
+        messages.extend(message.as_dict() for message in history or [])
         messages.append({"role": "user", "content": _template(self.user).render(variables).strip()})
         return messages
 

@@ -53,7 +53,7 @@ def embedding_text(headings: tuple[str, ...], text: str) -> str:
     return " > ".join(headings) + "\n" + text if headings else text
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Chunk:
     """A piece of a document small enough to embed; it knows its document, position and heading path."""
 
@@ -69,7 +69,7 @@ class Chunk:
         return embedding_text(self.headings, self.text)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Hit:
     doc_id: str
     chunk_id: str

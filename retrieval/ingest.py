@@ -36,7 +36,7 @@ ProgressFactory = Callable[[int], Any]  # total -> object with update(n) and clo
 KILL_AT_STEP_ENV = "RAGOPS_TEST_KILL_AT_STEP"  # a test hook only, see CrashHook
 
 
-@dataclass
+@dataclass(kw_only=True)
 class IngestReport:
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)

@@ -71,7 +71,9 @@ class Searcher:
         encoded = time.perf_counter()
         narrowed = search_filter or SearchFilter()
         if mode != "hybrid":
-            points = self._index.search(scope, mode, dense, sparse, top_k, narrowed)
+            points = self._index.search(
+                scope=scope, retriever=mode, dense=dense, sparse=sparse, limit=top_k, search_filter=narrowed
+            )
             hits = [_hit(point, point.score) for point in points]
         else:
             assert dense is not None and sparse is not None  # hybrid: both were encoded above

@@ -44,7 +44,7 @@ RESTATES = 0.5  # share of an answer sentence's words in a passage sentence for 
 _PASSAGE_CACHE = 64  # analysed passage sets kept: a streamed answer is scored sentence by sentence
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SupportSignals:
     """Each in [0, 1], 1 meaning supported (see the module's docstring)."""
 
@@ -57,7 +57,7 @@ class SupportSignals:
     question: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GroundednessWeights:
     """Logistic weights of the signals; calibrated by ``bench/guards.py --calibrate`` on Disfl-QA questions
     3000-3999."""

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_serializer
 
+from prompts.messages import ChatMessage
 from safety.groundedness import Groundedness, GroundednessBackend
 from safety.injection import InjectionDetector, InjectionSettings, PatternDetector
 
@@ -176,17 +177,17 @@ class Guard:
         verdict.latency_ms = (time.perf_counter() - started) * 1000
         return verdict
 
-    def check_history(self, history: list[dict[str, str]], verdict: GuardVerdict) -> list[dict[str, str]]:
+    def check_history(self, history: list[ChatMessage], verdict: GuardVerdict) -> list[ChatMessage]:
         """Every turn, user and assistant alike (a client can write either), checked as the question is; the
         findings go into ``verdict`` (the question's), each naming its turn. Returns the history as redacted;
         stops at the first blocked turn (the request is refused)."""
-        redacted = []
+        redacted: list[ChatMessage] = []
         for turn, message in enumerate(history):
-            checked = self.check(message.get("content", ""), part="history")
-            verdict.include(checked, turn, message.get("role", "user"))
+            checked = self.check(message.content, part="history")
+            verdict.include(checked, turn, message.role)
             if not checked.passed:
                 break
-            redacted.append({**message, "content": checked.text})
+            redacted.append(message.model_copy(update={"content": checked.text}))
         return redacted
 
 

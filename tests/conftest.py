@@ -18,6 +18,8 @@ from retrieval.embedding import Embedder, OnnxEmbedder
 from retrieval.offline import apply_offline_environment
 from serving.contracts.answer import Answer, PromptInfo
 from tests.backing_services import PostgresServer, RedisServer, postgres_bin_dir, redis_binary
+from tests.live_server import LiveServers
+from tests.stub_openai import Mode, StubOpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CORPUS = ROOT / "data" / "sample" / "disfl_qa_passages.jsonl"
@@ -159,3 +161,34 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
         return None
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture
+def live_server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[LiveServers]:
+    """Starts ``ragops serve`` processes for one test: ``live_server(settings, env, ...)`` (see ``LiveServers``);
+    they stop when the test ends."""
+    servers = LiveServers(tmp_path_factory.mktemp, models_dir)
+    yield servers
+    servers.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_live_server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[LiveServers]:
+    """``live_server`` for servers that a module's tests share; they stop after its last test."""
+    servers = LiveServers(tmp_path_factory.mktemp, models_dir)
+    yield servers
+    servers.stop_all()
+
+
+@pytest.fixture
+def stub_openai() -> Iterator[Callable[..., StubOpenAI]]:
+    """Starts OpenAI-compatible backends for one test: ``stub_openai(mode, ...)`` (see ``StubOpenAI``)."""
+    started: list[StubOpenAI] = []
+
+    def start(mode: Mode, **options: Any) -> StubOpenAI:
+        started.append(StubOpenAI(mode, **options))
+        return started[-1]
+
+    yield start
+    for backend in started:
+        backend.close()

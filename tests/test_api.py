@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import load_sample_records
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, LiveServers
 
 KEYS = {"key-acme": "acme", "key-globex": "globex"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[LiveServer]:
-    data = tmp_path_factory.mktemp("api")
-    live = LiveServer({"RAGOPS_DATA_DIR": str(data), "RAGOPS_MODELS_DIR": str(models_dir)}, data / "server.log")
-    yield live
-    live.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as http:
-        yield http
+def client(module_live_server: LiveServers) -> httpx.Client:
+    return module_live_server(name="api").client()
 
 
 @pytest.fixture(scope="module")
@@ -186,18 +175,12 @@ def test_concurrent_searches(client: httpx.Client, sample_ingested: list[dict[st
 
 
 @pytest.fixture(scope="module")
-def keyed_server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[LiveServer]:
-    import json
-
-    data = tmp_path_factory.mktemp("api-keys")
-    env = {"RAGOPS_DATA_DIR": str(data), "RAGOPS_MODELS_DIR": str(models_dir), "RAGOPS_API_KEYS": json.dumps(KEYS)}
-    live = LiveServer(env, data / "server.log")
-    yield live
-    live.stop()
+def keyed_server(module_live_server: LiveServers) -> LiveServer:
+    return module_live_server({"api_keys": KEYS}, name="api-keys")
 
 
 def test_api_keys_decide_the_tenant(keyed_server: LiveServer) -> None:
-    with httpx.Client(base_url=keyed_server.url, timeout=30) as http:
+    with keyed_server.client() as http:
         doc = {"documents": [{"id": "plan", "text": "Acme launch plan for the rocket skates."}]}
         assert http.post("/v1/documents", json=doc).status_code == 401
         wrong = http.post("/v1/documents", json=doc, headers={"Authorization": "Bearer nope"})

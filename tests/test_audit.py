@@ -21,20 +21,13 @@ import pytest
 
 from app.cli import main as cli_main
 from serving.governance.access import Principal, Role
-from serving.governance.audit import (
-    AuditLog,
-    AuditRecord,
-    RequestFacts,
-    build_record,
-    chain_hash,
-    export,
-    prune,
-    verify,
-)
+from serving.governance.audit import AuditLog, AuditRecord, RequestFacts, build_record
+from serving.governance.audit_chain import chain_hash, verify
+from serving.governance.audit_export import export, prune
 from serving.infra.clock import stamp
-from serving.infra.state_store import StateStore
+from serving.infra.state_store import Row, StateStore
 from tests.conftest import load_sample_records, make_answer
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, LiveServers
 
 OLD, NEW = datetime(2026, 1, 10, tzinfo=UTC), datetime(2026, 6, 10, tzinfo=UTC)
 
@@ -62,12 +55,12 @@ def write(store: StateStore, records: list[AuditRecord]) -> list[int]:
         log.close()
 
 
-def sql(store: StateStore, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+def sql(store: StateStore, statement: str, *params: Any) -> list[Row]:
     with store.transaction(write=True) as cur:
         return cur.execute(statement, params)
 
 
-def row(store: StateStore, seq: int) -> tuple[Any, ...]:
+def row(store: StateStore, seq: int) -> Row:
     return sql(store, "SELECT seq, ts, tenant, key_id, body, prev_hash, hash FROM audit_records WHERE seq = ?", seq)[0]
 
 
@@ -76,8 +69,12 @@ def test_an_untouched_chain_verifies_and_links_each_record_to_the_last(store: St
     result = verify(store)
     assert result.ok and result.records == 7 and result.head_seq == 7
     first, second = row(store, 1), row(store, 2)
-    assert first[5] == "0" * 64 and first[6] == chain_hash(first[5], first[4]) and second[5] == first[6]
-    assert json.loads(first[4])["seq"] == 1  # the body holds its own place: a moved record shows
+    assert (
+        first["prev_hash"] == "0" * 64
+        and first["hash"] == chain_hash(first["prev_hash"], first["body"])
+        and second["prev_hash"] == first["hash"]
+    )
+    assert json.loads(first["body"])["seq"] == 1  # the body holds its own place: a moved record shows
 
 
 # Each tampering, done as someone with write access to the database would, and what verify names.
@@ -86,7 +83,7 @@ def edit_body(store: StateStore) -> None:
 
 
 def edit_and_rehash(store: StateStore) -> None:
-    _, _, _, _, body, prev, _ = row(store, 3)
+    body, prev = row(store, 3)["body"], row(store, 3)["prev_hash"]
     forged = body.replace('"status":200', '"status":201')
     sql(store, "UPDATE audit_records SET body = ?, hash = ? WHERE seq = 3", forged, chain_hash(prev, forged))
 
@@ -99,13 +96,13 @@ def delete_and_renumber(store: StateStore) -> None:
     sql(store, "DELETE FROM audit_records WHERE seq = 3")
     for seq in range(4, 7):
         sql(store, "UPDATE audit_records SET seq = ? WHERE seq = ?", seq - 1, seq)
-    sql(store, "UPDATE audit_head SET seq = 5, hash = ? WHERE id = 1", row(store, 5)[6])
+    sql(store, "UPDATE audit_head SET seq = 5, hash = ? WHERE id = 1", row(store, 5)["hash"])
 
 
 def insert_forged(store: StateStore) -> None:
     for seq in range(6, 2, -1):  # make room at 3, as a forger must, and chain the forgery correctly
         sql(store, "UPDATE audit_records SET seq = ? WHERE seq = ?", seq + 1, seq)
-    prev = row(store, 2)[6]
+    prev = row(store, 2)["hash"]
     body = record(99).model_copy(update={"seq": 3}).canonical()
     sql(store, "INSERT INTO audit_records (seq, ts, tenant, key_id, body, prev_hash, hash) VALUES (3, ?, 'acme', "
         "'k1', ?, ?, ?)", stamp(NEW), body, prev, chain_hash(prev, body))  # fmt: skip
@@ -122,7 +119,7 @@ def truncate_tail(store: StateStore) -> None:
 
 
 def append_past_head(store: StateStore) -> None:
-    prev = row(store, 6)[6]
+    prev = row(store, 6)["hash"]
     body = record(99).model_copy(update={"seq": 7}).canonical()
     sql(store, "INSERT INTO audit_records (seq, ts, tenant, key_id, body, prev_hash, hash) VALUES (7, ?, 'acme', "
         "'k1', ?, ?, ?)", stamp(NEW), body, prev, chain_hash(prev, body))  # fmt: skip
@@ -187,7 +184,7 @@ def test_export_filters_by_time_and_tenant_and_reverifies_offline(store: StateSt
 def test_usage_is_counted_in_the_audit_transaction(store: StateStore) -> None:
     write(store, [record(1), record(2), record(3, key_id=None), record(4, tenant="beta")])
     rows = sql(store, "SELECT day, tenant, key_id, requests, prompt_tokens FROM usage_daily ORDER BY tenant")
-    assert rows == [("2026-06-10", "acme", "k1", 2, 6), ("2026-06-10", "beta", "k1", 1, 3)]
+    assert [tuple(r.values()) for r in rows] == [("2026-06-10", "acme", "k1", 2, 6), ("2026-06-10", "beta", "k1", 1, 3)]
 
 
 def test_two_writers_on_one_database_keep_one_chain(database_url: str | None, tmp_path: Path) -> None:
@@ -245,10 +242,14 @@ def test_verify_while_records_are_appended_finds_nothing_wrong(store: StateStore
 def rewrite_whole_chain(store: StateStore) -> None:
     """What someone with write access and the code can do: edit the first record, re-hash every one after it,
     move the head. Only a head kept elsewhere shows it."""
-    seqs = [r[0] for r in sql(store, "SELECT seq FROM audit_records ORDER BY seq")]
-    prev = row(store, seqs[0])[5]
+    seqs = [r["seq"] for r in sql(store, "SELECT seq FROM audit_records ORDER BY seq")]
+    prev = row(store, seqs[0])["prev_hash"]
     for seq in seqs:
-        body = row(store, seq)[4].replace('"status":200', '"status":201') if seq == seqs[0] else row(store, seq)[4]
+        body = (
+            row(store, seq)["body"].replace('"status":200', '"status":201')
+            if seq == seqs[0]
+            else row(store, seq)["body"]
+        )
         digest = chain_hash(prev, body)
         sql(store, "UPDATE audit_records SET body = ?, prev_hash = ?, hash = ? WHERE seq = ?", body, prev, digest, seq)
         prev = digest
@@ -268,7 +269,7 @@ def test_the_cli_verifies_exports_prunes_and_checks_an_anchor(
     write(store, [record(1, "acme", OLD), record(2, "beta", OLD), record(3, "acme"), record(4, "beta")])
     assert cli_main([*cli, "audit", "verify"]) == 0
     head = capsys.readouterr().out.splitlines()[-1].split()[1]
-    assert head == f"4:{row(store, 4)[6]}"
+    assert head == f"4:{row(store, 4)['hash']}"
     out = tmp_path / "acme.jsonl"
     assert cli_main([*cli, "audit", "export", "--since", "2026-01-01", "--tenant", "acme", "--out", str(out)]) == 0
     assert [json.loads(line)["seq"] for line in out.read_text().splitlines()] == [1, 3]
@@ -304,7 +305,7 @@ def test_a_failed_write_fails_the_future_not_the_writer(tmp_path: Path) -> None:
         sql(opened, "DROP TABLE usage_daily")  # the batch's transaction fails as a whole
         with pytest.raises(Exception, match="audit trail unavailable"):
             log.submit(record(1)).result(timeout=30)
-        assert sql(opened, "SELECT COUNT(*) FROM audit_records") == [(0,)]  # nothing half-written
+        assert sql(opened, "SELECT COUNT(*) AS n FROM audit_records") == [{"n": 0}]  # nothing half-written
     finally:
         log.close()
         opened.close()
@@ -320,18 +321,12 @@ def env_key_id(key: str) -> str:
     return "env-" + hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
-def start_server(data: Path, models_dir: Path, **env: str) -> LiveServer:
-    return LiveServer(
-        {"RAGOPS_DATA_DIR": str(data), "RAGOPS_MODELS_DIR": str(models_dir), "RAGOPS_GENERATOR": "extractive",
-         "RAGOPS_DEFAULT_COLLECTION": "sample", **env},
-        data / "server.log",
-    )  # fmt: skip
+def start_server(live_server: LiveServers, data: Path, **settings: object) -> LiveServer:
+    return live_server({"data_dir": data, "generator": "extractive", "default_collection": "sample", **settings})
 
 
 def ingest(server: LiveServer, headers: dict[str, str]) -> None:
-    documents = [{"id": r["id"], "text": r["text"]} for r in load_sample_records(20)]
-    response = httpx.post(f"{server.url}/v1/documents", json={"documents": documents}, headers=headers, timeout=300)
-    assert response.status_code == 200, response.text
+    server.ingest([{"id": r["id"], "text": r["text"]} for r in load_sample_records(20)], headers, timeout=300)
 
 
 def records_of(data: Path) -> dict[str, dict[str, Any]]:
@@ -343,33 +338,31 @@ def records_of(data: Path) -> dict[str, dict[str, Any]]:
 
 
 @pytest.mark.parametrize("content", ["hash", "redacted"])
-def test_chat_and_refusals_are_recorded_over_http(tmp_path: Path, models_dir: Path, content: str) -> None:
-    keys = json.dumps({READER: "acme:reader", ADMIN: "acme:admin"})
-    server = start_server(tmp_path, models_dir, RAGOPS_API_KEYS=keys, RAGOPS_AUDIT_CONTENT=content)
-    try:
-        ingest(server, {"Authorization": f"Bearer {ADMIN}"})
-        reader = {"Authorization": f"Bearer {READER}"}
-        chat = httpx.post(f"{server.url}/v1/chat", json={"question": QUESTION}, headers={**reader,
-                          "X-Request-ID": "chat1"}, timeout=120)  # fmt: skip
-        assert chat.status_code == 200, chat.text
-        streamed = httpx.post(f"{server.url}/v1/chat", json={"question": QUESTION, "stream": True},
-                              headers={**reader, "X-Request-ID": "stream1"}, timeout=120)  # fmt: skip
-        assert streamed.text.endswith("data: [DONE]\n\n")
-        assert httpx.get(f"{server.url}/v1/models", headers={"X-Request-ID": "anon1"}).status_code == 401
-        forbidden = httpx.delete(f"{server.url}/v1/documents/x", headers={**reader, "X-Request-ID": "forb1"})
-        assert forbidden.status_code == 403
-        assert httpx.get(f"{server.url}/healthz").status_code == 200
-        page = httpx.get(f"{server.url}/v1/admin/audit", params={"limit": 2},
-                         headers={"Authorization": f"Bearer {ADMIN}", "X-Request-ID": "read1"}).json()  # fmt: skip
-        assert len(page["records"]) == 2 and page["next_cursor"] == page["records"][-1]["seq"]
-        assert httpx.get(f"{server.url}/v1/admin/audit", headers=reader).status_code == 403
-        verified = httpx.get(f"{server.url}/v1/admin/audit/verify", headers={"Authorization": f"Bearer {ADMIN}"})
-        assert verified.json()["ok"] is True
-        created = httpx.post(f"{server.url}/v1/admin/keys", json={"tenant": "beta", "role": "editor"},
-                             headers={"Authorization": f"Bearer {ADMIN}", "X-Request-ID": "admin1"})  # fmt: skip
-        assert created.status_code == 201, created.text
-    finally:
-        server.stop()
+def test_chat_and_refusals_are_recorded_over_http(tmp_path: Path, live_server: LiveServers, content: str) -> None:
+    keys = {READER: "acme:reader", ADMIN: "acme:admin"}
+    server = start_server(live_server, tmp_path, api_keys=keys, audit_content=content)
+    ingest(server, {"Authorization": f"Bearer {ADMIN}"})
+    reader = {"Authorization": f"Bearer {READER}"}
+    chat = httpx.post(f"{server.url}/v1/chat", json={"question": QUESTION}, headers={**reader,
+                      "X-Request-ID": "chat1"}, timeout=120)  # fmt: skip
+    assert chat.status_code == 200, chat.text
+    streamed = httpx.post(f"{server.url}/v1/chat", json={"question": QUESTION, "stream": True},
+                          headers={**reader, "X-Request-ID": "stream1"}, timeout=120)  # fmt: skip
+    assert streamed.text.endswith("data: [DONE]\n\n")
+    assert httpx.get(f"{server.url}/v1/models", headers={"X-Request-ID": "anon1"}).status_code == 401
+    forbidden = httpx.delete(f"{server.url}/v1/documents/x", headers={**reader, "X-Request-ID": "forb1"})
+    assert forbidden.status_code == 403
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+    page = httpx.get(f"{server.url}/v1/admin/audit", params={"limit": 2},
+                     headers={"Authorization": f"Bearer {ADMIN}", "X-Request-ID": "read1"}).json()  # fmt: skip
+    assert len(page["records"]) == 2 and page["next_cursor"] == page["records"][-1]["seq"]
+    assert httpx.get(f"{server.url}/v1/admin/audit", headers=reader).status_code == 403
+    verified = httpx.get(f"{server.url}/v1/admin/audit/verify", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert verified.json()["ok"] is True
+    created = httpx.post(f"{server.url}/v1/admin/keys", json={"tenant": "beta", "role": "editor"},
+                         headers={"Authorization": f"Bearer {ADMIN}", "X-Request-ID": "admin1"})  # fmt: skip
+    assert created.status_code == 201, created.text
+    server.stop()
     recorded = records_of(tmp_path)
     answer = chat.json()
     first = recorded["chat1"]
@@ -394,37 +387,35 @@ def test_chat_and_refusals_are_recorded_over_http(tmp_path: Path, models_dir: Pa
     assert recorded["read1"]["admin"]["action"] == "audit.read"  # reading the trail is on the trail
 
 
-def test_a_response_whose_record_cannot_be_written_is_a_503(tmp_path: Path, models_dir: Path) -> None:
-    server = start_server(tmp_path, models_dir)
-    try:
-        ingest(server, {})
-        sql(broken := StateStore.open(None, tmp_path / "state.sqlite"), "DROP TABLE audit_head")
-        broken.close()  # every audit transaction fails from now on
-        plain = httpx.post(f"{server.url}/v1/chat", json={"question": QUESTION}, timeout=120)
-        assert plain.status_code == 503, plain.text
-        assert plain.json()["error"]["message"] == "audit trail unavailable"
-        streamed = httpx.post(f"{server.url}/v1/chat", json={"question": QUESTION, "stream": True}, timeout=120)
-        events = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
-        assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "audit_unavailable"
-        assert httpx.get(f"{server.url}/healthz").status_code == 200  # public routes are not audited
-    finally:
-        server.stop()
+def test_a_response_whose_record_cannot_be_written_is_a_503(tmp_path: Path, live_server: LiveServers) -> None:
+    server = start_server(live_server, tmp_path)
+    ingest(server, {})
+    sql(broken := StateStore.open(None, tmp_path / "state.sqlite"), "DROP TABLE audit_head")
+    broken.close()  # every audit transaction fails from now on
+    plain = httpx.post(f"{server.url}/v1/chat", json={"question": QUESTION}, timeout=120)
+    assert plain.status_code == 503, plain.text
+    assert plain.json()["error"]["message"] == "audit trail unavailable"
+    streamed = httpx.post(f"{server.url}/v1/chat", json={"question": QUESTION, "stream": True}, timeout=120)
+    events = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "audit_unavailable"
+    assert httpx.get(f"{server.url}/healthz").status_code == 200  # public routes are not audited
 
 
-def test_with_audit_off_nothing_is_written(tmp_path: Path, models_dir: Path) -> None:
-    server = start_server(tmp_path, models_dir, RAGOPS_AUDIT="false")
-    try:
-        ingest(server, {})
-        assert httpx.post(f"{server.url}/v1/chat", json={"question": QUESTION}, timeout=120).status_code == 200
-    finally:
-        server.stop()
+def test_with_audit_off_nothing_is_written(tmp_path: Path, live_server: LiveServers) -> None:
+    server = start_server(live_server, tmp_path, audit=False)
+    ingest(server, {})
+    assert httpx.post(f"{server.url}/v1/chat", json={"question": QUESTION}, timeout=120).status_code == 200
+    server.stop()
     assert records_of(tmp_path) == {}
 
 
-def test_kill_9_under_load_loses_no_record_of_a_response(tmp_path: Path, models_dir: Path) -> None:
+def test_kill_9_under_load_loses_no_record_of_a_response(tmp_path: Path, live_server: LiveServers) -> None:
     # Each commit held 20 ms: the kill then always finds records pending, so a response released before its
     # record commits would be caught (without the delay the test passed even so: this disk syncs in ~1 ms).
-    server = start_server(tmp_path, models_dir, RAGOPS_TEST_AUDIT_COMMIT_DELAY_MS="20")
+    server = live_server(
+        {"data_dir": tmp_path, "generator": "extractive", "default_collection": "sample"},
+        {"RAGOPS_TEST_AUDIT_COMMIT_DELAY_MS": "20"},
+    )
     ingest(server, {})
     answered: list[str] = []
     lock, stop = threading.Lock(), threading.Event()

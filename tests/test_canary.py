@@ -193,7 +193,7 @@ def test_planted_bad_canary_is_rolled_back_within_200_canary_answers(
     alerts = [r for r in caplog.records if r.getMessage() == "canary rollback"]
     assert len(alerts) == 1 and alerts[0].__dict__["worse"] and alerts[0].__dict__["version"] == "v94"
     with one.state.transaction() as cur:
-        bodies = [json.loads(b) for (b,) in cur.execute("SELECT body FROM audit_records ORDER BY seq")]
+        bodies = [json.loads(row["body"]) for row in cur.execute("SELECT body FROM audit_records ORDER BY seq")]
     assert [b["route"] for b in bodies] == ["canary.rollback"] and bodies[0]["method"] == "SYSTEM"
     assert bodies[0]["admin"]["target"] == "rag_answer@v94" and "uncited" in bodies[0]["admin"]["detail"]["worse"]
     kinds = [e.kind for e in Lineage(one.state).history("rag_answer", "v94")]
@@ -207,7 +207,7 @@ def test_neutral_canary_promoted_when_not_worse(
 ) -> None:  # fmt: skip
     release_canary(tmp_path, database_url, prompts_dir, "v91")
     policy = CanaryPolicy(
-        TOLERANCE, 0.05, min_answers=40, autopromote=True, groundedness_threshold=0.55, check_every=10
+        tolerance=TOLERANCE, alpha=0.05, min_answers=40, autopromote=True, groundedness_threshold=0.55, check_every=10
     )
     one = make_replica(share=0.5, policy=policy)
     serve(one, recorded, requests=200, seed=2)

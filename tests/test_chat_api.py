@@ -4,7 +4,7 @@ LangChain's ChatOpenAI) and the web page in headless Chromium."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,38 +15,23 @@ import pytest
 from prompts.registry import PromptRegistry
 from tests.browser import asked_on_the_page, needs_chromium
 from tests.conftest import load_sample_records
-from tests.faulty_server import FaultyServer
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, LiveServers
+from tests.stub_openai import Mode, StubOpenAI
 
 QUESTION = "What part of the Earth's atmosphere is oxygen?"
 PRODUCTION = PromptRegistry().labels("rag_answer")["production"]
 
 
-def start(tmp_path_factory: pytest.TempPathFactory, models_dir: Path, name: str, **env: str) -> LiveServer:
-    data = tmp_path_factory.mktemp(name)
-    server = LiveServer(
-        {
-            "RAGOPS_DATA_DIR": str(data),
-            "RAGOPS_MODELS_DIR": str(models_dir),
-            "RAGOPS_DEFAULT_COLLECTION": "sample",
-            # These tests follow the model's answer through the API; enforcing the output guard would replace
-            # the ones SmolLM2 grounds poorly. Enforcement is tested in test_guards.py and test_observability.py.
-            "RAGOPS_OUTPUT_GUARD": "report",
-            **env,
-        },
-        data / "server.log",
-    )
-    records = load_sample_records(40)
-    response = httpx.post(f"{server.url}/v1/documents", json={"documents": records}, timeout=120)
-    assert response.status_code == 200, response.text
-    return server
+def start(servers: LiveServers, name: str, **settings: object) -> LiveServer:
+    # These tests follow the model's answer through the API; enforcing the output guard would replace the ones
+    # SmolLM2 grounds poorly. Enforcement is tested in test_guards.py and test_observability.py.
+    settings = {"default_collection": "sample", "output_guard": "report", **settings}
+    return servers(settings, name=name, documents=load_sample_records(40))
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[LiveServer]:
-    live = start(tmp_path_factory, models_dir, "chat")
-    yield live
-    live.stop()
+def server(module_live_server: LiveServers) -> LiveServer:
+    return start(module_live_server, "chat")
 
 
 def sse_events(response: httpx.Response) -> list[Any]:
@@ -181,17 +166,14 @@ def test_bad_chat_requests(server: LiveServer, path: str, payload: Any, status: 
 
 
 @pytest.fixture(scope="module")
-def dead_vllm_server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[LiveServer]:
-    live = start(
-        tmp_path_factory,
-        models_dir,
+def dead_vllm_server(module_live_server: LiveServers) -> LiveServer:
+    return start(
+        module_live_server,
         "dead-vllm",
-        RAGOPS_GENERATOR="vllm",
-        RAGOPS_VLLM_BASE_URL="http://127.0.0.1:9/v1",
-        RAGOPS_VLLM_MAX_RETRIES="0",
+        generator="vllm",
+        vllm_base_url="http://127.0.0.1:9/v1",
+        vllm_max_retries=0,
     )
-    yield live
-    live.stop()
 
 
 def test_dead_backend_falls_back_and_says_so(dead_vllm_server: LiveServer) -> None:
@@ -202,29 +184,20 @@ def test_dead_backend_falls_back_and_says_so(dead_vllm_server: LiveServer) -> No
 
 @pytest.mark.parametrize(("mode", "reason"), [("slow", "timeout"), ("malformed", "malformed"), ("error", "status")])
 def test_misbehaving_backend_still_gets_a_200_with_the_fallback_named(
-    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, mode: str, reason: str
+    stub_openai: Callable[..., StubOpenAI], live_server: LiveServers, mode: Mode, reason: str
 ) -> None:
-    backend = FaultyServer(mode)
-    env = {
-        "RAGOPS_GENERATOR": "vllm",
-        "RAGOPS_VLLM_BASE_URL": backend.url,
-        "RAGOPS_VLLM_MAX_RETRIES": "0",
-        "RAGOPS_GENERATION_TIMEOUT_S": "0.5",
-    }
-    server = start(tmp_path_factory, models_dir, f"faulty-{mode}", **env)
-    try:
-        for stream in (False, True):
-            response = httpx.post(f"{server.url}/v1/chat", json={"question": QUESTION, "stream": stream}, timeout=60)
-            assert response.status_code == 200
-            body = response.json() if not stream else json.loads(response.text.split("data: ")[-2])
-            assert body["generator"] == "extractive" and body["answer"]
-            # The pipeline always streams from the backend, and a garbage stream parses as no tokens at all:
-            # "empty" is the same failure seen from there.
-            reasons = (reason, "empty") if mode == "malformed" else (reason,)
-            assert body["fallback"]["from"] == "vllm" and body["fallback"]["reason"].startswith(reasons)
-    finally:
-        server.stop()
-        backend.close()
+    backend = stub_openai(mode)
+    settings = {"generator": "vllm", "vllm_base_url": backend.url, "vllm_max_retries": 0, "generation_timeout_s": 0.5}
+    server = start(live_server, f"faulty-{mode}", **settings)
+    for stream in (False, True):
+        response = httpx.post(f"{server.url}/v1/chat", json={"question": QUESTION, "stream": stream}, timeout=60)
+        assert response.status_code == 200
+        body = response.json() if not stream else json.loads(response.text.split("data: ")[-2])
+        assert body["generator"] == "extractive" and body["answer"]
+        # The pipeline always streams from the backend, and a garbage stream parses as no tokens at all:
+        # "empty" is the same failure seen from there.
+        reasons = (reason, "empty") if mode == "malformed" else (reason,)
+        assert body["fallback"]["from"] == "vllm" and body["fallback"]["reason"].startswith(reasons)
 
 
 @needs_chromium

@@ -3,42 +3,32 @@ and then only its last address that is not itself a proxy (the ones before it ar
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import pytest
 
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, LiveServers
 
 FAILURES_PER_MINUTE = 3
 
 
-def _server(tmp_path: Path, models_dir: Path, trusted: list[str]) -> LiveServer:
-    env = {
-        "RAGOPS_DATA_DIR": str(tmp_path / "data"),
-        "RAGOPS_MODELS_DIR": str(models_dir),
-        "RAGOPS_GENERATOR": "extractive",
-        "RAGOPS_API_KEYS": json.dumps({"good-key": "acme:reader"}),
-        "RAGOPS_AUTH_FAILURES_PER_MINUTE": str(FAILURES_PER_MINUTE),
-        "RAGOPS_TRUSTED_PROXIES": json.dumps(trusted),
+def _server(live_server: LiveServers, trusted: list[str]) -> LiveServer:
+    settings = {
+        "generator": "extractive",
+        "api_keys": {"good-key": "acme:reader"},
+        "auth_failures_per_minute": FAILURES_PER_MINUTE,
+        "trusted_proxies": trusted,
     }
-    return LiveServer(env, tmp_path / "server.log")
+    return live_server(settings)
 
 
 @pytest.fixture
-def behind_proxy(tmp_path: Path, models_dir: Path) -> Iterator[LiveServer]:
-    server = _server(tmp_path, models_dir, ["127.0.0.0/8"])
-    yield server
-    server.stop()
+def behind_proxy(live_server: LiveServers) -> LiveServer:
+    return _server(live_server, ["127.0.0.0/8"])
 
 
 @pytest.fixture
-def direct(tmp_path: Path, models_dir: Path) -> Iterator[LiveServer]:
-    server = _server(tmp_path, models_dir, [])
-    yield server
-    server.stop()
+def direct(live_server: LiveServers) -> LiveServer:
+    return _server(live_server, [])
 
 
 def _models(server: LiveServer, forwarded_for: str, key: str = "wrong-key") -> httpx.Response:

@@ -16,6 +16,7 @@ import pytest
 
 from app.cli.doctor import check_cpu
 from app.settings import Settings
+from tests import live_server
 
 ALL_CHECKS = ["cpu", "model files", "generator", "embedder", "data dir", "port", "redis", "postgres", "otlp", "keys"]
 QUICK_CHECKS = [name for name in ALL_CHECKS if name not in ("generator", "embedder")]
@@ -33,13 +34,9 @@ def by_name(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any
     return {check["name"]: check for check in checks}
 
 
-@pytest.fixture
-def free_port() -> int:
-    # Not 8000: a server of another test (or of the developer) may hold it.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+@pytest.fixture(name="free_port")
+def a_free_port() -> int:
+    return live_server.free_port()  # not 8000: a server of another test (or of the developer) may hold it
 
 
 @pytest.fixture

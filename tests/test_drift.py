@@ -26,19 +26,11 @@ from retrieval.index import Scope
 from serving.contracts.answer import AnswerRequest
 from serving.infra.state_store import StateStore
 from serving.loop.answer_log import AnswerLog
-from serving.loop.drift import (
-    AnswerSignals,
-    DriftError,
-    DriftProfiles,
-    DriftSample,
-    ProfileLineage,
-    check,
-    compare,
-    holm,
-)
+from serving.loop.drift import DriftError, DriftProfiles, ProfileLineage, check
+from serving.loop.drift_stats import AnswerSignals, DriftSample, compare, holm
 from serving.loop.lineage import Lineage
 from tests.conftest import load_sample_records, make_answer, sample_documents, sample_questions
-from tests.live_server import LiveServer
+from tests.live_server import LiveServers
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIFTS = ROOT / "data" / "squad_shifts"
@@ -67,7 +59,7 @@ def table_embed(embedder: Embedder, questions: Sequence[str]) -> Callable[[Seque
 
 
 def profile_of(questions: Sequence[str], embed: Callable[[Sequence[str]], NDArray[np.float32]]) -> DriftSample:
-    return DriftSample.of([AnswerSignals(q) for q in questions], embed)
+    return DriftSample.of([AnswerSignals(question=q) for q in questions], embed)
 
 
 @dataclass(frozen=True)
@@ -137,7 +129,10 @@ def test_answer_signals_same_stream_quiet_and_a_shift_caught(embedder: Embedder,
         alarms += any(r.drifted for r in results)
     assert alarms <= 1
     # The same questions, but half the answers now abstain: only the abstention (and answer length) move.
-    abstaining = [AnswerSignals(a.question, "abstained", a.top_score) if i % 2 else a for i, a in enumerate(served)]
+    abstaining = [
+        AnswerSignals(question=a.question, outcome="abstained", top_score=a.top_score) if i % 2 else a
+        for i, a in enumerate(served)
+    ]
     shifted = {r.signal: r for r in compare(DriftSample.of(served, embed), DriftSample.of(abstaining, embed), ALPHA)}
     assert shifted["abstention"].drifted and shifted["abstention"].statistic == pytest.approx(0.5, abs=0.05)
     assert not shifted["query_embedding"].drifted and not shifted["top_score"].drifted
@@ -184,7 +179,7 @@ def test_server_checks_every_n_answers_off_the_request_path(
     assert len(questions) == 20
     with caplog.at_level(logging.INFO, logger="ragops.alerts"):
         for question in questions:
-            services.pipeline.answer(AnswerRequest(question, SCOPE))
+            services.pipeline.answer(AnswerRequest(question=question, scope=SCOPE))
         monitor = services.drift_monitor
         assert monitor is not None and monitor.flush(60)
     exposition = services.metrics.exposition().decode()
@@ -195,35 +190,30 @@ def test_server_checks_every_n_answers_off_the_request_path(
     assert [k for k in kinds if k.startswith("drift")] == ["drift_baseline", "drift_check"]
 
 
-def test_served_drift_reaches_metrics(embedder: Embedder, models_dir: Path, tmp_path: Path) -> None:
+def test_served_drift_reaches_metrics(embedder: Embedder, live_server: LiveServers) -> None:
     """``ragops serve`` with RAGOPS_DRIFT_EVERY: the check runs in the server and ``/metrics`` shows it."""
-    data = tmp_path / "data"
-    env = {"RAGOPS_DATA_DIR": str(data), "RAGOPS_MODELS_DIR": str(models_dir), "RAGOPS_GENERATOR": "extractive",
-           "RAGOPS_DEFAULT_COLLECTION": "sample", "RAGOPS_DRIFT_EVERY": "20", "RAGOPS_DRIFT_WINDOW": "20"}  # fmt: skip
-    server = LiveServer(env, tmp_path / "server.log")
-    try:
-        records = load_sample_records(40)
-        assert httpx.post(f"{server.url}/v1/documents", json={"documents": records}, timeout=120).status_code == 200
-        store = StateStore.open(None, data / "state.sqlite")  # beside the server, as `ragops drift baseline` is
-        lineage = ProfileLineage(source="suite", embedder=embedder.model_id)
-        DriftProfiles(store).save("default", profile_of(shift_questions("amazon", 0, 100), embedder.embed), lineage)
-        store.close()
-        for question in sample_questions({r["id"] for r in records}, limit=20):
-            assert httpx.post(f"{server.url}/v1/chat", json={"question": question["question"]}, timeout=60).is_success
-        deadline, exposition = time.monotonic() + 60, ""
-        while time.monotonic() < deadline and "ragops_drift_check_seconds_count 1.0" not in exposition:
-            time.sleep(0.2)
-            exposition = httpx.get(f"{server.url}/metrics").text
-        assert 'ragops_drift_detected{signal="query_embedding"} 1.0' in exposition, server.log_tail()
-    finally:
-        server.stop()
+    settings = {"generator": "extractive", "default_collection": "sample", "drift_every": 20, "drift_window": 20}
+    server = live_server(settings)
+    records = load_sample_records(40)
+    server.ingest(records)
+    store = StateStore.open(None, server.data_dir / "state.sqlite")  # beside the server, as `ragops drift baseline` is
+    lineage = ProfileLineage(source="suite", embedder=embedder.model_id)
+    DriftProfiles(store).save("default", profile_of(shift_questions("amazon", 0, 100), embedder.embed), lineage)
+    store.close()
+    for question in sample_questions({r["id"] for r in records}, limit=20):
+        assert httpx.post(f"{server.url}/v1/chat", json={"question": question["question"]}, timeout=60).is_success
+    deadline, exposition = time.monotonic() + 60, ""
+    while time.monotonic() < deadline and "ragops_drift_check_seconds_count 1.0" not in exposition:
+        time.sleep(0.2)
+        exposition = httpx.get(f"{server.url}/metrics").text
+    assert 'ragops_drift_detected{signal="query_embedding"} 1.0' in exposition, server.log_tail()
 
 
 def _keep_answers(data_dir: Path, questions: Sequence[str]) -> None:
     store = StateStore.open(None, data_dir / "state.sqlite")
     log = AnswerLog(store, 30)
     for question in questions:
-        request = AnswerRequest(question, SCOPE)
+        request = AnswerRequest(question=question, scope=SCOPE)
         log.record(request, make_answer("An answer. [1]", id=request.id, relevance=0.6))
     log.close(10)
     store.close()

@@ -38,7 +38,7 @@ from retrieval.loaders import document_from_record
 from retrieval.sparse import Bm25Encoder
 from retrieval.storage import MB, DiskGuard
 from tests.conftest import load_sample_records
-from tests.live_server import LiveServer, free_port
+from tests.live_server import LiveServer, LiveServers, free_port
 
 BASE_DOCS = 16
 CHUNK_TOKENS, CHUNK_OVERLAP, BATCH_CHUNKS = 64, 8, 12
@@ -108,13 +108,11 @@ def assert_one_version_each(
 
 
 @contextlib.contextmanager
-def serving(env: dict[str, str], log_path: Path) -> Iterator[tuple[LiveServer, httpx.Client]]:
-    live = LiveServer(env, log_path)
-    try:
-        with httpx.Client(base_url=live.url, timeout=60) as client:
-            yield live, client
-    finally:
-        live.stop()  # a no-op once it was killed
+def serving(live_server: LiveServers, env: dict[str, str], name: str) -> Iterator[tuple[LiveServer, httpx.Client]]:
+    """A server on ``env``'s data dir, stopped on the way out (a no-op once it was killed), or by the fixture."""
+    live = live_server(env=env, name=name)
+    yield live, live.client(timeout=60)
+    live.stop()
 
 
 def assert_killed_where_expected(state: dict[str, int], rev: int, first_batch_switched: bool | None) -> None:
@@ -152,24 +150,24 @@ def _post_ignoring_death(url: str, documents: list[dict[str, Any]]) -> None:
 
 
 def test_kill_mid_update_leaves_one_version_of_each_document(
-    tmp_path: Path, models_dir: Path, chunk_counts: Callable[[dict[str, Any]], int]
+    tmp_path: Path, models_dir: Path, live_server: LiveServers, chunk_counts: Callable[[dict[str, Any]], int]
 ) -> None:
     data = tmp_path / "data"
     counts = {r["id"]: chunk_counts(r) for rev in range(1, len(KILLS) + 4) for r in revision(rev)}
     assert sum(counts[r["id"]] for r in revision(1)) > 3 * BATCH_CHUNKS  # several batches per update
-    with serving(server_env(data, models_dir), tmp_path / "server-0.log") as (live, client):
+    with serving(live_server, server_env(data, models_dir), "server-0") as (live, client):
         assert client.post("/v1/documents", json={"documents": revision(1)}).status_code == 200
         state = assert_one_version_each(client, counts, {}, 1)
         kill_when_points_change(live, client, 2)
     rev, expected = 2, None  # what the previous kill should have left; nothing known after the polled one
     for step, first_batch_switched in KILLS:
         env = server_env(data, models_dir, RAGOPS_TEST_KILL_AT_STEP=str(step))
-        with serving(env, tmp_path / f"server-{step}.log") as (live, client):
+        with serving(live_server, env, f"server-{step}") as (live, client):
             state = assert_one_version_each(client, counts, state, rev)  # after the previous kill
             assert_killed_where_expected(state, rev, expected)
             rev, expected = rev + 1, first_batch_switched
             ingest_until_killed(live, client, rev)
-    with serving(server_env(data, models_dir), tmp_path / "server-last.log") as (live, client):
+    with serving(live_server, server_env(data, models_dir), "server-last") as (live, client):
         state = assert_one_version_each(client, counts, state, rev)
         assert_killed_where_expected(state, rev, expected)
         assert client.post("/v1/documents", json={"documents": revision(rev + 1)}).status_code == 200
@@ -225,34 +223,34 @@ def assert_one_line_refusal(done: subprocess.CompletedProcess[str], *expected: s
         assert text in output, output
 
 
-def test_nearly_full_disk_refuses_writes_with_503_and_keeps_serving(small_fs: Path, models_dir: Path) -> None:
+def test_nearly_full_disk_refuses_writes_with_503_and_keeps_serving(
+    small_fs: Path, models_dir: Path, live_server: LiveServers
+) -> None:
     data = small_fs / "data"
     env = server_env(data, models_dir, RAGOPS_MIN_FREE_DISK_MB="24")
-    live = LiveServer(env, small_fs.parent / "server.log")
-    try:
-        with httpx.Client(base_url=live.url, timeout=60) as client:
-            assert client.post("/v1/documents", json={"documents": revision(1)[:4]}).status_code == 200
-            listed = client.get("/v1/documents").json()
-            filler = fill_to(small_fs, 16)
-            refused = client.post("/v1/documents", json={"documents": revision(2)[:4]})
-            assert refused.status_code == 503, refused.text
-            message = refused.json()["error"]["message"]
-            assert "refusing to index documents" in message and "RAGOPS_MIN_FREE_DISK_MB=24" in message
-            assert client.get("/v1/documents").json() == listed  # nothing changed
-            search = client.post("/v1/search", json={"query": "oxygen"})
-            assert search.status_code == 200 and search.json()["hits"]
-            # A delete frees space and is never refused: refusing the delete half of an update would leave both
-            # versions searchable.
-            gone = listed["documents"][0]["id"]
-            assert client.delete(f"/v1/documents/{gone}").status_code == 200
-            listed = {**listed, "documents": [d for d in listed["documents"] if d["id"] != gone]}
-            assert client.get("/v1/documents").json() == listed
-            filler.unlink()  # space again: writes work without a restart
-            assert client.post("/v1/documents", json={"documents": revision(2)[:4]}).status_code == 200
-            fill_to(small_fs, 16)
-        assert live.process.poll() is None  # it never died (SIGBUS would have killed it)
-    finally:
-        live.stop()
+    live = live_server(env=env)
+    with live.client(timeout=60) as client:
+        assert client.post("/v1/documents", json={"documents": revision(1)[:4]}).status_code == 200
+        listed = client.get("/v1/documents").json()
+        filler = fill_to(small_fs, 16)
+        refused = client.post("/v1/documents", json={"documents": revision(2)[:4]})
+        assert refused.status_code == 503, refused.text
+        message = refused.json()["error"]["message"]
+        assert "refusing to index documents" in message and "RAGOPS_MIN_FREE_DISK_MB=24" in message
+        assert client.get("/v1/documents").json() == listed  # nothing changed
+        search = client.post("/v1/search", json={"query": "oxygen"})
+        assert search.status_code == 200 and search.json()["hits"]
+        # A delete frees space and is never refused: refusing the delete half of an update would leave both
+        # versions searchable.
+        gone = listed["documents"][0]["id"]
+        assert client.delete(f"/v1/documents/{gone}").status_code == 200
+        listed = {**listed, "documents": [d for d in listed["documents"] if d["id"] != gone]}
+        assert client.get("/v1/documents").json() == listed
+        filler.unlink()  # space again: writes work without a restart
+        assert client.post("/v1/documents", json={"documents": revision(2)[:4]}).status_code == 200
+        fill_to(small_fs, 16)
+    assert live.process.poll() is None  # it never died (SIGBUS would have killed it)
+    live.stop()
     assert_one_line_refusal(run_serve(env), "refusing to start", "MB free", "RAGOPS_MIN_FREE_DISK_MB=24")
 
 

@@ -16,7 +16,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,61 +26,22 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from retrieval.index import SCOPE_NAME_PATTERN
 from tests.conftest import load_sample_records
-from tests.live_server import ServerProcess, free_port
+from tests.live_server import LiveServer, LiveServers, free_port
 
 MAX_BODY = 65_536
 
 
-class FaultyServer(ServerProcess):
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        argv = [sys.executable, "-m", "tests.faulty_serve", "serve", "--port", str(self.port), "--log-level", "info"]
-        super().__init__(argv, _environ(env), log_path, f"{self.url}/readyz", 120.0)
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
-
-    def lines_of(self, rid: str, count: int = 1) -> list[dict[str, Any]]:
-        """The log lines of request ``rid``, once its request line is there (it is written as the request ends)."""
-        deadline = time.monotonic() + 10
-        while True:
-            lines = [line for line in self.log_lines() if line["request_id"] == rid]
-            if sum(line["message"] == "request" for line in lines) >= count or time.monotonic() > deadline:
-                return lines
-            time.sleep(0.05)
-
-
-def _environ(env: dict[str, str]) -> dict[str, str]:
-    return {**os.environ, **env}
+@pytest.fixture(scope="module")
+def server(module_live_server: LiveServers) -> LiveServer:
+    settings = {"generator": "extractive", "default_collection": "sample", "max_body_bytes": MAX_BODY}
+    return module_live_server(
+        settings, name="errors", log_level="info", module="tests.faulty_serve", documents=load_sample_records(8)
+    )
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("errors")
-
-
-@pytest.fixture(scope="module")
-def server(data_dir: Path, models_dir: Path) -> Iterator[FaultyServer]:
-    env = {
-        "RAGOPS_DATA_DIR": str(data_dir / "data"),
-        "RAGOPS_MODELS_DIR": str(models_dir),
-        "RAGOPS_GENERATOR": "extractive",
-        "RAGOPS_DEFAULT_COLLECTION": "sample",
-        "RAGOPS_MAX_BODY_BYTES": str(MAX_BODY),
-    }
-    live = FaultyServer(env, data_dir / "server.log")
-    response = httpx.post(f"{live.url}/v1/documents", json={"documents": load_sample_records(8)}, timeout=60)
-    assert response.status_code == 200, response.text
-    yield live
-    live.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server: FaultyServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as http:
-        yield http
+def client(server: LiveServer) -> httpx.Client:
+    return server.client()
 
 
 def errors_counted(client: httpx.Client, status: int) -> float:
@@ -98,7 +58,7 @@ def assert_error_shape(body: dict[str, Any], kind: str) -> dict[str, Any]:
     return dict(body["error"])
 
 
-def assert_logged_once_with_traceback(server: FaultyServer, rid: str, exception: str) -> dict[str, Any]:
+def assert_logged_once_with_traceback(server: LiveServer, rid: str, exception: str) -> dict[str, Any]:
     lines = server.lines_of(rid)
     with_traceback = [line for line in lines if "exception" in line]
     assert len(with_traceback) == 1, lines
@@ -113,7 +73,7 @@ def assert_logged_once_with_traceback(server: FaultyServer, rid: str, exception:
 
 
 def test_a_route_that_raises_is_a_500_in_the_error_shape_counted_and_logged_once(
-    server: FaultyServer, client: httpx.Client
+    server: LiveServer, client: httpx.Client
 ) -> None:
     before = errors_counted(client, 500)
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
@@ -136,7 +96,7 @@ def test_a_route_that_raises_is_a_500_in_the_error_shape_counted_and_logged_once
     assert (line["level"], line["message"], line["path"], line["status"]) == ("error", "request", "/v1/search", 500)
 
 
-def test_an_index_that_cannot_serve_is_a_503_with_its_message(server: FaultyServer, client: httpx.Client) -> None:
+def test_an_index_that_cannot_serve_is_a_503_with_its_message(server: LiveServer, client: httpx.Client) -> None:
     before = errors_counted(client, 503)
     response = client.post("/v1/search", json={"query": "fault-index"}, headers={"x-request-id": "boom503"})
     assert response.status_code == 503
@@ -157,7 +117,7 @@ def test_an_index_that_cannot_serve_is_a_503_with_its_message(server: FaultyServ
     ],
 )
 def test_a_stream_failing_midway_ends_with_an_error_event_then_done(
-    server: FaultyServer, client: httpx.Client, path: str, body: dict[str, Any]
+    server: LiveServer, client: httpx.Client, path: str, body: dict[str, Any]
 ) -> None:
     before = errors_counted(client, 500)
     rid = "stream" + path.replace("/", "")
@@ -175,7 +135,7 @@ def test_a_stream_failing_midway_ends_with_an_error_event_then_done(
 # --- request bodies over max_body_bytes ---------------------------------------------------------------------
 
 
-def test_a_declared_oversized_body_gets_413_before_it_is_read(server: FaultyServer, client: httpx.Client) -> None:
+def test_a_declared_oversized_body_gets_413_before_it_is_read(server: LiveServer, client: httpx.Client) -> None:
     """The request says 50 MB and sends 10 bytes: the answer comes at once, so nothing waited for the body."""
     before = errors_counted(client, 413)
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
@@ -223,7 +183,7 @@ def test_a_chunked_oversized_body_gets_413_and_changes_nothing(client: httpx.Cli
 # --- the log: PII in URLs, the bind address --------------------------------------------------------------------
 
 
-def test_an_email_in_the_url_never_reaches_the_log(server: FaultyServer, client: httpx.Client) -> None:
+def test_an_email_in_the_url_never_reaches_the_log(server: LiveServer, client: httpx.Client) -> None:
     for n, (method, url) in enumerate(
         [
             ("GET", "/v1/documents?q=carol.pii%40example.org&collection=sample"),
@@ -242,7 +202,7 @@ def test_an_email_in_the_url_never_reaches_the_log(server: FaultyServer, client:
     assert {line["path"] for line in deleted} == {"/v1/documents/[EMAIL]"}
 
 
-def test_the_log_has_one_request_line_per_request_and_the_bind_address_in_clear(server: FaultyServer) -> None:
+def test_the_log_has_one_request_line_per_request_and_the_bind_address_in_clear(server: LiveServer) -> None:
     lines = server.log_lines()
     assert any(line["message"].startswith(f"Uvicorn running on http://127.0.0.1:{server.port}") for line in lines)
     assert not [line for line in lines if line["logger"] == "uvicorn.access"]  # ours has no query string
@@ -293,7 +253,7 @@ def test_a_wrong_method_is_a_405_with_allow(client: httpx.Client) -> None:
 
 def _serve(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "app.cli", "serve", "--port", str(free_port()), *args]
-    return subprocess.run(argv, env=_environ(env), capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "ragops.example.internal"])
@@ -305,13 +265,11 @@ def test_serve_refuses_an_open_address_without_api_keys(host: str, tmp_path: Pat
     assert not list(tmp_path.iterdir())  # refused before anything was opened
 
 
-def test_serve_on_an_index_that_cannot_open_is_one_line_and_exit_1(
-    server: FaultyServer, data_dir: Path, models_dir: Path
-) -> None:
+def test_serve_on_an_index_that_cannot_open_is_one_line_and_exit_1(server: LiveServer, models_dir: Path) -> None:
     """Allowed open (RAGOPS_ALLOW_OPEN) it goes on to open the index, which the running server holds: one line
     saying so, exit 1, no traceback; the warning about the open address names it in clear."""
     done = _serve(
-        "--host", "0.0.0.0", RAGOPS_DATA_DIR=str(data_dir / "data"), RAGOPS_MODELS_DIR=str(models_dir),
+        "--host", "0.0.0.0", RAGOPS_DATA_DIR=str(server.data_dir), RAGOPS_MODELS_DIR=str(models_dir),
         RAGOPS_ALLOW_OPEN="true",
     )  # fmt: skip
     assert done.returncode == 1, done.stderr

@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -31,7 +30,7 @@ from serving.loop.feedback import DownRate, FeedbackStore, Rated, RetentionPrune
 from serving.observe.metrics import AlertThresholds, ServiceMetrics
 from tests.browser import launch, needs_chromium
 from tests.conftest import ROOT, make_answer
-from tests.live_server import LiveServer
+from tests.live_server import LiveServers
 from tests.test_evals import planted_prompts, ragops_eval
 
 KEYS = {"acme-reader": "acme:reader", "acme-editor": "acme:editor", "globex-reader": "globex:reader"}
@@ -135,7 +134,9 @@ class Kept:
                      score=0.9, cited=True),
         ]  # fmt: skip
         prompt = PromptInfo(name="rag_answer", version=version, hash="0" * 64)
-        request = AnswerRequest(fields.pop("question", "Who gave their name to Normandy?"), Scope("c", tenant))
+        request = AnswerRequest(
+            question=fields.pop("question", "Who gave their name to Normandy?"), scope=Scope("c", tenant)
+        )
         answer = make_answer(fields.pop("text", "The Normans [1]."), id=request.id, prompt=prompt,
                              citations=passages, **fields)  # fmt: skip
         self.log.record(request, answer)
@@ -165,7 +166,7 @@ def test_an_answer_is_found_as_soon_as_it_is_given_and_a_miss_answers_at_once(ke
     prompt = PromptInfo(name="rag_answer", version="v2", hash="0" * 64)
     given = []
     for i in range(300):
-        request = AnswerRequest(f"question {i}?", Scope("c", "acme"))
+        request = AnswerRequest(question=f"question {i}?", scope=Scope("c", "acme"))
         kept.log.record(request, make_answer("An answer [1].", id=request.id, prompt=prompt))
         given.append(request.id)
     assert kept.log.find(given[-1], "acme") is not None  # the newest of 300 pending writes
@@ -206,7 +207,7 @@ def test_retention_prunes_old_answers_with_their_feedback(kept: Kept) -> None:
     assert kept.log.find(old, "acme") is None and kept.log.find(recent, "acme") is not None
     assert [c.answer.id for c in FeedbackStore(kept.state).cases()] == [recent]
     with kept.state.transaction() as cur:
-        assert cur.execute("SELECT answer_id FROM feedback") == [(recent,)]
+        assert cur.execute("SELECT answer_id FROM feedback") == [{"answer_id": recent}]
 
 
 def test_thumbs_down_alert_fires_once_past_the_threshold_and_resolves(caplog: pytest.LogCaptureFixture) -> None:
@@ -318,26 +319,19 @@ QA_QUESTION = "In the fall quarter of 2015 or rather of 2014 , how many students
 
 @needs_chromium
 def test_thumbs_down_on_the_page_reaches_an_exported_suite_that_gates_a_regression(
-    tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, models_dir: Path, live_server: LiveServers, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "data"
     expired = answer_past_retention(data / "state.sqlite")  # the server prunes it when it starts
-    env = {"RAGOPS_DATA_DIR": str(data), "RAGOPS_MODELS_DIR": str(models_dir), "RAGOPS_GENERATOR": "extractive"}
-    server = LiveServer(env, tmp_path / "server.log")
-    try:
-        qa_corpus = [json.loads(line) for line in (ROOT / "evals" / "corpora" / "qa_corpus.jsonl").open()]
-        corpus = qa_corpus[:24]  # the answer's passage (p1138) among others
-        ingest = httpx.post(
-            f"{server.url}/v1/documents", json={"documents": corpus, "collection": "sample"}, timeout=120
-        )
-        assert ingest.status_code == 200, ingest.text
-        posted = rate_on_the_page(server.url, QA_QUESTION, "down", "Wrong number.", "5,984")
-    finally:
-        server.stop()
+    server = live_server({"data_dir": data, "generator": "extractive"})
+    qa_corpus = [json.loads(line) for line in (ROOT / "evals" / "corpora" / "qa_corpus.jsonl").open()]
+    server.ingest(qa_corpus[:24], collection="sample")  # the answer's passage (p1138) among others
+    posted = rate_on_the_page(server.url, QA_QUESTION, "down", "Wrong number.", "5,984")
+    server.stop()
     assert posted == {"rating": "down", "comment": "Wrong number.", "correction": "5,984"}
     state = StateStore.open(None, data / "state.sqlite")
     with state.transaction() as cur:
-        kept_ids = {row[0] for row in cur.execute("SELECT id FROM answers")}
+        kept_ids = {row["id"] for row in cur.execute("SELECT id FROM answers")}
     state.close()
     assert expired not in kept_ids and len(kept_ids) == 1  # pruned at start; the page's answer is kept
     out = tmp_path / "out"

@@ -5,35 +5,26 @@ grounded."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from app.settings import Settings
+from app.settings import flat_fields
 from tests.conftest import load_sample_records
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, LiveServers
 
-# The questions the README's "Two commands" section asks.
+# The questions the README's "A first question" section asks.
 README_QUESTIONS = ("What part of the Earth's atmosphere is oxygen?", "Who were the Normans?")
-THRESHOLD = Settings.model_fields["groundedness_threshold"].default
+THRESHOLD = flat_fields()["groundedness_threshold"].default
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[LiveServer]:
-    data = tmp_path_factory.mktemp("first-minute")
-    live = LiveServer(
-        {"RAGOPS_DATA_DIR": str(data), "RAGOPS_MODELS_DIR": str(models_dir), "RAGOPS_GENERATION_TIMEOUT_S": "120"},
-        data / "server.log",
-    )
-    records = load_sample_records(40)
-    response = httpx.post(f"{live.url}/v1/documents", json={"documents": records, "collection": "sample"}, timeout=120)
-    assert response.status_code == 200, response.text
-    yield live
-    live.stop()
+def server(module_live_server: LiveServers) -> LiveServer:
+    live = module_live_server({"generation_timeout_s": 120}, name="first-minute")
+    live.ingest(load_sample_records(40), collection="sample")
+    return live
 
 
 def assert_honest(answer: dict[str, Any]) -> None:

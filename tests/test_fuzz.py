@@ -13,11 +13,8 @@ patterns, drop ``NOT_YET_CHECKED``."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -30,7 +27,7 @@ from schemathesis.schemas import APIOperation, BaseSchema
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.conftest import ROOT, load_sample_records
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, LiveServers
 
 EXAMPLES_PER_OPERATION = 50
 NOT_YET_CHECKED: list[CheckFunction] = [positive_data_acceptance]
@@ -45,23 +42,13 @@ BOUNDED = settings(
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[LiveServer]:
-    data = tmp_path_factory.mktemp("fuzz")
+def server(module_live_server: LiveServers, tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
     # Admin routes are fuzzed too (the server has no keys: every caller is its admin): a promoted label must not
     # write the repository's prompt registry.
-    shutil.copytree(ROOT / "prompts", data / "prompts", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
-    env = {
-        "RAGOPS_DATA_DIR": str(data / "data"),
-        "RAGOPS_PROMPTS_DIR": str(data / "prompts"),
-        "RAGOPS_MODELS_DIR": str(models_dir),
-        "RAGOPS_GENERATOR": "extractive",
-        "RAGOPS_DEFAULT_COLLECTION": "sample",
-    }
-    live = LiveServer(env, data / "server.log")
-    response = httpx.post(f"{live.url}/v1/documents", json={"documents": load_sample_records(8)}, timeout=60)
-    assert response.status_code == 200, response.text
-    yield live
-    live.stop()
+    prompts = tmp_path_factory.mktemp("fuzz-prompts") / "prompts"
+    shutil.copytree(ROOT / "prompts", prompts, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    settings = {"prompts_dir": prompts, "generator": "extractive", "default_collection": "sample"}
+    return module_live_server(settings, name="fuzz", documents=load_sample_records(8))
 
 
 @pytest.fixture(scope="module")

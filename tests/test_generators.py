@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from guardrails.classes.validation.validation_result import PassResult
@@ -29,7 +29,7 @@ from serving.contracts.generation import (
     StreamDelta,
     Usage,
 )
-from tests.faulty_server import FaultyServer
+from tests.stub_openai import Mode, StubOpenAI
 
 PASSAGES = [
     PromptPassage(1, "paris", "Paris is the capital of France. It lies on the Seine."),
@@ -107,17 +107,16 @@ def test_llamacpp_deadline_is_a_timeout_and_the_worker_lives_on() -> None:
 
 
 @pytest.mark.parametrize(("mode", "kind"), [("error", "status"), ("malformed", "malformed"), ("slow", "timeout")])
-def test_openai_compatible_failures_are_classified(mode: str, kind: str) -> None:
-    server = FaultyServer(mode)
-    try:
-        generator = OpenAICompatibleGenerator(server.url, "m", timeout_s=0.5, max_retries=1)
-        with pytest.raises(GeneratorError) as failure:
-            generator.generate(request())
-        assert failure.value.kind == kind
-        if mode == "error":
-            assert server.calls == 2  # one retry on a 5xx
-    finally:
-        server.close()
+def test_openai_compatible_failures_are_classified(
+    stub_openai: Callable[..., StubOpenAI], mode: Mode, kind: str
+) -> None:
+    server = stub_openai(mode)
+    generator = OpenAICompatibleGenerator(server.url, "m", timeout_s=0.5, max_retries=1)
+    with pytest.raises(GeneratorError) as failure:
+        generator.generate(request())
+    assert failure.value.kind == kind
+    if mode == "error":
+        assert server.calls == 2  # one retry on a 5xx
 
 
 def test_connection_refused_is_a_connection_failure() -> None:

@@ -28,7 +28,7 @@ from retrieval.validation import (
     check_filter,
     check_metadata,
 )
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, LiveServers
 
 COLLECTION = "valid"
 BASELINE: list[dict[str, Any]] = [
@@ -101,7 +101,7 @@ def test_valid_documents_pass_unchanged() -> None:
 
 
 def test_defaults_have_one_definition() -> None:
-    assert DocumentLimits.from_settings(Settings()) == DocumentLimits()
+    assert DocumentLimits.from_settings(Settings().limits) == DocumentLimits()
 
 
 @pytest.mark.parametrize(
@@ -165,7 +165,16 @@ def test_jsonl_ingestion_follows_the_same_rules(tmp_path: Path) -> None:
 
 
 def test_search_hits_are_redacted_for_clients() -> None:
-    hit = Hit("d", "c", 1.0, "mail jane.doe@example.com", "Call +44 20 7946 0958", None, {}, ("SSN 123-45-6789",))
+    hit = Hit(
+        doc_id="d",
+        chunk_id="c",
+        score=1.0,
+        text="mail jane.doe@example.com",
+        title="Call +44 20 7946 0958",
+        source=None,
+        metadata={},
+        headings=("SSN 123-45-6789",),
+    )
     shown = _hit_body(hit, redact_retrieved=True)
     assert (shown.text, shown.title, shown.headings) == ("mail [EMAIL]", "Call [PHONE]", ["SSN [US_SSN]"])
     assert _hit_body(hit, redact_retrieved=False).text == hit.text
@@ -176,24 +185,20 @@ def test_search_hits_are_redacted_for_clients() -> None:
 class Served:
     live: LiveServer
     env: dict[str, str]
-    data: Path
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Served]:
-    data = tmp_path_factory.mktemp("validation")
-    env = {"RAGOPS_DATA_DIR": str(data), "RAGOPS_MODELS_DIR": str(models_dir), "RAGOPS_GENERATOR": "extractive"}
-    state = Served(LiveServer(env, data / "server.log"), env, data)
-    with httpx.Client(base_url=state.live.url, timeout=30) as http:
-        response = http.post("/v1/documents", json={"documents": BASELINE, "collection": COLLECTION})
-        assert response.status_code == 200, response.text
-    yield state
-    state.live.stop()
+def served(module_live_server: LiveServers) -> Served:
+    live = module_live_server({"generator": "extractive"}, name="validation")
+    live.ingest(BASELINE, collection=COLLECTION)
+    env = {"RAGOPS_DATA_DIR": str(live.data_dir), "RAGOPS_MODELS_DIR": str(module_live_server.models_dir),
+           "RAGOPS_GENERATOR": "extractive"}  # fmt: skip
+    return Served(live, env)
 
 
 @pytest.fixture
 def client(served: Served) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=served.live.url, timeout=60) as http:
+    with served.live.client(timeout=60) as http:
         yield http
 
 
@@ -228,7 +233,9 @@ def ingest(*documents: dict[str, Any]) -> dict[str, Any]:
     return {"documents": list(documents), "collection": COLLECTION}
 
 
-def test_deep_metadata_is_refused_and_the_index_still_opens(served: Served, client: httpx.Client) -> None:
+def test_deep_metadata_is_refused_and_the_index_still_opens(
+    served: Served, client: httpx.Client, module_live_server: LiveServers
+) -> None:
     message = assert_refused(
         client,
         "/v1/documents",
@@ -247,8 +254,8 @@ def test_deep_metadata_is_refused_and_the_index_still_opens(served: Served, clie
     )
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)["hits"][0]["doc_id"] == "handbook"
-    served.live = LiveServer(served.env, served.data / "server-restarted.log")
-    with httpx.Client(base_url=served.live.url, timeout=30) as http:
+    served.live = module_live_server(env=served.env, name="validation-restarted")
+    with served.live.client() as http:
         assert listed(http) == before
 
 

@@ -18,11 +18,11 @@ from fastapi.testclient import TestClient
 from app.cli import main
 from app.container import Services
 from app.main import create_app
-from serving.governance.access import GateUnavailableError, KeyLimits, Principal, Role
+from serving.governance.access import AdmissionUnavailableError, KeyLimits, Principal, Role
 from serving.governance.keys import Authenticator, KeyStore, parse_key
 from serving.infra.clock import parse_stamp
 from serving.infra.state_store import StateStore, StateStoreUnavailableError
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, LiveServers
 
 ENV_KEYS = {"bootstrap-admin-key": "ops:admin", "reader-key": "acme:reader", "old-style-key": "acme"}
 CACHE_S = 0.5
@@ -133,11 +133,11 @@ def test_a_store_that_fails_refuses_rather_than_opens(state: StateStore, monkeyp
 
     monkeypatch.setattr(keys, "lookup", down)
     monkeypatch.setattr(keys, "any_made", down)
-    with pytest.raises(GateUnavailableError):
+    with pytest.raises(AdmissionUnavailableError):
         Authenticator(keys, {}, cache_s=0).has_keys()
     with_env = Authenticator(keys, ENV_KEYS, cache_s=0)
     assert with_env.has_keys() and with_env.authenticate("reader-key") is not None  # settings keys still work
-    with pytest.raises(GateUnavailableError):
+    with pytest.raises(AdmissionUnavailableError):
         with_env.authenticate(key)
 
 
@@ -218,28 +218,17 @@ def test_an_open_server_makes_no_key_over_http(make_services: Callable[..., Serv
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("keys")
-
-
-@pytest.fixture(scope="module")
-def server(data_dir: Path, models_dir: Path) -> Iterator[LiveServer]:
-    data = data_dir
-    env = {
-        "RAGOPS_DATA_DIR": str(data), "RAGOPS_MODELS_DIR": str(models_dir), "RAGOPS_GENERATOR": "extractive",
-        "RAGOPS_GUARDS": "false", "RAGOPS_API_KEYS": json.dumps(ENV_KEYS), "RAGOPS_KEY_CACHE_S": str(CACHE_S),
-        "RAGOPS_METRICS_TOKEN": METRICS_TOKEN, "RAGOPS_AUTH_FAILURES_PER_MINUTE": "100000",
+def server(module_live_server: LiveServers) -> LiveServer:
+    settings = {
+        "generator": "extractive", "guards": False, "api_keys": ENV_KEYS, "key_cache_s": CACHE_S,
+        "metrics_token": METRICS_TOKEN, "auth_failures_per_minute": 100000,
     }  # fmt: skip
-    live = LiveServer(env, data / "server.log", log_level="info")
-    yield live
-    live.stop()
+    return module_live_server(settings, name="keys", log_level="info")
 
 
 @pytest.fixture(scope="module")
-def admin(server: LiveServer) -> Iterator[httpx.Client]:
-    headers = {"Authorization": "Bearer bootstrap-admin-key"}
-    with httpx.Client(base_url=server.url, timeout=60, headers=headers) as client:
-        yield client
+def admin(server: LiveServer) -> httpx.Client:
+    return server.client(timeout=60, headers={"Authorization": "Bearer bootstrap-admin-key"})
 
 
 def works(server: LiveServer, key: str) -> bool:
@@ -278,15 +267,13 @@ def test_revoked_key_stops_within_the_cache(server: LiveServer, admin: httpx.Cli
     assert made["key"].split("_", 2)[2] not in json.dumps(trail)
 
 
-def test_key_made_and_revoked_by_the_cli_while_serving(
-    server: LiveServer, data_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, _ = cli(capsys, data_dir, "create", "--tenant", "acme", "--role", "reader", "--json")
+def test_key_made_and_revoked_by_the_cli_while_serving(server: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, server.data_dir, "create", "--tenant", "acme", "--role", "reader", "--json")
     made = json.loads(out)
     assert code == 0 and works(server, made["key"])
-    assert cli(capsys, data_dir, "revoke", made["id"])[0] == 0
+    assert cli(capsys, server.data_dir, "revoke", made["id"])[0] == 0
     stops_within(server, made["key"], CACHE_S + 1.0)
-    code, table, _ = cli(capsys, data_dir, "list")
+    code, table, _ = cli(capsys, server.data_dir, "list")
     assert made["id"] in table and made["key"].split("_", 2)[2] not in table
 
 
@@ -355,7 +342,7 @@ def test_metrics_token(server: LiveServer) -> None:
     assert scraped.status_code == 200 and "ragops_" in scraped.text
 
 
-def test_keys_never_in_the_log(server: LiveServer, admin: httpx.Client, data_dir: Path) -> None:
+def test_keys_never_in_the_log(server: LiveServer, admin: httpx.Client) -> None:
     made = create(admin, name="logged?")
     secret = made["key"].split("_", 2)[2]
     # A key where the request log line does show what came: the path of a request.
@@ -363,6 +350,6 @@ def test_keys_never_in_the_log(server: LiveServer, admin: httpx.Client, data_dir
     chat = {"question": f"is {made['key']} a key?"}
     httpx.post(f"{server.url}/v1/chat", json=chat, headers={"Authorization": f"Bearer {made['key']}"}, timeout=60)
     time.sleep(0.3)  # the log line is written after the response
-    log = (data_dir / "server.log").read_text()
+    log = server.log_path.read_text()
     assert "/v1/nothing/[API_KEY]" in log
     assert secret not in log and "bootstrap-admin-key" not in log

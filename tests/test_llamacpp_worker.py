@@ -27,7 +27,7 @@ from serving.answering.llamacpp.engine import bundled_model_path
 from serving.answering.llamacpp.supervisor import LlamaCppGenerator, WorkerConfig, WorkerSupervisor
 from serving.contracts.generation import GenerationRequest, GeneratorError, StreamDelta
 from tests.conftest import load_sample_records
-from tests.live_server import LONG_ANSWER_PROMPT, LiveServer, llamacpp_worker, long_answer_prompts
+from tests.live_server import LONG_ANSWER_PROMPT, LiveServer, LiveServers, llamacpp_worker, long_answer_prompts
 
 HANG_TIMEOUT_S = 3.0
 SHORT = GenerationRequest([{"role": "user", "content": "Say hi."}], "hi", [], ModelParams(max_tokens=4))
@@ -164,25 +164,16 @@ def test_a_worker_that_cannot_start_says_why() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[LiveServer]:
-    data = tmp_path_factory.mktemp("worker")
-    prompts = long_answer_prompts(data / "prompts")
-    live = LiveServer(
-        {
-            "RAGOPS_DATA_DIR": str(data),
-            "RAGOPS_MODELS_DIR": str(models_dir),
-            "RAGOPS_PROMPTS_DIR": str(prompts),
-            "RAGOPS_PROMPT": LONG_ANSWER_PROMPT,
-            "RAGOPS_OUTPUT_GUARD": "report",
-            "RAGOPS_ANSWER_CACHE_SIZE": "0",
-            "RAGOPS_GENERATION_TIMEOUT_S": "60",
-        },
-        data / "server.log",
-    )
-    response = httpx.post(f"{live.url}/v1/documents", json={"documents": load_sample_records(40)}, timeout=120)
-    assert response.status_code == 200, response.text
-    yield live
-    live.stop()
+def server(tmp_path_factory: pytest.TempPathFactory, module_live_server: LiveServers) -> LiveServer:
+    prompts = long_answer_prompts(tmp_path_factory.mktemp("worker-prompts") / "prompts")
+    settings = {
+        "prompts_dir": prompts,
+        "prompt": LONG_ANSWER_PROMPT,
+        "output_guard": "report",
+        "answer_cache_size": 0,
+        "generation_timeout_s": 60,
+    }
+    return module_live_server(settings, name="worker", documents=load_sample_records(40))
 
 
 def worker_of(server: LiveServer) -> psutil.Process:
@@ -262,7 +253,7 @@ def test_openai_stream_survives_a_sigkill_mid_answer(server: LiveServer) -> None
     assert answer.model_dump()["ragops"]["generator"] == "llamacpp"
 
 
-def test_no_worker_outlives_the_api(server: LiveServer, tmp_path: Path, models_dir: Path) -> None:
+def test_no_worker_outlives_the_api(server: LiveServer, live_server: LiveServers) -> None:
     """SIGTERM: the API stops its worker on the way out. SIGKILL: nothing runs in the API any more, and the
     worker sees its input close and exits."""
     worker = worker_of(server)
@@ -270,8 +261,7 @@ def test_no_worker_outlives_the_api(server: LiveServer, tmp_path: Path, models_d
     assert server.process.returncode == 0
     assert wait_until(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, 10)
 
-    other = LiveServer({"RAGOPS_DATA_DIR": str(tmp_path / "d"), "RAGOPS_MODELS_DIR": str(models_dir)},
-                       tmp_path / "server.log")  # fmt: skip
+    other = live_server()
     orphan = worker_of(other)
     other.process.send_signal(signal.SIGKILL)  # the API alone, not its process group
     other.process.wait()

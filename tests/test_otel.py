@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +20,7 @@ from serving.contracts.generation import Usage
 from serving.observe.otel import OtelTracer, traces_url
 from tests.conftest import load_sample_records, make_answer
 from tests.http_receiver import HttpReceiver
-from tests.live_server import LiveServer
+from tests.live_server import LiveServers
 
 EMAIL = "jane@example.com"
 
@@ -52,7 +51,7 @@ def attributes(span: Span) -> dict[str, Any]:
 
 
 def traced_answer() -> tuple[AnswerRequest, Any]:
-    request = AnswerRequest(f"I am {EMAIL}. Who were the Normans?", Scope("sample", "acme"))
+    request = AnswerRequest(question=f"I am {EMAIL}. Who were the Normans?", scope=Scope("sample", "acme"))
     citation = Citation(index=1, doc_id="d1", chunk_id="c1", title=None, source=None, text=f"Normans {EMAIL}",
                         score=0.8, cited=True)  # fmt: skip
     answer = make_answer(
@@ -100,18 +99,15 @@ def test_an_answer_becomes_a_span_tree_with_genai_attributes() -> None:
     assert EMAIL not in str([attributes(span) for span in spans])  # redacted like LangSmith's traces
 
 
-def test_a_served_request_is_traced_to_langsmith_and_otlp_side_by_side(tmp_path: Path, models_dir: Path) -> None:
+def test_a_served_request_is_traced_to_langsmith_and_otlp_side_by_side(live_server: LiveServers) -> None:
     langsmith, collector = HttpReceiver(), HttpReceiver()
-    settings = {
-        "RAGOPS_DATA_DIR": str(tmp_path / "data"), "RAGOPS_MODELS_DIR": str(models_dir),
-        "RAGOPS_DEFAULT_COLLECTION": "sample", "RAGOPS_GENERATOR": "extractive",
+    env = {
         "LANGSMITH_ENDPOINT": langsmith.url, "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
         "OTEL_SERVICE_NAME": "ragops-live",
     }  # fmt: skip
-    server = LiveServer(settings, tmp_path / "server.log")
+    server = live_server({"default_collection": "sample", "generator": "extractive"}, env)
     try:
-        documents = {"documents": load_sample_records(20)}
-        assert httpx.post(f"{server.url}/v1/documents", json=documents, timeout=120).status_code == 200
+        server.ingest(load_sample_records(20))
         body = httpx.post(f"{server.url}/v1/chat", json={"question": "Who were the Normans?"}, timeout=60).json()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not (collector.paths("POST") and langsmith.paths("POST")):

@@ -85,7 +85,9 @@ def test_canary_share_is_sticky_and_close_to_its_share(registry: PromptRegistry)
 def test_answers_name_the_canary_version(make_services: Callable[..., Services]) -> None:
     services = make_services(generator="extractive", canary_prompt="rag_answer@v1", canary_share=1.0)
     services.ingestor.ingest_documents(sample_documents(10), Scope("s", "default"))
-    answer = services.pipeline.answer(AnswerRequest("Who were the Normans?", Scope("s", "default"), user="u1"))
+    answer = services.pipeline.answer(
+        AnswerRequest(question="Who were the Normans?", scope=Scope("s", "default"), user="u1")
+    )
     assert answer.prompt.version == "v1" and answer.prompt.hash
 
 

@@ -10,6 +10,7 @@ import pytest
 from prompts.answer_format import MAX_SENTENCE_CHARS, answer_grammar
 from prompts.citations import NOT_IN_DOCUMENTS
 from prompts.loader import PromptError, PromptPassage, list_versions, load_prompt, parse_prompt
+from prompts.messages import ChatMessage
 from serving.answering.llamacpp.engine import bundled_model_path
 
 VALID = """
@@ -39,9 +40,10 @@ def test_shipped_prompt_loads_and_renders_numbered_delimited_passages() -> None:
 
 def test_history_goes_between_system_and_question() -> None:
     prompt = parse_prompt(VALID)
-    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    history = [ChatMessage(role="user", content="hi"), ChatMessage(role="assistant", content="hello")]
     messages = prompt.render("q", [PromptPassage(1, "a", "t")], history)
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[1:3] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     assert prompt.params.stop == ("END",) and prompt.params.max_tokens == 64
 
 

@@ -5,7 +5,6 @@ metric says degraded, one log line each way) and recovers when Redis is back; fa
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import Counter
@@ -20,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.governance.rate_limits import KEY_PREFIX
 from tests.backing_services import RedisServer
 from tests.conftest import load_sample_records
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, LiveServers
 
 QUESTION = "What part of the Earth's atmosphere is oxygen?"
 OTHER_QUESTION = "Who were the Normans?"
@@ -40,26 +39,17 @@ ROLE_LIMITS = {
 }
 
 
-def start(data: Path, models_dir: Path, **env: str) -> LiveServer:
-    data.mkdir(parents=True, exist_ok=True)
-    server = LiveServer(
-        {
-            "RAGOPS_DATA_DIR": str(data),
-            "RAGOPS_MODELS_DIR": str(models_dir),
-            "RAGOPS_GENERATOR": "extractive",
-            "RAGOPS_DEFAULT_COLLECTION": "sample",
-            "RAGOPS_API_KEYS": json.dumps(KEYS),
-            "RAGOPS_AUTH_FAILURES_PER_MINUTE": str(AUTH_FAILURES),
-            "RAGOPS_TRUSTED_PROXIES": json.dumps(["127.0.0.0/8"]),  # each test acts from its own client address
-            **env,
-        },
-        data / "server.log",
-    )
-    ingested = httpx.post(
-        f"{server.url}/v1/documents", json={"documents": load_sample_records(40)}, headers=bearer("editor-key"),
-        timeout=120,
-    )  # fmt: skip
-    assert ingested.status_code == 200, ingested.text
+def start(servers: LiveServers, **settings: object) -> LiveServer:
+    settings = {
+        "generator": "extractive",
+        "default_collection": "sample",
+        "api_keys": KEYS,
+        "auth_failures_per_minute": AUTH_FAILURES,
+        "trusted_proxies": ["127.0.0.0/8"],  # each test acts from its own client address
+        **settings,
+    }
+    server = servers(settings)
+    server.ingest(load_sample_records(40), headers=bearer("editor-key"))
     return server
 
 
@@ -88,21 +78,19 @@ def assert_refused(response: httpx.Response, limit: str, max_retry_after_s: int)
 
 
 @pytest.fixture(scope="module", params=["in_process", "redis"])
-def limited(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, models_dir: Path
-) -> Iterator[tuple[LiveServer, str | None]]:
+def limited(request: pytest.FixtureRequest, module_live_server: LiveServers) -> Iterator[tuple[LiveServer, str | None]]:
     """One server per backend with small limits; tests use their own keys and addresses so they do not meet."""
     redis_url = None
     if request.param == "redis":
         shared: RedisServer = request.getfixturevalue("redis_server")
         shared.flush()
         redis_url = shared.url
-    env = {"RAGOPS_ROLE_LIMITS": json.dumps(ROLE_LIMITS)}
+    settings: dict[str, object] = {"role_limits": ROLE_LIMITS}
     if redis_url is not None:
-        env["RAGOPS_REDIS_URL"] = redis_url
-    server = start(tmp_path_factory.mktemp(f"limits-{request.param}"), models_dir, **env)
+        settings["redis_url"] = redis_url
+    server = start(module_live_server, **settings)
     yield server, redis_url
-    server.stop()
+    server.stop()  # before the other backend's server starts
 
 
 def test_requests_per_minute_count_cache_hits_and_answer_429(limited: tuple[LiveServer, str | None]) -> None:
@@ -185,50 +173,44 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def test_redis_killed_mid_load_fail_open_keeps_answering(
-    own_redis: RedisServer, tmp_path: Path, models_dir: Path
+    own_redis: RedisServer, tmp_path: Path, live_server: LiveServers
 ) -> None:
     unlimited = {"requests_per_minute": 1_000_000, "tokens_per_day": 1_000_000}
-    env = {
-        "RAGOPS_REDIS_URL": own_redis.url,
-        "RAGOPS_ANSWER_CACHE_BACKEND": "redis",
-        "RAGOPS_ROLE_LIMITS": json.dumps(dict.fromkeys(ROLE_LIMITS, unlimited)),
-    }
-    server = start(tmp_path / "data", models_dir, **env)
-    try:
-        load = Load(server)
-        wait_for(lambda: sum(load.statuses.values()) >= 20)
-        assert metric(server, "ragops_rate_limiter_degraded") == 0
-        own_redis.stop()
-        wait_for(lambda: metric(server, "ragops_rate_limiter_degraded") == 1)
-        during = sum(load.statuses.values())
-        wait_for(lambda: sum(load.statuses.values()) >= during + 20)  # still answering, on local limits
-        restarted = RedisServer(tmp_path / "redis", port=own_redis.port)
-        wait_for(lambda: metric(server, "ragops_rate_limiter_degraded") == 0)
-        after = sum(load.statuses.values())
-        wait_for(lambda: sum(load.statuses.values()) >= after + 20)
-        statuses = load.stop()
-        assert set(statuses) == {200}, statuses
-        assert metric(server, "ragops_redis_errors_total", {"part": "rate_limits"}) >= 1
-        log = (tmp_path / "data" / "server.log").read_text()
-        assert log.count("redis unreachable for rate limits") == 1, log[-3000:]
-        assert log.count("redis reachable again for rate limits") == 1
-        assert redis.Redis.from_url(restarted.url).keys(f"{KEY_PREFIX}:*")  # counting in Redis again
-        restarted.stop()
-    finally:
-        server.stop()
+    server = start(
+        live_server,
+        redis_url=own_redis.url,
+        answer_cache_backend="redis",
+        role_limits=dict.fromkeys(ROLE_LIMITS, unlimited),
+    )
+    load = Load(server)
+    wait_for(lambda: sum(load.statuses.values()) >= 20)
+    assert metric(server, "ragops_rate_limiter_degraded") == 0
+    own_redis.stop()
+    wait_for(lambda: metric(server, "ragops_rate_limiter_degraded") == 1)
+    during = sum(load.statuses.values())
+    wait_for(lambda: sum(load.statuses.values()) >= during + 20)  # still answering, on local limits
+    restarted = RedisServer(tmp_path / "redis", port=own_redis.port)
+    wait_for(lambda: metric(server, "ragops_rate_limiter_degraded") == 0)
+    after = sum(load.statuses.values())
+    wait_for(lambda: sum(load.statuses.values()) >= after + 20)
+    statuses = load.stop()
+    assert set(statuses) == {200}, statuses
+    assert metric(server, "ragops_redis_errors_total", {"part": "rate_limits"}) >= 1
+    log = server.log_path.read_text()
+    assert log.count("redis unreachable for rate limits") == 1, log[-3000:]
+    assert log.count("redis reachable again for rate limits") == 1
+    assert redis.Redis.from_url(restarted.url).keys(f"{KEY_PREFIX}:*")  # counting in Redis again
+    restarted.stop()
 
 
-def test_redis_down_fail_closed_answers_503(own_redis: RedisServer, tmp_path: Path, models_dir: Path) -> None:
-    server = start(tmp_path / "data", models_dir, RAGOPS_REDIS_URL=own_redis.url, RAGOPS_RATE_LIMIT_FAIL="closed")
-    try:
-        assert chat(server, "reader-1").status_code == 200
-        own_redis.stop()
-        refused = chat(server, "reader-1")
-        assert refused.status_code == 503 and refused.json()["error"]["code"] == "limiter_unavailable"
-        assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200  # public routes need no limiter
-        assert metric(server, "ragops_rate_limiter_degraded") == 1
-        restarted = RedisServer(tmp_path / "redis", port=own_redis.port)
-        wait_for(lambda: chat(server, "reader-1").status_code == 200)
-        restarted.stop()
-    finally:
-        server.stop()
+def test_redis_down_fail_closed_answers_503(own_redis: RedisServer, tmp_path: Path, live_server: LiveServers) -> None:
+    server = start(live_server, redis_url=own_redis.url, rate_limit_fail="closed")
+    assert chat(server, "reader-1").status_code == 200
+    own_redis.stop()
+    refused = chat(server, "reader-1")
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "limiter_unavailable"
+    assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200  # public routes need no limiter
+    assert metric(server, "ragops_rate_limiter_degraded") == 1
+    restarted = RedisServer(tmp_path / "redis", port=own_redis.port)
+    wait_for(lambda: chat(server, "reader-1").status_code == 200)
+    restarted.stop()

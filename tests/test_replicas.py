@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from retrieval.documents import Document, Section
 from retrieval.index import Scope
 from serving.answering.index_digest import IndexDigest
 from tests.conftest import ROOT, load_sample_records, sample_documents
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, LiveServers
 
 READER_RPM = 6
 KEYS = {"editor-key": "acme:editor", "reader-1": "acme:reader", "reader-2": "acme:reader"}
@@ -34,40 +34,22 @@ ROLE_LIMITS = {
 QUESTION = "What part of the Earth's atmosphere is oxygen?"
 
 
-def replica_env(data: Path, models_dir: Path, redis_url: str, postgres_url: str) -> dict[str, str]:
-    return {
-        "RAGOPS_DATA_DIR": str(data),
-        "RAGOPS_MODELS_DIR": str(models_dir),
-        "RAGOPS_GENERATOR": "extractive",
-        "RAGOPS_DEFAULT_COLLECTION": "sample",
-        "RAGOPS_API_KEYS": json.dumps(KEYS),
-        "RAGOPS_ROLE_LIMITS": json.dumps(ROLE_LIMITS),
-        "RAGOPS_DATABASE_URL": postgres_url,
-        "RAGOPS_REDIS_URL": redis_url,
-        "RAGOPS_ANSWER_CACHE_BACKEND": "redis",
-    }
-
-
 @pytest.fixture
-def replicas(
-    tmp_path: Path, models_dir: Path, redis_url: str, postgres_url: str
-) -> Iterator[tuple[LiveServer, LiveServer]]:
-    started: list[LiveServer] = []
-    try:
-        for name in ("a", "b"):
-            data = tmp_path / name
-            data.mkdir()
-            server = LiveServer(replica_env(data, models_dir, redis_url, postgres_url), data / "server.log")
-            started.append(server)
-            ingested = httpx.post(
-                f"{server.url}/v1/documents", json={"documents": load_sample_records(40)},
-                headers=headers("editor-key", f"ingest{name}"), timeout=120,
-            )  # fmt: skip
-            assert ingested.status_code == 200, ingested.text
-        yield started[0], started[1]
-    finally:
-        for server in started:
-            server.stop()
+def replicas(live_server: LiveServers, redis_url: str, postgres_url: str) -> tuple[LiveServer, LiveServer]:
+    settings = {
+        "generator": "extractive",
+        "default_collection": "sample",
+        "api_keys": KEYS,
+        "role_limits": ROLE_LIMITS,
+        "database_url": postgres_url,
+        "redis_url": redis_url,
+        "answer_cache_backend": "redis",
+    }
+    started = []
+    for name in ("a", "b"):
+        started.append(live_server(settings, name=name))
+        started[-1].ingest(load_sample_records(40), headers=headers("editor-key", f"ingest{name}"))
+    return started[0], started[1]
 
 
 def headers(key: str, request_id: str) -> dict[str, str]:

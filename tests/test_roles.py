@@ -5,11 +5,8 @@ until it is added here, with the role it needs."""
 
 from __future__ import annotations
 
-import json
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +21,7 @@ from serving.governance.access import KeyLimits, Role
 from serving.governance.keys import KeyStore
 from serving.infra.state_store import StateStore
 from tests.conftest import ROOT
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, LiveServers
 
 ENV_KEYS = {
     "acme-editor-key": "acme:editor",
@@ -43,7 +40,7 @@ LABEL = "roles-test"  # a label no shipped prompt uses, in the server's own copy
 
 
 @dataclass(frozen=True)
-class Case:
+class Case:  # a table's row: positional, read as a table
     """One route: the role it needs (None: public) and a request that the role may make, with its status."""
 
     method: str
@@ -69,13 +66,18 @@ CASES = [
     Case("POST", "/v1/search", Role.reader, "/v1/search", {"query": "rocket skates", "collection": COLLECTION}, 200),
     Case("POST", "/v1/chat", Role.reader, "/v1/chat", ASK, 200),
     Case(
-        "POST", "/v1/chat/completions", Role.reader, "/v1/chat/completions",
-        {"model": "ragops", "messages": [{"role": "user", "content": "When do the skates ship?"}],
-         "collection": COLLECTION}, 200,
+        "POST",
+        "/v1/chat/completions",
+        Role.reader,
+        "/v1/chat/completions",
+        {
+            "model": "ragops",
+            "messages": [{"role": "user", "content": "When do the skates ship?"}],
+            "collection": COLLECTION,
+        },
+        200,
     ),
-    Case(
-        "POST", "/v1/feedback", Role.reader, "/v1/feedback", {"id": "ans_" + "0" * 32, "rating": "down"}, 404,
-    ),
+    Case("POST", "/v1/feedback", Role.reader, "/v1/feedback", {"id": "ans_" + "0" * 32, "rating": "down"}, 404),
     Case("GET", "/v1/documents", Role.reader, f"/v1/documents?collection={COLLECTION}", None, 200),
     Case("POST", "/v1/documents", Role.editor, "/v1/documents", INGEST, 200),
     Case("DELETE", "/v1/documents/{doc_id:path}", Role.editor, f"/v1/documents/absent{IN_COLLECTION}", None, 404),
@@ -85,12 +87,20 @@ CASES = [
     Case("POST", "/v1/admin/keys/{key_id}/rotate", Role.admin, "/v1/admin/keys/absent/rotate", {}, 404),
     Case("GET", "/v1/admin/prompts", Role.admin, "/v1/admin/prompts", None, 200),
     Case(
-        "POST", "/v1/admin/prompts/{name}/labels/{label}", Role.admin, "/v1/admin/prompts/absent/labels/x",
-        {"version": "v1"}, 404,
+        "POST",
+        "/v1/admin/prompts/{name}/labels/{label}",
+        Role.admin,
+        "/v1/admin/prompts/absent/labels/x",
+        {"version": "v1"},
+        404,
     ),
     Case(
-        "POST", "/v1/admin/prompts/{name}/labels/{label}/rollback", Role.admin,
-        "/v1/admin/prompts/absent/labels/x/rollback", None, 404,
+        "POST",
+        "/v1/admin/prompts/{name}/labels/{label}/rollback",
+        Role.admin,
+        "/v1/admin/prompts/absent/labels/x/rollback",
+        None,
+        404,
     ),
     Case("GET", "/v1/admin/usage", Role.admin, "/v1/admin/usage", None, 200),
     Case("GET", "/v1/admin/budgets", Role.admin, "/v1/admin/budgets", None, 200),
@@ -98,7 +108,7 @@ CASES = [
     Case("DELETE", "/v1/admin/budgets/{tenant}", Role.admin, "/v1/admin/budgets/nobody", None, 404),
     Case("GET", "/v1/admin/audit", Role.admin, "/v1/admin/audit", None, 200),
     Case("GET", "/v1/admin/audit/verify", Role.admin, "/v1/admin/audit/verify", None, 200),
-]  # fmt: skip
+]
 
 
 @dataclass
@@ -118,7 +128,7 @@ def bearer(key: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[tuple[LiveServer, Keys]]:
+def server(tmp_path_factory: pytest.TempPathFactory, module_live_server: LiveServers) -> tuple[LiveServer, Keys]:
     data = tmp_path_factory.mktemp("roles")
     prompts = data / "prompts"
     shutil.copytree(ROOT / "prompts", prompts, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
@@ -126,27 +136,20 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
     reader = KeyStore(store).create("acme", Role.reader, "leaked reader", None, KeyLimits()).key
     store.close()
     limits = {role.value: {"requests_per_minute": 10_000, "tokens_per_day": 10_000_000} for role in Role}
-    env = {
-        "RAGOPS_DATA_DIR": str(data), "RAGOPS_MODELS_DIR": str(models_dir), "RAGOPS_GENERATOR": "extractive",
-        "RAGOPS_GUARDS": "false", "RAGOPS_PROMPTS_DIR": str(prompts), "RAGOPS_API_KEYS": json.dumps(ENV_KEYS),
-        "RAGOPS_ROLE_LIMITS": json.dumps(limits), "RAGOPS_AUTH_FAILURES_PER_MINUTE": "100000",
+    settings = {
+        "data_dir": data, "generator": "extractive", "guards": False, "prompts_dir": prompts,
+        "api_keys": ENV_KEYS, "role_limits": limits, "auth_failures_per_minute": 100000,
     }  # fmt: skip
-    live = LiveServer(env, data / "server.log")
+    live = module_live_server(settings, name="roles")
     keys = Keys(reader, "acme-editor-key", "acme-admin-key", "globex-reader-key", "globex-editor-key")
-    with httpx.Client(base_url=live.url, timeout=60) as http:
-        for key, doc in ((keys.editor, ACME_DOC), (keys.other_editor, GLOBEX_DOC)):
-            ingest = http.post(
-                "/v1/documents", json={"documents": [doc], "collection": COLLECTION}, headers=bearer(key)
-            )
-            assert ingest.status_code == 200, ingest.text
-    yield live, keys
-    live.stop()
+    for key, doc in ((keys.editor, ACME_DOC), (keys.other_editor, GLOBEX_DOC)):
+        live.ingest([doc], headers=bearer(key), collection=COLLECTION)
+    return live, keys
 
 
 @pytest.fixture(scope="module")
-def http(server: tuple[LiveServer, Keys]) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server[0].url, timeout=60) as client:
-        yield client
+def http(server: tuple[LiveServer, Keys]) -> httpx.Client:
+    return server[0].client(timeout=60)
 
 
 def declared_role(dependant: Dependant) -> Role | None:

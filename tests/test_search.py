@@ -197,8 +197,8 @@ def test_rerank_is_a_setting(make_services: Callable[..., Services]) -> None:
     services.ingestor.ingest_documents(sample_documents(30), SCOPE)
     query = "Who ruled the duchy of Normandy?"
     dense, sparse = services.embedder.embed_query(query), Bm25Encoder().encode_query(query)
-    lists = services.index.search_both(SCOPE, dense, sparse, services.settings.prefetch_limit, SearchFilter())
-    expected = fuse(lists, services.settings.hybrid_dense_weight)[:5]
+    lists = services.index.search_both(SCOPE, dense, sparse, services.settings.retrieval.prefetch_limit, SearchFilter())
+    expected = fuse(lists, services.settings.retrieval.hybrid_dense_weight)[:5]
     hits = services.searcher.search(query, SCOPE, top_k=5).hits
     assert [h.chunk_id for h in hits] == [c.point.id for c in expected]
     assert [h.score for h in hits] == pytest.approx([c.score for c in expected])

@@ -29,7 +29,21 @@ def test_migrations_apply_once_and_transactions_commit_or_roll_back(database_url
             cursor.execute("UPDATE budgets SET monthly_usd = ? WHERE tenant = ?", (9.0, "acme"))
             raise RuntimeError("the caller failed: nothing it wrote stays")
         with store.transaction() as cursor:
-            assert cursor.execute("SELECT tenant, monthly_usd FROM budgets") == [("acme", 1.5)]
+            assert cursor.execute("SELECT tenant, monthly_usd FROM budgets") == [{"tenant": "acme", "monthly_usd": 1.5}]
+    finally:
+        store.close()
+
+
+def test_rows_are_read_by_column_name_and_a_name_selected_twice_is_refused(
+    database_url: str | None, tmp_path: Path
+) -> None:
+    store = StateStore.open(database_url, tmp_path / "state.sqlite")
+    try:
+        with store.transaction() as cursor:
+            (row,) = cursor.execute("SELECT MAX(version) AS version, COUNT(*) AS applied FROM schema_migrations")
+            assert row == {"version": MIGRATIONS[-1].version, "applied": len(MIGRATIONS)}
+        with pytest.raises(ValueError, match="selected twice"), store.transaction() as cursor:
+            cursor.execute("SELECT a.version, b.version FROM schema_migrations a JOIN schema_migrations b ON 1 = 1")
     finally:
         store.close()
 
@@ -40,7 +54,7 @@ def test_replicas_starting_together_migrate_once(postgres_url: str, tmp_path: Pa
     try:
         with stores[0].transaction() as cursor:
             rows = cursor.execute("SELECT version FROM schema_migrations ORDER BY version")
-        assert [row[0] for row in rows] == [m.version for m in MIGRATIONS]
+        assert [row["version"] for row in rows] == [m.version for m in MIGRATIONS]
     finally:
         for store in stores:
             store.close()

@@ -20,8 +20,9 @@ import pytest
 import uvicorn
 
 from app.api.openai_api import WITHDRAWN_NOTICE
-from app.container import Services, build_guards, build_services
+from app.container import Services, build_services
 from app.main import create_app
+from app.parts import build_guards
 from app.settings import load_settings
 from retrieval.documents import Document, Hit, Section
 from retrieval.embedding import Embedder
@@ -36,7 +37,7 @@ from serving.contracts.answer import AnswerRequest, resolve_citations
 from serving.contracts.generation import Generation, GenerationRequest, GeneratorError, Replaced, StreamDelta, Usage
 from tests.browser import asked_on_the_page, needs_chromium
 from tests.conftest import sample_documents
-from tests.live_server import LiveServer, free_port
+from tests.live_server import LiveServer, LiveServers, free_port
 
 EMAIL, PHONE = "alice.secret@example.com", "555 123 4567"
 CONTACT = Document(
@@ -161,16 +162,12 @@ def scripted_server(scripted_services: Services) -> Iterator[tuple[ThreadServer,
 
 
 @pytest.fixture(scope="module")
-def llama_server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[LiveServer]:
-    data = tmp_path_factory.mktemp("llama-stream")
-    env = {"RAGOPS_DATA_DIR": str(data), "RAGOPS_MODELS_DIR": str(models_dir), "RAGOPS_ANSWER_CACHE_SIZE": "0"}
-    server = LiveServer(env, data / "server.log")  # the default generator (llama.cpp), the output guard enforced
+def llama_server(module_live_server: LiveServers) -> LiveServer:
+    # The default generator (llama.cpp), the output guard enforced.
+    server = module_live_server({"answer_cache_size": 0}, name="llama-stream")
     document = {"id": CONTACT.id, "title": CONTACT.title, "text": CONTACT.sections[0].text}
-    response = httpx.post(f"{server.url}/v1/documents", json={"documents": [document], "collection": "contacts"},
-                          timeout=120)  # fmt: skip
-    assert response.status_code == 200, response.text
-    yield server
-    server.stop()
+    server.ingest([document], collection="contacts")
+    return server
 
 
 def chat_events(url: str, question: str, collection: str = "sample") -> list[dict[str, Any]]:
@@ -237,7 +234,18 @@ def test_the_splitter_cuts_sentences_and_loses_nothing() -> None:
 def test_released_sentences_join_to_the_final_answer_text() -> None:
     """Invalid markers dropped sentence by sentence, and the spaces they leave, match the whole answer's cleaning
     (``resolve_citations``), however the deltas fall."""
-    hits = [Hit(f"d{i}", f"d{i}#0", 0.5, "Some passage text.", None, None, {}) for i in range(2)]
+    hits = [
+        Hit(
+            doc_id=f"d{i}",
+            chunk_id=f"d{i}#0",
+            score=0.5,
+            text="Some passage text.",
+            title=None,
+            source=None,
+            metadata={},
+        )
+        for i in range(2)
+    ]
     words = ["Alpha", "beta.", "[1]", "[9]", "[1, 7]", "gamma!", "\n", "delta?", " ", "[2]."]
     rng = random.Random(7)
     for _ in range(300):
@@ -252,7 +260,15 @@ def test_released_sentences_join_to_the_final_answer_text() -> None:
 
 
 def test_citations_show_retrieved_text_redacted() -> None:
-    hit = Hit("contact", "contact#0", 0.9, CONTACT.sections[0].text, f"Mail {EMAIL}", None, {})
+    hit = Hit(
+        doc_id="contact",
+        chunk_id="contact#0",
+        score=0.9,
+        text=CONTACT.sections[0].text,
+        title=f"Mail {EMAIL}",
+        source=None,
+        metadata={},
+    )
     _, [redacted] = resolve_citations("Reach Alice Secret [1].", [hit], redact_retrieved=True)
     assert EMAIL not in redacted.text and "[EMAIL]" in redacted.text and "[PHONE]" in redacted.text
     assert redacted.title == "Mail [EMAIL]" and redacted.cited
@@ -310,7 +326,7 @@ def test_a_redacted_answer_streams_redacted_and_stays_whole(scripted_server: tup
 
 def test_report_mode_only_redacts(scripted_services: Services) -> None:
     pipeline = scripted_pipeline(scripted_services, Scripted(), enforce=False)
-    events = list(pipeline.stream(AnswerRequest(GROUNDED_THEN_INVENTED, SCOPE)))
+    events = list(pipeline.stream(AnswerRequest(question=GROUNDED_THEN_INVENTED, scope=SCOPE)))
     answer = events[-1]
     assert not any(isinstance(e, Replaced) for e in events)
     assert answer.generator == "scripted" and "Napoleon" in answer.answer and EMAIL not in answer.answer  # type: ignore[union-attr]
@@ -320,7 +336,7 @@ def test_report_mode_only_redacts(scripted_services: Services) -> None:
 
 def test_a_model_failing_mid_answer_is_replaced_not_patched(scripted_services: Services) -> None:
     pipeline = scripted_pipeline(scripted_services, FailsMidAnswer())
-    events = list(pipeline.stream(AnswerRequest(GROUNDED_THEN_INVENTED, SCOPE)))
+    events = list(pipeline.stream(AnswerRequest(question=GROUNDED_THEN_INVENTED, scope=SCOPE)))
     replaced = [e for e in events if isinstance(e, Replaced)]
     assert len(replaced) == 1 and replaced[0].from_ == "flaky" and replaced[0].reason.startswith("connection")
     answer = events[-1]

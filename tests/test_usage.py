@@ -26,7 +26,7 @@ from serving.infra.clock import day_of, month_start, next_month_start
 from serving.infra.state_store import StateStore
 from serving.observe.metrics import ServiceMetrics
 from tests.conftest import load_sample_records, make_answer, sample_documents
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, LiveServers
 
 NOW = datetime.now(UTC)
 THIS_MONTH, LAST_MONTH = day_of(month_start(NOW)), day_of(month_start(NOW) - timedelta(days=1))
@@ -89,8 +89,8 @@ def test_the_pipeline_prices_every_final_answer_before_the_observer(make_service
     seen = []
     services.observe = lambda request, answer: seen.append(answer)  # type: ignore[method-assign]
     services.__dict__.pop("pipeline", None)
-    first = services.pipeline.answer(AnswerRequest(QUESTIONS[0], scope))
-    again = services.pipeline.answer(AnswerRequest(QUESTIONS[0], scope))
+    first = services.pipeline.answer(AnswerRequest(question=QUESTIONS[0], scope=scope))
+    again = services.pipeline.answer(AnswerRequest(question=QUESTIONS[0], scope=scope))
     assert first.cost_usd == pytest.approx(first.usage.completion_tokens / 1000) and first.cost_usd > 0
     assert again.cached and again.cost_usd == 0
     assert [a.cost_usd for a in seen] == [first.cost_usd, 0]
@@ -227,22 +227,17 @@ def test_cli_budgets_and_usage(
 
 
 @pytest.fixture
-def priced_server(database_url: str | None, tmp_path: Path, models_dir: Path) -> Iterator[LiveServer]:
-    env = {
-        "RAGOPS_DATA_DIR": str(tmp_path / "data"),
-        "RAGOPS_MODELS_DIR": str(models_dir),
-        "RAGOPS_DEFAULT_COLLECTION": "sample",
-        "RAGOPS_GENERATOR": "extractive",
-        "RAGOPS_PRICES": json.dumps({"extractive": {"completion_per_1k": 10.0}}),
-        "RAGOPS_API_KEYS": json.dumps({ADMIN: "ops:admin", EDITOR: "acme:editor", READER: "acme:reader"}),
-        **({"RAGOPS_DATABASE_URL": database_url} if database_url else {}),
+def priced_server(database_url: str | None, live_server: LiveServers) -> LiveServer:
+    settings = {
+        "default_collection": "sample",
+        "generator": "extractive",
+        "prices": {"extractive": {"completion_per_1k": 10.0}},
+        "api_keys": {ADMIN: "ops:admin", EDITOR: "acme:editor", READER: "acme:reader"},
+        **({"database_url": database_url} if database_url else {}),
     }
-    server = LiveServer(env, tmp_path / "server.log")
-    documents = httpx.post(f"{server.url}/v1/documents", json={"documents": load_sample_records(40)},
-                           headers=bearer(EDITOR), timeout=120)  # fmt: skip
-    assert documents.status_code == 200, documents.text
-    yield server
-    server.stop()
+    server = live_server(settings)
+    server.ingest(load_sample_records(40), headers=bearer(EDITOR))
+    return server
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -279,11 +274,10 @@ def set_budget(client: httpx.Client, monthly_usd: float) -> dict[str, Any]:
 def test_budgets_and_usage_over_http(
     priced_server: LiveServer,
     database_url: str | None,
-    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with httpx.Client(base_url=priced_server.url, timeout=60) as client:
+    with priced_server.client(timeout=60) as client:
         reader = Reader(client)
         assert client.put("/v1/admin/budgets/acme", json={"monthly_usd": 1}, headers=bearer(READER)).status_code == 403
         set_budget(client, 1000)
@@ -305,11 +299,10 @@ def test_budgets_and_usage_over_http(
     if database_url is not None:
         monkeypatch.setenv("RAGOPS_DATABASE_URL", database_url)
     capsys.readouterr()
-    assert cli(["--data-dir", str(tmp_path / "data"), "usage", "--tenant", "acme", "--json"]) == 0
+    assert cli(["--data-dir", str(priced_server.data_dir), "usage", "--tenant", "acme", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["total"]["cost_usd"] == pytest.approx(sum(reader.charged))
 
-    lines = (tmp_path / "server.log").read_text().splitlines()
-    log = [json.loads(line) for line in lines if line.startswith("{")]
+    log = priced_server.log_lines()
     soft = [line for line in log if line["message"] == "budget soft threshold reached"]
     assert len(soft) == 1 and soft[0]["tenant"] == "acme"
     assert sum(line["message"] == "budget used up: requests refused" for line in log) == 1

@@ -18,7 +18,7 @@ from serving.answering.openai_compat import OpenAICompatibleGenerator
 from serving.contracts.generation import NOT_IN_DOCUMENTS, Generation, GenerationRequest, StreamDelta
 from tests import vllm_server
 from tests.conftest import load_sample_records
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, LiveServers
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not vllm_server.available(), reason="no vLLM engine: run `make vllm`")
@@ -75,48 +75,40 @@ def test_vllm_engine_honours_the_answer_grammar(vllm: vllm_server.VllmServer) ->
     assert request.grammar is None and not answer.fullmatch(generator.generate(request).text)
 
 
-def serve_with_vllm(vllm: vllm_server.VllmServer, tmp_path: Path, models_dir: Path, **env: str) -> LiveServer:
+def serve_with_vllm(vllm: vllm_server.VllmServer, live_server: LiveServers, **settings: object) -> LiveServer:
     """A ``ragops serve`` whose first generator is the vLLM engine."""
     settings = {
-        "RAGOPS_DATA_DIR": str(tmp_path / "data"),
-        "RAGOPS_MODELS_DIR": str(models_dir),
-        "RAGOPS_GENERATOR": "vllm",
-        "RAGOPS_VLLM_BASE_URL": vllm.base_url,
-        "RAGOPS_VLLM_MODEL": vllm_server.SERVED_NAME,
-        "RAGOPS_OUTPUT_GUARD": "report",  # follow vLLM's own answers (see test_chat_api.py)
-        **env,
+        "generator": "vllm",
+        "vllm_base_url": vllm.base_url,
+        "vllm_model": vllm_server.SERVED_NAME,
+        "output_guard": "report",  # follow vLLM's own answers (see test_chat_api.py)
+        **settings,
     }
-    return LiveServer(settings, tmp_path / "server.log")
+    return live_server(settings)
 
 
-def test_service_answers_through_vllm(vllm: vllm_server.VllmServer, tmp_path: Path, models_dir: Path) -> None:
-    server = serve_with_vllm(vllm, tmp_path, models_dir)
-    try:
-        httpx.post(f"{server.url}/v1/documents", json={"documents": load_sample_records(20)}, timeout=120)
-        body = httpx.post(
-            f"{server.url}/v1/chat", json={"question": "What part of the Earth's atmosphere is oxygen?"}, timeout=120
-        ).json()
-        assert body["generator"] == "vllm" and body["fallback"] is None and body["answer"]
-        assert body["usage"]["completion_tokens"] > 0
-    finally:
-        server.stop()
+def test_service_answers_through_vllm(vllm: vllm_server.VllmServer, live_server: LiveServers) -> None:
+    server = serve_with_vllm(vllm, live_server)
+    httpx.post(f"{server.url}/v1/documents", json={"documents": load_sample_records(20)}, timeout=120)
+    body = httpx.post(
+        f"{server.url}/v1/chat", json={"question": "What part of the Earth's atmosphere is oxygen?"}, timeout=120
+    ).json()
+    assert body["generator"] == "vllm" and body["fallback"] is None and body["answer"]
+    assert body["usage"]["completion_tokens"] > 0
 
 
-def test_vllm_stopped_mid_run_falls_back(vllm: vllm_server.VllmServer, tmp_path: Path, models_dir: Path) -> None:
+def test_vllm_stopped_mid_run_falls_back(vllm: vllm_server.VllmServer, live_server: LiveServers) -> None:
     """Runs last in this module: it stops the engine."""
-    server = serve_with_vllm(vllm, tmp_path, models_dir, RAGOPS_VLLM_MAX_RETRIES="0", RAGOPS_BREAKER_FAILURES="2")
-    try:
-        records = load_sample_records(20)
-        httpx.post(f"{server.url}/v1/documents", json={"documents": records}, timeout=120)
-        first = httpx.post(f"{server.url}/v1/chat", json={"question": "Who were the Normans?"}, timeout=120).json()
-        assert first["generator"] == "vllm"
-        vllm.stop()
-        questions = [" ".join(record["text"].split()[:12]) for record in records[1:4]]  # surely answerable
-        bodies = [httpx.post(f"{server.url}/v1/chat", json={"question": q}, timeout=60).json() for q in questions]
-        assert all(b["generator"] == "extractive" and b["answer"] for b in bodies)
-        assert [b["fallback"]["reason"].split(":")[0] for b in bodies] == ["connection", "connection", "circuit_open"]
-    finally:
-        server.stop()
+    server = serve_with_vllm(vllm, live_server, vllm_max_retries=0, breaker_failures=2)
+    records = load_sample_records(20)
+    httpx.post(f"{server.url}/v1/documents", json={"documents": records}, timeout=120)
+    first = httpx.post(f"{server.url}/v1/chat", json={"question": "Who were the Normans?"}, timeout=120).json()
+    assert first["generator"] == "vllm"
+    vllm.stop()
+    questions = [" ".join(record["text"].split()[:12]) for record in records[1:4]]  # surely answerable
+    bodies = [httpx.post(f"{server.url}/v1/chat", json={"question": q}, timeout=60).json() for q in questions]
+    assert all(b["generator"] == "extractive" and b["answer"] for b in bodies)
+    assert [b["fallback"]["reason"].split(":")[0] for b in bodies] == ["connection", "connection", "circuit_open"]
 
 
 def test_ragas_judge_through_vllm(vllm: vllm_server.VllmServer, tmp_path: Path, models_dir: Path) -> None:

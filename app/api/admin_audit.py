@@ -12,7 +12,8 @@ from app.api.deps import Admin, ServicesDep, moment_param
 from app.api.errors import error_responses
 from app.api.middleware import note_admin_action
 from retrieval.index import SCOPE_NAME_PATTERN
-from serving.governance.audit import VerifyResult, read_page, verify
+from serving.governance.audit_chain import VerifyResult, verify
+from serving.governance.audit_export import read_page
 
 router = APIRouter(tags=["admin"], responses=error_responses(400, 401, 403, 429, 503))
 

@@ -15,7 +15,7 @@ from app.api.deps import Reader, ServicesDep, answer_request, answered
 from app.api.errors import error_responses
 from app.api.schemas import ChatAnswerEvent, ChatDelta, ChatReplacedEvent, ChatRequest
 from app.api.sse import sse_event, sse_response, sse_responses
-from serving.contracts.answer import Answer
+from serving.contracts.answer import Answer, ChatMessage
 from serving.contracts.generation import Replaced
 
 router = APIRouter(tags=["chat"], responses=error_responses(400, 401, 403, 404, 429, 503))
@@ -27,8 +27,16 @@ router = APIRouter(tags=["chat"], responses=error_responses(400, 401, 403, 404, 
     responses=sse_responses("ChatStreamEvent", "The answer; with stream, ChatStreamEvent events, then [DONE]."),
 )
 def chat(body: ChatRequest, services: ServicesDep, caller: Reader) -> Answer | StreamingResponse:
-    history = [turn.model_dump() for turn in body.history]
-    request = answer_request(services, caller.tenant, body.question, body.collection, body.top_k, history, body.user)
+    history = [ChatMessage(role=turn.role, content=turn.content) for turn in body.history]
+    request = answer_request(
+        services=services,
+        tenant=caller.tenant,
+        question=body.question,
+        collection=body.collection,
+        top_k=body.top_k,
+        history=history,
+        user=body.user,
+    )
     if not body.stream:
         return answered(services, caller, services.pipeline.answer(request))
 

@@ -15,7 +15,7 @@ from app.api.errors import ApiError
 from app.api.middleware import current_exchange
 from app.container import Services
 from retrieval.index import SCOPE_NAME_PATTERN, SCOPE_NAME_RULE, Scope, is_scope_name
-from serving.contracts.answer import Answer, AnswerRequest, new_answer_id
+from serving.contracts.answer import Answer, AnswerRequest, ChatMessage, new_answer_id
 from serving.governance.access import Principal, Role
 from serving.infra.clock import parse_moment
 
@@ -41,7 +41,7 @@ _TENANT_HEADER = Header(
 def open_tenant(services: Services, x_tenant: str | None) -> str:
     """The tenant of a server without keys: ``X-Tenant``, or the default."""
     if x_tenant is None:
-        return services.settings.default_tenant
+        return services.settings.defaults.tenant
     if not is_scope_name(x_tenant):
         raise ApiError(400, f"X-Tenant must be {SCOPE_NAME_RULE}", param="X-Tenant")
     return x_tenant
@@ -59,7 +59,7 @@ def _caller(needed: Role) -> Callable[..., Principal]:
     ) -> Principal:
         scheme, _, token = (authorization or "").partition(" ")
         bearer = token.strip() if scheme.lower() == "bearer" else None
-        address = client_address(request, services.settings.trusted_proxies)
+        address = client_address(request, services.settings.access.trusted_proxies)
         principal = services.admission.identify(bearer or None, address, lambda: open_tenant(services, x_tenant))
         exchange = current_exchange.get()
         if exchange is not None:
@@ -124,7 +124,7 @@ def answer_request(
     question: str,
     collection: str | None,
     top_k: int | None,
-    history: list[dict[str, str]],
+    history: list[ChatMessage],
     user: str | None = None,
     id_prefix: str = "ans_",
 ) -> AnswerRequest:
@@ -134,16 +134,23 @@ def answer_request(
     exchange = current_exchange.get()
     if exchange is not None:
         exchange.question = question  # for the audit record
-    scope = Scope(collection or settings.default_collection, tenant)
+    scope = Scope(collection or settings.defaults.collection, tenant)
     if services.index.count(scope) == 0:
         raise ApiError(404, f"collection {scope.collection!r} has no documents", param="collection")
-    return AnswerRequest(question, scope, top_k or settings.chat_top_k, history, user, new_answer_id(id_prefix))
+    return AnswerRequest(
+        question=question,
+        scope=scope,
+        top_k=top_k or settings.answering.chat_top_k,
+        history=history,
+        user=user,
+        id=new_answer_id(id_prefix),
+    )
 
 
 def require_text(text: str, services: Services, param: str) -> str:
     """A query or question: stripped, not blank, within the configured length."""
     text = text.strip()
-    limit = services.settings.max_query_chars
+    limit = services.settings.limits.max_query_chars
     if not text:
         raise ApiError(400, f"{param} must not be blank", param=param)
     if "\x00" in text:  # no meaning in a question, and Postgres text (audit, kept answers) cannot hold it

@@ -20,10 +20,12 @@ CollectionQuery = Annotated[str | None, Query(pattern=COLLECTION_PATTERN)]
 def ingest_documents(body: IngestRequest, services: ServicesDep, caller: Editor) -> dict[str, Any]:
     """Add or update documents (by id; unchanged ones cost nothing). All are validated before any is written."""
     settings = services.settings
-    if len(body.documents) > settings.max_documents_per_request:
-        raise ApiError(400, f"at most {settings.max_documents_per_request} documents a request", param="documents")
+    if len(body.documents) > settings.limits.max_documents_per_request:
+        raise ApiError(
+            400, f"at most {settings.limits.max_documents_per_request} documents a request", param="documents"
+        )
     documents = _valid_documents(body.documents, services.limits)
-    scope = Scope(body.collection or settings.default_collection, caller.tenant)
+    scope = Scope(body.collection or settings.defaults.collection, caller.tenant)
     report = services.ingestor.ingest_documents(documents, scope)
     if report.errors:  # a failed batch is rolled back; say which documents did not make it
         failed = ", ".join(error["source"] for error in report.errors[:5])
@@ -52,7 +54,7 @@ def _valid_documents(items: list[DocumentBody], limits: DocumentLimits) -> list[
 
 @router.get("/v1/documents")
 def list_documents(services: ServicesDep, caller: Reader, collection: CollectionQuery = None) -> dict[str, Any]:
-    scope = Scope(collection or services.settings.default_collection, caller.tenant)
+    scope = Scope(collection or services.settings.defaults.collection, caller.tenant)
     hashes = services.index.document_hashes(scope)
     return {
         "collection": scope.collection,
@@ -64,7 +66,7 @@ def list_documents(services: ServicesDep, caller: Reader, collection: Collection
 def delete_document(
     doc_id: str, services: ServicesDep, caller: Editor, collection: CollectionQuery = None
 ) -> dict[str, Any]:
-    scope = Scope(collection or services.settings.default_collection, caller.tenant)
+    scope = Scope(collection or services.settings.defaults.collection, caller.tenant)
     if not services.ingestor.delete(scope, doc_id):
         raise ApiError(404, f"no document {doc_id!r} in collection {scope.collection!r}", param="doc_id")
     return {"id": doc_id, "collection": scope.collection, "deleted": True}

@@ -18,7 +18,7 @@ router = APIRouter(tags=["monitoring"])
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(services: ServicesDep, authorization: Annotated[str | None, Header()] = None) -> Response:
-    token = services.settings.metrics_token
+    token = services.settings.access.metrics_token
     if token is not None:
         given = (authorization or "").removeprefix("Bearer ").strip()
         # Digests, so that the comparison's time does not even tell the token's length.

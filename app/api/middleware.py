@@ -55,7 +55,7 @@ AUDIT_WAIT_S = 30.0  # the longest a response waits for its record's commit befo
 DONE = "data: [DONE]\n\n"  # an event stream's last event (app.api.sse ends every stream with it)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Exchange:
     """One request as the middleware tracks it; a stream that fails after its 200 reports here, and the routes
     note what the audit record needs (who called, what the answer was, what an admin did)."""
@@ -155,7 +155,11 @@ class AuditHook:
             return None
         services = getattr(scope["app"].state, "services", None) if "app" in scope else None
         audit: AuditLog | None = services.audit if services is not None else None
-        return None if audit is None else cls(audit, scope, receive, exchange, rid, started)
+        return (
+            None
+            if audit is None
+            else cls(audit=audit, scope=scope, receive=receive, exchange=exchange, rid=rid, started=started)
+        )
 
     def holding(self, send: Send) -> Send:
         async def audited(message: Message) -> None:
@@ -206,7 +210,12 @@ class AuditHook:
             latency_ms=(time.perf_counter() - self._started) * 1000,
         )
         return build_record(
-            facts, exchange.principal, exchange.answer, exchange.question, exchange.action, self._audit.content
+            facts=facts,
+            principal=exchange.principal,
+            answer=exchange.answer,
+            question=exchange.question,
+            action=exchange.action,
+            content=self._audit.content,
         )
 
 

@@ -39,7 +39,7 @@ from app.api.openai_protocol import (
 from app.api.schemas import MAX_HISTORY_TURNS, MAX_TURN_CHARS
 from app.api.sse import sse_event, sse_response, sse_responses
 from retrieval.index import is_scope_name
-from serving.contracts.answer import Answer, AnswerRequest
+from serving.contracts.answer import Answer, AnswerRequest, ChatMessage
 from serving.contracts.generation import Replaced
 
 router = APIRouter(tags=["openai"], responses=error_responses(400, 401, 403, 404, 429, 503))
@@ -120,15 +120,26 @@ def streamed_content(events: Iterator[str | Replaced | Answer]) -> Iterator[str 
 def _answer_request(body: ChatCompletionRequest, services: ServicesDep, tenant: str) -> AnswerRequest:
     """The last user message is the question; earlier user and assistant turns are history."""
     collection = requested_collection(body)
-    turns = [m for m in body.messages if m.role in ("user", "assistant")]
+    turns = [
+        ChatMessage(role=m.role, content=m.text()) for m in body.messages if m.role == "user" or m.role == "assistant"
+    ]
     if not turns or turns[-1].role != "user":
         raise ApiError(400, "the last message must come from the user", param="messages")
-    history = [{"role": m.role, "content": m.text()} for m in turns[:-1]]
-    if len(history) > MAX_HISTORY_TURNS or any(len(turn["content"]) > MAX_TURN_CHARS for turn in history):
+    history = turns[:-1]
+    if len(history) > MAX_HISTORY_TURNS or any(len(turn.content) > MAX_TURN_CHARS for turn in history):
         limit = f"at most {MAX_HISTORY_TURNS} earlier messages of at most {MAX_TURN_CHARS} characters each"
         raise ApiError(400, limit, param="messages")
-    question = turns[-1].text()
-    return answer_request(services, tenant, question, collection, body.top_k, history, body.user, "chatcmpl-")
+    question = turns[-1].content
+    return answer_request(
+        services=services,
+        tenant=tenant,
+        question=question,
+        collection=collection,
+        top_k=body.top_k,
+        history=history,
+        user=body.user,
+        id_prefix="chatcmpl-",
+    )
 
 
 def requested_collection(body: ChatCompletionRequest) -> str | None:

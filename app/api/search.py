@@ -17,14 +17,14 @@ router = APIRouter(tags=["search"], responses=error_responses(400, 401, 403, 429
 def search(body: SearchRequest, services: ServicesDep, caller: Reader) -> SearchResponse:
     settings = services.settings
     query = require_text(body.query, services, "query")
-    collection = body.collection or settings.default_collection
-    mode = body.mode or settings.default_mode
+    collection = body.collection or settings.defaults.collection
+    mode = body.mode or settings.defaults.mode
     search_filter = _search_filter(body.filter, services.limits)
     result = services.searcher.search(
-        query, Scope(collection, caller.tenant), body.top_k or settings.default_top_k, mode, search_filter
+        query, Scope(collection, caller.tenant), body.top_k or settings.defaults.top_k, mode, search_filter
     )
     return SearchResponse(
-        hits=[_hit_body(hit, settings.redact_retrieved) for hit in result.hits],
+        hits=[_hit_body(hit, settings.safety.redact_retrieved) for hit in result.hits],
         collection=collection,
         mode=mode,
         timings_ms=result.timings_ms,

@@ -36,7 +36,9 @@ def run_ask(args: argparse.Namespace) -> int:
     scope = scope_from(args, settings)
     services = open_services(settings)
     try:
-        answer = services.pipeline.answer(AnswerRequest(args.question.strip(), scope, settings.chat_top_k))
+        answer = services.pipeline.answer(
+            AnswerRequest(question=args.question.strip(), scope=scope, top_k=settings.answering.chat_top_k)
+        )
     except PromptError as exc:
         raise CliError(str(exc)) from exc
     finally:

@@ -16,7 +16,7 @@ from retrieval.index import SCOPE_NAME_RULE, is_scope_name
 
 if TYPE_CHECKING:
     from app.cli.common import Commands
-    from serving.governance.audit import VerifyResult
+    from serving.governance.audit_chain import VerifyResult
 
 
 def add_parser(commands: Commands) -> None:
@@ -39,7 +39,7 @@ def add_parser(commands: Commands) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from serving.governance.audit import check_anchor, verify
+    from serving.governance.audit_chain import check_anchor, verify
 
     anchor = _anchor(args.anchor) if args.anchor else None
     with open_state(settings_from(args)) as store:
@@ -72,7 +72,7 @@ def describe(result: VerifyResult) -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from serving.governance.audit import export
+    from serving.governance.audit_export import export
 
     since = moment_arg(args.since, "--since")
     if args.tenant is not None and not is_scope_name(args.tenant):
@@ -99,7 +99,8 @@ def _output(path: Path | None) -> Iterator[TextIO]:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from serving.governance.audit import AuditUnavailableError, prune
+    from serving.governance.audit import AuditUnavailableError
+    from serving.governance.audit_export import prune
 
     before = moment_arg(args.before, "--before")
     with open_state(settings_from(args)) as store:

@@ -146,8 +146,9 @@ def copy_sqlite(source: Path, target: Path) -> None:
 def check_sqlite(path: Path) -> None:
     try:
         with sqlite3.connect(path) as db:
-            ok = db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-            migrated = db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] > 0
+            db.row_factory = sqlite3.Row  # rows read by column name
+            ok = db.execute("PRAGMA integrity_check").fetchone()["integrity_check"] == "ok"
+            migrated = db.execute("SELECT COUNT(*) AS n FROM schema_migrations").fetchone()["n"] > 0
         db.close()
     except sqlite3.Error as exc:
         raise CliError(f"the backup's state store is not usable: {exc}", EXIT_FAILURE) from exc

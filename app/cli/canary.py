@@ -62,7 +62,7 @@ class CanaryView:
 def _view(row: CanaryRow, state: StateStore, settings: Settings) -> CanaryView:
     from functools import partial
 
-    from app.container import canary_policy
+    from app.parts import canary_policy
     from serving.loop.canary_control import current_analysis, ratings_by_answer
 
     if row.status != "running":
@@ -76,7 +76,7 @@ def run_status(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     with open_state(settings) as state:
-        rows = CanaryBook(state, settings.canary_share).all()
+        rows = CanaryBook(state, settings.canary.share).all()
         rows = [r for r in rows if args.name in (None, r.prompt)]
         if args.name and not rows:
             raise CliError(f"no canary for prompt {args.name!r}")
@@ -116,18 +116,18 @@ def _served(settings: Settings, state: StateStore) -> tuple[str, str, str]:
     from prompts.registry import PromptRegistry
     from serving.loop.labels import StoreLabels
 
-    if not settings.canary_prompt:
+    if not settings.canary.prompt:
         raise CliError("no canary_prompt is set (RAGOPS_CANARY_PROMPT, e.g. rag_answer@canary)")
     registry = PromptRegistry(settings.prompts_dir) if settings.prompts_dir else PromptRegistry()
     labels = StoreLabels(state)
     labels.adopt_declared(registry)
     live = registry.with_labels(labels)
     try:
-        canary, stable = live.resolve(settings.canary_prompt), live.resolve(settings.prompt)
+        canary, stable = live.resolve(settings.canary.prompt), live.resolve(settings.prompt)
     except PromptError as exc:
         raise CliError(str(exc)) from exc
     if canary.version == stable.version:
-        raise CliError(f"{settings.canary_prompt} and {settings.prompt} both name {stable.version}: nothing to compare")
+        raise CliError(f"{settings.canary.prompt} and {settings.prompt} both name {stable.version}: nothing to compare")
     return stable.name, canary.version, stable.version
 
 
@@ -137,7 +137,7 @@ def run_start(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     with open_state(settings) as state:
         prompt, version, stable = _served(settings, state)
-        share = args.share if args.share is not None else settings.canary_share
+        share = args.share if args.share is not None else settings.canary.share
         if not share:
             raise CliError("a share of 0 starts nothing: pass --share or set canary_share")
         CanaryBook(state, share).start(prompt, version, stable, share, "cli")
@@ -150,7 +150,7 @@ def run_stop(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     with open_state(settings) as state:
-        row = CanaryBook(state, settings.canary_share).stop(args.name, "cli")
+        row = CanaryBook(state, settings.canary.share).stop(args.name, "cli")
     if row is None:
         raise CliError(f"no canary for prompt {args.name!r}")
     if row.status != "stopped":

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, get_args
 
 from pydantic import ValidationError
 
-from app.settings import GeneratorBackend, Settings, load_settings
+from app.settings import GeneratorBackend, Settings, flat_name, load_settings
 from retrieval.index import SCOPE_NAME_RULE, Scope, is_scope_name
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
         raise CliError(str(exc)) from exc
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise CliError(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+        raise CliError(f"invalid setting {flat_name(first['loc'])}: {first['msg']}") from exc
 
 
 def open_services(settings: Settings) -> Services:
@@ -105,8 +105,8 @@ def scope_from(args: argparse.Namespace, settings: Settings) -> Scope:
     """The (collection, tenant) of ``--collection`` and ``--tenant``, or the settings' defaults."""
     names = []
     for what, value, default in (
-        ("collection", args.collection, settings.default_collection),
-        ("tenant", args.tenant, settings.default_tenant),
+        ("collection", args.collection, settings.defaults.collection),
+        ("tenant", args.tenant, settings.defaults.tenant),
     ):
         name = value or default
         if not is_scope_name(name):

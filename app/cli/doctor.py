@@ -175,7 +175,7 @@ def check_model_files(settings: Settings) -> Check:
     if settings.generator != "llamacpp":
         return _ok("model files", f"not used (generator: {settings.generator})")
     try:
-        path = settings.llamacpp_model_path or bundled_model_path()
+        path = settings.llamacpp.model_path or bundled_model_path()
     except FileNotFoundError as exc:
         return _fail("model files", f"no bundled GGUF: {exc}", fix=MODEL_FIX)
     if not path.is_file():
@@ -202,7 +202,7 @@ def check_generator(settings: Settings) -> Check:
 def _check_llamacpp(settings: Settings) -> Check:
     """The worker started as the server starts it, in its own process: a build the CPU cannot run dies there of
     SIGILL, and the status says so."""
-    from app.container import llamacpp_worker_config
+    from app.parts import llamacpp_worker_config
     from serving.answering.llamacpp.supervisor import WorkerSupervisor
 
     try:
@@ -230,14 +230,14 @@ def _check_llamacpp(settings: Settings) -> Check:
 def _check_vllm(settings: Settings) -> Check:
     import httpx
 
-    if not settings.vllm_base_url:
+    if not settings.vllm.base_url:
         return _fail(
             "generator",
             f"vllm: RAGOPS_VLLM_BASE_URL is not set; {FALLBACK_NOTE}",
             fix="set RAGOPS_VLLM_BASE_URL to the server's OpenAI-compatible URL (http://host:8001/v1)",
         )
-    url = f"{settings.vllm_base_url.rstrip('/')}/models"
-    headers = {"Authorization": f"Bearer {settings.vllm_api_key}"} if settings.vllm_api_key else {}
+    url = f"{settings.vllm.base_url.rstrip('/')}/models"
+    headers = {"Authorization": f"Bearer {settings.vllm.api_key}"} if settings.vllm.api_key else {}
     try:
         response = httpx.get(url, headers=headers, timeout=5.0)
     except httpx.HTTPError as exc:
@@ -253,13 +253,13 @@ def _check_vllm(settings: Settings) -> Check:
             fix="check RAGOPS_VLLM_API_KEY and RAGOPS_VLLM_BASE_URL",
         )
     served = [str(model.get("id")) for model in response.json().get("data", []) if isinstance(model, dict)]
-    if settings.vllm_model not in served:
+    if settings.vllm.model not in served:
         return _fail(
             "generator",
-            f"{url} serves {', '.join(served) or 'no model'}, not {settings.vllm_model}; {FALLBACK_NOTE}",
+            f"{url} serves {', '.join(served) or 'no model'}, not {settings.vllm.model}; {FALLBACK_NOTE}",
             fix="set RAGOPS_VLLM_MODEL to a served model",
         )
-    return _ok("generator", f"vllm {settings.vllm_model} at {settings.vllm_base_url}")
+    return _ok("generator", f"vllm {settings.vllm.model} at {settings.vllm.base_url}")
 
 
 def check_embedder(settings: Settings) -> Check:
@@ -269,7 +269,10 @@ def check_embedder(settings: Settings) -> Check:
 
     apply_offline_environment()  # as the server does: no model-hub calls
     embedder = build_embedder(
-        settings.embedder, settings.embedding_model, settings.model_cache_dir, settings.embedding_batch_size
+        settings.embedding.embedder,
+        settings.embedding.embedding_model,
+        settings.model_cache_dir,
+        settings.embedding.embedding_batch_size,
     )
     vectors = embedder.embed(["hello"])
     return _ok("embedder", f"{embedder.model_id}, {vectors.shape[1]} dimensions")
@@ -279,7 +282,7 @@ def check_data_dir(settings: Settings) -> Check:
     """The server's own start-up check (it creates the data dir's folders, as the server would)."""
     import shutil
 
-    from app.container import check_storage
+    from app.parts import check_storage
     from retrieval.index import StorageFullError, StorageReadOnlyError
 
     try:
@@ -321,7 +324,7 @@ def check_redis(settings: Settings) -> Check:
     except redis.RedisError as exc:
         meanwhile = (
             "requests are served with in-process limits"
-            if settings.rate_limit_fail == "open"
+            if settings.access.rate_limit_fail == "open"
             else "requests are refused with 503 (RAGOPS_RATE_LIMIT_FAIL=closed)"
         )
         return _fail(
@@ -353,19 +356,19 @@ def check_postgres(settings: Settings) -> Check:
 
 def check_otlp(settings: Settings) -> Check:
     """Any HTTP answer from the collector counts: only a connection that fails loses spans."""
-    if settings.otlp_endpoint is None:
+    if settings.traces.otlp_endpoint is None:
         return _ok("otlp", "not configured")
     import httpx
 
     try:
-        response = httpx.get(settings.otlp_endpoint, timeout=3.0)
+        response = httpx.get(settings.traces.otlp_endpoint, timeout=3.0)
     except httpx.HTTPError as exc:
         return _fail(
             "otlp",
-            f"cannot reach {settings.otlp_endpoint}: {_reason(exc)}; spans are dropped meanwhile",
+            f"cannot reach {settings.traces.otlp_endpoint}: {_reason(exc)}; spans are dropped meanwhile",
             fix="start the collector or fix RAGOPS_OTLP_ENDPOINT",
         )
-    return _ok("otlp", f"{settings.otlp_endpoint} answers (HTTP {response.status_code})")
+    return _ok("otlp", f"{settings.traces.otlp_endpoint} answers (HTTP {response.status_code})")
 
 
 def check_keys(settings: Settings, host: str) -> Check:
@@ -377,10 +380,10 @@ def check_keys(settings: Settings, host: str) -> Check:
     except CliError as exc:
         return _fail("keys", f"cannot read the state store's keys: {_reason(exc)}")
     try:
-        check_exposure(host, settings, bool(settings.api_keys) or in_store)
+        check_exposure(host, settings, bool(settings.access.api_keys) or in_store)
     except CliError as exc:
         return _fail("keys", str(exc))
-    sources = [f"{len(settings.api_keys)} in RAGOPS_API_KEYS"] if settings.api_keys else []
+    sources = [f"{len(settings.access.api_keys)} in RAGOPS_API_KEYS"] if settings.access.api_keys else []
     sources += ["made with ragops keys create"] if in_store else []
     if sources:
         return _ok("keys", f"API keys configured ({', '.join(sources)})")

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from retrieval.embedding_cache import CachedEmbedder
     from serving.infra.state_store import StateStore
     from serving.loop.answer_log import AnswerRecord
-    from serving.loop.drift import AnswerSignals, DriftProfile, DriftReport, ProfileLineage
+    from serving.loop.drift import DriftProfile, DriftReport, ProfileLineage
+    from serving.loop.drift_stats import AnswerSignals
 
 EXIT_DRIFT = 1
 
@@ -55,7 +56,8 @@ def add_parser(commands: Commands) -> None:
 
 
 def run_baseline(args: argparse.Namespace) -> int:
-    from serving.loop.drift import DriftProfiles, DriftSample
+    from serving.loop.drift import DriftProfiles
+    from serving.loop.drift_stats import DriftSample
 
     name = _profile_name(args.name)
     if args.from_traffic and args.since is None:
@@ -84,12 +86,13 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from serving.loop.drift import AnswerSignals, DriftError, DriftProfiles, check, record_check
+    from serving.loop.drift import DriftError, DriftProfiles, check, record_check
+    from serving.loop.drift_stats import AnswerSignals
     from serving.loop.lineage import Lineage
 
     name = _profile_name(args.name)
     settings = settings_from(args)
-    window = settings.drift_window if args.window is None else args.window
+    window = settings.drift.window if args.window is None else args.window
     if not 1 <= window <= MAX_ANSWERS:
         raise CliError(f"--window must be within 1..{MAX_ANSWERS}")
     with _embedder(settings) as embedder, open_state(settings) as store:
@@ -101,7 +104,7 @@ def _check(args: argparse.Namespace) -> int:
             raise CliError("no kept answers to check (none served yet, or feedback_retention_days is 0)")
         signals = [AnswerSignals.of_record(r) for r in records]
         try:
-            report = check(profile, signals, embedder.embed, embedder.model_id, settings.drift_alpha)
+            report = check(profile, signals, embedder.embed, embedder.model_id, settings.drift.alpha)
         except DriftError as exc:
             raise CliError(str(exc)) from exc
         record_check(Lineage(store), profile, report)
@@ -123,7 +126,8 @@ def _suite_source(args: argparse.Namespace, embedder: CachedEmbedder) -> tuple[l
 def _traffic_source(
     since: datetime | None, limit: int, settings: Settings, store: StateStore, embedder_id: str
 ) -> tuple[list[AnswerSignals], ProfileLineage]:
-    from serving.loop.drift import AnswerSignals, ProfileLineage
+    from serving.loop.drift import ProfileLineage
+    from serving.loop.drift_stats import AnswerSignals
 
     records = _kept_answers(settings, store, since, limit)
     if not records:
@@ -145,7 +149,7 @@ def _kept_answers(settings: Settings, store: StateStore, since: datetime | None,
 @contextmanager
 def _embedder(settings: Settings) -> Iterator[CachedEmbedder]:
     """The cached embedder alone (not the index: a running server may hold it), closed after use."""
-    from app.container import build_cached_embedder
+    from app.parts import build_cached_embedder
 
     embedder = build_cached_embedder(settings)
     try:

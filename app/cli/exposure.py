@@ -25,7 +25,7 @@ def store_has_keys(settings: Settings) -> bool:
 
 def check_exposure(host: str, settings: Settings, has_keys: bool) -> None:
     """Refuse a non-loopback address without API keys unless ``allow_open`` says it is meant."""
-    if has_keys or settings.allow_open or is_loopback(host):
+    if has_keys or settings.access.allow_open or is_loopback(host):
         return
     raise CliError(
         f"refusing to serve on {host} without API keys: anyone who reaches it could read and write every "

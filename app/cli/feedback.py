@@ -44,7 +44,7 @@ def run_export(args: argparse.Namespace) -> int:
     from serving.loop.feedback import FeedbackStore
 
     settings = settings_from(args)
-    tenant = settings.default_tenant if args.tenant is None else args.tenant
+    tenant = settings.defaults.tenant if args.tenant is None else args.tenant
     if not is_scope_name(tenant):
         raise CliError(f"--tenant must be {SCOPE_NAME_RULE}: {tenant!r}")
     since = moment_arg(args.since, "--since") if args.since is not None else None

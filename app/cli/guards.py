@@ -43,7 +43,7 @@ def _read_guard_records() -> list[dict[str, Any]]:
 
 def _build_guards(settings: Settings, embedder: CachedEmbedder) -> tuple[Guard, Guard]:
     """The (input, output) guards of the policies; a bad policy closes ``embedder``'s store and stops (exit 2)."""
-    from app.container import build_guards
+    from app.parts import build_guards
     from safety.groundedness_model import GroundednessModelError
     from safety.guards import PolicyError
 
@@ -57,7 +57,7 @@ def _build_guards(settings: Settings, embedder: CachedEmbedder) -> tuple[Guard, 
 
 
 def run_guard_check(args: argparse.Namespace) -> int:
-    from app.container import build_cached_embedder
+    from app.parts import build_cached_embedder
     from safety.guards import answer_evidence
 
     records = _read_guard_records()
@@ -82,7 +82,7 @@ def run_guard_check(args: argparse.Namespace) -> int:
 
 
 def run_groundedness(args: argparse.Namespace) -> int:
-    from app.container import build_cached_embedder, build_groundedness
+    from app.parts import build_cached_embedder, build_groundedness
     from safety.groundedness_model import GroundednessModelError
 
     records = [record for _, record in read_json_lines(sys.stdin, "stdin", ("question", "answer"))]

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 def add_parser(commands: Commands) -> None:
     ingest = commands.add_parser("ingest", help="index files: .md .txt .rst .html .pdf .jsonl, or directories")
     ingest.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    ingest.add_argument("--collection", help="collection name (default: settings.default_collection)")
-    ingest.add_argument("--tenant", help="tenant (default: settings.default_tenant)")
+    ingest.add_argument("--collection", help="collection name (default: the default_collection setting)")
+    ingest.add_argument("--tenant", help="tenant (default: the default_tenant setting)")
     ingest.add_argument("--prune", action="store_true", help="remove documents of the collection not seen now")
     ingest.add_argument("--json", action="store_true", help="print the report as JSON")
     ingest.set_defaults(handler=run_ingest)

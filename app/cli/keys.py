@@ -76,7 +76,7 @@ def run_list(args: argparse.Namespace) -> int:
     from serving.governance.keys import EnvKeys
 
     with _key_store(args) as keys:
-        records = keys.list() + EnvKeys(settings_from(args).api_keys).records()
+        records = keys.list() + EnvKeys(settings_from(args).access.api_keys).records()
     if args.json:
         print(json.dumps([record.model_dump(mode="json") for record in records]))
     else:
@@ -109,7 +109,7 @@ def _refuse_env_key(args: argparse.Namespace) -> None:
     from serving.governance.keys import EnvKeyError, EnvKeys
 
     try:
-        EnvKeys(settings_from(args).api_keys).refuse_change(args.key_id)
+        EnvKeys(settings_from(args).access.api_keys).refuse_change(args.key_id)
     except EnvKeyError as exc:
         raise CliError(str(exc)) from exc
 

@@ -54,7 +54,7 @@ def run_search(args: argparse.Namespace) -> int:
     queries = [("query", args.query)] if args.query is not None else _read_queries(args.queries)
     settings = settings_from(args)
     scope = scope_from(args, settings)
-    top_k, mode = args.top_k or settings.default_top_k, args.mode or settings.default_mode
+    top_k, mode = args.top_k or settings.defaults.top_k, args.mode or settings.defaults.mode
     services = open_services(settings)
     try:
         for query_id, query in queries:

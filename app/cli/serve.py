@@ -50,7 +50,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CliError("--port must be between 1 and 65535")
     preflight = start_preflight(args)
     settings = settings_from(args)
-    has_keys = bool(settings.api_keys) or store_has_keys(settings)  # opens no model, creates no file
+    has_keys = bool(settings.access.api_keys) or store_has_keys(settings)  # opens no model, creates no file
     check_exposure(args.host, settings, has_keys)
     configure_logging(args.log_level)  # JSON lines with request ids, PII redacted (uvicorn's too)
     if not is_loopback(args.host) and not has_keys:
@@ -69,9 +69,9 @@ def run_serve(args: argparse.Namespace) -> int:
         # app.api.deps.client_address is the one rule (trusted_proxies).
         config = uvicorn.Config(
             app, host=args.host, port=args.port, log_level=args.log_level, log_config=None, access_log=False,
-            proxy_headers=False, timeout_graceful_shutdown=settings.shutdown_grace_s,
+            proxy_headers=False, timeout_graceful_shutdown=settings.shutdown.grace_s,
         )  # fmt: skip
-        GracefulServer(config, app.state, settings.shutdown_drain_s).run()
+        GracefulServer(config, app.state, settings.shutdown.drain_s).run()
     finally:
         services.close()
     return EXIT_OK

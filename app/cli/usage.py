@@ -66,7 +66,7 @@ def run_budgets(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     tenant = _tenant(args.tenant) if args.budgets_command != "list" else ""
     with open_state(settings) as store:
-        budgets = Budgets(store, settings.budget_soft_ratio, None)
+        budgets = Budgets(store, settings.costs.budget_soft_ratio, None)
         if args.budgets_command == "list":
             standings = budgets.standings()
             print(_standings_json(standings) if args.json else "\n".join(_budget_table(standings)))

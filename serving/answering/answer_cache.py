@@ -34,7 +34,7 @@ def normalise_question(question: str) -> str:
     return re.sub(r"\s+", " ", question.lower()).strip().rstrip("?.! ")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CacheKey:
     question: str
     collection: str

@@ -30,6 +30,7 @@ from serving.answering.streaming_guard import SentenceGuard, SplitGuard
 from serving.contracts.answer import (
     Answer,
     AnswerRequest,
+    ChatMessage,
     GuardVerdicts,
     Outcome,
     PromptInfo,
@@ -51,14 +52,14 @@ REFUSAL = "I can't help with that request."
 GenerateEvent = ChainDelta | Replaced | ChainResult | GeneratorError  # what the generate stage streams
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Turn:
     """One request on its way through the steps."""
 
     request: AnswerRequest
     prompt: Prompt
     question: str  # the question as the steps after the input guard see it (redacted)
-    history: list[dict[str, str]] = field(default_factory=list)  # likewise the history (what the prompt renders)
+    history: list[ChatMessage] = field(default_factory=list)  # likewise the history (what the prompt renders)
     started: float = field(default_factory=time.perf_counter)
     verdicts: GuardVerdicts = field(default_factory=GuardVerdicts)
     query_vector: np.ndarray[Any, Any] | None = None
@@ -70,7 +71,7 @@ class Turn:
 
     @classmethod
     def start(cls, request: AnswerRequest, prompt: Prompt) -> Turn:
-        return cls(request, prompt, request.question, list(request.history))
+        return cls(request=request, prompt=prompt, question=request.question, history=list(request.history))
 
     @property
     def prompt_info(self) -> PromptInfo:
@@ -137,13 +138,13 @@ class CachedAnswers:
         turn.query_vector = self._embedder.embed_query(turn.question)
         scope, prompt = turn.request.scope, turn.prompt
         turn.cache_key = CacheKey(
-            normalise_question(turn.question),
-            scope.collection,
-            scope.tenant,
-            self._index_version(scope),  # a digest of the scope's documents (serving.answering.index_digest)
-            f"{prompt.ref}#{prompt.content_hash}",
-            self._generator,
-            turn.request.top_k,
+            question=normalise_question(turn.question),
+            collection=scope.collection,
+            tenant=scope.tenant,
+            index_version=self._index_version(scope),  # a digest of the scope's documents (index_digest)
+            prompt=f"{prompt.ref}#{prompt.content_hash}",
+            generator=self._generator,
+            top_k=turn.request.top_k,
         )
         if turn.request.history:
             return None
@@ -414,7 +415,7 @@ class Cite:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Stages:
     """The steps, in the order they run (``RagPipeline`` wires them; the composition root builds them)."""
 

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from prompts.citations import CITATION, citation_numbers, cited_numbers
+from prompts.messages import ChatMessage as ChatMessage  # re-exported: the type of a request's history
 from retrieval.documents import Hit
 from retrieval.index import Scope
 from safety.groundedness import Groundedness
@@ -101,12 +102,12 @@ def new_answer_id(prefix: str = "ans_") -> str:
     return f"{prefix}{uuid.uuid4().hex}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AnswerRequest:
     question: str
     scope: Scope
     top_k: int = 4
-    history: list[dict[str, str]] = field(default_factory=list)
+    history: list[ChatMessage] = field(default_factory=list)
     user: str | None = None  # picks the prompt when a canary takes a share of users (sticky per user)
     id: str = field(default_factory=new_answer_id)  # the answer's id: made by the server, never by the client
 

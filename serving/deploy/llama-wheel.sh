@@ -8,7 +8,7 @@
 # a directory named by the version and a hash of the flags: a wheel built with other flags is never picked up.
 #
 # The flags: the x86-64 baseline of the last decade (AVX2, FMA, F16C, BMI2), AVX-512 and AMX off, no llava/mtmd
-# library (not used; its build is a third of the time). README "Generation: the llama.cpp build" has the
+# library (not used; its build is a third of the time). docs/guides/deployment.md ("The llama.cpp build") has the
 # measurements behind choosing this over ggml's runtime-dispatched variants (GGML_CPU_ALL_VARIANTS).
 #
 # Usage: llama-wheel.sh PYTHON WHEEL_ROOT  (prints WHEEL_ROOT/llama_cpp_python-VERSION-FLAGHASH)

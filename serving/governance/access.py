@@ -116,7 +116,7 @@ class LimitExceededError(AccessDeniedError):
         self.retry_after_s = max(1, retry_after_s)
 
 
-class GateUnavailableError(AccessDeniedError):
+class AdmissionUnavailableError(AccessDeniedError):
     """A part admission needs is down and the settings say to refuse rather than serve unchecked (503)."""
 
     status = 503

@@ -41,8 +41,8 @@ class Limiter(Protocol):
 
     def admit(self, principal: Principal) -> None:
         """Count one request against the key's per-minute limit and check its daily token quota: raise
-        ``LimitExceededError('requests_per_minute' | 'tokens_per_day')``, or ``GateUnavailableError`` when the shared
-        store is down and the settings say to refuse."""
+        ``LimitExceededError('requests_per_minute' | 'tokens_per_day')``, or ``AdmissionUnavailableError`` when the
+        shared store is down and the settings say to refuse."""
         ...
 
     def add_tokens(self, principal: Principal, tokens: int) -> None:

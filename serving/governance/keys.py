@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from retrieval.index import SCOPE_NAME_RULE, is_scope_name
-from serving.governance.access import GateUnavailableError, KeyLimits, Principal, Role, parse_tenant_role
+from serving.governance.access import AdmissionUnavailableError, KeyLimits, Principal, Role, parse_tenant_role
 from serving.infra.clock import parse_duration, parse_moment, parse_stamp, stamp, utc_now
 from serving.infra.state_store import StateStoreError
 
@@ -176,8 +176,7 @@ _COLUMNS = (
 
 
 def _record(row: Row) -> ApiKeyRecord:
-    fields = dict(zip(_COLUMNS.split(", "), row, strict=True))
-    return ApiKeyRecord(**fields, source="store")
+    return ApiKeyRecord(**{column: row[column] for column in _COLUMNS.split(", ")}, source="store")
 
 
 class KeyStore:
@@ -198,7 +197,15 @@ class KeyStore:
         """A new key; ``ValueError`` when a field breaks ``check_key_fields``."""
         check_key_fields(tenant, name, limits)
         with self._store.transaction(write=True) as cursor:
-            return self._insert(cursor, tenant, role, name, expires_at, limits, rotated_from)
+            return self._insert(
+                cursor=cursor,
+                tenant=tenant,
+                role=role,
+                name=name,
+                expires_at=expires_at,
+                limits=limits,
+                rotated_from=rotated_from,
+            )
 
     def _insert(
         self,
@@ -237,7 +244,7 @@ class KeyStore:
         """The record and the secret's hash, for the authenticator."""
         with self._store.transaction() as cursor:
             rows = cursor.execute(f"SELECT {_COLUMNS}, secret_hash FROM api_keys WHERE id = ?", [key_id])
-        return StoredKey(_record(rows[0][:-1]), rows[0][-1]) if rows else None
+        return StoredKey(_record(rows[0]), rows[0]["secret_hash"]) if rows else None
 
     def revoke(self, key_id: str) -> ApiKeyRecord:
         """Revoke a key now (a key revoked before keeps its time); ``KeyNotFoundError`` for an unknown id."""
@@ -262,7 +269,13 @@ class KeyStore:
             if old.status(stamp(now)) != "active":
                 raise KeyStateError(f"key {key_id} is {old.status(stamp(now))}: make a new one instead")
             issued = self._insert(
-                cursor, old.tenant, old.role, old.name, _renewed_expiry(old, now), old.principal().limits, old.id
+                cursor=cursor,
+                tenant=old.tenant,
+                role=old.role,
+                name=old.name,
+                expires_at=_renewed_expiry(old, now),
+                limits=old.principal().limits,
+                rotated_from=old.id,
             )
             ends = stamp(now + grace)
             if old.expires_at is None or ends < old.expires_at:
@@ -365,10 +378,10 @@ class _TtlCache(Generic[Value]):
         return value
 
 
-def _store_unavailable(error: Exception) -> GateUnavailableError:
+def _store_unavailable(error: Exception) -> AdmissionUnavailableError:
     """A state store that failed while checking a key: admission's 503 (never an open door), and a log line."""
     log.error("key store unavailable: %s", error)
-    return GateUnavailableError("the key store is unavailable; try again shortly", "key_store_unavailable")
+    return AdmissionUnavailableError("the key store is unavailable; try again shortly", "key_store_unavailable")
 
 
 class Authenticator:

@@ -26,7 +26,7 @@ from limits.storage import MemoryStorage, RedisStorage, Storage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from redis import RedisError
 
-from serving.governance.access import GateUnavailableError, LimitExceededError, Principal, Role, RoleLimits
+from serving.governance.access import AdmissionUnavailableError, LimitExceededError, Principal, Role, RoleLimits
 from serving.infra.redis_link import RedisOutage, redis_client
 from serving.observe.metrics import ServiceMetrics
 
@@ -121,5 +121,7 @@ class RateLimits:
                 self._outage.succeeded()
                 return result
         if self._shared is not None and before_request and self._refuse_when_down:
-            raise GateUnavailableError("rate limits cannot be checked: Redis is unreachable (rate_limit_fail=closed)")
+            raise AdmissionUnavailableError(
+                "rate limits cannot be checked: Redis is unreachable (rate_limit_fail=closed)"
+            )
         return operation(self._local)

@@ -17,7 +17,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -28,7 +28,7 @@ from serving.infra.clock import day_of, month_start, next_month_start, stamp, ut
 
 if TYPE_CHECKING:
     from serving.contracts.answer import Answer
-    from serving.infra.state_store import Cursor, StateStore
+    from serving.infra.state_store import Cursor, Row, StateStore
     from serving.observe.metrics import ServiceMetrics
 
 budget_log = logging.getLogger("ragops.budgets")
@@ -105,15 +105,15 @@ class BudgetStanding(BaseModel):
     updated_by: str | None
 
     @classmethod
-    def of(cls, row: Sequence[Any], now: datetime) -> BudgetStanding:
+    def of(cls, row: Row, now: datetime) -> BudgetStanding:
         """From a row of ``_STANDINGS``."""
-        tenant, monthly, soft, updated_at, updated_by, spent = row
-        spent, used = float(spent), float(spent) / float(monthly)
+        monthly, soft = row["monthly_usd"], row["soft_ratio"]
+        spent, used = float(row["spent_usd"]), float(row["spent_usd"]) / float(monthly)
         state: BudgetState = "exhausted" if spent >= monthly else "soft_limit" if used >= soft else "within"
         return cls(
-            tenant=tenant, monthly_usd=monthly, soft_ratio=soft, spent_usd=spent, used_ratio=used,
+            tenant=row["tenant"], monthly_usd=monthly, soft_ratio=soft, spent_usd=spent, used_ratio=used,
             state=state, period_start=stamp(month_start(now)), period_end=stamp(next_month_start(now)),
-            updated_at=updated_at, updated_by=updated_by,
+            updated_at=row["updated_at"], updated_by=row["updated_by"],
         )  # fmt: skip
 
     def refusal(self, now: datetime) -> LimitExceededError:
@@ -129,7 +129,7 @@ class BudgetStanding(BaseModel):
 
 # Budgets with this month's spend: the ledger's cost since the month's first day.
 _STANDINGS = """SELECT b.tenant, b.monthly_usd, b.soft_ratio, b.updated_at, b.updated_by,
-    COALESCE((SELECT SUM(u.cost_usd) FROM usage_daily u WHERE u.tenant = b.tenant AND u.day >= ?), 0)
+    COALESCE((SELECT SUM(u.cost_usd) FROM usage_daily u WHERE u.tenant = b.tenant AND u.day >= ?), 0) AS spent_usd
     FROM budgets b"""
 
 
@@ -184,7 +184,7 @@ class Budgets:
         gets the ``budget_soft_ratio`` setting)."""
         with self._store.transaction(write=True) as cursor:
             old = cursor.execute("SELECT soft_ratio FROM budgets WHERE tenant = ?", [tenant])
-            soft = update.soft_ratio or (float(old[0][0]) if old else self.default_soft_ratio)
+            soft = update.soft_ratio or (float(old[0]["soft_ratio"]) if old else self.default_soft_ratio)
             cursor.execute(_SET_BUDGET, [tenant, update.monthly_usd, soft, utc_now(), updated_by])
             (standing,) = _standings(cursor, _now(), tenant)
         self._forget(tenant)
@@ -293,20 +293,21 @@ def usage_report(
     if tenant is not None:
         where, params = where + " AND tenant = ?", [*params, tenant]
     sql = (
-        f"SELECT {_PERIOD[by]}, tenant, key_id, SUM(requests), SUM(cached), SUM(prompt_tokens), "
-        f"SUM(completion_tokens), SUM(cost_usd) FROM usage_daily WHERE {where} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        f"SELECT {_PERIOD[by]} AS period, tenant, key_id, SUM(requests) AS requests, SUM(cached) AS cached, "
+        "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, SUM(cost_usd) AS cost_usd "
+        f"FROM usage_daily WHERE {where} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
     )
     with store.transaction() as cursor:
         rows = [_usage_row(row) for row in cursor.execute(sql, params)]
     return UsageReport(by=by, since=first, until=last, tenant=tenant, rows=rows, total=_total(rows))
 
 
-def _usage_row(row: Sequence[Any]) -> UsageRow:
-    period, tenant, key_id, requests, cached, prompt, completion, cost = row
+def _usage_row(row: Row) -> UsageRow:
     # Postgres sums BIGINT as NUMERIC: ints again here.
     return UsageRow(
-        period=period, tenant=tenant, key_id=key_id, requests=int(requests), cached=int(cached),
-        prompt_tokens=int(prompt), completion_tokens=int(completion), cost_usd=float(cost),
+        period=row["period"], tenant=row["tenant"], key_id=row["key_id"], requests=int(row["requests"]),
+        cached=int(row["cached"]), prompt_tokens=int(row["prompt_tokens"]),
+        completion_tokens=int(row["completion_tokens"]), cost_usd=float(row["cost_usd"]),
     )  # fmt: skip
 
 

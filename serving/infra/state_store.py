@@ -2,7 +2,9 @@
 
 Embedded SQLite under the data dir by default; Postgres (psycopg 3, a small connection pool) when a
 ``postgresql://`` URL is given. The rest of the service sees one interface, ``StateStore.transaction()``, whose
-cursor takes SQL written once with ``?`` placeholders and portable types (TEXT, BIGINT, DOUBLE PRECISION).
+cursor takes SQL written once with ``?`` placeholders and portable types (TEXT, BIGINT, DOUBLE PRECISION), and
+hands rows read by column name (``row["tenant"]``) on both: a query names each column once (an aggregate or a
+join's clashing column gets an ``AS``).
 
 Schema changes are versioned migrations (``serving.infra.migrations``), applied at open inside one transaction each,
 recorded in ``schema_migrations``; on Postgres under an advisory lock, so replicas starting together apply each
@@ -17,7 +19,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -26,7 +28,8 @@ from serving.infra.clock import utc_now
 from serving.infra.migrations import MIGRATIONS
 
 Dialect = Literal["sqlite", "postgres"]
-Row = tuple[Any, ...]
+Row = Mapping[str, Any]
+"""A row, read by column name: the column's name as selected (its ``AS`` name, else the bare column name)."""
 
 
 class StateStoreError(Exception):
@@ -38,7 +41,7 @@ class StateStoreUnavailableError(StateStoreError):
 
 
 class Cursor(Protocol):
-    """What a transaction offers: SQL with ``?`` placeholders, rows as tuples."""
+    """What a transaction offers: SQL with ``?`` placeholders, rows read by column name."""
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
 
@@ -53,7 +56,10 @@ class _SqliteCursor:
         self._connection = connection
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return self._connection.execute(sql, tuple(params)).fetchall()
+        cursor = self._connection.execute(sql, tuple(params))
+        _check_names(cursor.description, sql)
+        rows: list[Row] = cursor.fetchall()  # dicts: the connection's row factory (_sqlite_row)
+        return rows
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._connection.executemany(sql, [tuple(row) for row in rows])
@@ -68,13 +74,29 @@ class _PostgresCursor:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         self._cursor.execute(_postgres_sql(sql), tuple(params))
-        return list(self._cursor.fetchall()) if self._cursor.description is not None else []
+        if self._cursor.description is None:
+            return []
+        _check_names(self._cursor.description, sql)
+        return list(self._cursor.fetchall())  # dicts: the cursor's row factory (psycopg's dict_row)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._cursor.executemany(_postgres_sql(sql), [tuple(row) for row in rows])
 
     def lock(self, name: str) -> None:
         self._cursor.execute("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(name.encode()),))
+
+
+def _sqlite_row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> dict[str, Any]:
+    """SQLite's row factory: the row as a dict by column name, as psycopg's ``dict_row`` hands it on Postgres."""
+    return {column[0]: value for column, value in zip(cursor.description, values, strict=True)}
+
+
+def _check_names(description: Sequence[Sequence[Any]] | None, sql: str) -> None:
+    """A query whose columns share a name would lose all but one of them in a row read by name: a bug in it."""
+    names = [column[0] for column in description or ()]
+    if len(set(names)) != len(names):
+        clashing = sorted({name for name in names if names.count(name) > 1})
+        raise ValueError(f"columns selected twice under one name ({', '.join(clashing)}; use AS): {sql[:200]}")
 
 
 def _postgres_sql(sql: str) -> str:
@@ -130,7 +152,13 @@ class StateStore:
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Cursor]:
         if self.dialect == "postgres":
-            with self._pool.connection() as connection, connection.transaction(), connection.cursor() as cursor:
+            from psycopg.rows import dict_row
+
+            with (
+                self._pool.connection() as connection,
+                connection.transaction(),
+                connection.cursor(row_factory=dict_row) as cursor,
+            ):
                 yield _PostgresCursor(cursor)
             return
         connection = self._sqlite()
@@ -152,7 +180,7 @@ class StateStore:
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
             )
-            done = {int(row[0]) for row in cursor.execute("SELECT version FROM schema_migrations")}
+            done = {int(row["version"]) for row in cursor.execute("SELECT version FROM schema_migrations")}
             for migration in MIGRATIONS:
                 if migration.version in done:
                     continue
@@ -167,8 +195,8 @@ class StateStore:
 
     def schema_version(self) -> int:
         with self.transaction() as cursor:
-            rows = cursor.execute("SELECT MAX(version) FROM schema_migrations")
-        return int(rows[0][0] or 0)
+            rows = cursor.execute("SELECT MAX(version) AS version FROM schema_migrations")
+        return int(rows[0]["version"] or 0)
 
     def _sqlite(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
@@ -177,6 +205,7 @@ class StateStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: transactions are the explicit BEGINs above, nothing implicit.
             connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+            connection.row_factory = _sqlite_row
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")  # a commit is on disk before a response says so
             connection.execute("PRAGMA busy_timeout=30000")

@@ -32,12 +32,16 @@ _COLUMNS = (
 )
 
 
-def answer_columns(alias: str) -> str:
-    """The columns ``AnswerRecord.from_row`` reads, qualified by a table alias (for joins, e.g. feedback's)."""
-    return ", ".join(f"{alias}.{column.strip()}" for column in _COLUMNS.split(","))
+_COLUMN_NAMES = tuple(column.strip() for column in _COLUMNS.split(","))
 
 
-@dataclass(frozen=True)
+def answer_columns(alias: str, prefix: str = "") -> str:
+    """The columns ``AnswerRecord.from_row`` reads, qualified by a table alias (for joins, e.g. feedback's), each
+    selected as ``prefix`` + its name (``from_row(row, prefix)`` reads them)."""
+    return ", ".join(f"{alias}.{column} AS {prefix}{column}" for column in _COLUMN_NAMES)
+
+
+@dataclass(frozen=True, kw_only=True)
 class KeptPassage:
     """A passage the answer was shown (``[index]`` in its text), as kept: redacted."""
 
@@ -58,7 +62,7 @@ class _Kept:
     ts: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AnswerRecord:
     """One kept answer: what was asked and answered, how, and the signals drift and canary analysis read."""
 
@@ -85,8 +89,8 @@ class AnswerRecord:
     @classmethod
     def of(cls, request: AnswerRequest, answer: Answer, now: datetime | None = None) -> AnswerRecord:
         passages = tuple(
-            KeptPassage(c.index, c.doc_id, c.chunk_id, None if c.title is None else kept_text(c.title),
-                        kept_text(c.text), c.cited)
+            KeptPassage(index=c.index, doc_id=c.doc_id, chunk_id=c.chunk_id,
+                        title=None if c.title is None else kept_text(c.title), text=kept_text(c.text), cited=c.cited)
             for c in answer.citations
         )  # fmt: skip
         return cls(
@@ -109,12 +113,12 @@ class AnswerRecord:
         )  # fmt: skip
 
     @classmethod
-    def from_row(cls, row: Row) -> AnswerRecord:
-        passages = tuple(KeptPassage(**p) for p in json.loads(row[7]))
-        return cls(
-            row[0], parse_stamp(row[1]), row[2], row[3], row[4], row[5], row[6], passages, row[8], row[9], row[10],
-            row[11], row[12], row[13], row[14], row[15], row[16], row[17], int(row[18]),
-        )  # fmt: skip
+    def from_row(cls, row: Row, prefix: str = "") -> AnswerRecord:
+        """From a row holding ``_COLUMNS`` (each named ``prefix`` + column, see ``answer_columns``)."""
+        fields = {column: row[prefix + column] for column in _COLUMN_NAMES}
+        passages = tuple(KeptPassage(**p) for p in json.loads(fields.pop("citations")))
+        ts, tokens = parse_stamp(fields.pop("ts")), int(fields.pop("completion_tokens"))
+        return cls(**fields, ts=ts, passages=passages, completion_tokens=tokens)
 
 
 def kept_answers(
@@ -144,7 +148,7 @@ def prune_answers(state: StateStore, before: datetime) -> int:
     cutoff = stamp(before)
     with state.transaction(write=True) as cur:
         cur.execute("DELETE FROM feedback WHERE answer_id IN (SELECT id FROM answers WHERE ts < ?)", [cutoff])
-        gone = cur.execute("SELECT COUNT(*) FROM answers WHERE ts < ?", [cutoff])[0][0]
+        gone = cur.execute("SELECT COUNT(*) AS gone FROM answers WHERE ts < ?", [cutoff])[0]["gone"]
         cur.execute("DELETE FROM answers WHERE ts < ?", [cutoff])
     return int(gone)
 
@@ -210,7 +214,7 @@ class AnswerLog:
         return AnswerRecord.from_row(rows[0]) if rows else None
 
     def _insert(self, kept: list[_Kept]) -> None:
-        placeholders = ", ".join("?" * len(_COLUMNS.split(",")))
+        placeholders = ", ".join("?" * len(_COLUMN_NAMES))
         try:
             records = [AnswerRecord.of(k.request, k.answer, k.ts) for k in kept]
             with self.state.transaction(write=True) as cur:

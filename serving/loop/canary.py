@@ -55,7 +55,7 @@ class Tolerance:
     latency: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Observation:
     """One answer, as the analysis sees it; None: the signal does not apply to this answer."""
 
@@ -118,7 +118,7 @@ SIGNALS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SignalTest:
     """One signal's comparison now: the arms' means (rates, or mean log latency), the difference, the margin,
     the mSPRT statistic (log Λ now), the always-valid p-value (smallest 1/Λ so far) and the verdict."""
@@ -136,7 +136,7 @@ class SignalTest:
     verdict: Verdict
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CanaryAnalysis:
     canary_answers: int
     stable_answers: int
@@ -203,7 +203,19 @@ def compare_signal(
     values = np.array([v for _, v in kept], dtype=np.float64)
     margin = spec.margin(tolerance)
     if not kept:
-        return SignalTest(spec.name, 0, 0, None, None, None, margin, None, 1.0, alpha, "too few")
+        return SignalTest(
+            signal=spec.name,
+            canary_n=0,
+            stable_n=0,
+            canary_mean=None,
+            stable_mean=None,
+            difference=None,
+            margin=margin,
+            log_lr=None,
+            p_value=1.0,
+            alpha=alpha,
+            verdict="too few",
+        )
     canary, stable = _trace(values, is_canary), _trace(values, ~is_canary)
     if spec.binary:
         canary, stable = _at_null(canary, stable, margin)
@@ -216,9 +228,18 @@ def compare_signal(
     difference = None if mean_c is None or mean_s is None else mean_c - mean_s
     now = float(log_lr[-1])
     return SignalTest(
-        spec.name, n_c, n_s, mean_c, mean_s, difference, margin, now if math.isfinite(now) else None, p_value, alpha,
-        verdict,
-    )  # fmt: skip
+        signal=spec.name,
+        canary_n=n_c,
+        stable_n=n_s,
+        canary_mean=mean_c,
+        stable_mean=mean_s,
+        difference=difference,
+        margin=margin,
+        log_lr=now if math.isfinite(now) else None,
+        p_value=p_value,
+        alpha=alpha,
+        verdict=verdict,
+    )
 
 
 def analyse(
@@ -239,4 +260,11 @@ def analyse(
         decision = "rollback"
     elif autopromote and min(canary_n, stable_n) >= min_answers:
         decision = "promote"
-    return CanaryAnalysis(canary_n, stable_n, alpha, tolerance, tests, decision)
+    return CanaryAnalysis(
+        canary_answers=canary_n,
+        stable_answers=stable_n,
+        alpha=alpha,
+        tolerance=tolerance,
+        tests=tests,
+        decision=decision,
+    )

@@ -15,7 +15,7 @@ import json
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
@@ -43,7 +43,7 @@ RatingsReader = Callable[[str, datetime], dict[str, str]]  # (prompt, answered s
 _COLUMNS = "prompt, version, stable_version, share, status, started_at, decided_at, decision"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CanaryRow:
     prompt: str
     version: str
@@ -56,9 +56,13 @@ class CanaryRow:
 
     @classmethod
     def from_row(cls, row: Row) -> CanaryRow:
-        decided = None if row[6] is None else parse_stamp(row[6])
-        analysis = None if row[7] is None else TypeAdapter(CanaryAnalysis).validate_json(row[7])
-        return cls(row[0], row[1], row[2], float(row[3]), row[4], parse_stamp(row[5]), decided, analysis)
+        decided = None if row["decided_at"] is None else parse_stamp(row["decided_at"])
+        analysis = None if row["decision"] is None else TypeAdapter(CanaryAnalysis).validate_json(row["decision"])
+        return cls(
+            prompt=row["prompt"], version=row["version"], stable_version=row["stable_version"],
+            share=float(row["share"]), status=row["status"], started_at=parse_stamp(row["started_at"]),
+            decided_at=decided, decision=analysis,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,8 @@ def _start(cur: Cursor, prompt: str, version: str, stable: str, share: float, ac
         (prompt, version, stable, share, now),
     )
     append_event(cur, "canary_started", prompt, version, {"stable_version": stable, "share": share, "by": actor})
-    return CanaryRow(prompt, version, stable, share, "running", parse_stamp(now), None, None)
+    return CanaryRow(prompt=prompt, version=version, stable_version=stable, share=share, status="running",
+                     started_at=parse_stamp(now), decided_at=None, decision=None)  # fmt: skip
 
 
 class CanaryBook:
@@ -118,7 +123,7 @@ class CanaryBook:
             row = _read(cur, prompt)
             if only_if_new and row is not None and row.version == version and row.stable_version == stable:
                 return row  # another replica started it meanwhile
-            return _start(cur, prompt, version, stable, share, actor)
+            return _start(cur=cur, prompt=prompt, version=version, stable=stable, share=share, actor=actor)
 
     def stop(self, prompt: str, actor: str) -> CanaryRow | None:
         """Send the running canary no more users (share 0, stopped); its label stays. A decided canary is left as
@@ -155,11 +160,17 @@ def _apply(cur: Cursor, row: CanaryRow, analysis: CanaryAnalysis, labels: Canary
     )
     label, version = (labels.canary, row.stable_version) if status == "rolled_back" else (labels.stable, row.version)
     if label is not None:
-        move_label(cur, row.prompt, label, version, "canary", f"canary {analysis.decision}")
+        move_label(
+            cur=cur,
+            prompt=row.prompt,
+            label=label,
+            version=version,
+            actor="canary",
+            reason=f"canary {analysis.decision}",
+        )
     append_records(cur, [_audit_record(row, analysis, now)])
     append_event(cur, "canary_decision", row.prompt, row.version, evidence)
-    return CanaryRow(row.prompt, row.version, row.stable_version, 0.0, status, row.started_at, parse_stamp(now),
-                     analysis)  # fmt: skip
+    return replace(row, share=0.0, status=status, decided_at=parse_stamp(now), decision=analysis)
 
 
 def _audit_record(row: CanaryRow, analysis: CanaryAnalysis, now: str) -> AuditRecord:
@@ -173,7 +184,7 @@ def _audit_record(row: CanaryRow, analysis: CanaryAnalysis, now: str) -> AuditRe
     )  # fmt: skip
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CanaryPolicy:
     """How the analysis decides (settings canary_*), and the groundedness threshold an answer is held to."""
 
@@ -206,7 +217,14 @@ def observations(
 def _observation(record: AnswerRecord, arm: Arm, rating: str | None, threshold: float) -> Observation:
     cited = any(p.cited for p in record.passages)
     return Observation.of(
-        arm, record.outcome, record.groundedness, cited, record.fallback, record.latency_ms, rating, threshold
+        arm=arm,
+        outcome=record.outcome,
+        groundedness=record.groundedness,
+        cited=cited,
+        fallback=record.fallback,
+        latency_ms=record.latency_ms,
+        rating=rating,
+        threshold=threshold,
     )
 
 

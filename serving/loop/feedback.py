@@ -26,7 +26,7 @@ log = logging.getLogger("ragops.feedback")
 Rating = Literal["up", "down"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Feedback:
     """One answer's rating as kept (comment and correction redacted)."""
 
@@ -100,25 +100,30 @@ _RATED_SINCE = (
 def answer_ratings(state: StateStore, prompt: str, since: datetime, version: str | None = None) -> list[AnswerRating]:
     """Ratings of ``prompt``'s answers given at or after ``since`` (of one ``version`` when given), in the order
     the answers were given. Only answers still kept count (retention deletes feedback with its answer)."""
-    sql = f"SELECT f.answer_id, a.prompt_version, a.ts, f.ts, f.rating {_RATED_SINCE}"
+    sql = f"SELECT f.answer_id, a.prompt_version, a.ts AS answered_at, f.ts AS rated_at, f.rating {_RATED_SINCE}"
     params: list[object] = [stamp(since), prompt, stamp(since)]
     if version is not None:
         sql += " AND a.prompt_version = ?"
         params.append(version)
     with state.transaction() as cur:
         rows = cur.execute(sql + " ORDER BY a.ts, f.answer_id", params)
-    return [AnswerRating(r[0], r[1], parse_stamp(r[2]), parse_stamp(r[3]), r[4]) for r in rows]
+    return [
+        AnswerRating(r["answer_id"], r["prompt_version"], parse_stamp(r["answered_at"]), parse_stamp(r["rated_at"]),
+                     r["rating"])
+        for r in rows
+    ]  # fmt: skip
 
 
 def down_rates(state: StateStore, prompt: str, since: datetime) -> dict[str, DownRate]:
     """Per version of ``prompt``: rated answers given since ``since`` and how many were rated down."""
     sql = (
-        f"SELECT a.prompt_version, COUNT(*), SUM(CASE WHEN f.rating = 'down' THEN 1 ELSE 0 END) {_RATED_SINCE} "
+        "SELECT a.prompt_version, COUNT(*) AS rated, SUM(CASE WHEN f.rating = 'down' THEN 1 ELSE 0 END) AS down "
+        f"{_RATED_SINCE} "
         "GROUP BY a.prompt_version"
     )
     with state.transaction() as cur:
         rows = cur.execute(sql, [stamp(since), prompt, stamp(since)])
-    return {r[0]: DownRate(r[0], int(r[1]), int(r[2] or 0)) for r in rows}
+    return {r["prompt_version"]: DownRate(r["prompt_version"], int(r["rated"]), int(r["down"] or 0)) for r in rows}
 
 
 class FeedbackStore:
@@ -135,8 +140,8 @@ class FeedbackStore:
     ) -> Rated:  # fmt: skip
         """Keep ``rating`` for ``answer`` (replacing an earlier one): the answer's tenant, text redacted."""
         feedback = Feedback(
-            answer.id, answer.tenant, parse_stamp(utc_now()), rating, _redacted(comment), _redacted(correction),
-            key_id,
+            answer_id=answer.id, tenant=answer.tenant, ts=parse_stamp(utc_now()), rating=rating,
+            comment=_redacted(comment), correction=_redacted(correction), key_id=key_id,
         )  # fmt: skip
         with self._state.transaction(write=True) as cur:
             cur.execute(_UPSERT, _feedback_row(feedback))
@@ -152,15 +157,14 @@ class FeedbackStore:
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        feedback = ", ".join(f"f.{c}" for c in _FEEDBACK_COLUMNS.split(", "))
+        feedback = ", ".join(f"f.{c} AS feedback_{c}" for c in _FEEDBACK_COLUMNS.split(", "))
         sql = (
-            f"SELECT {answer_columns('a')}, {feedback} FROM feedback f JOIN answers a ON a.id = f.answer_id "
+            f"SELECT {answer_columns('a', 'answer_')}, {feedback} FROM feedback f JOIN answers a ON a.id = f.answer_id "
             f"WHERE {' AND '.join(where)} ORDER BY a.ts, a.id"
         )
         with self._state.transaction() as cur:
             rows = cur.execute(sql, params)
-        width = len(answer_columns("a").split(","))
-        return [FeedbackCase(AnswerRecord.from_row(r[:width]), _feedback_from_row(r[width:])) for r in rows]
+        return [FeedbackCase(AnswerRecord.from_row(r, "answer_"), _feedback_from_row(r, "feedback_")) for r in rows]
 
 
 class RetentionPruner:
@@ -196,7 +200,7 @@ def _recent_down_rate(cur: Cursor, prompt: str, version: str, window: int) -> Do
         "WHERE a.id = f.answer_id AND a.prompt_name = ? AND a.prompt_version = ? ORDER BY f.ts DESC LIMIT ?",
         [prompt, version, window],
     )
-    return DownRate(version, len(rows), sum(r[0] == "down" for r in rows))
+    return DownRate(version, len(rows), sum(r["rating"] == "down" for r in rows))
 
 
 def _redacted(text: str | None) -> str | None:
@@ -211,5 +215,6 @@ def _feedback_row(feedback: Feedback) -> tuple[object, ...]:
     )  # fmt: skip
 
 
-def _feedback_from_row(row: Row) -> Feedback:
-    return Feedback(row[0], row[1], parse_stamp(row[2]), row[3], row[4], row[5], row[6])
+def _feedback_from_row(row: Row, prefix: str = "") -> Feedback:
+    fields = {column: row[prefix + column] for column in _FEEDBACK_COLUMNS.split(", ")}
+    return Feedback(**fields | {"ts": parse_stamp(fields["ts"])})

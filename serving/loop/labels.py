@@ -11,7 +11,7 @@ The server's prompt selector over these labels is ``serving.loop.live_prompts.Li
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prompts.loader import Prompt
 from prompts.registry import PromptRegistry
@@ -22,7 +22,7 @@ from serving.loop.lineage import LabelMoveRecord, ReleaseDraft, append_label_mov
 LABELS_LOCK = "ragops.prompt_labels"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LabelMove:
     seq: int
     ts: str
@@ -39,7 +39,7 @@ def move_label(cur: Cursor, prompt: str, label: str, version: str, actor: str, r
     in the transaction that records the decision); None when it already names it."""
     cur.lock(LABELS_LOCK)
     rows = cur.execute("SELECT version FROM prompt_labels WHERE prompt = ? AND label = ?", (prompt, label))
-    previous = rows[0][0] if rows else None
+    previous = rows[0]["version"] if rows else None
     if previous == version:
         return None
     now = utc_now()
@@ -49,11 +49,13 @@ def move_label(cur: Cursor, prompt: str, label: str, version: str, actor: str, r
         "updated_at = excluded.updated_at, updated_by = excluded.updated_by",
         (prompt, label, version, now, actor),
     )
-    return _record_move(cur, LabelMove(0, now, prompt, label, version, previous, actor, reason))
+    move = LabelMove(seq=0, ts=now, prompt=prompt, label=label, version=version, previous=previous, actor=actor,
+                     reason=reason)  # fmt: skip
+    return _record_move(cur, move)
 
 
 def _record_move(cur: Cursor, move: LabelMove) -> LabelMove:
-    seq = int(cur.execute("SELECT COALESCE(MAX(seq), 0) FROM prompt_label_moves")[0][0]) + 1
+    seq = int(cur.execute("SELECT COALESCE(MAX(seq), 0) AS seq FROM prompt_label_moves")[0]["seq"]) + 1
     cur.execute(
         "INSERT INTO prompt_label_moves (seq, ts, prompt, label, version, previous, actor, reason) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -61,7 +63,7 @@ def _record_move(cur: Cursor, move: LabelMove) -> LabelMove:
     )
     append_label_move(cur, move.prompt, LabelMoveRecord(label=move.label, from_version=move.previous,
                       to_version=move.version, actor=move.actor, reason=move.reason, move=seq))  # fmt: skip
-    return LabelMove(seq, move.ts, move.prompt, move.label, move.version, move.previous, move.actor, move.reason)
+    return replace(move, seq=seq)
 
 
 class StoreLabels:
@@ -73,11 +75,11 @@ class StoreLabels:
     def labels(self, name: str) -> dict[str, str]:
         with self._state.transaction() as cur:
             rows = cur.execute("SELECT label, version FROM prompt_labels WHERE prompt = ?", (name,))
-        return dict(rows)
+        return {row["label"]: row["version"] for row in rows}
 
     def move(self, prompt: str, label: str, version: str, actor: str, reason: str) -> LabelMove | None:
         with self._state.transaction(write=True) as cur:
-            return move_label(cur, prompt, label, version, actor, reason)
+            return move_label(cur=cur, prompt=prompt, label=label, version=version, actor=actor, reason=reason)
 
     def moves(self, prompt: str, label: str | None = None) -> list[LabelMove]:
         """The moves of ``prompt``'s labels (of one label, when given), oldest first."""
@@ -85,13 +87,15 @@ class StoreLabels:
         params = [prompt] if label is None else [prompt, label]
         with self._state.transaction() as cur:
             rows = cur.execute(sql + ("" if label is None else " AND label = ?") + " ORDER BY seq", params)
-        return [LabelMove(*row) for row in rows]
+        return [LabelMove(**row) for row in rows]
 
     def release(self, prompt: Prompt, label: str, actor: str) -> str | None:
         """Point ``label`` at ``prompt``'s version and record the ``release`` (with the eval runs and gates of its
         content) in one transaction; returns the version the label named before."""
         with self._state.transaction(write=True) as cur:
-            move = move_label(cur, prompt.name, label, prompt.version, actor, "promote")
+            move = move_label(
+                cur=cur, prompt=prompt.name, label=label, version=prompt.version, actor=actor, reason="promote"
+            )
             previous = prompt.version if move is None else move.previous  # None: the label named it already
             append_release(cur, prompt.name, prompt.version,
                            ReleaseDraft(label, previous, prompt.content_hash, actor))  # fmt: skip
@@ -123,11 +127,11 @@ class StoreLabels:
 
 def _adopt(cur: Cursor, prompt: str, label: str, declared: str, history: list[str]) -> list[LabelMove]:
     rows = cur.execute("SELECT version, declared FROM prompt_labels WHERE prompt = ? AND label = ?", (prompt, label))
-    if rows and rows[0][1] == declared:
+    if rows and rows[0]["declared"] == declared:
         return []
     # A label the store takes for the first time left, in git, the version registry.yaml's history ends with:
     # recorded as the move's previous version, it is what a first rollback returns to.
-    previous = rows[0][0] if rows else (history[-1] if history else None)
+    previous = rows[0]["version"] if rows else (history[-1] if history else None)
     now = utc_now()
     cur.execute(
         "INSERT INTO prompt_labels (prompt, label, version, declared, updated_at, updated_by) "
@@ -137,4 +141,6 @@ def _adopt(cur: Cursor, prompt: str, label: str, declared: str, history: list[st
     )
     if previous == declared:
         return []
-    return [_record_move(cur, LabelMove(0, now, prompt, label, declared, previous, "registry.yaml", "declared"))]
+    move = LabelMove(seq=0, ts=now, prompt=prompt, label=label, version=declared, previous=previous,
+                     actor="registry.yaml", reason="declared")  # fmt: skip
+    return [_record_move(cur, move)]

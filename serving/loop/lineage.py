@@ -92,7 +92,7 @@ class LabelMoveRecord(BaseModel):
     move: int = Field(description="seq of the move in prompt_label_moves.")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LineageEvent:
     seq: int
     ts: datetime
@@ -128,7 +128,11 @@ def history(cur: Cursor, prompt: str, version: str | None = None) -> list[Lineag
         sql += " AND version = ?"
         params.append(version)
     rows = cur.execute(sql + " ORDER BY seq", params)
-    return [LineageEvent(r[0], parse_stamp(r[1]), r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+    return [
+        LineageEvent(seq=r["seq"], ts=parse_stamp(r["ts"]), kind=r["kind"], prompt=r["prompt"], version=r["version"],
+                     body=json.loads(r["body"]))
+        for r in rows
+    ]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -166,14 +170,14 @@ def append_event(
 ) -> LineageEvent:
     """One event, inside the caller's write transaction (so a rollback and its lineage commit together)."""
     cur.lock(LINEAGE_LOCK)
-    seq = int(cur.execute("SELECT COALESCE(MAX(seq), 0) FROM lineage_events")[0][0]) + 1
+    seq = int(cur.execute("SELECT COALESCE(MAX(seq), 0) AS seq FROM lineage_events")[0]["seq"]) + 1
     ts = utc_now()
     text = json.dumps(body, sort_keys=True, ensure_ascii=False, default=str)
     cur.execute(
         "INSERT INTO lineage_events (seq, ts, kind, prompt, version, body) VALUES (?, ?, ?, ?, ?, ?)",
         (seq, ts, kind, prompt, version, text),
     )
-    return LineageEvent(seq, parse_stamp(ts), kind, prompt, version, json.loads(text))
+    return LineageEvent(seq=seq, ts=parse_stamp(ts), kind=kind, prompt=prompt, version=version, body=json.loads(text))
 
 
 def append_label_move(cur: Cursor, prompt: str, record: LabelMoveRecord) -> None:
