@@ -116,6 +116,8 @@ MAX_TURN_CHARS = 20_000
 
 
 class ChatTurn(StrictModel):
+    """A turn as the API takes it (bounded, strict); the pipeline carries it on as a ``ChatMessage``."""
+
     role: Literal["user", "assistant"]
     content: str = Field(max_length=MAX_TURN_CHARS)
 
