@@ -13,6 +13,7 @@ from pydantic import IPvAnyNetwork
 
 from app.api.errors import ApiError
 from app.api.middleware import current_exchange
+from app.api.openai_protocol import collection_model_id
 from app.container import Services
 from retrieval.index import SCOPE_NAME_PATTERN, SCOPE_NAME_RULE, Scope, is_scope_name
 from serving.contracts.answer import Answer, AnswerRequest, ChatMessage, new_answer_id
@@ -118,6 +119,21 @@ def answered(services: Services, principal: Principal, answer: Answer) -> Answer
     return answer
 
 
+def answered_scope(services: Services, tenant: str, collection: str | None) -> Scope:
+    """The collection asked for, else the default one. With none named and the default empty, the tenant's only
+    collection that holds documents (the sample, after ``make run``): a chat client that picks the plain
+    ``ragops`` model is answered. A collection without documents is a 404 naming the ones that have some."""
+    scope = Scope(collection or services.settings.defaults.collection, tenant)
+    if services.index.count(scope) > 0:
+        return scope
+    filled = services.index.collections(tenant)
+    if collection is None and len(filled) == 1:
+        return Scope(filled[0], tenant)
+    working = ", ".join(f"{c!r} (model {collection_model_id(c)!r})" for c in filled) or "none: ingest documents first"
+    message = f"collection {scope.collection!r} has no documents; collections that have some: {working}"
+    raise ApiError(404, message, param="collection")
+
+
 def answer_request(
     services: Services,
     tenant: str,
@@ -134,9 +150,7 @@ def answer_request(
     exchange = current_exchange.get()
     if exchange is not None:
         exchange.question = question  # for the audit record
-    scope = Scope(collection or settings.defaults.collection, tenant)
-    if services.index.count(scope) == 0:
-        raise ApiError(404, f"collection {scope.collection!r} has no documents", param="collection")
+    scope = answered_scope(services, tenant, collection)
     return AnswerRequest(
         question=question,
         scope=scope,

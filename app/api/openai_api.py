@@ -49,8 +49,9 @@ WITHDRAWN_NOTICE = "\n\n[The answer above was withdrawn; a checked answer follow
 
 @router.get("/v1/models")
 def models(services: ServicesDep, caller: Reader) -> ModelList:
-    """``ragops`` (the default collection), then ``ragops/COLLECTION`` for each collection of the caller's tenant
-    that holds documents: choosing one selects that collection, for clients that can send no extra field."""
+    """``ragops`` (the default collection, or the only one with documents while it is empty), then
+    ``ragops/COLLECTION`` for each collection of the caller's tenant that holds documents: choosing one selects
+    that collection, for clients that can send no extra field."""
     collections = services.index.collections(caller.tenant)
     return ModelList(data=[ModelCard(id=MODEL_ID), *(ModelCard(id=collection_model_id(c)) for c in collections)])
 

@@ -42,7 +42,8 @@ class ChatCompletionRequest(BaseModel):
     """OpenAI's chat-completions body; sampling parameters are accepted, the prompt version decides them."""
 
     model: str = Field(
-        description=f"{MODEL_ID!r} (the default collection, or the ``collection`` field's), or "
+        description=f"{MODEL_ID!r} (the ``collection`` field's collection, else the default one; while the default "
+        "is empty, the caller's only collection with documents), or "
         f"'{COLLECTION_MODEL_PREFIX}COLLECTION' for one collection of the caller's tenant (see /v1/models)."
     )
     messages: list[OpenAIMessage] = Field(min_length=1, max_length=100)
