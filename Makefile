@@ -100,6 +100,7 @@ bench: setup
 	$(PY) bench/answer.py --out bench/results/answer.json
 	$(PY) bench/evals.py --out bench/results/evals.json
 	$(PY) bench/guards.py --out bench/results/guards.json
+	$(PY) bench/injection.py --out bench/results/injection.json
 	$(PY) bench/governance.py --out bench/results/governance.json
 	$(PY) bench/audit.py --out bench/results/audit.json
 	$(PY) bench/rate_limits.py --out bench/results/rate_limits.json

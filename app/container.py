@@ -21,6 +21,7 @@ from app.parts import (
     journal_path,
     judge_config,
     model_hashes,
+    sentence_screen,
 )
 from app.settings import Settings
 from evals.runner import EvalParts
@@ -58,7 +59,7 @@ from serving.governance.admission import Admission, BudgetCheck, KeyLookup, Limi
 from serving.governance.usage import AnswerPricing
 from serving.infra.state_store import StateStore
 from serving.loop.judge_sampler import SampledJudge
-from serving.observe.metrics import AlertThresholds, ServiceMetrics
+from serving.observe.metrics import AlertThresholds, ServiceMetrics, TenantLabels
 from serving.observe.tracing import FanOutTracer, NoTracer, Tracer
 
 if TYPE_CHECKING:
@@ -196,7 +197,9 @@ class Services:
     @cached_property
     def admission(self) -> Admission:
         """Authentication, roles, rate limits, quotas and budgets, in front of every route that is not public."""
-        return Admission(build_keys(self), build_limiter(self), build_budgets(self))
+        return Admission(
+            build_keys(self), build_limiter(self), build_budgets(self), self.settings.costs.reservation_tokens
+        )
 
     @cached_property
     def audit(self) -> AuditLog | None:
@@ -252,9 +255,10 @@ class Services:
         s = self.settings
         thresholds = AlertThresholds(
             s.alerts.hallucination_rate, s.alerts.fallback_rate, s.alerts.window, s.alerts.min_answers,
-            s.alerts.thumbs_down_rate,
+            s.alerts.thumbs_down_rate, s.alerts.min_raters,
         )  # fmt: skip
-        return ServiceMetrics(s.safety.groundedness_threshold, thresholds)
+        tenants = TenantLabels(hashed=s.access.metrics_tenant_labels == "hash", key=s.access.metrics_tenant_key)
+        return ServiceMetrics(s.safety.groundedness_threshold, thresholds, tenants)
 
     def close(self) -> None:
         # Their last records are written before the store closes (the drift check reads the answer log first).
@@ -305,19 +309,25 @@ def build_answer_cache(services: Services) -> AnswerCache:
 def build_budgets(services: Services) -> BudgetCheck:
     from serving.governance.usage import Budgets
 
-    return Budgets(services.state, services.settings.costs.budget_soft_ratio, services.metrics)
+    s = services.settings
+    # Reservations are released by the audit writer, which also keeps the ledger budgets read: without it, none.
+    reservation_usd = s.costs.reservation_usd(s.answering.generation_timeout_s) if s.audit else 0.0
+    return Budgets(services.state, s.costs.budget_soft_ratio, services.metrics, reservation_usd=reservation_usd)
 
 
 def build_audit(services: Services) -> AuditLog:
-    from serving.governance.audit import AuditLog
+    from serving.governance.audit import AnchorSettings, AuditLog
 
-    return AuditLog(services.state, services.settings.audit_content, services.metrics)
+    s = services.settings
+    anchor = AnchorSettings(file=s.audit_anchor_file, every_s=s.audit_anchor_every_s)
+    return AuditLog(services.state, s.audit_content, services.metrics, anchor)
 
 
 def build_pipeline(services: Services) -> RagPipeline:
     settings = services.settings
     primary = services.generator
-    generators = [primary] if primary.name == "extractive" else [primary, ExtractiveGenerator(services.embedder)]
+    fallback = ExtractiveGenerator(services.embedder, screen=sentence_screen(settings))
+    generators = [primary] if primary.name == "extractive" else [primary, fallback]
     chain = FallbackChain(generators, settings.breaker.failures, settings.breaker.cooldown_s)
     if isinstance(primary, LlamaCppGenerator):  # a restarted worker is tried at once, not after the cool-down
         primary.supervisor.when_ready(chain.breakers[primary.name].reset)

@@ -22,6 +22,7 @@ from app.api import (
     web,
 )
 from app.api.errors import ErrorResponse, install_error_handlers
+from app.api.hosts import AllowedHosts, HostCheck
 from app.api.middleware import RequestContext
 from app.api.openai_protocol import ChatCompletionChunk
 from app.api.openapi import install_docs, install_openapi
@@ -36,8 +37,12 @@ _ROUTERS = (
 )  # fmt: skip
 
 
-def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
-    """Build the app. Given ``services``, it uses (and does not close) them; else it builds its own at startup."""
+def create_app(
+    settings: Settings | None = None, services: Services | None = None, bind_host: str | None = None
+) -> FastAPI:
+    """Build the app. Given ``services``, it uses (and does not close) them; else it builds its own at startup.
+    ``bind_host``: the address ``serve`` listens on, which decides the ``Host`` names answered when the
+    allowed_hosts setting does not (``app.api.hosts``)."""
     resolved = services.settings if services is not None else settings or load_settings()
 
     @asynccontextmanager
@@ -68,6 +73,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     install_error_handlers(app)
     install_openapi(app, [ChatStreamEvent, ChatCompletionChunk, ErrorResponse])  # a failed stream's last event
     install_docs(app)
+    # Added before RequestContext, so it runs inside it: a refused Host is logged and counted like any error.
+    app.add_middleware(HostCheck, allowed=AllowedHosts.of(resolved.access.allowed_hosts, bind_host))
     app.add_middleware(RequestContext, max_body_bytes=resolved.limits.max_body_bytes)
 
     for module in _ROUTERS:

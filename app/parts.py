@@ -118,7 +118,7 @@ def _gguf_lineage(settings: Settings, hashes: FileHashes) -> dict[str, str | Non
 
 def build_generator(settings: Settings, embedder: CachedEmbedder, metrics: ServiceMetrics) -> Generator:
     if settings.generator == "extractive":
-        return ExtractiveGenerator(embedder)
+        return ExtractiveGenerator(embedder, screen=sentence_screen(settings))
     if settings.generator == "vllm":
         if not settings.vllm.base_url:
             return UnavailableGenerator("vllm", "RAGOPS_VLLM_BASE_URL is not set")
@@ -159,13 +159,14 @@ def build_llamacpp(settings: Settings, metrics: ServiceMetrics) -> Generator:
 
 def canary_policy(settings: Settings) -> CanaryPolicy:
     """How the canary analysis decides, from the settings (the server's monitor and ``ragops canary status``)."""
-    from serving.loop.canary import Tolerance
+    from serving.loop.canary import Quorum, Tolerance
     from serving.loop.canary_control import CanaryPolicy
 
     s = settings
     tolerance = Tolerance(s.canary.tolerance, s.canary.latency_tolerance)
     return CanaryPolicy(
         tolerance=tolerance, alpha=s.canary.alpha, min_answers=s.canary.min_answers, autopromote=s.canary.autopromote,
+        quorum=Quorum(min_users=s.canary.min_users, min_tenants=s.canary.min_tenants),
         groundedness_threshold=s.safety.groundedness_threshold, check_every=s.canary.check_every,
     )  # fmt: skip
 
@@ -202,8 +203,21 @@ def instruction_flagger(settings: Settings) -> Callable[[str], str | None] | Non
     from safety.guards import POLICIES_DIR, load_injection_settings
     from safety.injection import PatternDetector
 
-    # The same detector (and normalisation) as the query-time screen: a chunk flagged here is dropped there.
-    return PatternDetector(load_injection_settings(settings.safety.policies_dir or POLICIES_DIR).patterns).first_match
+    # The same patterns (and normalisation) as the query-time screen: a chunk flagged here is dropped there.
+    policies = settings.safety.policies_dir or POLICIES_DIR
+    return PatternDetector(load_injection_settings(policies).passage_patterns).first_match
+
+
+def sentence_screen(settings: Settings) -> Callable[[str], set[int]] | None:
+    """The places of a passage's flagged sentences, which the extractive generator never quotes (the same
+    patterns as the passage screen; None with guards off)."""
+    if not settings.safety.guards:
+        return None
+    from safety.guards import POLICIES_DIR, load_injection_settings
+    from safety.injection import PatternDetector
+
+    patterns = load_injection_settings(settings.safety.policies_dir or POLICIES_DIR).passage_patterns
+    return PatternDetector(patterns).flagged_indices
 
 
 def build_groundedness(settings: Settings, embedder: CachedEmbedder) -> GroundednessBackend:
@@ -222,7 +236,7 @@ def build_guards(settings: Settings, embedder: CachedEmbedder) -> Guards | None:
     if not settings.safety.guards:
         return None
     from safety.guards import POLICIES_DIR, GuardContext, build_guard, load_context_action, load_injection_settings
-    from safety.injection import InjectionDetector, load_attacks
+    from safety.injection import InjectionDetector, PatternDetector, load_attacks
 
     policies = settings.safety.policies_dir or POLICIES_DIR
     injection = load_injection_settings(policies)
@@ -230,14 +244,14 @@ def build_guards(settings: Settings, embedder: CachedEmbedder) -> Guards | None:
     detector = InjectionDetector(
         patterns=injection.patterns, attacks=attacks, embed=embedder.embed, embed_query=embedder.embed_query,
         threshold=injection.similarity_threshold, max_length_ratio=injection.max_length_ratio,
-        cache_dir=settings.model_cache_dir,
+        cache_dir=settings.model_cache_dir, similarity_cues=injection.similarity_cues,
     )  # fmt: skip
     detector.warm()  # not on the first question
     context = GuardContext(detector, build_groundedness(settings, embedder))
     return Guards(
         input=build_guard("input", policies / "input.yaml", context),
         output=build_guard("output", policies / "output.yaml", context),
-        context=detector.patterns,
+        context=PatternDetector(injection.passage_patterns),
         context_action=load_context_action(policies),
     )
 

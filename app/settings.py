@@ -101,6 +101,16 @@ class Settings(BaseSettings):
         description="What audit records keep of questions and answers: hash, their SHA-256; redacted, their text "
         "with PII and secrets redacted.",
     )
+    audit_anchor_file: Path | None = Field(
+        None,
+        description="File the server appends the audit chain's head to (a JSON line, at most every "
+        "audit_anchor_every_s while records are written): keep it, or ship it, away from the database; "
+        "`ragops audit verify --anchor FILE` checks the chain still holds its last head. The head is logged "
+        "(ragops.audit 'audit head') at the same pace either way.",
+    )
+    audit_anchor_every_s: float = Field(
+        60.0, ge=1, description="How often, at most, the audit chain's head is logged and appended to the anchor file."
+    )
     # Reliability
     min_free_disk_mb: int = Field(
         256, ge=0, description="Refuse writes (503) when the data dir's filesystem has less free space than this."

@@ -33,6 +33,18 @@ class CanarySettings(SettingsGroup):
     min_answers: int = Field(
         200, ge=10, description="Answers per arm (canary and stable) before a canary that is not worse is promoted."
     )
+    min_users: int = Field(
+        20,
+        ge=10,
+        description="Distinct users (the server's hash of key and request user) each arm needs before a signal's "
+        "test counts: one user's answers are one user's evidence.",
+    )
+    min_tenants: int = Field(
+        2,
+        ge=1,
+        description="Distinct tenants each arm needs before a signal's test counts; from 2 on, a rollback must also "
+        "hold with any one tenant's answers left out. 1: one tenant may decide (a single-tenant server).",
+    )
     tolerance: float = Field(
         0.05,
         ge=0,
@@ -87,7 +99,28 @@ class AccessSettings(SettingsGroup):
         "peer the header is ignored.",
     )
     metrics_token: str | None = Field(
-        None, description="Bearer token /metrics requires when set; unset: /metrics is public (for Prometheus)."
+        None,
+        description="Bearer token /metrics requires (Authorization: Bearer <token>). Unset: /metrics is public while "
+        "the server has no API keys, and refused (401) once it has some: set it for Prometheus to scrape.",
+    )
+    metrics_tenant_labels: Literal["name", "hash"] = Field(
+        "name",
+        description="How /metrics names a tenant in its tenant label: name, or hash (the first 12 hex digits of "
+        "the name's SHA-256, or of its HMAC-SHA256 keyed by metrics_tenant_key when that is set: `printf %s acme "
+        "| sha256sum | cut -c1-12`, or `| openssl dgst -sha256 -hmac KEY`), so that a scrape does not list "
+        "tenants.",
+    )
+    metrics_tenant_key: str | None = Field(
+        None,
+        description="Key of the tenant label hash (metrics_tenant_labels=hash). Without one, whoever can guess "
+        "a tenant's name can check it against a label.",
+    )
+    allowed_hosts: list[str] | None = Field(
+        None,
+        description='Host header names the server answers, any port (e.g. ["ragops.example.org", '
+        '"ragops-api"]; ["*"]: any); others get 400 (a page that points its own name at the server, DNS '
+        "rebinding, is refused). Unset: the loopback names (localhost, 127.0.0.1, ::1) when `serve` listens on "
+        "a loopback address, any name otherwise.",
     )
     key_cache_s: float = Field(
         5.0, ge=0, description="Seconds a replica trusts a key it looked up; a revocation takes effect within this."
@@ -113,6 +146,19 @@ class CostSettings(SettingsGroup):
     budget_soft_ratio: float = Field(
         0.8, gt=0, le=1, description="Share of a tenant's budget at which the soft alert fires (metric, log line)."
     )
+    reservation_tokens: int = Field(
+        2048,
+        ge=1,
+        description="Tokens a chat request reserves against its key's daily quota before it is answered (its "
+        "answer's own tokens replace them after); at these tokens, prompt and completion each, and "
+        "generation_timeout_s of generation, the most it reserves against its tenant's budget. Parallel requests "
+        "overshoot a quota or budget by at most one reservation, as long as no answer takes more than it.",
+    )
+
+    def reservation_usd(self, generation_timeout_s: float) -> float:
+        """The most one answer can cost at the priced models: what a request reserves against a budget."""
+        tokens, ms = self.reservation_tokens, generation_timeout_s * 1000
+        return max((price.cost(tokens, tokens, ms) for price in self.prices.values()), default=0.0)
 
 
 class RequestLimits(SettingsGroup):
@@ -182,6 +228,12 @@ class AlertSettings(SettingsGroup):
         ge=0,
         le=1,
         description="Alert when more of a prompt version's recent rated answers than this are thumbs-down.",
+    )
+    min_raters: int = Field(
+        5,
+        ge=1,
+        description="No thumbs-down alert before a prompt version's recent ratings come from this many raters "
+        "(API keys; on a server without keys, the users the rated answers were given to).",
     )
 
 

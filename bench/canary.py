@@ -3,10 +3,11 @@ how often a neutral canary is rolled back by mistake.
 
 Traffic is simulated from recorded answers (``bench/data/canary_answers.jsonl``, made by ``bench/canary_record.py``
 from eval runs of SmolLM2 in llama.cpp): each simulated request picks a question of the suites at random and a
-user bucket; a share of users gets the canary version, the others the stable one (v2), and the answer is the one
-that version gave to that question. The analysis (``serving.loop.canary.analyse``, as the server runs it) looks every
-``check_every`` answers. Bad: v94 (drops citations); neutral: v91 (a rewording) and v2 against itself (the same
-answers, so any rollback is a false one).
+user (a new one per request, or with ``--users N`` one of N, so each asks several questions) of one of
+``--tenants`` tenants; a share of users gets the canary version, the others the stable one (v2), and the answer
+is the one that version gave to that question. The analysis (``serving.loop.canary.analyse``, as the server runs
+it) looks every ``check_every`` answers. Bad: v94 (drops citations); neutral: v91 (a rewording) and v2 against
+itself (the same answers, so any rollback is a false one).
 
 Latency: the versions were recorded one after another on a shared 2-core machine, under whatever load the others
 put on it (v91's median was 7.3 s against v2's 1.0 s on the same questions, with 17% more tokens), so recorded
@@ -35,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.settings_operations import CanarySettings
 from bench.corpora import emit, percentile
-from serving.loop.canary import Arm, CanaryAnalysis, Observation, Tolerance, analyse
+from serving.loop.canary import Arm, CanaryAnalysis, Observation, Quorum, Tolerance, analyse
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDED = ROOT / "bench" / "data" / "canary_answers.jsonl"
@@ -44,6 +46,10 @@ THRESHOLD = 0.55  # groundedness_threshold's default: an answer under it is ungr
 MS_PER_TOKEN, PROMPT_MS = 43.5, 500.0  # the replayed latency (see above)
 TUNING_SUITES = ("qa",)
 REPORT_SUITES = ("near_miss", "counterfactual")
+QUORUM = Quorum(  # the settings' defaults
+    min_users=CanarySettings.model_fields["min_users"].default,
+    min_tenants=CanarySettings.model_fields["min_tenants"].default,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,10 +70,10 @@ class Recorded:
     def replayed_latency_ms(self) -> float:
         return PROMPT_MS + self.completion_tokens * MS_PER_TOKEN
 
-    def observe(self, arm: Arm, threshold: float = THRESHOLD) -> Observation:
+    def observe(self, arm: Arm, user: str, tenant: str, threshold: float = THRESHOLD) -> Observation:
         return Observation.of(
-            arm=arm, outcome=self.outcome, groundedness=self.groundedness, cited=self.cited, fallback=self.fallback,
-            latency_ms=self.replayed_latency_ms, rating=None, threshold=threshold,
+            arm=arm, user=user, tenant=tenant, outcome=self.outcome, groundedness=self.groundedness, cited=self.cited,
+            fallback=self.fallback, latency_ms=self.replayed_latency_ms, down_share=None, threshold=threshold,
         )  # fmt: skip
 
 
@@ -80,30 +86,47 @@ def load_recorded(path: Path = RECORDED) -> dict[str, dict[str, Recorded]]:
     return by_version
 
 
+@dataclass(frozen=True, kw_only=True)
+class Asker:
+    """A simulated user: its name, tenant and arm (sticky, as the server's split is)."""
+
+    user: str
+    tenant: str
+    arm: Arm
+
+
 @dataclass(frozen=True)
 class Traffic:
-    """Simulated requests: which recorded answer each got, and from which arm."""
+    """Simulated requests: which recorded answer each got, and who asked (user, tenant, arm)."""
 
     answers: tuple[Recorded, ...]
-    arms: tuple[Arm, ...]
+    askers: tuple[Asker, ...]
 
     def observations(self) -> list[Observation]:
-        return [a.observe(arm) for a, arm in zip(self.answers, self.arms, strict=True)]
+        return [a.observe(who.arm, who.user, who.tenant) for a, who in zip(self.answers, self.askers, strict=True)]
 
 
 def traffic(
-    stable: dict[str, Recorded], canary: dict[str, Recorded], suites: Sequence[str], share: float, n: int, seed: int
-) -> Traffic:
-    """``n`` requests over the questions of ``suites`` both versions answered; each one's arm by the share."""
+    stable: dict[str, Recorded], canary: dict[str, Recorded], suites: Sequence[str], share: float, n: int, seed: int,
+    tenants: int = 4, users: int | None = None,
+) -> Traffic:  # fmt: skip
+    """``n`` requests over the questions of ``suites`` both versions answered, from ``tenants`` tenants; a new
+    user per request, or one of ``users``; each user's arm by the share."""
     rng = random.Random(seed)
     questions = sorted(q for q in stable.keys() & canary.keys() if q.split("/")[0] in suites)
-    answers, arms = [], []
-    for _ in range(n):
-        question = rng.choice(questions)
+
+    def new_asker(i: int) -> Asker:
         arm: Arm = "canary" if rng.random() < share else "stable"
-        answers.append((canary if arm == "canary" else stable)[question])
-        arms.append(arm)
-    return Traffic(tuple(answers), tuple(arms))
+        return Asker(user=f"user-{i}", tenant=f"tenant-{rng.randrange(tenants)}", arm=arm)
+
+    pool = [new_asker(i) for i in range(users or 0)]
+    answers, askers = [], []
+    for i in range(n):
+        question = rng.choice(questions)
+        asker = rng.choice(pool) if pool else new_asker(i)
+        answers.append((canary if asker.arm == "canary" else stable)[question])
+        askers.append(asker)
+    return Traffic(tuple(answers), tuple(askers))
 
 
 @dataclass(frozen=True)
@@ -113,14 +136,14 @@ class RunResult:
     worse: tuple[str, ...]  # the signals that decided
 
 
-def replay(run: Traffic, check_every: int, tolerance: Tolerance, alpha: float) -> RunResult:
+def replay(run: Traffic, check_every: int, tolerance: Tolerance, alpha: float, quorum: Quorum = QUORUM) -> RunResult:
     """The analysis every ``check_every`` answers, as the server runs it, until it rolls back or traffic ends.
     A rollback, once due, stays due (each answer's statistic uses the answers before it only), so the first
     check that rolls back is found by bisection over the checks."""
     seen = run.observations()
 
     def at(check: int) -> CanaryAnalysis:
-        return analyse(seen[: check * check_every], tolerance, alpha, min_answers=10**9, autopromote=False)
+        return analyse(seen[: check * check_every], tolerance, alpha, 10**9, autopromote=False, quorum=quorum)
 
     low, high = 1, len(seen) // check_every
     last = at(high)
@@ -138,7 +161,14 @@ def scenario(
 ) -> dict[str, Any]:
     simulated = [
         traffic(
-            stable=recorded["v2"], canary=recorded[canary], suites=suites, share=args.share, n=args.requests, seed=s
+            stable=recorded["v2"],
+            canary=recorded[canary],
+            suites=suites,
+            share=args.share,
+            n=args.requests,
+            seed=s,
+            tenants=args.tenants,
+            users=args.users,
         )
         for s in range(runs)
     ]
@@ -183,7 +213,7 @@ def request_path_cost(calls: int = 100_000) -> dict[str, float]:
     run = traffic(*(load_recorded()["v2"],) * 2, REPORT_SUITES, 0.1, 4000, 0)
     seen = run.observations()
     started = time.perf_counter()
-    analyse(seen, Tolerance(0.05, 0.2), 0.05, 200, False)
+    analyse(seen, Tolerance(0.05, 0.2), 0.05, 200, False, QUORUM)
     return {
         "choose_prompt_us": round(choose_us, 2),
         "analysis_4000_answers_ms": round((time.perf_counter() - started) * 1e3, 1),
@@ -199,6 +229,8 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.05, help="canary_tolerance (rates, absolute)")
     parser.add_argument("--latency-tolerance", type=float, default=0.2, help="canary_latency_tolerance (relative)")
     parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument("--tenants", type=int, default=4, help="tenants the users belong to")
+    parser.add_argument("--users", type=int, help="users that ask (default: a new user per request)")
     parser.add_argument("--tune", action="store_true", help="on the tuning suites (qa) instead of the others")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

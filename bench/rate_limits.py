@@ -1,9 +1,9 @@
 """What the rate limiter and the answer cache's index digest cost, in process (the HTTP figures, paired with
 governance off, are ``bench/governance.py``'s).
 
-- Limiter: one request's limiter work as the access gate does it (``check_address``, ``admit``: requests per
-  minute and the token quota; then ``add_tokens``), timed per request, with the limits in process and in a real
-  Redis (``redis-server`` on 127.0.0.1; four round trips a request, one per call).
+- Limiter: one chat request's limiter work as admission does it (``check_address``, ``admit``: requests per
+  minute and the token quota; the token reservation, then its settlement), timed per request, with the limits in
+  process and in a real Redis (``redis-server`` on 127.0.0.1; five round trips a request, one per call).
 - Index digest: the sample corpus (1,204 Disfl-QA passages) ingested into a temp data dir (embeddings from the
   main data dir's cache when it holds them); the digest of its scope from the memo (what nearly every request
   pays), recomputed (what one request in ``MAX_AGE_S`` pays, or the first after an ingest), and a cached
@@ -58,7 +58,8 @@ def limiter_cost(redis_url: str | None, repeats: int) -> dict[str, float]:
     def one_request() -> None:
         limits.check_address("192.0.2.1")
         limits.admit(key)
-        limits.add_tokens(key, 25)
+        limits.reserve_tokens(key, 2048)
+        limits.adjust_tokens(key, 25 - 2048)
 
     timed(one_request, 100)  # connections, scripts loaded
     return timed(one_request, repeats)

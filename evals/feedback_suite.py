@@ -61,6 +61,7 @@ def export_suite(
         raise ExportError(f"suite name must be {SUITE_NAME_RULE}: {name!r}")
     if not cases:
         raise NothingToExportError("no rated answers match: nothing to export")
+    cases = one_case_per_answer(cases)
     paths = suite_paths(root, name)
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
@@ -73,6 +74,15 @@ def export_suite(
     suite_path.write_text(suite_yaml(name, cases, generator), encoding="utf-8")
     suite = load_suite(suite_path, root)
     return ExportedSuite(suite, len(load_dataset(suite.dataset)), len(corpus))
+
+
+def one_case_per_answer(cases: Sequence[FeedbackCase]) -> list[FeedbackCase]:
+    """One sample per answer, however many readers rated it: the latest rating that gave a correction (it says
+    what the answer should be), else the latest rating; in the order the answers were given."""
+    chosen: dict[str, FeedbackCase] = {}
+    for case in sorted(cases, key=lambda c: (c.feedback.correction is not None, c.feedback.ts)):
+        chosen[case.answer.id] = case
+    return sorted(chosen.values(), key=lambda c: (c.answer.ts, c.answer.id))
 
 
 def suite_paths(root: Path, name: str) -> tuple[Path, Path, Path]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 from prompts.citations import CITATION, says_not_in_documents
 from retrieval.chunking import split_sentences
@@ -85,13 +85,25 @@ class SentenceSupport:
 
 class Groundedness(BaseModel):
     """How well the passages support an answer: the least supported sentence's score, and the sentences below
-    the threshold. Per-sentence signals are kept for calibration, not shown to clients."""
+    the threshold. Its JSON counts those sentences and never quotes them: it is part of the output guard's
+    verdict, and a sentence the guard withdrew must not come back to the client through it (nor a piece of the
+    prompt a model echoed). The sentences themselves, and the per-sentence signals (for calibration), stay in
+    process: ``ragops groundedness`` prints them for the answer it was given."""
 
     model_config = ConfigDict(frozen=True)
 
     score: float | None = Field(description="Support of the least supported sentence; null: nothing to judge.")
-    unsupported: list[str] = Field(default_factory=list, description="Answer sentences below the threshold.")
+    unsupported: list[str] = Field(default_factory=list, exclude=True)
+    unsupported_sentences: int = Field(0, description="How many answer sentences score below the threshold.")
     sentences: list[SentenceSupport] = Field(default_factory=list, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _counted(cls, data: Any) -> Any:
+        """The count from the sentences, unless given (a stored answer's JSON has the count only)."""
+        if isinstance(data, dict) and "unsupported_sentences" not in data:
+            return {**data, "unsupported_sentences": len(data.get("unsupported") or ())}
+        return data
 
     @field_serializer("score")
     def _rounded(self, score: float | None) -> float | None:

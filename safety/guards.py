@@ -14,6 +14,7 @@ four Hub validators took 14.6 ms a call against 8 ms for the validators alone (i
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import warnings
@@ -29,7 +30,15 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, field_seriali
 
 from prompts.messages import ChatMessage
 from safety.groundedness import Groundedness, GroundednessBackend
-from safety.injection import InjectionDetector, InjectionSettings, PatternDetector
+from safety.injection import (
+    InjectionDetector,
+    InjectionSettings,
+    PatternDetector,
+    expand_terms,
+    without_sentences,
+)
+
+log = logging.getLogger("ragops.guards")
 
 GuardAction = Literal["pass", "flag", "redact", "fallback", "block"]
 ACTIONS: tuple[GuardAction, ...] = ("flag", "redact", "fallback", "block")  # in increasing severity
@@ -62,7 +71,9 @@ def is_none(value: object) -> bool:
 
 
 class Fired(BaseModel):
-    """One validator that fired, the action it asks for, and why."""
+    """One validator that fired, the action it asks for, and why: a category and its measure ("profanity",
+    "groundedness 0.31 below 0.55", "personal data or secrets: email"), never the text it found. Verdicts are
+    shown to clients and kept, and the output guard's name what it withdrew: quoting would send that back."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -72,6 +83,11 @@ class Fired(BaseModel):
     turn: int | None = Field(
         None, exclude_if=is_none, description="The history turn it fired on (0 is the first); absent for the question."
     )
+
+    @property
+    def named(self) -> str:
+        """The finding as "validator: reason", or the reason alone where it starts with the validator's name."""
+        return self.reason if self.reason.startswith(self.validator) else f"{self.validator}: {self.reason}"
 
 
 class GuardVerdict(BaseModel):
@@ -96,8 +112,8 @@ class GuardVerdict(BaseModel):
         return self.action in ("pass", "flag", "redact")
 
     def reasons(self, action: str) -> str:
-        """What made the guard take ``action``: "validator: reason; ..."."""
-        return "; ".join(f"{f.validator}: {f.reason}" for f in self.fired if f.action == action)
+        """What made the guard take ``action``: each finding ``named``, joined by "; "."""
+        return "; ".join(f.named for f in self.fired if f.action == action)
 
     def fire(self, validator: str, action: GuardAction, reason: str, turn: int | None = None) -> None:
         self.fired.append(Fired(validator=validator, action=action, reason=reason, turn=turn))
@@ -144,6 +160,7 @@ class GuardStep:
     validator: Any  # a guardrails Validator
     action: GuardAction
     applies_to: tuple[TextPart, ...] = TEXT_PARTS  # the input guard's: the question, history turns, or both
+    reason: str | None = None  # said when it fires, instead of a validator's own message (that quotes the text)
 
 
 class Guard:
@@ -161,7 +178,9 @@ class Guard:
                 result = step.validator.validate(verdict.text, metadata or {})
             except Exception as exc:  # a broken validator fires; it does not let the text through unchecked
                 failed: GuardAction = "block" if step.action == "redact" else step.action
-                verdict.fire(step.name, failed, f"validator error: {type(exc).__name__}: {exc}")
+                # The exception's message may hold the text: the operator's log gets it, the verdict its type.
+                log.warning("guard %s: validator %s failed", self.name, step.name, exc_info=True)
+                verdict.fire(step.name, failed, f"validator error: {type(exc).__name__}")
                 continue
             if result.metadata:
                 verdict.absorb(result.metadata)
@@ -173,7 +192,7 @@ class Guard:
                     action = "block"
                 else:
                     verdict.text = result.fix_value
-            verdict.fire(step.name, action, result.error_message or step.name)
+            verdict.fire(step.name, action, step.reason or result.error_message or step.name)
         verdict.latency_ms = (time.perf_counter() - started) * 1000
         return verdict
 
@@ -239,6 +258,12 @@ def load_policy(path: Path) -> list[dict[str, Any]]:
     return steps
 
 
+# Hub validators whose failure message quotes the text they checked (profanity_free repeats the whole sentence,
+# secrets_present the secrets it found): their findings say this category instead (see ``Fired``). The others'
+# messages (and ragops' own validators') name what fired without quoting.
+QUOTING_VALIDATORS = {"profanity_free": "profanity", "secrets_present": "secrets"}
+
+
 def build_guard(name: str, path: Path, context: GuardContext) -> Guard:
     steps = load_policy(path)
     disable_guardrails_metrics()
@@ -275,7 +300,8 @@ def build_guard(name: str, path: Path, context: GuardContext) -> Guard:
         except (TypeError, ValueError) as exc:
             raise PolicyError(f"{path}: {step['name']}: {exc}") from exc
         parts = tuple(step.get("applies_to", TEXT_PARTS))
-        built.append(GuardStep(step["name"], validator, step["on_fail"], parts))
+        reason = QUOTING_VALIDATORS.get(step["type"])
+        built.append(GuardStep(step["name"], validator, step["on_fail"], parts, reason))
     return Guard(name, built)
 
 
@@ -289,19 +315,21 @@ class Guards:
     context_action: str = "drop"  # or "neutralise"
 
     def screen_passages(self, texts: list[str]) -> tuple[list[tuple[int, str]], list[Fired]]:
-        """The passages to keep as (index, text), instructions neutralised if so configured, and what fired."""
+        """The passages to keep as (index, text), and what fired: one finding per passage that carries
+        instructions, naming its flagged sentences by place and hash, never quoting them. Such a passage is
+        dropped, or kept with those sentences replaced (``neutralise``)."""
         if self.context is None:
             return list(enumerate(texts)), []
         kept, fired = [], []
         for i, text in enumerate(texts):
-            pattern = self.context.first_match(text)
-            if pattern is None:
+            flags = self.context.flag_sentences(text)
+            if not flags:
                 kept.append((i, text))
                 continue
-            reason = f"passage {i + 1}: {pattern}"
+            reason = f"passage {i + 1}: " + "; ".join(flag.describe() for flag in flags)
             fired.append(Fired(validator="context_injection", action=self.context_action, reason=reason))
             if self.context_action == "neutralise":
-                kept.append((i, self.context.neutralise(text)))
+                kept.append((i, without_sentences(text, {flag.index for flag in flags})))
         return kept, fired
 
 
@@ -311,12 +339,33 @@ def load_injection_settings(policies_dir: Path) -> InjectionSettings:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         ratio = float(data.get("max_length_ratio", InjectionSettings.max_length_ratio))
         ignored = frozenset(str(i) for i in data.get("ignored_attacks") or [])
-        patterns = [str(p) for p in data["patterns"]]
-        settings = InjectionSettings(patterns, float(data["similarity_threshold"]), ratio, ignored)
-        PatternDetector(settings.patterns)  # a pattern that does not compile is the policy's error
+        terms: dict[str, str] = {}
+        for name, fragment in (data.get("terms") or {}).items():
+            terms[str(name)] = expand_terms(str(fragment), terms)
+        patterns = _rules(data["patterns"], terms)
+        cues = _rules(data.get("similarity_cues") or [], terms)
+        passages_only = _rules(data.get("document_patterns") or [], terms)
+        threshold = float(data["similarity_threshold"])
+        settings = InjectionSettings(patterns, threshold, ratio, ignored, cues, passages_only)
+        for _, pattern in settings.passage_patterns + cues:  # a pattern that does not compile is the policy's error
+            re.compile(pattern)
         return settings
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError, re.error) as exc:
         raise PolicyError(f"{path}: {exc}") from exc
+
+
+def _rules(entries: list[Any], terms: dict[str, str]) -> list[tuple[str, str]]:
+    """Each entry a regular expression (named by itself) or ``{name: regular expression}``."""
+    rules = []
+    for entry in entries:
+        if isinstance(entry, dict) and len(entry) == 1:
+            ((name, pattern),) = entry.items()
+        elif isinstance(entry, str):
+            name, pattern = entry, entry
+        else:
+            raise ValueError(f"a pattern is a string or {{name: pattern}}: {entry!r}")
+        rules.append((str(name), expand_terms(str(pattern), terms)))
+    return rules
 
 
 def load_context_action(policies_dir: Path) -> str:

@@ -17,6 +17,7 @@ from retrieval.documents import Document, Section
 from retrieval.embedding import Embedder, OnnxEmbedder
 from retrieval.offline import apply_offline_environment
 from serving.contracts.answer import Answer, PromptInfo
+from serving.infra.state_store import StateStore
 from tests.backing_services import PostgresServer, RedisServer, postgres_bin_dir, redis_binary
 from tests.live_server import LiveServers
 from tests.stub_openai import Mode, StubOpenAI
@@ -161,6 +162,14 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
         return None
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture
+def store(database_url: str | None, tmp_path: Path) -> Iterator[StateStore]:
+    """A state store on SQLite (in the test's tmp dir) and on Postgres, one test each."""
+    opened = StateStore.open(database_url, tmp_path / "state.sqlite")
+    yield opened
+    opened.close()
 
 
 @pytest.fixture

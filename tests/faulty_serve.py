@@ -14,7 +14,7 @@ from app.cli import main
 from retrieval.index import IndexUnavailableError
 from retrieval.search import Searcher
 from serving.answering.pipeline import RagPipeline
-from serving.contracts.answer import AnswerRequest
+from serving.contracts.answer import AnswerRequest, StreamProgress
 
 SEARCH_FAULTS: dict[str, Callable[[], Exception]] = {
     "fault-runtime": lambda: RuntimeError("injected fault alice@example.com"),
@@ -36,8 +36,10 @@ def _inject() -> None:
         _raise_named(query, SEARCH_FAULTS)
         return search(self, query, *args, **kwargs)
 
-    def failing_stream(self: RagPipeline, request: AnswerRequest) -> Iterator[Any]:
-        for event in stream(self, request):
+    def failing_stream(
+        self: RagPipeline, request: AnswerRequest, progress: StreamProgress | None = None
+    ) -> Iterator[Any]:
+        for event in stream(self, request, progress):
             yield event
             _raise_named(request.question, STREAM_FAULTS)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 
@@ -15,14 +16,16 @@ Mode = Literal["stream", "error", "malformed", "slow"]
 class StubOpenAI:
     """Answers every POST (``url`` is the base URL, ending in ``/v1``) as ``mode`` says:
 
-    - ``stream``: ``sentences`` cited chat-completion chunks, ``gap_s`` apart, then usage and ``[DONE]``;
+    - ``stream``: ``sentences`` cited chat-completion chunks, ``gap_s`` apart, then usage and ``[DONE]``; with
+      ``texts``, those chunks instead (a model that says what a test needs it to);
     - ``error``: a 500 with an OpenAI error body; ``malformed``: a 200 whose body is not JSON;
     - ``slow``: the error body with a 200, after 2 s.
 
     ``calls`` counts the requests."""
 
-    def __init__(self, mode: Mode, sentences: int = 8, gap_s: float = 0.5) -> None:
+    def __init__(self, mode: Mode, sentences: int = 8, gap_s: float = 0.5, texts: Sequence[str] = ()) -> None:
         self.calls = 0
+        chunks = list(texts) or [f"The Normans came from Normandy {number}. [1] " for number in range(sentences)]
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -48,9 +51,8 @@ class StubOpenAI:
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("connection", "close")
                 self.end_headers()
-                for number in range(sentences):
-                    sentence = f"The Normans came from Normandy {number}. [1] "
-                    self._event({"choices": [{"index": 0, "delta": {"content": sentence}}]})
+                for chunk in chunks:
+                    self._event({"choices": [{"index": 0, "delta": {"content": chunk}}]})
                     time.sleep(gap_s)
                 self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
                 self._event(

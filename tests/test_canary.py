@@ -1,6 +1,8 @@
 """Live prompt labels and the canary analysis: labels moved on one replica are served by every replica within
 seconds; a planted bad canary is rolled back (share 0, label back, audit record, lineage event, alert) within 200
-canary answers; a neutral one is not, in 20 seeded runs; a canary that is not worse is promoted when asked.
+canary answers; a neutral one is not, in 20 seeded runs; a canary that is not worse is promoted when asked. No
+single party steers it: one tenant's jailbreak attempts (refusals, one user's many answers, made-up users) roll
+nothing back, while a version that is worse for users of several tenants still goes.
 
 Traffic replays answers recorded once from eval runs of SmolLM2 (``bench/data/canary_answers.jsonl``, made by
 ``bench/canary_record.py``): v2 (production), v94 (drops its citations: bad), v91 (a rewording: neutral).
@@ -17,18 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from app.cli import main as ragops
+from app.container import Services
+from app.main import create_app
 from bench.canary import REPORT_SUITES, Recorded, load_recorded, replay, traffic
 from prompts.loader import Prompt
-from prompts.registry import PromptRegistry
+from prompts.registry import PromptRegistry, user_bucket
 from retrieval.index import Scope
 from safety.groundedness import Groundedness
-from serving.contracts.answer import Answer, AnswerRequest, Citation, PromptInfo
+from serving.contracts.answer import Answer, AnswerRequest, Citation, PromptInfo, canary_subject
 from serving.contracts.generation import Fallback
+from serving.governance.keys import EnvKeys
 from serving.infra.state_store import StateStore
 from serving.loop.answer_log import AnswerLog
-from serving.loop.canary import Arm, CanaryAnalysis, Observation, Tolerance, analyse
+from serving.loop.canary import Arm, CanaryAnalysis, Observation, Quorum, Tolerance, analyse
 from serving.loop.canary_control import CanaryBook, CanaryLabels, CanaryMonitor, CanaryPolicy, ratings_by_answer
 from serving.loop.labels import StoreLabels
 from serving.loop.lineage import Lineage
@@ -39,8 +45,10 @@ from tests.test_evals import planted_prompts
 
 Recordings = dict[str, dict[str, Recorded]]
 TOLERANCE = Tolerance(rate=0.05, latency=0.2)  # the settings' defaults
-POLICY = CanaryPolicy(tolerance=TOLERANCE, alpha=0.05, min_answers=200, autopromote=False, groundedness_threshold=0.55,
-                      check_every=10)  # fmt: skip
+QUORUM = Quorum(min_users=20, min_tenants=2)  # likewise
+POLICY = CanaryPolicy(tolerance=TOLERANCE, alpha=0.05, min_answers=200, autopromote=False, quorum=QUORUM,
+                      groundedness_threshold=0.55, check_every=10)  # fmt: skip
+TENANTS = ("acme", "globex", "initech", "umbrella")
 
 
 @pytest.fixture(scope="module")
@@ -117,14 +125,17 @@ def as_answer(recorded: Recorded, prompt: Prompt) -> Answer:
 
 
 def serve(replica: Replica, recorded: Recordings, requests: int, seed: int) -> int:
-    """Replay ``requests`` requests of random users through the replica (prompt choice, answer log, monitor),
-    waiting for each check the monitor asks for; returns how many canary answers were served."""
+    """Replay ``requests`` requests of random users of four tenants through the replica (prompt choice by the
+    server's canary subject, answer log, monitor), waiting for each check the monitor asks for; returns how many
+    canary answers were served."""
     rng = random.Random(seed)
     questions = sorted(set.intersection(*(set(answers) for answers in recorded.values())))
     canary_answers = 0
     for i in range(requests):
-        request = AnswerRequest(question=f"q{i}", scope=Scope("c", "t"), user=f"user-{rng.randrange(10**9)}")
-        prompt = replica.prompts(request.user)
+        tenant, user = rng.choice(TENANTS), f"user-{rng.randrange(10**9)}"
+        request = AnswerRequest(question=f"q{i}", scope=Scope("c", tenant), user=user,
+                                canary_subject=canary_subject(tenant, f"key-{tenant}", user))  # fmt: skip
+        prompt = replica.prompts(request.canary_subject)
         answer = as_answer(recorded[prompt.version][rng.choice(questions)], prompt)
         answer = answer.model_copy(update={"id": request.id})
         canary_answers += prompt.version != "v2"
@@ -207,13 +218,15 @@ def test_neutral_canary_promoted_when_not_worse(
 ) -> None:  # fmt: skip
     release_canary(tmp_path, database_url, prompts_dir, "v91")
     policy = CanaryPolicy(
-        tolerance=TOLERANCE, alpha=0.05, min_answers=40, autopromote=True, groundedness_threshold=0.55, check_every=10
-    )
+        tolerance=TOLERANCE, alpha=0.05, min_answers=40, autopromote=True, quorum=QUORUM, groundedness_threshold=0.55,
+        check_every=10,
+    )  # fmt: skip
     one = make_replica(share=0.5, policy=policy)
     serve(one, recorded, requests=200, seed=2)
     row = CanaryBook(one.state, 0.5).read("rag_answer")
     assert row is not None and row.status == "promoted" and row.decision is not None
     assert row.decision is not None and min(row.decision.canary_answers, row.decision.stable_answers) >= 40
+    assert min(row.decision.canary_users, row.decision.stable_users) >= 20 and len(row.decision.tenants) == 4
     assert StoreLabels(one.state).labels("rag_answer")["production"] == "v91"
     wait_for(lambda: one.prompts("anyone").version == "v91")
 
@@ -262,15 +275,101 @@ def test_thumbs_down_and_latency_count_as_evidence() -> None:
     """Signals the recordings do not vary: users' ratings (only rated answers count) and latency (relative)."""
     rng = random.Random(3)
 
-    def seen(arm: Arm, down_rate: float, ms: float) -> Observation:
-        rating = None if rng.random() < 0.5 else "down" if rng.random() < down_rate else "up"
-        return Observation.of(arm, "answered", 0.9, True, None, ms * rng.uniform(0.8, 1.2), rating, 0.55)
+    def seen(i: int, arm: Arm, down_rate: float, ms: float) -> Observation:
+        rating = None if rng.random() < 0.5 else float(rng.random() < down_rate)
+        return Observation.of(
+            arm=arm, user=f"u{i}", tenant=TENANTS[i // 2 % 4], outcome="answered", groundedness=0.9, cited=True,
+            fallback=None, latency_ms=ms * rng.uniform(0.8, 1.2), down_share=rating, threshold=0.55,
+        )  # fmt: skip
 
     def decided(canary_down: float, canary_ms: float) -> CanaryAnalysis:
         arms: list[Arm] = ["canary" if i % 2 else "stable" for i in range(600)]
-        observed = [seen(a, canary_down if a == "canary" else 0.1, canary_ms if a == "canary" else 1000) for a in arms]
-        return analyse(observed, TOLERANCE, 0.05, min_answers=200, autopromote=True)
+        observed = [seen(i, a, canary_down if a == "canary" else 0.1, canary_ms if a == "canary" else 1000)
+                    for i, a in enumerate(arms)]  # fmt: skip
+        return analyse(observed, TOLERANCE, 0.05, min_answers=200, autopromote=True, quorum=QUORUM)
 
     assert [t.signal for t in decided(0.5, 1000).worse] == ["thumbs_down"]
     assert [t.signal for t in decided(0.1, 2000).worse] == ["latency"]
     assert decided(0.1, 1100).decision == "promote"  # 10% slower is within the 20% tolerated
+
+
+# --- no single party steers it --------------------------------------------------------------------------------
+
+
+def attacker(user: str, outcome: str, cited: bool = True) -> Observation:
+    """An answer in tenant mallory's canary arm: refused (a jailbreak attempt) or answered badly."""
+    return Observation.of(
+        arm="canary", user=user, tenant="mallory", outcome=outcome, groundedness=0.1, cited=cited, fallback=None,
+        latency_ms=5000.0, down_share=1.0, threshold=0.55,
+    )  # fmt: skip
+
+
+def with_attack(honest: list[Observation], attack: list[Observation]) -> list[Observation]:
+    """The attack's answers interleaved with honest traffic from the start (one every other answer)."""
+    mixed: list[Observation] = []
+    for i, observation in enumerate(honest):
+        if i % 2 == 0 and i // 2 < len(attack):
+            mixed.append(attack[i // 2])
+        mixed.append(observation)
+    return mixed
+
+
+def test_one_tenants_jailbreaks_and_made_up_users_roll_nothing_back(recorded: Recordings) -> None:
+    """The probe: one tenant's user sent jailbreaks (refused) and rated its answers down, and v1 was rolled back
+    for everyone after 34 answers. Here it also gets bad answers, then makes up 40 users: refusals count for no
+    signal, one user's answers weigh as one user, and a rollback that hangs on one tenant is held (and says so)."""
+    for seed in range(5):
+        honest = traffic(recorded["v2"], recorded["v2"], REPORT_SUITES, 0.1, 2000, seed, tenants=3).observations()
+        one_user = [attacker("jailbreaker", "refused") for _ in range(40)]
+        one_user += [attacker("jailbreaker", "answered", cited=False) for _ in range(30)]
+        probe = analyse(with_attack(honest, one_user), TOLERANCE, 0.05, 10**9, False, QUORUM)
+        assert probe.decision == "continue" and not probe.worse, (seed, probe.worse)
+        [mallory] = [t for t in probe.tenants if t.tenant == "mallory"]
+        assert (mallory.refused, mallory.canary_answers, mallory.canary_users) == (40, 30, 1)
+        made_up = [attacker(f"sock-{i % 40}", "answered", cited=False) for i in range(120)]
+        sybil = analyse(with_attack(honest, one_user + made_up), TOLERANCE, 0.05, 10**9, False, QUORUM)
+        assert sybil.worse and sybil.decision == "continue" and sybil.hangs_on_tenant == "mallory", seed
+
+
+def test_a_version_worse_for_users_of_several_tenants_still_rolls_back(recorded: Recordings) -> None:
+    """400 users of 4 tenants, each asking about 10 questions (clustered evidence), with one tenant's jailbreaks
+    mixed in: the version that drops its citations goes, on uncited, in every run."""
+    for seed in range(5):
+        run = traffic(recorded["v2"], recorded["v94"], REPORT_SUITES, 0.1, 4000, seed, tenants=4, users=400)
+        jailbreaks = [attacker("jailbreaker", "refused") for _ in range(40)]
+        analysis = analyse(with_attack(run.observations(), jailbreaks), TOLERANCE, 0.05, 10**9, False, QUORUM)
+        assert analysis.decision == "rollback" and "uncited" in [t.signal for t in analysis.worse], seed
+        assert analysis.canary_users >= QUORUM.min_users and len(analysis.tenants) == 5
+
+
+def test_the_server_not_the_client_picks_the_arm(make_services: Callable[..., Services]) -> None:
+    """The arm follows the server's hash of tenant, key and user: a client naming the user that the user id alone
+    would send to the canary is not sent there by it, and one user name under two keys is two subjects."""
+    keys = {"acme-one": "acme:reader", "acme-two": "acme:reader", "acme-editor": "acme:editor"}
+    services = make_services(generator="extractive", guards=False, api_keys=keys, canary_prompt="rag_answer@v1",
+                             canary_share=0.5)  # fmt: skip
+    key_ids = {token: principal.key_id for token in keys if (principal := EnvKeys(keys).principal(token))}
+    users = [f"user-{i}" for i in range(24)]
+    with TestClient(create_app(services=services)) as client:
+        documents = [{"id": "normans", "text": "The Normans gave their name to Normandy, a region in France."}]
+        ingested = client.post(
+            "/v1/documents", json={"documents": documents}, headers={"Authorization": "Bearer acme-editor"}
+        )
+        assert ingested.status_code == 200, ingested.text
+        served = {
+            (token, user): client.post(
+                "/v1/chat", json={"question": "Who gave their name to Normandy?", "user": user},
+                headers={"Authorization": f"Bearer {token}"},
+            ).json()["prompt"]["version"]
+            for token in ("acme-one", "acme-two") for user in users
+        }  # fmt: skip
+    stable = services.pipeline.prompt_for(None).version
+    assert stable != "v1"
+
+    def by_subject(token: str, user: str) -> str:
+        return "v1" if user_bucket(canary_subject("acme", key_ids[token], user) or "") < 0.5 else stable
+
+    assert served == {(token, user): by_subject(token, user) for token, user in served}
+    by_user_alone = {user: "v1" if user_bucket(user) < 0.5 else stable for user in users}
+    assert any(served["acme-one", user] != by_user_alone[user] for user in users)  # the name alone does not decide
+    assert any(served["acme-one", user] != served["acme-two", user] for user in users)

@@ -31,8 +31,10 @@ def direct(live_server: LiveServers) -> LiveServer:
     return _server(live_server, [])
 
 
-def _models(server: LiveServer, forwarded_for: str, key: str = "wrong-key") -> httpx.Response:
-    headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": forwarded_for}
+def _models(server: LiveServer, forwarded_for: str | list[str], key: str = "wrong-key") -> httpx.Response:
+    """``forwarded_for``: the header's value, or its lines (a proxy may append a line rather than extend one)."""
+    lines = [forwarded_for] if isinstance(forwarded_for, str) else forwarded_for
+    headers = [("Authorization", f"Bearer {key}"), *(("X-Forwarded-For", line) for line in lines)]
     return httpx.get(f"{server.url}/v1/models", headers=headers, timeout=10)
 
 
@@ -47,6 +49,10 @@ def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_failure_limit(
     assert _models(behind_proxy, "198.51.100.9").status_code == 401
     assert _models(behind_proxy, "198.51.100.9, 203.0.113.7").status_code == 429
     assert _models(behind_proxy, "198.51.100.1", key="good-key").status_code == 200
+    # A proxy that appends its own line: each request's forged first line changes nothing, the last line counts.
+    for forged in range(FAILURES_PER_MINUTE):
+        assert _models(behind_proxy, [f"192.0.2.{forged}", "198.51.100.77"]).status_code == 401
+    assert _models(behind_proxy, ["192.0.2.99", "198.51.100.77"]).status_code == 429
 
 
 def test_without_trusted_proxies_the_header_is_ignored(direct: LiveServer) -> None:

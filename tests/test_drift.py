@@ -248,3 +248,19 @@ def test_cli_exit_codes(
     assert report["drifted"] and report["signals"][0]["signal"] == "query_embedding"
     assert report["signals"][0]["drifted"]
     assert main([*base, "check", "--name", "other"]) == 2
+
+
+def test_check_with_every_signal_skipped_could_not_check(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RAGOPS_MODELS_DIR", str(models_dir))
+    data = tmp_path / "data"
+    base = ["--data-dir", str(data), "drift"]
+    _keep_answers(data, shuffled_wiki(5))  # fewer than MIN_SAMPLES on each side: nothing can be tested
+    assert main([*base, "baseline", "--from-traffic", "--since", "1d"]) == 0
+    capsys.readouterr()
+    assert main([*base, "check"]) == 2  # "could not check", never 0 "no drift"
+    out, err = capsys.readouterr()
+    assert "verdict: could not check" in out and "no drift" not in out
+    assert len(err.strip().splitlines()) == 1 and "every signal was skipped" in err
+    assert "query_embedding 5/5" in err and "at least 20 values" in err, err

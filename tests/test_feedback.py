@@ -1,5 +1,6 @@
-"""Feedback: ``POST /v1/feedback`` (tenants, roles, errors), what is kept (redacted, one rating per answer), the
-ratings the canary analysis reads, metrics and the alert, retention, ``ragops feedback export|prune``, and the
+"""Feedback: ``POST /v1/feedback`` (tenants, roles, errors), what is kept (redacted, one rating per answer and rater
+key: another reader's rating never replaces one), the ratings the canary analysis reads, metrics and the alert
+(which needs several raters), retention, ``ragops feedback export|prune``, and the
 production loop's goal: a thumbs-down given on the chat page reaches an exported suite, and a prompt that
 regresses on it fails the gate."""
 
@@ -20,10 +21,13 @@ from fastapi.testclient import TestClient
 from app.cli import main
 from app.container import Services
 from app.main import create_app
+from evals.feedback_suite import one_case_per_answer
 from evals.suite import load_dataset, load_suite
 from retrieval.index import Scope
 from serving.contracts.answer import AnswerRequest, Citation, PromptInfo
+from serving.governance.access import ANONYMOUS_KEY_ID
 from serving.infra.clock import stamp
+from serving.infra.migrations import MIGRATIONS
 from serving.infra.state_store import StateStore
 from serving.loop.answer_log import AnswerLog
 from serving.loop.feedback import DownRate, FeedbackStore, Rated, RetentionPruner, answer_ratings, down_rates
@@ -33,7 +37,8 @@ from tests.conftest import ROOT, make_answer
 from tests.live_server import LiveServers
 from tests.test_evals import planted_prompts, ragops_eval
 
-KEYS = {"acme-reader": "acme:reader", "acme-editor": "acme:editor", "globex-reader": "globex:reader"}
+KEYS = {"acme-reader": "acme:reader", "acme-editor": "acme:editor", "globex-reader": "globex:reader",
+        "acme-reader-2": "acme:reader"}  # fmt: skip
 DOCS = [
     {"id": "normans", "text": "The Normans gave their name to Normandy, a region in France, in the 10th century."},
     {"id": "oxygen", "text": "Oxygen makes up about 21 percent of the Earth's atmosphere by volume."},
@@ -80,6 +85,72 @@ def test_a_rating_is_kept_redacted_once_per_answer_and_counted(api: tuple[TestCl
     labels = {"prompt": answer["prompt"]["name"], "version": answer["prompt"]["version"]}
     assert metrics.get_sample_value("ragops_feedback_total", {**labels, "rating": "down"}) == 1
     assert metrics.get_sample_value("ragops_thumbs_down_rate", labels) == 0.0  # the latest rating is up
+
+
+def test_two_readers_ratings_of_one_answer_are_both_kept(api: tuple[TestClient, Services]) -> None:
+    """Another reader's rating is a rating of its own: it never replaces the first; each replaces only its own."""
+    client, services = api
+    answer = ask(client)
+    first = {"id": answer["id"], "rating": "down", "correction": "the Normans"}
+    assert client.post("/v1/feedback", json=first, headers=bearer("acme-reader")).status_code == 200
+    second = client.post("/v1/feedback", json={"id": answer["id"], "rating": "up"}, headers=bearer("acme-reader-2"))
+    assert second.status_code == 200 and second.json()["rating"] == "up"
+    assert services.feedback is not None
+    kept = {c.feedback.key_id: c.feedback for c in services.feedback.cases()}
+    assert len(kept) == 2 and sorted(f.rating for f in kept.values()) == ["down", "up"]
+    [by_first] = [f for f in kept.values() if f.rating == "down"]
+    assert by_first.correction == "the Normans"  # the second reader did not overwrite it
+    again = client.post("/v1/feedback", json={"id": answer["id"], "rating": "down"}, headers=bearer("acme-reader-2"))
+    assert again.status_code == 200
+    assert sorted(c.feedback.rating for c in services.feedback.cases()) == ["down", "down"]  # its own, replaced
+    [one] = one_case_per_answer(services.feedback.cases())  # an export has one sample per answer: the correction
+    assert one.feedback.correction == "the Normans"
+
+
+def test_one_raters_thumbs_down_do_not_raise_the_alert(make_services: Callable[..., Services]) -> None:
+    """The probe: 22 thumbs-down from one key raised the alert. Now it needs ratings from alert_min_raters (5) keys."""
+    readers = [f"acme-r{i}" for i in range(5)]
+    keys = {"acme-editor": "acme:editor", **dict.fromkeys(readers, "acme:reader")}
+    services = make_services(generator="extractive", guards=False, api_keys=keys)
+    with TestClient(create_app(services=services)) as client:
+        assert client.post("/v1/documents", json={"documents": DOCS}, headers=bearer("acme-editor")).status_code == 200
+        answers = [ask(client, readers[0]) for _ in range(22)]
+        for answer in answers:
+            rated = client.post("/v1/feedback", json={"id": answer["id"], "rating": "down"}, headers=bearer(readers[0]))
+            assert rated.status_code == 200, rated.text
+        labels = {"prompt": answers[0]["prompt"]["name"], "version": answers[0]["prompt"]["version"]}
+        metrics = services.metrics.registry
+        assert metrics.get_sample_value("ragops_thumbs_down_rate", labels) == 1.0
+        assert metrics.get_sample_value("ragops_thumbs_down_raters", labels) == 1
+        assert metrics.get_sample_value("ragops_thumbs_down_alert", labels) == 0
+        for reader, answer in zip(readers[1:], answers, strict=False):  # four more readers agree
+            client.post("/v1/feedback", json={"id": answer["id"], "rating": "down"}, headers=bearer(reader))
+        assert metrics.get_sample_value("ragops_thumbs_down_raters", labels) == 5
+        assert metrics.get_sample_value("ragops_thumbs_down_alert", labels) == 1
+
+
+def test_ratings_kept_before_one_per_rater_survive_the_migration(tmp_path: Path) -> None:
+    """A store from before: ratings one per answer (key_id NULL where no key was recorded). The migration keeps
+    every one, as its key's (the anonymous key's when none), and the next key's rating is a rating of its own."""
+    state = StateStore("sqlite", tmp_path / "state.sqlite")
+    before = max(m.version for m in MIGRATIONS if m.name != "ratings_per_rater")
+    try:
+        state.migrate(up_to=before)
+        with state.transaction(write=True) as cur:
+            for answer_id, key_id in (("ans_1", None), ("ans_2", "key_a")):
+                cur.execute("INSERT INTO feedback (answer_id, tenant, ts, rating, comment, correction, key_id) "
+                            "VALUES (?, 'acme', '2026-01-01T00:00:00+00:00', 'down', NULL, NULL, ?)",
+                            [answer_id, key_id])  # fmt: skip
+        assert state.migrate() == [m.version for m in MIGRATIONS if m.version > before]
+        with state.transaction(write=True) as cur:
+            cur.execute("INSERT INTO feedback (answer_id, tenant, ts, rating, comment, correction, key_id) "
+                        "VALUES ('ans_2', 'acme', '2026-01-02T00:00:00+00:00', 'up', NULL, NULL, 'key_b')")  # fmt: skip
+            rows = cur.execute("SELECT answer_id, key_id, rating FROM feedback ORDER BY answer_id, key_id")
+    finally:
+        state.close()
+    assert [tuple(r.values()) for r in rows] == [
+        ("ans_1", ANONYMOUS_KEY_ID, "down"), ("ans_2", "key_a", "down"), ("ans_2", "key_b", "up"),
+    ]  # fmt: skip
 
 
 def test_feedback_refers_only_to_the_callers_tenants_answers(api: tuple[TestClient, Services]) -> None:
@@ -184,8 +255,8 @@ def test_ratings_per_version_since_a_moment_for_the_canary(kept: Kept) -> None:
     for answer_id, rating in [(before, "down"), (stable[0], "down"), (stable[1], "up"), (stable[2], "up"),
                               (canary[0], "down"), (canary[1], "up"), (canary[1], "down")]:  # fmt: skip
         kept.rate(answer_id, rating)
-    assert down_rates(kept.state, "rag_answer", started) == {
-        "v2": DownRate("v2", rated=3, down=1), "v9": DownRate("v9", rated=2, down=2),
+    assert down_rates(kept.state, "rag_answer", started) == {  # one rater: the anonymous key's user (none here)
+        "v2": DownRate("v2", rated=3, down=1, raters=1), "v9": DownRate("v9", rated=2, down=2, raters=1),
     }  # fmt: skip
     assert down_rates(kept.state, "rag_answer", started)["v9"].rate == 1.0
     assert down_rates(kept.state, "other_prompt", started) == {}
@@ -195,7 +266,7 @@ def test_ratings_per_version_since_a_moment_for_the_canary(kept: Kept) -> None:
         stable[0], canary[0], stable[1], canary[1], stable[2],
     ]  # fmt: skip  # in the order the answers were given
     recent = kept.rate(stable[2], "down").recent  # the window (4) holds the version's latest ratings
-    assert recent == DownRate("v2", rated=4, down=3)
+    assert recent == DownRate("v2", rated=4, down=3, raters=1)
 
 
 def test_retention_prunes_old_answers_with_their_feedback(kept: Kept) -> None:
@@ -214,7 +285,7 @@ def test_thumbs_down_alert_fires_once_past_the_threshold_and_resolves(caplog: py
     metrics = ServiceMetrics(0.5, AlertThresholds(window=10, min_answers=3, thumbs_down_rate=0.3))
 
     def rated(down: int, of: int) -> DownRate:
-        return DownRate("v9", of, down)
+        return DownRate("v9", of, down, raters=5)  # alert_min_raters' default
 
     labels = {"prompt": "rag_answer", "version": "v9"}
     with caplog.at_level(logging.INFO, logger="ragops.alerts"):

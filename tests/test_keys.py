@@ -200,12 +200,29 @@ def listed_env_id(listed: dict[str, dict[str, Any]]) -> str:
         ("create", "--tenant", "a", "--role", "reader", "--expires", "9999999999999d"),
         ("create", "--tenant", "a", "--role", "reader", "--rpm", "0"),
         ("create", "--tenant", "a", "--role", "reader", "--name", "two\nlines"),
+        ("create", "--tenant", "a", "--role", "reader", "--name", "c1\u0085control"),
+        ("create", "--tenant", "a", "--role", "reader", "--name", "bidi\u202eflip"),
         ("rotate", "nope", "--grace", "31d"),
     ],
 )
 def test_cli_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]) -> None:
     code, out, err = cli(capsys, tmp_path, *argv)
     assert code == 2 and not out and len(err.strip().splitlines()) == 1, err
+
+
+def test_list_shows_a_stored_unprintable_name_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = StateStore.open(None, tmp_path / "state.sqlite")
+    try:
+        record = KeyStore(store).create("acme", Role.reader, "ok", None, KeyLimits()).record
+        with store.transaction(write=True) as cursor:  # written before names were checked, or edited
+            cursor.execute("UPDATE api_keys SET name = ? WHERE id = ?", ["bot\x1b[2J\x85\u202eevil", record.id])
+    finally:
+        store.close()
+    code, table, _ = cli(capsys, tmp_path, "list")
+    assert code == 0 and "bot\\x1b[2J\\x85\\u202eevil" in table
+    assert all(char.isprintable() for line in table.splitlines() for char in line)
+    made = cli(capsys, tmp_path, "create", "--tenant", "acme", "--role", "reader", "--name", "café bot")
+    assert made[0] == 0  # printable non-ASCII stays allowed
 
 
 def test_an_open_server_makes_no_key_over_http(make_services: Callable[..., Services]) -> None:
@@ -311,6 +328,8 @@ def test_rotation_grace_over_http(server: LiveServer, admin: httpx.Client) -> No
         ("POST", "/v1/admin/keys", {**READER, "requests_per_minute": 0}, 400),
         ("POST", "/v1/admin/keys", {**READER, "tokens_per_day": 10**30}, 400),
         ("POST", "/v1/admin/keys", {**READER, "name": "a\u0000b"}, 400),
+        ("POST", "/v1/admin/keys", {**READER, "name": "a\u009bb"}, 400),
+        ("POST", "/v1/admin/keys", {**READER, "name": "a\u2028b"}, 400),
         ("POST", "/v1/admin/keys", {**READER, "secret": "mine"}, 400),
         ("POST", "/v1/admin/keys", [], 400),
         ("DELETE", "/v1/admin/keys/absent", None, 404),

@@ -86,7 +86,7 @@ def test_answers_name_the_canary_version(make_services: Callable[..., Services])
     services = make_services(generator="extractive", canary_prompt="rag_answer@v1", canary_share=1.0)
     services.ingestor.ingest_documents(sample_documents(10), Scope("s", "default"))
     answer = services.pipeline.answer(
-        AnswerRequest(question="Who were the Normans?", scope=Scope("s", "default"), user="u1")
+        AnswerRequest(question="Who were the Normans?", scope=Scope("s", "default"), user="u1", canary_subject="u1")
     )
     assert answer.prompt.version == "v1" and answer.prompt.hash
 

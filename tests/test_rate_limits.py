@@ -25,6 +25,7 @@ QUESTION = "What part of the Earth's atmosphere is oxygen?"
 OTHER_QUESTION = "Who were the Normans?"
 READER_RPM = 5
 AUTH_FAILURES = 20
+METRICS_TOKEN = "rate-limits-scrape-token"  # keys are on: /metrics needs it
 KEYS = {
     "editor-key": "acme:editor",  # ingests the documents
     "reader-1": "acme:reader",
@@ -46,6 +47,7 @@ def start(servers: LiveServers, **settings: object) -> LiveServer:
         "api_keys": KEYS,
         "auth_failures_per_minute": AUTH_FAILURES,
         "trusted_proxies": ["127.0.0.0/8"],  # each test acts from its own client address
+        "metrics_token": METRICS_TOKEN,
         **settings,
     }
     server = servers(settings)
@@ -62,7 +64,8 @@ def chat(server: LiveServer, key: str, question: str = QUESTION, address: str = 
 
 
 def metric(server: LiveServer, name: str, labels: dict[str, str] | None = None) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    scraped = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10)
+    text = scraped.raise_for_status().text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and (labels or {}).items() <= sample.labels.items():

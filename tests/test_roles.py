@@ -56,7 +56,7 @@ class Case:  # a table's row: positional, read as a table
 CASES = [
     Case("GET", "/healthz", None, "/healthz", None, 200),
     Case("GET", "/readyz", None, "/readyz", None, 200),
-    Case("GET", "/metrics", None, "/metrics", None, 200),
+    Case("GET", "/metrics", None, "/metrics", None, 401),  # keys on, no metrics_token: nobody (test_reach.py)
     Case("GET", "/", None, "/", None, 200),
     Case("GET", "/docs", None, "/docs", None, 200),
     Case("GET", "/openapi.json", None, "/openapi.json", None, 200),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from tests.live_server import LiveServer, LiveServers
 NOW = datetime.now(UTC)
 THIS_MONTH, LAST_MONTH = day_of(month_start(NOW)), day_of(month_start(NOW) - timedelta(days=1))
 ADMIN, EDITOR, READER = "usage-test-admin-key", "usage-test-editor-key", "usage-test-reader-key"
+METRICS_TOKEN = "usage-test-scrape-token"  # keys are on: /metrics needs it
 QUESTIONS = (
     "What part of the Earth's atmosphere is oxygen?",
     "Who were the Normans?",
@@ -97,13 +98,6 @@ def test_the_pipeline_prices_every_final_answer_before_the_observer(make_service
 
 
 # --- budgets and reports over the ledger -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def store(database_url: str | None, tmp_path: Path) -> Iterator[StateStore]:
-    opened = StateStore.open(database_url, tmp_path / "state.sqlite")
-    yield opened
-    opened.close()
 
 
 def spend(store: StateStore, day: str, tenant: str, key_id: str, cost: float, requests: int = 1) -> None:
@@ -233,6 +227,7 @@ def priced_server(database_url: str | None, live_server: LiveServers) -> LiveSer
         "generator": "extractive",
         "prices": {"extractive": {"completion_per_1k": 10.0}},
         "api_keys": {ADMIN: "ops:admin", EDITOR: "acme:editor", READER: "acme:reader"},
+        "metrics_token": METRICS_TOKEN,
         **({"database_url": database_url} if database_url else {}),
     }
     server = live_server(settings)
@@ -328,7 +323,8 @@ def reach_soft_then_hard_limit(client: httpx.Client, reader: Reader) -> None:
 
 
 def used_ratio(client: httpx.Client) -> float | None:
-    families = text_string_to_metric_families(client.get("/metrics").text)
+    scraped = client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).raise_for_status()
+    families = text_string_to_metric_families(scraped.text)
     values = [s.value for f in families for s in f.samples
               if s.name == "ragops_budget_used_ratio" and s.labels == {"tenant": "acme"}]  # fmt: skip
     return values[0] if values else None

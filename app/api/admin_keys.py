@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.api.deps import Admin, ServicesDep
 from app.api.errors import ApiError, ErrorResponse, error_responses
@@ -20,13 +20,13 @@ from serving.governance.access import ANONYMOUS_KEY_ID, KeyLimits, Role
 from serving.governance.keys import (
     LIMIT_MAX,
     NAME_MAX_CHARS,
-    NAME_PATTERN,
     ApiKeyRecord,
     EnvKeyError,
     EnvKeys,
     KeyNotFoundError,
     KeyStateError,
     KeyStore,
+    check_key_name,
     expiry_from,
     grace_from,
 )
@@ -45,7 +45,9 @@ class KeyCreateRequest(BaseModel):
 
     tenant: str = Field(pattern=SCOPE_NAME_PATTERN, description="The tenant whose documents the key reads/writes.")
     role: Role
-    name: str = Field("", max_length=NAME_MAX_CHARS, pattern=NAME_PATTERN)
+    name: Annotated[str, AfterValidator(check_key_name)] = Field(
+        "", max_length=NAME_MAX_CHARS, description="Printable characters only: no control or format characters."
+    )
     expires_in: str | None = Field(None, max_length=32, description="A duration from now: 90s, 15m, 24h, 30d.")
     expires_at: str | None = Field(None, max_length=64, description="A date (2027-01-01) or an ISO time.")
     requests_per_minute: int | None = Field(None, ge=1, le=LIMIT_MAX, description="Unset: the role's.")

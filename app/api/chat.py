@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import Reader, ServicesDep, answer_request, answered
+from app.api.deps import Reader, ServicesDep, answer_request
 from app.api.errors import error_responses
+from app.api.metering import MeteredAnswer
 from app.api.schemas import ChatAnswerEvent, ChatDelta, ChatReplacedEvent, ChatRequest
 from app.api.sse import sse_event, sse_response, sse_responses
 from serving.contracts.answer import Answer, ChatMessage
@@ -30,20 +31,21 @@ def chat(body: ChatRequest, services: ServicesDep, caller: Reader) -> Answer | S
     history = [ChatMessage(role=turn.role, content=turn.content) for turn in body.history]
     request = answer_request(
         services=services,
-        tenant=caller.tenant,
+        caller=caller,
         question=body.question,
         collection=body.collection,
         top_k=body.top_k,
         history=history,
         user=body.user,
     )
+    metered = MeteredAnswer(services, caller, request)
     if not body.stream:
-        return answered(services, caller, services.pipeline.answer(request))
+        return metered.answer()
 
     def events() -> Iterator[str]:
-        for event in services.pipeline.stream(request):
+        for event in metered.events():
             if isinstance(event, Answer):
-                yield sse_event(ChatAnswerEvent(**dict(answered(services, caller, event))))
+                yield sse_event(ChatAnswerEvent(**dict(event)))
             elif isinstance(event, Replaced):
                 yield sse_event(ChatReplacedEvent(from_=event.from_, reason=event.reason))
             else:

@@ -16,7 +16,7 @@ from app.api.middleware import current_exchange
 from app.api.openai_protocol import collection_model_id
 from app.container import Services
 from retrieval.index import SCOPE_NAME_PATTERN, SCOPE_NAME_RULE, Scope, is_scope_name
-from serving.contracts.answer import Answer, AnswerRequest, ChatMessage, new_answer_id
+from serving.contracts.answer import AnswerRequest, ChatMessage, canary_subject, new_answer_id
 from serving.governance.access import Principal, Role
 from serving.infra.clock import parse_moment
 
@@ -61,8 +61,10 @@ def _caller(needed: Role) -> Callable[..., Principal]:
         scheme, _, token = (authorization or "").partition(" ")
         bearer = token.strip() if scheme.lower() == "bearer" else None
         address = client_address(request, services.settings.access.trusted_proxies)
-        principal = services.admission.identify(bearer or None, address, lambda: open_tenant(services, x_tenant))
         exchange = current_exchange.get()
+        if exchange is not None:
+            exchange.client = address
+        principal = services.admission.identify(bearer or None, address, lambda: open_tenant(services, x_tenant))
         if exchange is not None:
             exchange.principal = principal  # a 403 or 429 that follows is recorded with who was refused
         services.admission.authorize(principal, needed)
@@ -79,11 +81,14 @@ Admin = Annotated[Principal, Depends(_caller(Role.admin))]
 
 def client_address(request: Request, trusted_proxies: list[IPvAnyNetwork]) -> str:
     """The caller's address: the peer's, unless the peer is a trusted proxy; then the last address in
-    ``X-Forwarded-For`` that is not itself a trusted proxy (the ones before it are the client's to forge)."""
+    ``X-Forwarded-For`` that is not itself a trusted proxy (the ones before it are the client's to forge). Every
+    line of the header counts, in order: a proxy may append a line of its own rather than extend the client's,
+    and the first line alone is then the client's forgery."""
     peer = request.client.host if request.client else "unknown"
     if not trusted_proxies or not _is_trusted(peer, trusted_proxies):
         return peer
-    forwarded = [part.strip() for part in request.headers.get("x-forwarded-for", "").split(",") if part.strip()]
+    lines = request.headers.getlist("x-forwarded-for")
+    forwarded = [part.strip() for line in lines for part in line.split(",") if part.strip()]
     for address in reversed(forwarded):
         if not _is_trusted(address, trusted_proxies):
             return address
@@ -110,15 +115,6 @@ def moment_param(text: str | None, param: str) -> datetime | None:
         raise ApiError(400, f"{param}: {exc}", param=param) from exc
 
 
-def answered(services: Services, principal: Principal, answer: Answer) -> Answer:
-    """A chat answer on its way out: noted for the audit record, its tokens counted against the key's quota."""
-    exchange = current_exchange.get()
-    if exchange is not None:
-        exchange.answer = answer
-    services.admission.settle(principal, answer.usage.total_tokens)
-    return answer
-
-
 def answered_scope(services: Services, tenant: str, collection: str | None) -> Scope:
     """The collection asked for, else the default one. With none named and the default empty, the tenant's only
     collection that holds documents (the sample, after ``make run``): a chat client that picks the plain
@@ -136,7 +132,7 @@ def answered_scope(services: Services, tenant: str, collection: str | None) -> S
 
 def answer_request(
     services: Services,
-    tenant: str,
+    caller: Principal,
     question: str,
     collection: str | None,
     top_k: int | None,
@@ -144,19 +140,21 @@ def answer_request(
     user: str | None = None,
     id_prefix: str = "ans_",
 ) -> AnswerRequest:
-    """The pipeline's request for a question in the caller's tenant; a collection without documents is a 404."""
+    """The pipeline's request for a question in the caller's tenant; a collection without documents is a 404.
+    The canary's subject is the server's, from the caller's key and ``user``: never the client's to choose."""
     settings = services.settings
     question = require_text(question, services, "question")
     exchange = current_exchange.get()
     if exchange is not None:
         exchange.question = question  # for the audit record
-    scope = answered_scope(services, tenant, collection)
+    scope = answered_scope(services, caller.tenant, collection)
     return AnswerRequest(
         question=question,
         scope=scope,
         top_k=top_k or settings.answering.chat_top_k,
         history=history,
         user=user,
+        canary_subject=canary_subject(caller.tenant, caller.key_id, user),
         id=new_answer_id(id_prefix),
     )
 

@@ -18,7 +18,10 @@ class FeedbackRequest(StrictModel):
         pattern=ANSWER_ID.pattern,
         description="The answer's id: the `id` of a /v1/chat answer (ans_...) or an OpenAI completion (chatcmpl-...).",
     )
-    rating: Rating = Field(description="Thumbs up or down. Rating an answer again replaces the earlier rating.")
+    rating: Rating = Field(
+        description="Thumbs up or down. Rating an answer again replaces your key's earlier rating; another reader's "
+        "rating of the same answer is kept beside it."
+    )
     comment: str | None = Field(None, max_length=MAX_FEEDBACK_CHARS, description="What was wrong or right.")
     correction: str | None = Field(
         None, max_length=MAX_FEEDBACK_CHARS, description="The right answer: the expected answer once exported."

@@ -1,5 +1,7 @@
-"""``GET /metrics``: the Prometheus exposition of the service's metrics. Public by default so that Prometheus
-scrapes it without a key; with ``metrics_token`` set it needs ``Authorization: Bearer <token>``."""
+"""``GET /metrics``: the Prometheus exposition of the service's metrics. With ``metrics_token`` set it needs
+``Authorization: Bearer <token>``. Without one it is public only while the server has no API keys (a local
+server, scraped without a key): once keys are on, what tenants spend is not for anyone who can reach the port,
+so it is refused until a token is set."""
 
 from __future__ import annotations
 
@@ -19,6 +21,11 @@ router = APIRouter(tags=["monitoring"])
 @router.get("/metrics", include_in_schema=False)
 def metrics(services: ServicesDep, authorization: Annotated[str | None, Header()] = None) -> Response:
     token = services.settings.access.metrics_token
+    if token is None and services.admission.keys.has_keys():
+        raise ApiError(
+            401, "/metrics needs a metrics token while API keys are on: set metrics_token (RAGOPS_METRICS_TOKEN) "
+            "and send 'Authorization: Bearer <metrics_token>'", code="metrics_token_required",
+        )  # fmt: skip
     if token is not None:
         given = (authorization or "").removeprefix("Bearer ").strip()
         # Digests, so that the comparison's time does not even tell the token's length.

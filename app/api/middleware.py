@@ -8,7 +8,10 @@ refuses bodies over ``max_body_bytes`` (413, unread), answers any exception no h
 With the audit trail on, every request to a route that is not public gets one audit record, and its response is
 released only once that record is durable (``AuditHook``): an ordinary response's start is held until then; an
 event stream's ``[DONE]`` is (the record is complete only when the stream is). A record that cannot be written
-turns the response into a 503 "audit trail unavailable": never an unaudited success.
+turns the response into a 503 "audit trail unavailable": never an unaudited success. A request no key admitted
+that did not succeed is counted per client address and minute instead (``AuditLog.refused``: anyone can send
+those). A chat stream that ends before its answer is settled with what it generated (``Exchange.cut``) before its
+record is made.
 
 A pure ASGI middleware rather than ``@app.middleware("http")``: that one sees responses only, so an exception
 raised by a route went past it to Starlette's last-resort handler, outside the request id, uncounted, unlogged.
@@ -21,6 +24,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -40,7 +44,7 @@ from app.api.errors import (
 )
 from app.logs import request_id
 from safety.pii import redact
-from serving.contracts.answer import Answer
+from serving.contracts.answer import Answer, CutOutcome
 from serving.governance.access import Principal
 from serving.governance.audit import AuditAction, AuditLog, AuditRecord, RequestFacts, build_record
 
@@ -67,6 +71,9 @@ class Exchange:
     answer: Answer | None = None  # the final answer of a chat request
     action: AuditAction | None = None  # what an admin route did (keys.create, budgets.set, prompts.promote...)
     question: str | None = None  # a chat request's question, as asked (the audit record hashes or redacts it)
+    client: str | None = None  # the caller's address as admission saw it (behind trusted proxies, the forwarded one)
+    cut: Callable[[CutOutcome], None] | None = None  # settles a chat stream that ends before its answer
+    reservation: str | None = None  # the budget reservation of a chat request: its audit record releases it
 
     @property
     def started(self) -> bool:
@@ -170,7 +177,9 @@ class AuditHook:
             elif message["type"] == "http.response.start":
                 self._status = int(message["status"])
                 self._stream = _is_event_stream(message)
-                if not self._stream and not await self._durable():
+                if self._unadmitted():
+                    self._tally()
+                elif not self._stream and not await self._durable():
                     self._refused = True
                     await error_response(503, AUDIT_UNAVAILABLE, code="audit_unavailable")(
                         self._scope, self._receive, send
@@ -197,11 +206,28 @@ class AuditHook:
         """A request that ended before its response was released (its client left): recorded all the same; no
         one waits for it."""
         if not self._recorded and self._scope.get("route") is not None:
+            if self._unadmitted():
+                self._tally()
+                return
             self._recorded = True
             self._audit.submit(self._record()).add_done_callback(_log_lost_record)
 
+    def _unadmitted(self) -> bool:
+        """A request no key admitted that did not succeed (401, an address's 429, a body refused before
+        admission): counted per address and minute, never one durable record each (anyone can send them)."""
+        return self._exchange.principal is None and (self._status == 0 or self._status >= 400)
+
+    def _tally(self) -> None:
+        self._recorded = True
+        client = self._scope.get("client")
+        peer = str(client[0]) if client else "unknown"
+        self._audit.refused(self._exchange.client or peer, self._status)
+
     def _record(self) -> AuditRecord:
         exchange = self._exchange
+        if exchange.answer is None and exchange.cut is not None:  # a chat stream that ended before its answer
+            draining = getattr(self._scope["app"].state, "draining", False) if "app" in self._scope else False
+            exchange.cut("failed" if exchange.error else "cut_by_shutdown" if draining else "client_closed")
         facts = RequestFacts(
             request_id=self._rid,
             method=str(self._scope["method"]),
@@ -216,6 +242,7 @@ class AuditHook:
             question=exchange.question,
             action=exchange.action,
             content=self._audit.content,
+            reservation=exchange.reservation,
         )
 
 

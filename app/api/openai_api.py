@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import Reader, ServicesDep, answer_request, answered
+from app.api.deps import Reader, ServicesDep, answer_request
 from app.api.errors import ApiError, error_responses
+from app.api.metering import MeteredAnswer
 from app.api.openai_protocol import (
     COLLECTION_MODEL_PREFIX,
     MODEL_ID,
@@ -41,6 +42,7 @@ from app.api.sse import sse_event, sse_response, sse_responses
 from retrieval.index import is_scope_name
 from serving.contracts.answer import Answer, AnswerRequest, ChatMessage
 from serving.contracts.generation import Replaced
+from serving.governance.access import Principal
 
 router = APIRouter(tags=["openai"], responses=error_responses(400, 401, 403, 404, 429, 503))
 
@@ -64,10 +66,11 @@ def models(services: ServicesDep, caller: Reader) -> ModelList:
 def chat_completions(
     body: ChatCompletionRequest, services: ServicesDep, caller: Reader
 ) -> ChatCompletion | StreamingResponse:
-    request = _answer_request(body, services, caller.tenant)
+    request = _answer_request(body, services, caller)
     completion_id, created = request.id, int(time.time())  # the completion id is the answer's (feedback)
+    metered = MeteredAnswer(services, caller, request)
     if not body.stream:
-        answer = answered(services, caller, services.pipeline.answer(request))
+        answer = metered.answer()
         return ChatCompletion(
             id=completion_id,
             created=created,
@@ -94,9 +97,9 @@ def chat_completions(
 
     def events() -> Iterator[str]:
         yield chunk(DeltaMessage(role="assistant", content=""))
-        for content in streamed_content(services.pipeline.stream(request)):
+        for content in streamed_content(metered.events()):
             if isinstance(content, Answer):
-                yield last_chunk(answered(services, caller, content))
+                yield last_chunk(content)
             else:
                 yield chunk(DeltaMessage(content=content))
 
@@ -118,7 +121,7 @@ def streamed_content(events: Iterator[str | Replaced | Answer]) -> Iterator[str 
             yield event
 
 
-def _answer_request(body: ChatCompletionRequest, services: ServicesDep, tenant: str) -> AnswerRequest:
+def _answer_request(body: ChatCompletionRequest, services: ServicesDep, caller: Principal) -> AnswerRequest:
     """The last user message is the question; earlier user and assistant turns are history."""
     collection = requested_collection(body)
     turns = [
@@ -133,7 +136,7 @@ def _answer_request(body: ChatCompletionRequest, services: ServicesDep, tenant: 
     question = turns[-1].content
     return answer_request(
         services=services,
-        tenant=tenant,
+        caller=caller,
         question=question,
         collection=collection,
         top_k=body.top_k,

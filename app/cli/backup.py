@@ -1,11 +1,17 @@
 """``ragops backup create|restore FILE``: the embedded index and the SQLite state store (keys, audit trail,
 usage, budgets) in one archive, restored together. The state is copied with SQLite's online backup API, so the
 copy is one consistent moment even in WAL mode. A Postgres state store is not in the archive: its own tools
-(pg_dump / pg_restore) back it up, and the command says so."""
+(pg_dump / pg_restore) back it up, and the command says so.
+
+Restore refuses a state store whose schema is not exactly what this version's migrations make (an extra trigger,
+view, table or index; a changed table; an unknown schema version), and one whose keys were edited; it re-applies
+the revocations and expiries made after the backup (``serving.governance.key_restore``) and prints which keys
+change. Archives, the restored store and the folders made for them are private (0600, 0700)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sqlite3
 import sys
@@ -17,11 +23,14 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ValidationError
 
 from app.cli.common import EXIT_FAILURE, EXIT_OK, CliError, settings_from, with_snapshot_index
+from serving.infra.private_files import PRIVATE_FILE_MODE, fsync_dir, make_private_dir, open_private
 
 if TYPE_CHECKING:
     from app.cli.common import Commands
     from app.settings import Settings
     from retrieval.index import SnapshotIndex
+    from serving.governance.key_restore import KeyRestorePlan
+    from serving.governance.keys import StoredKey
 
 INDEX_MEMBER, STATE_MEMBER, MANIFEST_MEMBER = "index.tar.gz", "state.sqlite", "manifest.json"
 POSTGRES_NOTE = (
@@ -31,9 +40,12 @@ POSTGRES_NOTE = (
 )
 
 
+BACKUP_VERSION = 1  # the archive layout this code writes and reads
+
+
 class Manifest(BaseModel):
     format: str = "ragops-backup"
-    version: int = 1
+    version: int = BACKUP_VERSION
     created: str
     state: bool  # whether the archive holds the SQLite state store
 
@@ -56,7 +68,7 @@ def run_create(args: argparse.Namespace) -> int:
     with_state = settings.database_url is None
     if not with_state:
         print(f"ragops: note: {POSTGRES_NOTE}", file=sys.stderr)
-    args.file.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(args.file.parent)
     staging = Path(tempfile.mkdtemp(dir=args.file.parent, prefix=".backup-"))
     try:
         with_snapshot_index(settings, lambda index: index.snapshot(staging / INDEX_MEMBER))
@@ -65,9 +77,13 @@ def run_create(args: argparse.Namespace) -> int:
         manifest = Manifest(created=utc_now(), state=with_state)
         (staging / MANIFEST_MEMBER).write_text(manifest.model_dump_json())
         partial = args.file.with_name(args.file.name + ".partial")
-        with tarfile.open(partial, mode="w") as archive:
+        partial.unlink(missing_ok=True)  # a crashed run's: the new one is created private, never reused
+        with (
+            os.fdopen(open_private(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as file,
+            tarfile.open(fileobj=file, mode="w") as archive,
+        ):
             for member in (MANIFEST_MEMBER, INDEX_MEMBER, STATE_MEMBER)[: 3 if with_state else 2]:
-                archive.add(staging / member, arcname=member)
+                archive.add(staging / member, arcname=member, filter=_private_member)
         partial.replace(args.file)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -77,7 +93,7 @@ def run_create(args: argparse.Namespace) -> int:
 
 def run_restore(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(settings.data_dir)
     # In the data dir: the state store is swapped in by a rename, which needs the same filesystem.
     staging = Path(tempfile.mkdtemp(dir=settings.data_dir, prefix=".restore-"))
     try:
@@ -85,8 +101,7 @@ def run_restore(args: argparse.Namespace) -> int:
         if manifest.state and settings.database_url is not None:
             raise CliError(f"{args.file} holds a SQLite state store but {POSTGRES_NOTE}; restore its index with "
                            "`ragops snapshot restore` after extracting index.tar.gz")  # fmt: skip
-        if manifest.state:
-            check_sqlite(staging / STATE_MEMBER)
+        plan = _prepared_state(staging / STATE_MEMBER, settings.state_path) if manifest.state else None
         points = with_snapshot_index(settings, lambda index: _restored(index, staging / INDEX_MEMBER))
         if manifest.state:
             _swap_state(staging / STATE_MEMBER, settings.state_path)
@@ -94,7 +109,58 @@ def run_restore(args: argparse.Namespace) -> int:
         shutil.rmtree(staging, ignore_errors=True)
     state = "state store restored" if manifest.state else "no state store in the backup (kept the current one)"
     print(f"restored {args.file}: {points} points; {state}")
+    if plan is not None:
+        print(f"keys: {len(plan.changes) or 'none'} changed, compared with the store it replaced")
+        for change in plan.changes:
+            print(f"  {change.line()}")
     return EXIT_OK
+
+
+def _prepared_state(staged: Path, live: Path) -> KeyRestorePlan:
+    """The staged store checked (integrity, schema), its keys compared with the key ledger and the live store,
+    and the revocations and expiries made after the backup re-applied to it; the live store is not touched.
+    ``CliError`` (exit 2) for a store that is refused."""
+    from serving.governance.key_ledger import KeyLedger, ledger_path
+    from serving.governance.key_restore import KeyTermsError, apply_plan, plan_restore, stored_keys
+    from serving.infra.state_store import StateStore, StateStoreError
+
+    check_sqlite(staged)
+    current = _live_keys(live)
+    history = KeyLedger(ledger_path(live)).read()
+    if history.unreadable:
+        print(f"ragops: note: {history.unreadable} unreadable line(s) in the key ledger skipped", file=sys.stderr)
+    try:
+        store = StateStore.open(None, staged)  # migrates a backup of an older version to this one
+    except StateStoreError as exc:
+        raise CliError(f"the backup's state store is not usable: {exc}", EXIT_FAILURE) from exc
+    try:
+        plan = plan_restore(stored_keys(store), current, history)
+        apply_plan(store, plan)
+    except KeyTermsError as exc:
+        raise CliError(f"refused: {exc}; nothing changed") from exc
+    finally:
+        store.close()
+    return plan
+
+
+def _live_keys(live: Path) -> list[StoredKey] | None:
+    """The keys of the store a restore replaces: none when there is none; None (and a note) when it cannot be
+    read, so that only the key ledger witnesses."""
+    from serving.governance.key_restore import stored_keys
+    from serving.infra.state_store import StateStore, StateStoreError
+
+    if not live.exists():
+        return []
+    try:
+        store = StateStore.open(None, live)
+        try:
+            return stored_keys(store)
+        finally:
+            store.close()
+    except (StateStoreError, sqlite3.Error) as exc:
+        print(f"ragops: note: the live state store cannot be read ({exc}): keys are checked against the key "
+              "ledger only", file=sys.stderr)  # fmt: skip
+        return None
 
 
 def _swap_state(staged: Path, live: Path) -> None:
@@ -102,7 +168,14 @@ def _swap_state(staged: Path, live: Path) -> None:
     old WAL and shared-memory files go first, or SQLite would replay the old WAL onto the restored file."""
     for leftover in (live.with_name(live.name + "-wal"), live.with_name(live.name + "-shm")):
         leftover.unlink(missing_ok=True)
+    staged.chmod(PRIVATE_FILE_MODE)  # extracted with the archive member's mode
     staged.replace(live)
+    fsync_dir(live.parent)
+
+
+def _private_member(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    member.mode = PRIVATE_FILE_MODE
+    return member
 
 
 def _restored(index: SnapshotIndex, snapshot: Path) -> int:
@@ -128,6 +201,8 @@ def _unpack(archive_path: Path, staging: Path) -> Manifest:
         raise CliError(f"not a ragops backup: {archive_path} ({exc})") from exc
     if manifest.format != "ragops-backup" or not (staging / INDEX_MEMBER).is_file():
         raise CliError(f"not a ragops backup: {archive_path}")
+    if manifest.version != BACKUP_VERSION:
+        raise CliError(f"{archive_path}: backup format version {manifest.version}; this ragops reads {BACKUP_VERSION}")
     if manifest.state and not (staging / STATE_MEMBER).is_file():
         raise CliError(f"not a ragops backup: {archive_path} (the state store is missing)")
     return manifest
@@ -144,13 +219,20 @@ def copy_sqlite(source: Path, target: Path) -> None:
 
 
 def check_sqlite(path: Path) -> None:
+    """A state store that passes SQLite's integrity check (else exit 1) and holds exactly the schema this
+    version's migrations make, at a schema version it knows (else exit 2)."""
+    from serving.infra.schema_check import SchemaMismatchError, check_schema
+
     try:
         with sqlite3.connect(path) as db:
             db.row_factory = sqlite3.Row  # rows read by column name
             ok = db.execute("PRAGMA integrity_check").fetchone()["integrity_check"] == "ok"
-            migrated = db.execute("SELECT COUNT(*) AS n FROM schema_migrations").fetchone()["n"] > 0
         db.close()
+        if ok:
+            check_schema(path)
     except sqlite3.Error as exc:
         raise CliError(f"the backup's state store is not usable: {exc}", EXIT_FAILURE) from exc
-    if not (ok and migrated):
+    except SchemaMismatchError as exc:
+        raise CliError(f"refused: the backup's state store is not this ragops' schema: {exc}; nothing changed") from exc
+    if not ok:
         raise CliError("the backup's state store is not usable: integrity check failed", EXIT_FAILURE)

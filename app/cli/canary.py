@@ -1,8 +1,9 @@
 """``ragops canary status|start|stop``: the canary analysis of each prompt, and an operator's switches.
 
-``status`` shows, per prompt with a canary, the arms (versions, answers), the live share and status, and per signal
-the arms' rates, the difference, the sequential test's p-value and verdict: for a running canary as the analysis
-sees it now (from the kept answers in the state store), for a decided one the evidence it was decided on.
+``status`` shows, per prompt with a canary, the arms (versions, answers, users), the live share and status, per
+signal the arms' rates, the difference, the sequential test's p-value and verdict, and per tenant its answers,
+users and refusals per arm and each signal's difference: for a running canary as the analysis sees it now (from
+the kept answers in the state store), for a decided one the evidence it was decided on.
 ``start`` (re)starts the canary the settings name (``canary_prompt``, resolved through the live labels) at a
 share, its evidence from now on; ``stop`` sends it no more users. Running servers follow within
 ``label_refresh_s``.
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 from pydantic import TypeAdapter
 
 from app.cli.common import EXIT_OK, CliError, open_state, settings_from
-from serving.loop.canary import CanaryAnalysis
+from serving.loop.canary import SIGNALS, CanaryAnalysis
 from serving.loop.canary_control import CanaryRow
 
 if TYPE_CHECKING:
@@ -93,7 +94,10 @@ def run_status(args: argparse.Namespace) -> int:
 
 def _text(view: CanaryView) -> str:
     row, analysis = view.row, view.analysis
-    counts = f"canary {analysis.canary_answers}, stable {analysis.stable_answers}" if analysis else "none yet"
+    counts = "none yet"
+    if analysis:
+        counts = (f"canary {analysis.canary_answers} ({analysis.canary_users} users), "
+                  f"stable {analysis.stable_answers} ({analysis.stable_users} users)")  # fmt: skip
     lines = [
         f"{row.prompt}: canary {row.version} vs stable {row.stable_version}, {row.status}, share {row.share:.2f}, "
         f"since {row.started_at.isoformat()}; answers: {counts}; decision: {analysis.decision if analysis else '-'}",
@@ -103,7 +107,27 @@ def _text(view: CanaryView) -> str:
         cells = [_number(v) for v in (test.canary_mean, test.stable_mean, test.difference)]
         lines.append(f"  {test.signal:<12} {cells[0]:>8} {cells[1]:>8} {cells[2]:>8} {test.margin:>7.3f} "
                      f"{test.p_value:>8.4f} {test.alpha:>7.4f}  {test.verdict}")  # fmt: skip
+    if analysis and analysis.tenants:
+        lines += _tenant_lines(analysis)
     return "\n".join(lines)
+
+
+def _tenant_lines(analysis: CanaryAnalysis) -> list[str]:
+    """Per tenant: answers/users per arm, refusals (left out), and each signal's canary-minus-stable difference."""
+    names = [spec.name for spec in SIGNALS]
+    lines = [f"  {'tenant':<16} {'canary':>11} {'stable':>11} {'refused':>7} " + " ".join(f"{n:>11}" for n in names)]
+    for t in analysis.tenants:
+        arms = f"{t.canary_answers}/{t.canary_users}", f"{t.stable_answers}/{t.stable_users}"
+        diffs = " ".join(f"{_signed(t.differences.get(n)):>11}" for n in names)
+        lines.append(f"  {t.tenant:<16} {arms[0]:>11} {arms[1]:>11} {t.refused:>7} {diffs}")
+    lines.append("  (per tenant: answers/users of each arm; signals: canary minus stable over the tenant's users)")
+    if analysis.hangs_on_tenant is not None:
+        lines.append(f"  rollback held: no signal is worse without tenant {analysis.hangs_on_tenant!r}'s answers")
+    return lines
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
 
 
 def _number(value: float | None) -> str:

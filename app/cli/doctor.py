@@ -373,7 +373,8 @@ def check_otlp(settings: Settings) -> Check:
 
 def check_keys(settings: Settings, host: str) -> Check:
     """What ``serve`` decides at start: a non-loopback address without keys is refused unless allow_open."""
-    from app.cli.exposure import check_exposure, is_loopback, store_has_keys
+    from app.api.hosts import is_loopback
+    from app.cli.exposure import check_exposure, store_has_keys
 
     try:
         in_store = store_has_keys(settings)

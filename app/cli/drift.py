@@ -2,8 +2,8 @@
 drift check`` (compare the latest answers with it). Both use the state store and the embedder only, so they run
 beside a server on the same data dir or against the Postgres the replicas share.
 
-``check`` exits 0 (no drift), 1 (drift) or 2 (it could not run: no profile, no kept answers, a store that
-cannot be opened): 1 means drift here, so a failure to check is never 1.
+``check`` exits 0 (no drift), 1 (drift) or 2 (it could not check: no profile, no kept answers, a store that
+cannot be opened, every signal skipped for too few values): 1 means drift here, so a failure to check is never 1.
 """
 
 from __future__ import annotations
@@ -107,8 +107,11 @@ def _check(args: argparse.Namespace) -> int:
             report = check(profile, signals, embedder.embed, embedder.model_id, settings.drift.alpha)
         except DriftError as exc:
             raise CliError(str(exc)) from exc
-        record_check(Lineage(store), profile, report)
+        if report.tested:  # a check with no signal tested is no verdict: not in the lineage
+            record_check(Lineage(store), profile, report)
     print(json.dumps(report.as_json(), indent=2) if args.json else "\n".join(_report_table(profile, report)))
+    if not report.tested:
+        raise CliError(f"could not check: {report.why_untested()}")
     return EXIT_DRIFT if report.drifted else EXIT_OK
 
 
@@ -190,7 +193,8 @@ def _report_table(profile: DriftProfile, report: DriftReport) -> Iterator[str]:
         yield row.format(r.signal, r.test, _num(r.reference_mean), _num(r.current_mean), _num(r.statistic),
                          _p(r.p_value), _p(r.adjusted_p), r.reference, r.current, verdict)  # fmt: skip
     drifted = [r.signal for r in report.signals if r.drifted]
-    yield f"verdict: {'drift in ' + ', '.join(drifted) if drifted else 'no drift'} ({report.took_ms:.0f} ms)"
+    verdict = "drift in " + ", ".join(drifted) if drifted else ("no drift" if report.tested else "could not check")
+    yield f"verdict: {verdict} ({report.took_ms:.0f} ms)"
 
 
 def _num(value: float | None) -> str:

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING
 
+from app.api.hosts import is_loopback
 from app.cli.common import EXIT_USAGE, CliError, open_state
 
 if TYPE_CHECKING:
@@ -33,14 +33,3 @@ def check_exposure(host: str, settings: Settings, has_keys: bool) -> None:
         "(the default), or set RAGOPS_ALLOW_OPEN=true if an open service is meant",
         EXIT_USAGE,
     )
-
-
-def is_loopback(host: str) -> bool:
-    """Only this machine can connect: ``localhost`` or a loopback address. A host name may resolve to anything,
-    so it counts as open."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

@@ -98,7 +98,9 @@ def run_groundedness(args: argparse.Namespace) -> int:
             result = scorer.score(record["answer"], record.get("contexts", []), question=str(record["question"]))
             supported = result.score is None or result.score >= scorer.threshold
             if args.json:
-                print(json.dumps({**result.model_dump(mode="json"), "supported": supported}))
+                # The caller's own answer: its unsupported sentences are shown (an API's verdict only counts them).
+                shown = {**result.model_dump(mode="json"), "unsupported": result.unsupported}
+                print(json.dumps({**shown, "supported": supported}))
             else:
                 score = "n/a" if result.score is None else f"{result.score:.3f}"
                 print(f"{score}\t{'supported' if supported else 'UNSUPPORTED'}\t{' | '.join(result.unsupported)}")

@@ -136,7 +136,15 @@ def _print_table(records: list[ApiKeyRecord]) -> None:
 
 def _row(r: ApiKeyRecord) -> tuple[str, ...]:
     times = (r.created_at, r.expires_at, r.revoked_at, r.last_used_at)
-    return (r.id, r.name or "-", r.tenant, r.role.value, *map(_minute, times), r.source)
+    return (r.id, _escaped(r.name) or "-", r.tenant, r.role.value, *map(_minute, times), r.source)
+
+
+def _escaped(text: str) -> str:
+    """A stored name as the table shows it: an unprintable character (a store written before names were checked,
+    or edited) as its escape, ``\\x85``, never raw to the terminal."""
+    from serving.governance.keys import is_unprintable
+
+    return "".join(char.encode("unicode_escape").decode() if is_unprintable(char) else char for char in text)
 
 
 def _minute(moment: str | None) -> str:

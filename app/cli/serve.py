@@ -19,9 +19,10 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
+from app.api.hosts import is_loopback
 from app.cli.common import EXIT_FAILURE, EXIT_OK, CliError, open_services, settings_from
 from app.cli.doctor import Check
-from app.cli.exposure import check_exposure, is_loopback, store_has_keys
+from app.cli.exposure import check_exposure, store_has_keys
 from app.logs import SERVER_LOGGER
 
 PREFLIGHT_TIMEOUT_S = 60.0
@@ -63,7 +64,7 @@ def run_serve(args: argparse.Namespace) -> int:
         _ = services.pipeline  # load the generator now, not on the first question
         report_preflight(preflight)
         _ = services.retention  # prune kept answers past retention now and daily
-        app = create_app(settings, services=services)
+        app = create_app(settings, services=services, bind_host=args.host)
         # Our middleware logs one line per request, path without the query string; uvicorn's would log both.
         # proxy_headers off: uvicorn would otherwise take X-Forwarded-For from any loopback peer as the client;
         # app.api.deps.client_address is the one rule (trusted_proxies).

@@ -12,16 +12,21 @@ event joined."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+import time
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
 
 from prompts.loader import Prompt
-from serving.answering.stages import Stages, Turn, whole
-from serving.contracts.answer import Answer, AnswerRequest
-from serving.contracts.generation import GeneratorError, Replaced
+from serving.answering.fallback import ChainDelta
+from serving.answering.stages import GenerateEvent, Stages, Turn, whole
+from serving.contracts.answer import Answer, AnswerRequest, CutOutcome, StreamProgress
+from serving.contracts.generation import GenerationRequest, GeneratorError, Replaced, Usage
 from serving.governance.usage import AnswerPricing
 
 __all__ = ["Answer", "AnswerRequest", "RagPipeline", "Replaced", "Stages"]
+
+CHARS_PER_TOKEN = 4  # the usual English average: a cut stream's prompt tokens, estimated
 
 
 class RagPipeline:
@@ -33,7 +38,7 @@ class RagPipeline:
         pricing: AnswerPricing | None = None,
     ) -> None:
         self.stages = stages
-        self._prompts = prompts  # which prompt version answers a user (stable or canary)
+        self._prompts = prompts  # which prompt version answers a canary subject (stable or canary)
         self._observer = observer  # sees every final answer (metrics, tracing)
         self._pricing = pricing or AnswerPricing({})  # every final answer's cost; without prices, 0
 
@@ -47,20 +52,45 @@ class RagPipeline:
                 return event
         raise AssertionError("every stream ends with its answer")
 
-    def stream(self, request: AnswerRequest) -> Iterator[str | Replaced | Answer]:
+    def stream(
+        self, request: AnswerRequest, progress: StreamProgress | None = None
+    ) -> Iterator[str | Replaced | Answer]:
         """Text deltas, then the complete ``Answer`` (answers no generator streamed come as one delta). A
-        ``Replaced`` event withdraws the deltas before it; the ones after it make the answer."""
-        turn = Turn.start(request, self._prompts(request.user))
-        for event in self._run(turn):
+        ``Replaced`` event withdraws the deltas before it; the ones after it make the answer. ``progress`` is kept
+        up to date on the way, for ``cut``."""
+        progress = progress or StreamProgress()
+        turn = Turn.start(request, self._prompts(request.canary_subject))
+        progress.prompt = turn.prompt_info
+        for event in self._run(turn, progress):
             if isinstance(event, Answer):
                 # Stamped here, once: a cached answer is a new answer with an id of its own.
                 event = self._pricing.price(event.model_copy(update={"id": request.id}), request.scope.tenant)
                 if self._observer is not None:
                     # What the guards let through: metrics, traces and the sampled judge never see redacted PII.
                     self._observer(replace(request, question=turn.question, history=turn.history), event)
+            elif isinstance(event, Replaced):
+                progress.shown.clear()
+            else:
+                progress.shown.append(event)
             yield event
 
-    def _run(self, turn: Turn) -> Iterator[str | Replaced | Answer]:
+    def cut(self, request: AnswerRequest, progress: StreamProgress, outcome: CutOutcome) -> Answer:
+        """The answer of a stream that ended before its final answer (its client left, the server shut down, it
+        failed): the text shown until then, and what was generated until then, priced. The generator's own count
+        comes only with its last event, so the usage is estimated: the prompt at ``CHARS_PER_TOKEN`` characters a
+        token (once the generator was asked), one token per streamed piece. Not observed: no user saw an answer."""
+        started = progress.generation_started
+        usage, timings = Usage(), {}
+        if started is not None:
+            prompt_tokens = math.ceil(progress.prompt_chars / CHARS_PER_TOKEN)
+            usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=progress.deltas)
+            timings["generate"] = round((time.perf_counter() - started) * 1000, 3)
+        prompt = progress.prompt or Turn.start(request, self._prompts(request.canary_subject)).prompt_info
+        answer = Answer(id=request.id, answer="".join(progress.shown), outcome=outcome, generator=progress.generator,
+                        prompt=prompt, usage=usage, timings_ms=timings)  # fmt: skip
+        return self._pricing.price(answer, request.scope.tenant)
+
+    def _run(self, turn: Turn, progress: StreamProgress) -> Iterator[str | Replaced | Answer]:
         s = self.stages
         early = s.input_guard.run(turn) or s.cache.lookup(turn)
         if early is not None:
@@ -74,7 +104,7 @@ class RagPipeline:
             yield from whole(abstention)
             return
         generation_request = s.compose.run(turn)
-        generated = s.generate.stream(turn, generation_request)
+        generated = _metered(progress, generation_request, s.generate.stream(turn, generation_request))
         guarded = yield from s.output_guard.stream(turn, generated, generation_request)
         if isinstance(guarded, GeneratorError):
             yield from whole(s.generate.failed(turn, guarded))
@@ -86,3 +116,19 @@ class RagPipeline:
         if answer.fallback is None:  # a fallback answer is not worth keeping
             s.cache.store(turn, answer)
         yield answer
+
+
+def _metered(
+    progress: StreamProgress, request: GenerationRequest, events: Generator[GenerateEvent, None, None]
+) -> Generator[GenerateEvent, None, None]:
+    """The generator's events, counted into ``progress`` as they come; closing this closes the generator."""
+    progress.generation_started = time.perf_counter()
+    progress.prompt_chars = sum(len(message["content"]) for message in request.messages)
+    try:
+        for event in events:
+            if isinstance(event, ChainDelta):
+                progress.deltas += 1
+                progress.generator = event.generator
+            yield event
+    finally:
+        events.close()

@@ -174,7 +174,9 @@ class Retrieve:
 
 
 class ScreenPassages:
-    """Retrieved passages that carry instructions are dropped (or neutralised) before any prompt sees them."""
+    """Retrieved passages that carry instructions are dropped (or their flagged sentences replaced, with
+    ``neutralise``) before any prompt sees them; the context verdict names each flagged sentence by its place and
+    hash, never quoting it (``Guards.screen_passages``)."""
 
     def __init__(self, guards: Guards | None) -> None:
         self._guards = guards

@@ -6,6 +6,7 @@ SSE events, the OpenAI-compatible endpoint, metrics, tracing and the eval runner
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -22,7 +23,10 @@ from safety.guards import ContextVerdict, Fired, GuardVerdict, is_none
 from safety.pii import redact
 from serving.contracts.generation import Fallback, Usage
 
-Outcome = Literal["answered", "cached", "abstained", "refused", "failed"]
+# client_closed / cut_by_shutdown: a stream that ended before its answer (the client left; the server shut down),
+# charged for what was generated until then.
+Outcome = Literal["answered", "cached", "abstained", "refused", "failed", "client_closed", "cut_by_shutdown"]
+CutOutcome = Literal["client_closed", "cut_by_shutdown", "failed"]
 SPACE_RUN = re.compile(r"[ \t]{2,}")  # what a dropped citation marker leaves: collapsed to one space
 
 
@@ -108,8 +112,20 @@ class AnswerRequest:
     scope: Scope
     top_k: int = 4
     history: list[ChatMessage] = field(default_factory=list)
-    user: str | None = None  # picks the prompt when a canary takes a share of users (sticky per user)
+    user: str | None = None  # the client's name for its end user (``user`` of the request body)
+    # Who the canary splits and counts: made by the server from the caller's key and ``user`` (``canary_subject``),
+    # so a client cannot pick its arm by naming a user another key was given. None: the stable prompt.
+    canary_subject: str | None = None
     id: str = field(default_factory=new_answer_id)  # the answer's id: made by the server, never by the client
+
+
+def canary_subject(tenant: str, key_id: str, user: str | None) -> str | None:
+    """The canary's unit for a request: a hash of the tenant, the caller's key and the ``user`` it names (None
+    without a user: anonymous requests get the stable prompt). The same user under another key is another
+    subject; what is kept of it names nobody."""
+    if user is None:
+        return None
+    return hashlib.sha256("\x1f".join(("ragops-canary", tenant, key_id, user)).encode()).hexdigest()[:32]
 
 
 def drop_invalid_citations(text: str, passages: int) -> str:
@@ -142,3 +158,16 @@ def resolve_citations(text: str, hits: list[Hit], redact_retrieved: bool = False
 
 def _unchanged(text: str) -> str:
     return text
+
+
+@dataclass(kw_only=True)
+class StreamProgress:
+    """How far an answer's stream got, kept by the pipeline as it goes: what a stream cut before its final answer is
+    charged for (``RagPipeline.cut``). Read from another thread while the stream runs: plain counters only."""
+
+    generation_started: float | None = None  # perf_counter when the generator was asked
+    prompt_chars: int = 0  # of the messages the generator was given
+    deltas: int = 0  # pieces the generator streamed (the streaming backends send one token each)
+    generator: str | None = None  # which one streamed them
+    prompt: PromptInfo | None = None  # the prompt version answering
+    shown: list[str] = field(default_factory=list)  # text sent to the client since the last withdrawal

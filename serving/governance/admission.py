@@ -10,7 +10,9 @@ apply there; budgets do."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from serving.governance.access import ANONYMOUS_KEY_ID, ForbiddenError, Principal, Role, UnauthenticatedError
@@ -45,8 +47,13 @@ class Limiter(Protocol):
         shared store is down and the settings say to refuse."""
         ...
 
-    def add_tokens(self, principal: Principal, tokens: int) -> None:
-        """Count an answer's tokens against the key's daily quota."""
+    def reserve_tokens(self, principal: Principal, tokens: int) -> None:
+        """Count ``tokens`` against the key's daily quota before an answer, or raise
+        ``LimitExceededError('tokens_per_day')`` when used and reserved tokens already reached it."""
+        ...
+
+    def adjust_tokens(self, principal: Principal, tokens: int) -> None:
+        """Add ``tokens`` (negative: give back) to the key's daily count."""
         ...
 
 
@@ -55,12 +62,27 @@ class BudgetCheck(Protocol):
         """Raise ``LimitExceededError('budget')`` when the tenant's hard budget for the period is used up."""
         ...
 
+    def reserve(self, tenant: str, reservation_id: str) -> None:
+        """Reserve what one answer can cost at most against the tenant's budget, or raise
+        ``LimitExceededError('budget')`` when spent and reserved already reached it. Released by the audit writer
+        when it records the request (``reservation_id`` on its record)."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reservation:
+    """What admission set aside for one answer before it is generated."""
+
+    id: str  # the budget reservation's, on the request's audit record: its commit releases it
+    tokens: int  # counted against the key's daily quota until the answer's own tokens replace them
+
 
 class Admission:
-    def __init__(self, keys: KeyLookup, limiter: Limiter, budgets: BudgetCheck) -> None:
+    def __init__(self, keys: KeyLookup, limiter: Limiter, budgets: BudgetCheck, reservation_tokens: int) -> None:
         self.keys = keys
         self.limiter = limiter
         self.budgets = budgets
+        self.reservation_tokens = reservation_tokens
 
     def identify(self, token: str | None, address: str, open_tenant: Callable[[], str]) -> Principal:
         """Who the caller is, or ``UnauthenticatedError`` (a 429 once its address used up its failures). On a
@@ -87,7 +109,22 @@ class Admission:
         if needed is not Role.admin:
             self.budgets.check(principal.tenant)
 
-    def settle(self, principal: Principal, tokens: int) -> None:
-        """After an answer: its tokens count against the key's quota (a cache hit has none)."""
-        if tokens and principal.key_id != ANONYMOUS_KEY_ID:
-            self.limiter.add_tokens(principal, tokens)
+    def reserve(self, principal: Principal) -> Reservation:
+        """Before an answer is generated: ``reservation_tokens`` against the key's quota, the most one answer can
+        cost against the tenant's budget; refused (429) when either is used up by what was spent and reserved."""
+        keyed = principal.key_id != ANONYMOUS_KEY_ID
+        reservation = Reservation(id=uuid.uuid4().hex, tokens=self.reservation_tokens if keyed else 0)
+        if reservation.tokens:
+            self.limiter.reserve_tokens(principal, reservation.tokens)
+        try:
+            self.budgets.reserve(principal.tenant, reservation.id)
+        except Exception:
+            self.limiter.adjust_tokens(principal, -reservation.tokens)
+            raise
+        return reservation
+
+    def settle(self, principal: Principal, reservation: Reservation, tokens: int) -> None:
+        """After an answer (or a cut stream): its tokens replace the reservation in the key's count (a cache hit
+        has none). The budget's reservation goes with the request's audit record."""
+        if principal.key_id != ANONYMOUS_KEY_ID:
+            self.limiter.adjust_tokens(principal, tokens - reservation.tokens)

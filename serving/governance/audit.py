@@ -5,7 +5,9 @@ The chain itself (hashing, its head, verification) is ``serving.governance.audit
 exporting and pruning it, ``serving.governance.audit_export``.
 
 Writing: ``AuditLog.submit`` queues a record and returns a future; one writer thread takes everything queued
-into one transaction (group commit: one fsync for the batch) and resolves the futures once it committed.
+into one transaction (group commit: one fsync for the batch) and resolves the futures once it committed. The same
+thread writes the counted unauthenticated refusals (``serving.governance.refusal_tally``) once their minute ended,
+and publishes the chain's head (log line, anchor file) at most every ``AnchorSettings.every_s``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,8 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from safety.pii import redact
 from serving.contracts.answer import Answer
 from serving.governance.access import Principal
-from serving.governance.audit_chain import AUDIT_LOCK, chain_hash, read_head
-from serving.infra.clock import day_of, parse_stamp, utc_now
+from serving.governance.audit_chain import AUDIT_LOCK, Anchor, append_anchor, chain_hash, read_head
+from serving.governance.audit_usage import UsageTally, add_to_ledger, usage_of
+from serving.governance.refusal_tally import RefusalCount, RefusalTally
+from serving.infra.clock import stamp, utc_now
 from serving.infra.state_store import Cursor, StateStore
 
 if TYPE_CHECKING:
@@ -38,6 +45,7 @@ log = logging.getLogger("ragops.audit")
 
 AuditContent = Literal["hash", "redacted"]
 MAX_BATCH = 512  # records per transaction: bounds one commit's time when a burst queues many
+HOUSEKEEPING_S = 1.0  # how often an idle writer wakes to write ended minutes' refusal counts and the head
 # A test hook only: hold each batch this long before its commit, so that tests/test_audit.py's kill -9 lands while
 # records are pending (on a fast disk the window is too short to hit) and would catch a response sent early.
 COMMIT_DELAY_ENV = "RAGOPS_TEST_AUDIT_COMMIT_DELAY_MS"
@@ -95,6 +103,12 @@ class AuditRecord(BaseModel):
     question: str | None = Field(None, description="The redacted question (audit_content=redacted only).")
     answer: str | None = Field(None, description="The redacted answer (audit_content=redacted only).")
     admin: AuditAction | None = None
+    count: int = Field(1, description="Requests the record stands for: above 1 only for unauthenticated refusals, "
+                       "recorded once per client address and minute.")  # fmt: skip
+    client: str | None = Field(None, description="The client address, of unauthenticated refusals only (the "
+                               "records without a key to say who called).")  # fmt: skip
+    # Not part of the record (never hashed, never exported): the budget reservation its commit releases.
+    reservation: str | None = Field(None, exclude=True)
 
     def canonical(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -130,6 +144,7 @@ def build_record(
     question: str | None,
     action: AuditAction | None,
     content: AuditContent,
+    reservation: str | None = None,
 ) -> AuditRecord:
     """The record of one request; questions and answers hashed, or redacted with ``content="redacted"``."""
     text = answer.answer if answer is not None else None
@@ -137,7 +152,7 @@ def build_record(
         "ts": utc_now(), "request_id": facts.request_id, "method": facts.method, "route": facts.route,
         "status": facts.status, "latency_ms": round(facts.latency_ms, 3), "admin": action,
         "outcome": answer.outcome if answer is not None and facts.status < 400 else status_outcome(facts.status),
-        "question_sha256": _sha256(question), "answer_sha256": _sha256(text),
+        "question_sha256": _sha256(question), "answer_sha256": _sha256(text), "reservation": reservation,
     }  # fmt: skip
     if content == "redacted":
         fields["question"] = None if question is None else redact(question)
@@ -170,31 +185,50 @@ class _Pending:
     future: Future[int]  # resolved with the record's seq once committed
 
 
-@dataclass
-class _UsageRow:
-    requests: int = 0
-    cached: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-
-
 _STOP = object()
 
 
-class AuditLog:
-    """The audit trail's writer: ``submit`` a record, wait on its future; ``close`` writes what is queued."""
+@dataclass(frozen=True, kw_only=True)
+class AnchorSettings:
+    """Where and how often the writer publishes the chain's head (``audit_anchor_file``, ``audit_anchor_every_s``)."""
 
-    def __init__(self, store: StateStore, content: AuditContent, metrics: ServiceMetrics | None = None) -> None:
+    file: Path | None = None
+    every_s: float = 60.0
+
+
+class AuditLog:
+    """The audit trail's writer: ``submit`` a record, wait on its future; ``refused`` counts an unauthenticated
+    refusal (``serving.governance.refusal_tally``); ``close`` writes what is queued. Once a second it writes the
+    refusal counts of minutes that ended, and at most every ``anchor.every_s`` logs the chain's head (and appends
+    it to the anchor file) when it moved."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        content: AuditContent,
+        metrics: ServiceMetrics | None = None,
+        anchor: AnchorSettings | None = None,
+    ) -> None:
         self.store = store
         self.content: AuditContent = content
         self._metrics = metrics
+        self._anchor = anchor or AnchorSettings()
         self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
         self._closed = False
+        self._refusals = RefusalTally()
+        self._head: tuple[int, str] | None = None  # the head after this writer's last commit
+        self._anchored: tuple[int, str] | None = None
+        self._anchored_at = 0.0
         delay = os.environ.get(COMMIT_DELAY_ENV, "")
         self._commit_delay_s = int(delay) / 1000 if delay.isdigit() else 0.0
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
+
+    def refused(self, client: str, status: int) -> None:
+        """Count an unauthenticated refusal (401, or the 429 of an address out of failed authentications): no
+        record of its own, no wait."""
+        if not self._closed:
+            self._refusals.add(client, status, datetime.now(UTC))
 
     def submit(self, record: AuditRecord) -> Future[int]:
         future: Future[int] = Future()
@@ -209,6 +243,8 @@ class AuditLog:
         left waiting."""
         if not self._closed:
             self._closed = True
+            for pending in self._refusal_records(None):
+                self._queue.put(pending)
             self._queue.put(_STOP)
             self._thread.join()
             closed = AuditUnavailableError("the audit log is closed")
@@ -220,9 +256,12 @@ class AuditLog:
     def _run(self) -> None:
         while True:
             batch, stop = self._take()
+            if not stop:
+                batch.extend(self._refusal_records(datetime.now(UTC)))
             try:
                 if batch:
                     self._write(batch)
+                self._publish_head(force=stop)
             except Exception as exc:  # the writer must outlive any failure: its waiters get an answer
                 log.error("audit writer failed", exc_info=exc)
                 for pending in batch:
@@ -230,10 +269,32 @@ class AuditLog:
             if stop:
                 return
 
+    def _refusal_records(self, now: datetime | None) -> list[_Pending]:
+        return [_Pending(refusal_record(counted), Future()) for counted in self._refusals.take(now)]
+
+    def _publish_head(self, force: bool) -> None:
+        """Log the head (and append it to the anchor file) when it moved and ``anchor.every_s`` has passed."""
+        if self._head is None or self._head == self._anchored:
+            return
+        if not force and time.monotonic() - self._anchored_at < self._anchor.every_s:
+            return
+        seq, digest = self._head
+        log.info("audit head", extra={"seq": seq, "hash": digest})
+        if self._anchor.file is not None:
+            try:
+                append_anchor(self._anchor.file, Anchor(seq=seq, hash=digest, ts=utc_now()))
+            except OSError as exc:
+                log.error("audit anchor not written to %s: %s", self._anchor.file, exc.strerror)
+        self._anchored, self._anchored_at = self._head, time.monotonic()
+
     def _take(self) -> tuple[list[_Pending], bool]:
-        """Everything queued (at least one item, waiting for it), up to ``MAX_BATCH``; and whether to stop."""
+        """Everything queued (waiting up to ``HOUSEKEEPING_S`` for the first item), up to ``MAX_BATCH``; and
+        whether to stop."""
         batch: list[_Pending] = []
-        item = self._queue.get()
+        try:
+            item = self._queue.get(timeout=HOUSEKEEPING_S)
+        except queue.Empty:
+            return batch, False
         while True:
             if item is _STOP:
                 return batch, True
@@ -251,6 +312,7 @@ class AuditLog:
         try:
             with self.store.transaction(write=True) as cur:
                 seqs = append_records(cur, [p.record for p in batch])
+                head = read_head(cur)
                 if self._commit_delay_s:
                     time.sleep(self._commit_delay_s)
         except Exception as exc:
@@ -261,12 +323,22 @@ class AuditLog:
                 _settle(pending.future, failure)
             return
         self._observe(len(batch), started, ok=True)
+        self._head = head
         for pending, seq in zip(batch, seqs, strict=True):
             _settle(pending.future, seq)
 
     def _observe(self, records: int, started: float, ok: bool) -> None:
         if self._metrics is not None:
             self._metrics.observe_audit_batch(records, time.perf_counter() - started, ok)
+
+
+def refusal_record(counted: RefusalCount) -> AuditRecord:
+    """The record of one address's unauthenticated refusals in one minute."""
+    bucket = counted.bucket
+    return AuditRecord(
+        ts=stamp(bucket.minute), request_id=uuid.uuid4().hex, method="*", route="*", status=bucket.status,
+        outcome=status_outcome(bucket.status), latency_ms=0.0, count=counted.count, client=bucket.client,
+    )  # fmt: skip
 
 
 def _settle(future: Future[int], outcome: int | Exception) -> None:
@@ -279,18 +351,22 @@ def _settle(future: Future[int], outcome: int | Exception) -> None:
 
 
 def append_records(cur: Cursor, records: Sequence[AuditRecord]) -> list[int]:
-    """Append ``records`` to the chain inside the caller's write transaction; returns their seqs. Usage rows of
-    admitted requests (key known) are added to in the same transaction."""
+    """Append ``records`` to the chain inside the caller's write transaction; returns their seqs. In the same
+    transaction the usage ledger gets the records' totals and the budget reservations of their requests are
+    released: a request's spend moves from reserved to spent at once, never counted twice or not at all."""
     cur.lock(AUDIT_LOCK)
     seq, prev_hash = read_head(cur)
     rows, seqs = [], []
+    usage = UsageTally.empty()
     for record in records:
         seq += 1
-        body = record.model_copy(update={"seq": seq}).canonical()
+        placed = record.model_copy(update={"seq": seq})
+        body = placed.canonical()
         digest = chain_hash(prev_hash, body)
         rows.append((seq, record.ts, record.tenant, record.key_id, body, prev_hash, digest))
         seqs.append(seq)
         prev_hash = digest
+        usage.add(usage_of(placed.model_dump(include=USAGE_FIELDS)))
     cur.executemany(
         "INSERT INTO audit_records (seq, ts, tenant, key_id, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
     )
@@ -299,36 +375,12 @@ def append_records(cur: Cursor, records: Sequence[AuditRecord]) -> list[int]:
         "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
         (seq, prev_hash),
     )
-    _add_usage(cur, records)
+    add_to_ledger(cur, usage)
+    released = [(r.reservation,) for r in records if r.reservation is not None]
+    if released:
+        cur.executemany("DELETE FROM budget_reservations WHERE request_id = ?", released)
     return seqs
 
 
-_USAGE_UPSERT = (
-    "INSERT INTO usage_daily (day, tenant, key_id, requests, cached, prompt_tokens, completion_tokens, cost_usd) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, tenant, key_id) DO UPDATE SET "
-    "requests = usage_daily.requests + excluded.requests, cached = usage_daily.cached + excluded.cached, "
-    "prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, "
-    "completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens, "
-    "cost_usd = usage_daily.cost_usd + excluded.cost_usd"
-)
-
-
-def _add_usage(cur: Cursor, records: Sequence[AuditRecord]) -> None:
-    totals: dict[tuple[str, str, str], _UsageRow] = {}
-    for record in records:
-        if record.key_id is None or record.tenant is None or record.status >= 400:
-            continue  # refused or rejected: not a request served to the key
-        row = totals.setdefault((day_of(parse_stamp(record.ts)), record.tenant, record.key_id), _UsageRow())
-        row.requests += 1
-        row.cached += int(record.cached)
-        row.prompt_tokens += record.prompt_tokens
-        row.completion_tokens += record.completion_tokens
-        row.cost_usd += record.cost_usd
-    if totals:
-        cur.executemany(
-            _USAGE_UPSERT,
-            [
-                (*key, r.requests, r.cached, r.prompt_tokens, r.completion_tokens, r.cost_usd)
-                for key, r in totals.items()
-            ],
-        )
+# The fields ``usage_of`` reads: a record's usage without dumping all of it.
+USAGE_FIELDS = {"ts", "tenant", "key_id", "status", "cached", "prompt_tokens", "completion_tokens", "cost_usd"}

@@ -6,20 +6,30 @@ hash of the last pruned record, kept as a checkpoint). ``audit_head`` holds the 
 it (``cur.lock("audit")``), so replicas sharing one Postgres append to one chain. Anyone can re-check an export
 offline: drop ``prev_hash`` and ``hash`` from a line, re-serialise canonically, hash.
 
-``verify`` re-hashes the chain from its start (or last checkpoint) to its head; ``check_anchor`` checks it against a
-(seq, hash) kept elsewhere. Appending is ``serving.governance.audit.append_records``.
+The columns beside ``body`` (``ts``, ``tenant``, ``key_id``, which export and prune filter on) must repeat the body;
+the usage ledger must be what the records add up to (``serving.governance.audit_usage``); a prune writes a record
+into the chain that attests the checkpoint it leaves and carries the pruned records' usage, so a checkpoint written
+by hand does not verify. What no check inside the database can see is the whole chain (or its tail) rewritten
+consistently: against that, keep the head elsewhere (``ragops audit anchor``, or the server's anchor file) and check
+it with ``check_anchor``.
+
+``verify`` re-hashes the chain from its start (or last checkpoint) to its head. Appending is
+``serving.governance.audit.append_records``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from serving.governance.audit_usage import UsageLine, UsageTally, ledger_differences, usage_of
 from serving.infra.state_store import Cursor, StateStore
 
 GENESIS_HASH = "0" * 64
@@ -43,7 +53,7 @@ def last_checkpoint(cur: Cursor) -> tuple[int, str]:
     return (int(rows[0]["seq"]), str(rows[0]["hash"])) if rows else (0, GENESIS_HASH)
 
 
-TamperKind = Literal["edited", "removed", "inserted", "reordered", "head_mismatch"]
+TamperKind = Literal["edited", "removed", "inserted", "reordered", "head_mismatch", "usage_mismatch"]
 
 
 class BadRecord(BaseModel):
@@ -66,34 +76,123 @@ class VerifyResult(BaseModel):
 @dataclass(frozen=True)
 class _Row:
     seq: int
+    ts: str
+    tenant: str | None
+    key_id: str | None
     body: str
     prev_hash: str
     hash: str
 
 
+# The columns outside ``body`` that queries filter on (export by tenant and time, prune by time): each must say what
+# the hashed body says, or an edit of it would hide records from export or let prune remove them.
+_COLUMNS = ("ts", "tenant", "key_id")
+
+PRUNE_ACTION = "audit.prune"
+
+
+class PruneAttestation(BaseModel):
+    """What a prune writes into the chain (its record's ``admin.detail``): where the chain now starts, and the usage
+    of every record pruned so far, which the ledger still counts."""
+
+    through_seq: int
+    through_hash: str
+    records: int
+    carried_usage: list[UsageLine] = Field(default_factory=list)
+
+
+def prune_attestation(fields: dict[str, Any]) -> PruneAttestation | None:
+    """The attestation a record carries, if it is a prune's."""
+    admin = fields.get("admin")
+    if not isinstance(admin, dict) or admin.get("action") != PRUNE_ACTION:
+        return None
+    try:
+        return PruneAttestation.model_validate(admin.get("detail"))
+    except ValidationError:
+        return None
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The head, the last seq and the usage ledger, read in one statement (one snapshot on Postgres too): a writer
+    moves the head, adds records and adds to the ledger in one transaction."""
+
+    head_seq: int
+    head_hash: str
+    last_seq: int
+    ledger: list[UsageLine]
+
+
+def _snapshot(cur: Cursor) -> _Snapshot:
+    rows = cur.execute(
+        "SELECT h.seq AS head_seq, h.hash AS head_hash, (SELECT MAX(seq) FROM audit_records) AS last_seq, u.day, "
+        "u.tenant, u.key_id, u.requests, u.cached, u.prompt_tokens, u.completion_tokens, u.cost_usd "
+        "FROM (SELECT 1 AS one) o LEFT JOIN audit_head h ON h.id = 1 LEFT JOIN usage_daily u ON 1 = 1"
+    )
+    first = rows[0]
+    head = (int(first["head_seq"]), str(first["head_hash"])) if first["head_seq"] is not None else (0, GENESIS_HASH)
+    ledger = [UsageLine.of_row(row) for row in rows if row["day"] is not None]
+    return _Snapshot(head_seq=head[0], head_hash=head[1], last_seq=int(first["last_seq"] or 0), ledger=ledger)
+
+
 def verify(store: StateStore) -> VerifyResult:
     """Re-hash the chain from its start (or its last checkpoint) and compare with its head: the first record that
-    was edited, removed, inserted or moved, or a head that does not match the last record. Records appended while
-    it runs are past the snapshot it checks, not an error."""
+    was edited (body, or a column that repeats it), removed, inserted or moved; a head that does not match the last
+    record; a checkpoint no prune in the chain attests; a usage ledger the records do not add up to. Records
+    appended while it runs are past the snapshot it checks, not an error."""
     with store.transaction() as cur:
         start_seq, start_hash = last_checkpoint(cur)
-        # One statement, so one snapshot on Postgres too: a writer moves the head and adds records atomically.
-        head = cur.execute(
-            "SELECT (SELECT seq FROM audit_head WHERE id = 1) AS seq, "
-            "(SELECT hash FROM audit_head WHERE id = 1) AS hash, (SELECT MAX(seq) FROM audit_records) AS last_seq"
-        )[0]
-    head_seq, head_hash = (int(head["seq"]), str(head["hash"])) if head["seq"] is not None else (0, GENESIS_HASH)
+        snapshot = _snapshot(cur)
     expected_seq, expected_prev, checked = start_seq + 1, start_hash, 0
-    for row in _rows_between(store, start_seq, head_seq):
-        bad = _check_row(store, row, expected_seq, expected_prev)
+    usage, attestation = UsageTally.empty(), None
+    bad: BadRecord | None = None
+    for row in _rows_between(store, start_seq, snapshot.head_seq):
+        fields = _fields(row.body)
+        bad = _check_row(store, row, fields, expected_seq, expected_prev)
         if bad is not None:
-            return VerifyResult(ok=False, records=checked, checkpoint_seq=start_seq, head_seq=head_seq,
-                                head_hash=head_hash, first_bad=bad)  # fmt: skip
+            break
+        usage.add(usage_of(fields))
+        attestation = prune_attestation(fields) or attestation
         checked, expected_seq, expected_prev = checked + 1, row.seq + 1, row.hash
-    last_seq = max(expected_seq - 1, int(head["last_seq"] or 0))  # records past the head count as the chain's end
-    bad = _check_head(last_seq, expected_prev, head_seq, head_hash)
-    return VerifyResult(ok=bad is None, records=checked, checkpoint_seq=start_seq, head_seq=head_seq,
-                        head_hash=head_hash, first_bad=bad)  # fmt: skip
+    if bad is None:
+        last_seq = max(expected_seq - 1, snapshot.last_seq)  # records past the head count as the chain's end
+        bad = _check_head(last_seq, expected_prev, snapshot.head_seq, snapshot.head_hash)
+    if bad is None:
+        bad = _check_start(start_seq, start_hash, attestation)
+    if bad is None:
+        usage.add_all(attestation.carried_usage if attestation is not None else [])
+        bad = _check_ledger(snapshot, usage)
+    return VerifyResult(ok=bad is None, records=checked, checkpoint_seq=start_seq, head_seq=snapshot.head_seq,
+                        head_hash=snapshot.head_hash, first_bad=bad)  # fmt: skip
+
+
+def _check_start(start_seq: int, start_hash: str, attestation: PruneAttestation | None) -> BadRecord | None:
+    """The chain's start must be what the last prune in the chain says it left: a checkpoint written by hand (to
+    hide the records before it) has no prune record behind it."""
+    attested = (attestation.through_seq, attestation.through_hash) if attestation is not None else (0, GENESIS_HASH)
+    if attested == (start_seq, start_hash):
+        return None
+    if start_seq == 0:
+        return BadRecord(seq=attested[0], kind="removed", reason=f"a prune through record {attested[0]} is in the "
+                         "chain but its checkpoint was removed")  # fmt: skip
+    return BadRecord(seq=start_seq, kind="removed", reason=f"the chain starts after checkpoint {start_seq}, which no "
+                     f"prune record in the chain attests: records 1..{start_seq} were removed")  # fmt: skip
+
+
+def _check_ledger(snapshot: _Snapshot, chained: UsageTally) -> BadRecord | None:
+    problems = ledger_differences(snapshot.ledger, chained)
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return BadRecord(seq=snapshot.head_seq, kind="usage_mismatch", reason=f"{problems[0]}{more}")
+
+
+def _fields(body: str) -> dict[str, Any]:
+    try:
+        fields = json.loads(body)
+    except ValueError:
+        return {}
+    return fields if isinstance(fields, dict) else {}
 
 
 def hash_at(store: StateStore, seq: int) -> str | None:
@@ -114,10 +213,55 @@ def check_anchor(store: StateStore, seq: int, digest: str) -> BadRecord | None:
         pruned_to, _ = last_checkpoint(cur)
     if seq < pruned_to:
         raise ValueError(f"seq {seq} was pruned (the chain now starts after {pruned_to}): anchor a newer head")
-    if hash_at(store, seq) == digest:
+    found = hash_at(store, seq)
+    if found == digest:
         return None
+    if found is None:
+        return BadRecord(seq=seq, kind="removed", reason=f"the anchored record {seq} is gone: the chain's tail was "
+                         "removed (or the whole chain rewritten)")  # fmt: skip
     return BadRecord(seq=seq, kind="edited", reason=f"the chain's hash at seq {seq} is not the anchored one: it was "
                      "rewritten")  # fmt: skip
+
+
+class Anchor(BaseModel):
+    """A head kept outside the database (``ragops audit anchor``, or the server's anchor file): the chain must still
+    hold this hash at this seq."""
+
+    seq: int = Field(ge=0)
+    hash: str = Field(pattern="^[0-9a-f]{64}$")
+    ts: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Anchor:
+        """``SEQ:HASH`` as verify prints it, or a JSON line of the anchor file; ``ValueError`` otherwise."""
+        text = text.strip()
+        if text.startswith("{"):
+            return cls.model_validate_json(text)
+        seq, _, digest = text.partition(":")
+        if not seq.isdigit():
+            raise ValueError(f"an anchor is SEQ:HASH (a seq and 64 hex digits), as verify prints it: {text!r}")
+        return cls(seq=int(seq), hash=digest.lower())
+
+    def line(self) -> str:
+        return self.model_dump_json(exclude_none=True)
+
+
+def head(store: StateStore) -> tuple[int, str]:
+    """The chain's head now: what an anchor keeps."""
+    with store.transaction() as cur:
+        return read_head(cur)
+
+
+def append_anchor(path: Path, anchor: Anchor) -> None:
+    """Append ``anchor`` as a JSON line to ``path`` (created 0600), synced to disk: the record of heads an operator
+    keeps away from the database (ship the file elsewhere: on the database's disk it only guards against edits
+    of the database alone)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (anchor.line() + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _rows_between(store: StateStore, after: int, last: int) -> Iterator[_Row]:
@@ -125,22 +269,30 @@ def _rows_between(store: StateStore, after: int, last: int) -> Iterator[_Row]:
     while True:
         with store.transaction() as cur:
             rows = cur.execute(
-                "SELECT seq, body, prev_hash, hash FROM audit_records WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                "SELECT seq, ts, tenant, key_id, body, prev_hash, hash FROM audit_records WHERE seq > ? AND seq <= ? "
+                "ORDER BY seq LIMIT ?",
                 (after, last, PAGE),
             )
         for row in rows:
-            yield _Row(int(row["seq"]), str(row["body"]), str(row["prev_hash"]), str(row["hash"]))
+            yield _Row(seq=int(row["seq"]), ts=row["ts"], tenant=row["tenant"], key_id=row["key_id"],
+                       body=str(row["body"]), prev_hash=str(row["prev_hash"]), hash=str(row["hash"]))  # fmt: skip
         if len(rows) < PAGE:
             return
         after = int(rows[-1]["seq"])
 
 
-def _check_row(store: StateStore, row: _Row, expected_seq: int, expected_prev: str) -> BadRecord | None:
+def _check_row(
+    store: StateStore, row: _Row, fields: dict[str, Any], expected_seq: int, expected_prev: str
+) -> BadRecord | None:
     if row.seq > expected_seq:
         return BadRecord(seq=expected_seq, kind="removed", reason=f"records {expected_seq}..{row.seq - 1} are missing")
     if chain_hash(row.prev_hash, row.body) != row.hash:
         return BadRecord(seq=row.seq, kind="edited", reason="its body does not match its hash")
-    written_as = _body_seq(row.body)
+    for column in _COLUMNS:
+        if getattr(row, column) != fields.get(column):
+            return BadRecord(seq=row.seq, kind="edited", reason=f"its {column} column ({getattr(row, column)!r}) is "
+                             f"not the {column} it was hashed with ({fields.get(column)!r})")  # fmt: skip
+    written_as = fields.get("seq") if isinstance(fields.get("seq"), int) else None
     if written_as != row.seq:
         return _moved(store, row, written_as)
     if row.prev_hash != expected_prev:
@@ -151,14 +303,6 @@ def _check_row(store: StateStore, row: _Row, expected_seq: int, expected_prev: s
             reason=f"{before} was replaced or edited and re-hashed: record {row.seq} was chained to another hash",
         )
     return None
-
-
-def _body_seq(body: str) -> int | None:
-    try:
-        seq = json.loads(body).get("seq")
-    except (ValueError, AttributeError):
-        return None
-    return seq if isinstance(seq, int) else None
 
 
 def _moved(store: StateStore, row: _Row, written_as: int | None) -> BadRecord:

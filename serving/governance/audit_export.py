@@ -1,17 +1,27 @@
 """Reading the audit trail back: a page of records (``read_page``), every record (``export``), and pruning the
-chain's old prefix behind a checkpoint (``prune``)."""
+chain's old prefix behind a checkpoint that a record in the chain attests (``plan_prune``, ``prune``)."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from serving.governance.audit import AuditUnavailableError
-from serving.governance.audit_chain import AUDIT_LOCK, PAGE, last_checkpoint, verify
+from serving.governance.audit import AuditAction, AuditRecord, AuditUnavailableError, append_records
+from serving.governance.audit_chain import (
+    AUDIT_LOCK,
+    PAGE,
+    PRUNE_ACTION,
+    PruneAttestation,
+    last_checkpoint,
+    prune_attestation,
+    verify,
+)
+from serving.governance.audit_usage import UsageTally, usage_of
 from serving.infra.clock import stamp, utc_now
 from serving.infra.state_store import Cursor, StateStore
 
@@ -43,39 +53,119 @@ def export(store: StateStore, since: datetime | None = None, tenant: str | None 
         after = int(page[-1]["seq"])
 
 
+class PrunePlan(BaseModel):
+    """What a prune removes: the chain's prefix after the last checkpoint, through ``last_seq``."""
+
+    first_seq: int
+    last_seq: int
+    records: int
+    first_ts: str
+    last_ts: str
+    cut_off: str = Field(description="Records stamped before this go.")
+
+    def describe(self) -> str:
+        return (f"{self.records} records, seq {self.first_seq}..{self.last_seq}, stamped {self.first_ts} .. "
+                f"{self.last_ts} (before {self.cut_off})")  # fmt: skip
+
+
 class Checkpoint(BaseModel):
-    """What a prune removed: the chain now starts after ``seq``, whose hash is kept."""
+    """What a prune removed: the chain now starts after ``seq``, whose hash is kept; ``attested_by`` is the prune's
+    own record in the chain, which names this checkpoint."""
 
     seq: int
     hash: str
     pruned_before: str
     records: int
     created_at: str
+    attested_by: int
 
 
-def prune(store: StateStore, before: datetime) -> Checkpoint | None:
-    """Delete the records older than ``before`` (the chain's prefix up to the first record from ``before`` on)
-    and keep a checkpoint (the last pruned record's seq and hash) the rest verifies from. None: nothing to
-    prune. Refused (``AuditUnavailableError``) when the chain does not verify: pruning would hide the evidence."""
+def plan_prune(store: StateStore, before: datetime, now: datetime | None = None) -> PrunePlan | None:
+    """What ``prune`` would remove (None: nothing). ``ValueError`` for a cut-off in the future: it would remove
+    every record, the ones being written included."""
+    now = now or datetime.now(UTC)
+    if before > now:
+        raise ValueError(f"the cut-off {stamp(before)} is in the future (now {stamp(now)}): nothing written later "
+                         "could be kept")  # fmt: skip
+    with store.transaction() as cur:
+        return _plan(cur, stamp(before))
+
+
+def prune(store: StateStore, before: datetime, now: datetime | None = None) -> Checkpoint | None:
+    """Delete the records older than ``before`` (the chain's prefix up to the first record from ``before`` on, by
+    seq) behind a checkpoint the rest verifies from, and append a record that attests the checkpoint and carries
+    the pruned records' usage (the ledger still counts it). None: nothing to prune. Refused
+    (``AuditUnavailableError``) when the chain does not verify: pruning would hide the evidence; ``ValueError``
+    for a cut-off in the future."""
+    plan_prune(store, before, now)  # the future check, before anything is read for writing
     result = verify(store)
     if not result.ok:
         raise AuditUnavailableError(f"the audit chain does not verify ({result.first_bad}); not pruning")
     with store.transaction(write=True) as cur:
         cur.lock(AUDIT_LOCK)
-        start_seq, _ = last_checkpoint(cur)
-        last = _last_prunable(cur, stamp(before))
-        if last <= start_seq:
+        plan = _plan(cur, stamp(before))
+        if plan is None:
             return None
-        digest = str(cur.execute("SELECT hash FROM audit_records WHERE seq = ?", (last,))[0]["hash"])
-        removed = int(cur.execute("SELECT COUNT(*) AS n FROM audit_records WHERE seq <= ?", (last,))[0]["n"])
-        checkpoint = Checkpoint(seq=last, hash=digest, pruned_before=stamp(before), records=removed,
-                                created_at=utc_now())  # fmt: skip
+        digest = str(cur.execute("SELECT hash FROM audit_records WHERE seq = ?", (plan.last_seq,))[0]["hash"])
+        carried = UsageTally.empty()
+        carried.add_all(_last_attestation(cur).carried_usage)
+        for fields in _bodies(cur, plan.first_seq - 1, plan.last_seq):
+            carried.add(usage_of(fields))
+        attestation = PruneAttestation(through_seq=plan.last_seq, through_hash=digest, records=plan.records,
+                                       carried_usage=carried.sorted())  # fmt: skip
+        (attested_by,) = append_records(cur, [_prune_record(plan, attestation)])
+        checkpoint = Checkpoint(seq=plan.last_seq, hash=digest, pruned_before=plan.cut_off, records=plan.records,
+                                created_at=utc_now(), attested_by=attested_by)  # fmt: skip
         cur.execute(
             "INSERT INTO audit_checkpoints (seq, hash, pruned_before, records, created_at) VALUES (?, ?, ?, ?, ?)",
             (checkpoint.seq, checkpoint.hash, checkpoint.pruned_before, checkpoint.records, checkpoint.created_at),
         )
-        cur.execute("DELETE FROM audit_records WHERE seq <= ?", (last,))
+        cur.execute("DELETE FROM audit_records WHERE seq <= ?", (plan.last_seq,))
     return checkpoint
+
+
+def _plan(cur: Cursor, before: str) -> PrunePlan | None:
+    start_seq, _ = last_checkpoint(cur)
+    last = _last_prunable(cur, before)
+    if last <= start_seq:
+        return None
+    span = cur.execute(
+        "SELECT COUNT(*) AS n, MIN(seq) AS first_seq, MIN(ts) AS first_ts, MAX(ts) AS last_ts FROM audit_records "
+        "WHERE seq <= ?",
+        (last,),
+    )[0]
+    return PrunePlan(first_seq=int(span["first_seq"]), last_seq=last, records=int(span["n"]),
+                     first_ts=str(span["first_ts"]), last_ts=str(span["last_ts"]), cut_off=before)  # fmt: skip
+
+
+def _last_attestation(cur: Cursor) -> PruneAttestation:
+    """The newest prune record's attestation (what earlier prunes carried), or an empty one."""
+    rows = cur.execute(
+        "SELECT body FROM audit_records WHERE body LIKE ? ORDER BY seq DESC LIMIT 1", (f'%"{PRUNE_ACTION}"%',)
+    )
+    found = prune_attestation(json.loads(rows[0]["body"])) if rows else None
+    return found or PruneAttestation(through_seq=0, through_hash="", records=0)
+
+
+def _bodies(cur: Cursor, after: int, last: int) -> Iterator[dict[str, Any]]:
+    while True:
+        rows = cur.execute(
+            "SELECT seq, body FROM audit_records WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?", (after, last, PAGE)
+        )
+        for row in rows:
+            yield json.loads(row["body"])
+        if len(rows) < PAGE:
+            return
+        after = int(rows[-1]["seq"])
+
+
+def _prune_record(plan: PrunePlan, attestation: PruneAttestation) -> AuditRecord:
+    """The prune's own record (an operator's command: no key, no route)."""
+    return AuditRecord(
+        ts=utc_now(), request_id=uuid.uuid4().hex, method="CLI", route="ragops audit prune", status=200, outcome="ok",
+        latency_ms=0.0, admin=AuditAction(action=PRUNE_ACTION, target=f"seq {plan.first_seq}..{plan.last_seq}",
+                                          detail=attestation.model_dump(mode="json")),
+    )  # fmt: skip
 
 
 def _last_prunable(cur: Cursor, before: str) -> int:

@@ -10,7 +10,8 @@ removed from the settings, not revoked.
 
 A replica trusts what it looked up for ``cache_s`` seconds: a revocation takes effect within that, and a request
 costs no query while its key is cached. Expiry is checked on every request. ``last_used_at`` is written at most
-once a minute per key and replica, never on every request.
+once a minute per key and replica, never on every request. On SQLite every key made, revoked or cut short by a
+rotation is also appended to the key ledger beside the store (``key_ledger``), which a backup restore re-applies.
 """
 
 from __future__ import annotations
@@ -23,18 +24,19 @@ import secrets
 import string
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+import unicodedata
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from retrieval.index import SCOPE_NAME_RULE, is_scope_name
 from serving.governance.access import AdmissionUnavailableError, KeyLimits, Principal, Role, parse_tenant_role
+from serving.governance.key_ledger import KeyLedger, KeyTerms
 from serving.infra.clock import parse_duration, parse_moment, parse_stamp, stamp, utc_now
 from serving.infra.state_store import StateStoreError
+from serving.infra.ttl_cache import TtlCache
 
 if TYPE_CHECKING:
     from serving.infra.state_store import Cursor, Row, StateStore
@@ -50,7 +52,8 @@ ENV_KEY_PREFIX = "env-"
 ENV_KEY_NAME = "RAGOPS_API_KEYS"
 
 NAME_MAX_CHARS = 100
-NAME_PATTERN = r"^[^\x00-\x1f\x7f]*$"  # no control characters: names are printed in tables
+# Control (C0, C1), format, surrogate, private-use and unassigned characters, line and paragraph separators.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 LIMIT_MAX = 1_000_000_000
 MAX_GRACE = timedelta(days=30)  # a rotated key's grace: long enough to roll a deployment, not a second key
 TOUCH_EVERY_S = 60.0  # last_used_at resolution: one write a minute per key and replica at most
@@ -158,12 +161,25 @@ def grace_from(text: str) -> timedelta:
     return grace
 
 
+def is_unprintable(char: str) -> bool:
+    """A character a key's name never holds (names are printed in tables), and one a stored name shows escaped."""
+    return unicodedata.category(char) in _UNPRINTABLE
+
+
+def check_key_name(name: str) -> str:
+    """``name`` when it is a key's name: ``ValueError`` when too long or holding an unprintable character."""
+    if len(name) > NAME_MAX_CHARS:
+        raise ValueError(f"name must be at most {NAME_MAX_CHARS} characters")
+    if bad := next((char for char in name if is_unprintable(char)), None):
+        raise ValueError(f"name must not hold control or other unprintable characters (U+{ord(bad):04X})")
+    return name
+
+
 def check_key_fields(tenant: str, name: str, limits: KeyLimits) -> None:
     """The rules a new key's fields follow (the HTTP body states the same in its schema): ``ValueError``."""
     if not is_scope_name(tenant):
         raise ValueError(f"tenant must be {SCOPE_NAME_RULE}: {tenant!r}")
-    if len(name) > NAME_MAX_CHARS or re.fullmatch(NAME_PATTERN, name) is None:
-        raise ValueError(f"name must be at most {NAME_MAX_CHARS} characters, without control characters")
+    check_key_name(name)
     for what, value in (("requests_per_minute", limits.requests_per_minute), ("tokens_per_day", limits.tokens_per_day)):
         if value is not None and not 1 <= value <= LIMIT_MAX:
             raise ValueError(f"{what} must be between 1 and {LIMIT_MAX}")
@@ -184,6 +200,7 @@ class KeyStore:
 
     def __init__(self, store: StateStore) -> None:
         self._store = store
+        self._ledger = KeyLedger.beside(store)  # what a restore re-applies (SQLite)
 
     def create(
         self,
@@ -224,11 +241,12 @@ class KeyStore:
             requests_per_minute=limits.requests_per_minute, tokens_per_day=limits.tokens_per_day,
             rotated_from=rotated_from, source="store",
         )  # fmt: skip
-        values = [getattr(record, column) for column in _COLUMNS.split(", ")]
+        values, hashed = [getattr(record, column) for column in _COLUMNS.split(", ")], secret_hash(secret)
         cursor.execute(
-            f"INSERT INTO api_keys ({_COLUMNS}, secret_hash) VALUES ({', '.join('?' * 12)})",
-            [*values, secret_hash(secret)],
+            f"INSERT INTO api_keys ({_COLUMNS}, secret_hash) VALUES ({', '.join('?' * 12)})", [*values, hashed]
         )
+        terms = KeyTerms(tenant=tenant, role=role, secret_hash=hashed, **asdict(limits))
+        self._ledger.made(key_id, str(record.created_at), record.expires_at, terms)
         return IssuedKey(record, f"{KEY_PREFIX}{key_id}_{secret}")
 
     def list(self) -> list[ApiKeyRecord]:
@@ -247,14 +265,18 @@ class KeyStore:
         return StoredKey(_record(rows[0]), rows[0]["secret_hash"]) if rows else None
 
     def revoke(self, key_id: str) -> ApiKeyRecord:
-        """Revoke a key now (a key revoked before keeps its time); ``KeyNotFoundError`` for an unknown id."""
+        """Revoke a key now (a key revoked before keeps its time), in the ledger before the commit;
+        ``KeyNotFoundError`` for an unknown id."""
         with self._store.transaction(write=True) as cursor:
-            revoke = "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
-            cursor.execute(revoke, [utc_now(), key_id])
+            cursor.lock(f"api_key:{key_id}")
             rows = cursor.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", [key_id])
-        if not rows:
-            raise KeyNotFoundError(f"no key with id {key_id!r}")
-        return _record(rows[0])
+            if not rows:
+                raise KeyNotFoundError(f"no key with id {key_id!r}")
+            if (record := _record(rows[0])).revoked_at is None:
+                record = record.model_copy(update={"revoked_at": utc_now()})
+                cursor.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", [record.revoked_at, key_id])
+                self._ledger.revoked(key_id, str(record.revoked_at))
+        return record
 
     def rotate(self, key_id: str, grace: timedelta) -> IssuedKey:
         """A new key with the old one's tenant, role, name and limits (and, when the old one expires, the same
@@ -280,6 +302,7 @@ class KeyStore:
             ends = stamp(now + grace)
             if old.expires_at is None or ends < old.expires_at:
                 cursor.execute("UPDATE api_keys SET expires_at = ? WHERE id = ?", [ends, key_id])
+                self._ledger.cut_short(key_id, ends)
         return issued
 
     def touch(self, key_id: str, when: str) -> None:
@@ -350,34 +373,6 @@ def _env_key(key: str, tenant_role: str) -> _EnvKey:
     return _EnvKey(record, digest.digest())
 
 
-Value = TypeVar("Value")
-
-
-class _TtlCache(Generic[Value]):
-    """Values loaded on a miss and kept ``ttl_s`` seconds; the least recently used go beyond ``max_entries``."""
-
-    def __init__(self, ttl_s: float, max_entries: int = _CACHE_ENTRIES) -> None:
-        self._ttl_s = ttl_s
-        self._max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[float, Value]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str, load: Callable[[], Value]) -> Value:
-        now = time.monotonic()
-        with self._lock:
-            cached = self._entries.get(key)
-            if cached is not None and now - cached[0] < self._ttl_s:
-                self._entries.move_to_end(key)
-                return cached[1]
-        value = load()  # outside the lock: concurrent misses may both load, none waits on another's query
-        with self._lock:
-            self._entries[key] = (now, value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max_entries:
-                self._entries.popitem(last=False)
-        return value
-
-
 def _store_unavailable(error: Exception) -> AdmissionUnavailableError:
     """A state store that failed while checking a key: admission's 503 (never an open door), and a log line."""
     log.error("key store unavailable: %s", error)
@@ -390,8 +385,8 @@ class Authenticator:
     def __init__(self, keys: KeyStore, env_keys: dict[str, str], cache_s: float) -> None:
         self._keys = keys
         self._env = EnvKeys(env_keys)
-        self._stored: _TtlCache[StoredKey | None] = _TtlCache(cache_s)
-        self._store_has_keys: _TtlCache[bool] = _TtlCache(cache_s, max_entries=1)
+        self._stored: TtlCache[StoredKey | None] = TtlCache(cache_s, max_entries=_CACHE_ENTRIES)
+        self._store_has_keys: TtlCache[bool] = TtlCache(cache_s, max_entries=1)
         self._touched: dict[str, float] = {}
         self._touch_lock = threading.Lock()
 

@@ -2,8 +2,10 @@
 Redis so that every replica counts against the same limits.
 
 - Per key: requests per minute (a moving window: at most N in any 60 s) and tokens per day (a fixed window that
-  starts with the key's first counted answer; a request is admitted while some quota is left, and its answer's
-  tokens count in full afterwards, so a key can end a day slightly over). A key's own limits win over its role's.
+  starts with the key's first counted answer). A chat request reserves ``quota_reservation_tokens`` before it is
+  answered and is refused when what was used and reserved already reached the quota; its answer's tokens replace
+  the reservation afterwards. So a key ends a day over its quota by at most one reservation, however many requests
+  run in parallel. A key's own limits win over its role's.
 - Per client address: failed authentications per minute (a moving window); once used up, every request from the
   address is refused until the window has room, even with a good key, so guessing keys costs a minute per
   ``auth_failures_per_minute`` guesses.
@@ -45,6 +47,11 @@ class _Counters:
     @classmethod
     def over(cls, storage: Storage) -> _Counters:
         return cls(MovingWindowRateLimiter(storage), FixedWindowRateLimiter(storage))
+
+    def add(self, item: RateLimitItem, namespace: str, key: str, amount: int) -> int:
+        """Add ``amount`` (may be negative) to a fixed window's count, as ``FixedWindowRateLimiter.hit`` does;
+        the count after it."""
+        return self.tokens.storage.incr(item.key_for(namespace, key), item.get_expiry(), amount=amount)
 
 
 class RateLimits:
@@ -90,9 +97,22 @@ class RateLimits:
             message = f"the key's quota of {quota.amount} tokens a day is used up"
             self._refuse("tokens_per_day", message, lambda c: c.tokens.get_window_stats(quota, "tokens", key))
 
-    def add_tokens(self, principal: Principal, tokens: int) -> None:
-        quota = self._tokens_per_day(principal)
-        self._counted(lambda c: c.tokens.hit(quota, "tokens", principal.key_id, cost=tokens), before_request=False)
+    def reserve_tokens(self, principal: Principal, tokens: int) -> None:
+        """Count ``tokens`` against the key's daily quota before an answer is generated, atomically with the check:
+        refused (``tokens_per_day``) when what was used and reserved before already reached the quota. So parallel
+        requests overshoot the quota by at most one reservation (when no answer takes more than it reserved)."""
+        quota, key = self._tokens_per_day(principal), principal.key_id
+        counted = self._counted(lambda c: c.add(quota, "tokens", key, tokens), before_request=True)
+        if counted - tokens >= quota.amount:
+            self.adjust_tokens(principal, -tokens)
+            message = f"the key's quota of {quota.amount} tokens a day is used up (or reserved by requests in flight)"
+            self._refuse("tokens_per_day", message, lambda c: c.tokens.get_window_stats(quota, "tokens", key))
+
+    def adjust_tokens(self, principal: Principal, tokens: int) -> None:
+        """Add ``tokens`` (negative: give back) to the key's count: an answer's tokens less what it reserved."""
+        if tokens:
+            quota = self._tokens_per_day(principal)
+            self._counted(lambda c: c.add(quota, "tokens", principal.key_id, tokens), before_request=False)
 
     def _requests_per_minute(self, principal: Principal) -> RateLimitItem:
         own = principal.limits.requests_per_minute

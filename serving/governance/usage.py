@@ -6,9 +6,10 @@ Cost follows what was generated: tokens at the model's token prices plus generat
 An answer no generator wrote (a refusal, an abstention by the similarity rule, an outage) and a cache hit
 (usage already zeroed) cost nothing; so does a model without a price (the extractive generator unless priced).
 
-Budgets are checked against the month's spend as the ledger holds it, read at most once a second per tenant and
-replica: a tenant can overshoot its hard budget by what the requests admitted in that second, and those still
-in flight when the budget ran out, cost (on each replica)."""
+Budgets are checked against the month's spend as the ledger holds it plus what requests in flight reserved: each
+chat request of a tenant with a budget reserves the most one answer can cost (``budget_reservations``) in one
+transaction with the check, and the audit writer releases it in the transaction that adds the answer's real cost
+to the ledger. Parallel requests, on any number of replicas, overshoot a budget by at most one reservation."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,7 +36,8 @@ budget_log = logging.getLogger("ragops.budgets")
 
 UsagePeriod = Literal["day", "month"]
 BudgetState = Literal["within", "soft_limit", "exhausted"]
-BUDGET_CACHE_S = 1.0  # how stale a replica's view of a tenant's spend may be (bounds the overshoot)
+BUDGET_CACHE_S = 1.0  # how stale a replica's view of a tenant's spend may be (for the refusal of an exhausted one)
+RESERVATION_TTL = timedelta(minutes=15)  # a reservation whose request's record never came (its replica died) lapses
 
 
 class ModelPrice(BaseModel):
@@ -97,6 +99,7 @@ class BudgetStanding(BaseModel):
     monthly_usd: float
     soft_ratio: float
     spent_usd: float
+    reserved_usd: float = Field(0.0, description="Set aside by requests in flight (the most each can cost).")
     used_ratio: float
     state: BudgetState
     period_start: str
@@ -112,24 +115,31 @@ class BudgetStanding(BaseModel):
         state: BudgetState = "exhausted" if spent >= monthly else "soft_limit" if used >= soft else "within"
         return cls(
             tenant=row["tenant"], monthly_usd=monthly, soft_ratio=soft, spent_usd=spent, used_ratio=used,
+            reserved_usd=float(row["reserved_usd"]),
             state=state, period_start=stamp(month_start(now)), period_end=stamp(next_month_start(now)),
             updated_at=row["updated_at"], updated_by=row["updated_by"],
         )  # fmt: skip
 
     def refusal(self, now: datetime) -> LimitExceededError:
-        """The 429 a request of this tenant gets once the budget is used up."""
+        """The 429 a request of this tenant gets once the budget is used up (spent, or reserved by requests in
+        flight)."""
         ends = next_month_start(now)
+        in_flight = f" and reserved ${self.reserved_usd:.4f} for requests in flight" if self.reserved_usd else ""
         return LimitExceededError(
             "budget",
-            f"tenant {self.tenant!r} has spent ${self.spent_usd:.4f} of its ${self.monthly_usd:.4f} monthly budget; "
-            f"requests are refused until the period ends at {stamp(ends)} or an admin raises the budget",
+            f"tenant {self.tenant!r} has spent ${self.spent_usd:.4f}{in_flight} of its ${self.monthly_usd:.4f} "
+            f"monthly budget; requests are refused until the period ends at {stamp(ends)} or an admin raises it",
             math.ceil((ends - now).total_seconds()),
         )
 
 
-# Budgets with this month's spend: the ledger's cost since the month's first day.
+# Budgets with this month's spend (the ledger's cost since the month's first day) and what requests in flight
+# reserved: one statement, so one snapshot on Postgres too (the audit writer moves a request's cost from reserved
+# to spent in one transaction; two statements could see it in neither).
 _STANDINGS = """SELECT b.tenant, b.monthly_usd, b.soft_ratio, b.updated_at, b.updated_by,
-    COALESCE((SELECT SUM(u.cost_usd) FROM usage_daily u WHERE u.tenant = b.tenant AND u.day >= ?), 0) AS spent_usd
+    COALESCE((SELECT SUM(u.cost_usd) FROM usage_daily u WHERE u.tenant = b.tenant AND u.day >= ?), 0) AS spent_usd,
+    COALESCE((SELECT SUM(r.usd) FROM budget_reservations r WHERE r.tenant = b.tenant AND r.expires_at >= ?), 0)
+        AS reserved_usd
     FROM budgets b"""
 
 
@@ -147,7 +157,7 @@ _REACHED: dict[BudgetState, tuple[BudgetState, ...]] = {
 
 def _standings(cursor: Cursor, now: datetime, tenant: str | None = None) -> list[BudgetStanding]:
     where, params = (" WHERE b.tenant = ?", [tenant]) if tenant is not None else ("", [])
-    rows = cursor.execute(_STANDINGS + where + " ORDER BY b.tenant", [day_of(month_start(now)), *params])
+    rows = cursor.execute(_STANDINGS + where + " ORDER BY b.tenant", [day_of(month_start(now)), stamp(now), *params])
     return [BudgetStanding.of(row, now) for row in rows]
 
 
@@ -159,12 +169,18 @@ class Budgets:
     one warning per tenant and month when the soft threshold (and again when the budget) is reached."""
 
     def __init__(
-        self, store: StateStore, soft_ratio: float, metrics: ServiceMetrics | None, cache_s: float = BUDGET_CACHE_S
+        self,
+        store: StateStore,
+        soft_ratio: float,
+        metrics: ServiceMetrics | None,
+        cache_s: float = BUDGET_CACHE_S,
+        reservation_usd: float = 0.0,
     ) -> None:
         self._store = store
         self.default_soft_ratio = soft_ratio
         self._metrics = metrics
         self._cache_s = cache_s
+        self._reservation_usd = reservation_usd
         self._cache: dict[str, tuple[float, BudgetStanding | None]] = {}
         self._warned: set[tuple[str, str, BudgetState]] = set()
         self._lock = threading.Lock()
@@ -173,6 +189,31 @@ class Budgets:
         standing = self._cached(tenant)
         if standing is not None and standing.state == "exhausted":
             raise standing.refusal(_now())
+
+    def reserve(self, tenant: str, reservation_id: str) -> None:
+        """Set aside ``reservation_usd`` (the most one answer can cost) for a request of a tenant with a budget, in
+        one transaction with the check that spent plus reserved is still under the budget: parallel requests, on
+        every replica, overshoot it by at most one reservation. Nothing to do without a budget or prices."""
+        standing = self._cached(tenant)
+        if standing is None or self._reservation_usd <= 0:
+            return
+        now = _now()
+        with self._store.transaction(write=True) as cursor:
+            cursor.lock(f"budget:{tenant}")
+            cursor.execute("DELETE FROM budget_reservations WHERE expires_at < ?", [stamp(now)])  # lapsed
+            found = _standings(cursor, now, tenant)
+            if not found:
+                return  # cleared meanwhile
+            fresh = found[0]
+            refused = fresh.spent_usd + fresh.reserved_usd >= fresh.monthly_usd
+            if not refused:
+                cursor.execute(
+                    "INSERT INTO budget_reservations (request_id, tenant, usd, expires_at) VALUES (?, ?, ?, ?)",
+                    [reservation_id, tenant, self._reservation_usd, stamp(now + RESERVATION_TTL)],
+                )
+        self._remember(tenant, fresh, time.monotonic())  # a fresh read: the gauges and warnings follow it
+        if refused:
+            raise fresh.refusal(now)
 
     def standings(self, tenant: str | None = None) -> list[BudgetStanding]:
         """Every budget (or ``tenant``'s) with this month's spend, read now."""
@@ -206,10 +247,13 @@ class Budgets:
             return entry[1]
         found = self.standings(tenant)
         standing = found[0] if found else None
-        with self._lock:
-            self._cache[tenant] = (now + self._cache_s, standing)
-        self._watch(tenant, standing)
+        self._remember(tenant, standing, now)
         return standing
+
+    def _remember(self, tenant: str, standing: BudgetStanding | None, read_at: float) -> None:
+        with self._lock:
+            self._cache[tenant] = (read_at + self._cache_s, standing)
+        self._watch(tenant, standing)
 
     def _forget(self, tenant: str) -> None:
         """This replica sees an admin's change at once (the others within ``cache_s``)."""

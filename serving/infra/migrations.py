@@ -175,7 +175,43 @@ _PRODUCTION_LOOP = (
     "CREATE INDEX lineage_events_prompt ON lineage_events (prompt, version, seq)",
 )
 
+_BUDGET_RESERVATIONS = (
+    # What admitted requests may still spend: admission adds a row per chat request of a tenant with a budget
+    # (``request_id``: the reservation's own id, on the request's audit record), the audit writer removes it in
+    # the transaction that adds the request's cost to ``usage_daily``; a row whose replica died before expires.
+    """CREATE TABLE budget_reservations (
+        request_id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        usd DOUBLE PRECISION NOT NULL,
+        expires_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX budget_reservations_tenant ON budget_reservations (tenant, expires_at)",
+)
+
+_RATINGS_PER_RATER = (
+    # One rating per answer and rater key (a rater who changes their mind replaces their own; another reader's
+    # rating is another row). Before: one per answer, the last rater's. ``key_id`` was NULL for ratings given
+    # before keys were recorded: those become the anonymous key's.
+    """CREATE TABLE feedback_by_rater (
+        answer_id TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        ts TEXT NOT NULL,
+        rating TEXT NOT NULL,
+        comment TEXT,
+        correction TEXT,
+        PRIMARY KEY (answer_id, key_id)
+    )""",
+    "INSERT INTO feedback_by_rater (answer_id, key_id, tenant, ts, rating, comment, correction) "
+    "SELECT answer_id, COALESCE(key_id, 'anonymous'), tenant, ts, rating, comment, correction FROM feedback",
+    "DROP TABLE feedback",
+    "ALTER TABLE feedback_by_rater RENAME TO feedback",
+    "CREATE INDEX feedback_ts ON feedback (ts)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "governance", _GOVERNANCE),
     Migration(2, "production_loop", _PRODUCTION_LOOP),
+    Migration(3, "budget_reservations", _BUDGET_RESERVATIONS),
+    Migration(4, "ratings_per_rater", _RATINGS_PER_RATER),
 )

@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 
 from serving.infra.clock import utc_now
 from serving.infra.migrations import MIGRATIONS
+from serving.infra.private_files import create_private_file
 
 Dialect = Literal["sqlite", "postgres"]
 Row = Mapping[str, Any]
@@ -130,6 +131,11 @@ class StateStore:
             raise StateStoreError(f"state store {store.describe()}: {_first_line(exc)}") from exc
         return store
 
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file; None on Postgres."""
+        return Path(self._opener) if self.dialect == "sqlite" else None
+
     def describe(self) -> str:
         """Where the state lives, without credentials."""
         if self.dialect == "sqlite":
@@ -171,8 +177,9 @@ class StateStore:
                 connection.rollback()
             raise
 
-    def migrate(self) -> list[int]:
-        """Apply the migrations not applied yet, each in its own transaction; returns their versions."""
+    def migrate(self, up_to: int | None = None) -> list[int]:
+        """Apply the migrations not applied yet (those up to version ``up_to`` when given), each in its own
+        transaction; returns their versions."""
         applied: list[int] = []
         with self.transaction(write=True) as cursor:
             cursor.lock("ragops.migrations")
@@ -182,7 +189,7 @@ class StateStore:
             )
             done = {int(row["version"]) for row in cursor.execute("SELECT version FROM schema_migrations")}
             for migration in MIGRATIONS:
-                if migration.version in done:
+                if migration.version in done or (up_to is not None and migration.version > up_to):
                     continue
                 for statement in migration.sql:
                     cursor.execute(statement)
@@ -202,7 +209,7 @@ class StateStore:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             path = Path(self._opener)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(path)  # 0600: it holds key hashes and the audit trail
             # isolation_level=None: transactions are the explicit BEGINs above, nothing implicit.
             connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
             connection.row_factory = _sqlite_row

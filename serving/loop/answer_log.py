@@ -10,7 +10,6 @@ id, so feedback sent right after its answer finds it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -70,7 +69,7 @@ class AnswerRecord:
     ts: datetime
     tenant: str
     collection: str
-    user_hash: str | None
+    user_hash: str | None  # the request's canary subject (tenant, key and user, hashed): counts users, names none
     question: str
     answer: str
     passages: tuple[KeptPassage, ...]
@@ -95,7 +94,7 @@ class AnswerRecord:
         )  # fmt: skip
         return cls(
             id=answer.id, ts=now or parse_stamp(utc_now()), tenant=request.scope.tenant,
-            collection=request.scope.collection, user_hash=user_hash(request.user),
+            collection=request.scope.collection, user_hash=request.canary_subject,
             question=kept_text(request.question), answer=kept_text(answer.answer), passages=passages,
             outcome=answer.outcome, prompt_name=answer.prompt.name, prompt_version=answer.prompt.version,
             prompt_hash=answer.prompt.hash, generator=answer.generator, model=answer.model,
@@ -156,11 +155,6 @@ def prune_answers(state: StateStore, before: datetime) -> int:
 def kept_text(text: str) -> str:
     """Text as the store keeps it: redacted, and without NUL characters (Postgres text cannot hold them)."""
     return redact(text).replace("\x00", "")
-
-
-def user_hash(user: str | None) -> str | None:
-    """What is kept of a user id: enough to count users, not to name one."""
-    return None if user is None else hashlib.sha256(f"ragops-user:{user}".encode()).hexdigest()[:16]
 
 
 class AnswerLog:

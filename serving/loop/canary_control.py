@@ -26,7 +26,7 @@ from serving.infra.background import BackgroundWorker
 from serving.infra.clock import parse_stamp, utc_now
 from serving.infra.state_store import Cursor, Row, StateStore
 from serving.loop.answer_log import kept_answers
-from serving.loop.canary import Arm, CanaryAnalysis, Observation, Tolerance, analyse
+from serving.loop.canary import Arm, CanaryAnalysis, Observation, Quorum, Tolerance, analyse
 from serving.loop.labels import move_label
 from serving.loop.lineage import append_event
 
@@ -39,7 +39,7 @@ alert_log = logging.getLogger("ragops.alerts")
 log = logging.getLogger("ragops.canary")
 CANARY_LOCK = "ragops.canaries"
 CanaryStatus = Literal["running", "rolled_back", "promoted", "stopped"]
-RatingsReader = Callable[[str, datetime], dict[str, str]]  # (prompt, answered since) -> {answer id: "up"|"down"}
+RatingsReader = Callable[[str, datetime], dict[str, float]]  # (prompt, answered since) -> {answer id: down share}
 _COLUMNS = "prompt, version, stable_version, share, status, started_at, decided_at, decision"
 
 
@@ -176,7 +176,8 @@ def _apply(cur: Cursor, row: CanaryRow, analysis: CanaryAnalysis, labels: Canary
 def _audit_record(row: CanaryRow, analysis: CanaryAnalysis, now: str) -> AuditRecord:
     worse = {t.signal: {"canary": t.canary_mean, "stable": t.stable_mean, "p_value": t.p_value} for t in analysis.worse}
     detail = {"stable_version": row.stable_version, "canary_answers": analysis.canary_answers,
-              "stable_answers": analysis.stable_answers, "worse": worse}  # fmt: skip
+              "stable_answers": analysis.stable_answers, "canary_users": analysis.canary_users,
+              "stable_users": analysis.stable_users, "tenants": len(analysis.tenants), "worse": worse}  # fmt: skip
     return AuditRecord(
         ts=now, request_id=f"canary-{secrets.token_hex(8)}", method="SYSTEM", route=f"canary.{analysis.decision}",
         status=200, outcome=status_outcome(200), latency_ms=0.0, prompt_version=row.version,
@@ -191,39 +192,49 @@ class CanaryPolicy:
     tolerance: Tolerance
     alpha: float
     min_answers: int
+    quorum: Quorum
     autopromote: bool
     groundedness_threshold: float
     check_every: int
 
 
-def ratings_by_answer(state: StateStore, prompt: str, since: datetime) -> dict[str, str]:
-    """The users' ratings of ``prompt``'s answers given since ``since``: answer id -> "up" | "down"."""
+def ratings_by_answer(state: StateStore, prompt: str, since: datetime) -> dict[str, float]:
+    """The ratings of ``prompt``'s answers given since ``since``: answer id -> the share of its ratings (one per
+    rater) that are thumbs-down."""
     from serving.loop.feedback import answer_ratings
 
-    return {r.answer_id: r.rating for r in answer_ratings(state, prompt, since)}
+    rated: dict[str, list[bool]] = {}
+    for rating in answer_ratings(state, prompt, since):
+        rated.setdefault(rating.answer_id, []).append(rating.rating == "down")
+    return {answer_id: sum(downs) / len(downs) for answer_id, downs in rated.items()}
 
 
 def observations(
-    records: list[AnswerRecord], row: CanaryRow, ratings: dict[str, str], threshold: float
+    records: list[AnswerRecord], row: CanaryRow, ratings: dict[str, float], threshold: float
 ) -> list[Observation]:
-    """The kept answers of the two arms as the analysis sees them. Only answers to users in the split count
-    (anonymous requests always get the stable prompt: counted, they would make the arms differ by population,
-    not by version); cached answers repeat earlier ones and are left out too."""
+    """The kept answers of the two arms as the analysis sees them, each of its user (the canary subject the
+    server made) and tenant. Only answers to users in the split count (anonymous requests always get the
+    stable prompt: counted, they would make the arms differ by population, not by version); cached answers
+    repeat earlier ones and are left out too."""
     arms: dict[str, Arm] = {row.version: "canary", row.stable_version: "stable"}
-    kept = [r for r in records if r.prompt_version in arms and r.outcome != "cached" and r.user_hash is not None]
-    return [_observation(r, arms[r.prompt_version], ratings.get(r.id), threshold) for r in kept]
+    return [
+        _observation(r, arms[r.prompt_version], r.user_hash, ratings.get(r.id), threshold)
+        for r in records
+        if r.prompt_version in arms and r.outcome != "cached" and r.user_hash is not None
+    ]
 
 
-def _observation(record: AnswerRecord, arm: Arm, rating: str | None, threshold: float) -> Observation:
-    cited = any(p.cited for p in record.passages)
+def _observation(record: AnswerRecord, arm: Arm, user: str, down_share: float | None, threshold: float) -> Observation:
     return Observation.of(
         arm=arm,
+        user=user,
+        tenant=record.tenant,
         outcome=record.outcome,
         groundedness=record.groundedness,
-        cited=cited,
+        cited=any(p.cited for p in record.passages),
         fallback=record.fallback,
         latency_ms=record.latency_ms,
-        rating=rating,
+        down_share=down_share,
         threshold=threshold,
     )
 
@@ -232,7 +243,7 @@ def current_analysis(row: CanaryRow, state: StateStore, ratings: RatingsReader, 
     """The analysis of ``row``'s canary over every kept answer of both arms since it started."""
     records = kept_answers(state, since=row.started_at, prompt=row.prompt, limit=100_000)
     seen = observations(records, row, ratings(row.prompt, row.started_at), policy.groundedness_threshold)
-    return analyse(seen, policy.tolerance, policy.alpha, policy.min_answers, policy.autopromote)
+    return analyse(seen, policy.tolerance, policy.alpha, policy.min_answers, policy.autopromote, policy.quorum)
 
 
 class CanaryMonitor:
@@ -286,6 +297,8 @@ class CanaryMonitor:
             "alert": f"canary_{analysis.decision}", "prompt": row.prompt, "version": row.version,
             "stable_version": row.stable_version, "worse": [t.signal for t in analysis.worse],
             "canary_answers": analysis.canary_answers, "stable_answers": analysis.stable_answers,
+            "canary_users": analysis.canary_users, "stable_users": analysis.stable_users,
+            "tenants": [t.tenant for t in analysis.tenants],
         }  # fmt: skip
         level = logging.ERROR if analysis.decision == "rollback" else logging.INFO
         alert_log.log(level, f"canary {analysis.decision}", extra=fields)

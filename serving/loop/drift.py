@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from serving.infra.background import BackgroundWorker
 from serving.infra.clock import parse_stamp, stamp, utc_now
-from serving.loop.drift_stats import AnswerSignals, DriftSample, Embed, SignalResult, compare
+from serving.loop.drift_stats import MIN_SAMPLES, AnswerSignals, DriftSample, Embed, SignalResult, compare
 from serving.loop.lineage import append_event
 
 if TYPE_CHECKING:
@@ -52,6 +52,17 @@ class DriftReport:
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def tested(self) -> bool:
+        """Whether some signal was tested: with every one skipped (too few values) there is no verdict."""
+        return any(result.p_value is not None for result in self.signals)
+
+    def why_untested(self) -> str:
+        """Which signals were skipped and why: each needs ``MIN_SAMPLES`` values in the profile and the window."""
+        counts = ", ".join(f"{r.signal} {r.reference}/{r.current}" for r in self.signals if r.p_value is None)
+        return (f"every signal was skipped, each needs at least {MIN_SAMPLES} values in both the profile and the "
+                f"window (values in profile/window: {counts})")  # fmt: skip
 
 
 class ProfileLineage(BaseModel):

@@ -1,5 +1,7 @@
-"""User feedback on kept answers: one thumbs up or down per answer (a user who changes their mind replaces it),
-with an optional comment and correction, in the state store's ``feedback`` table, in the answer's tenant.
+"""User feedback on kept answers: one thumbs up or down per answer and rater key (a rater who changes their mind
+replaces their own rating; another reader's rating of the same answer is a rating of its own, never a
+replacement), with an optional comment and correction, in the state store's ``feedback`` table, in the answer's
+tenant. On a server without keys every caller is the one anonymous key: one rating per answer, as before keys.
 
 Readers: the canary analysis (``answer_ratings`` / ``down_rates``: the ratings of a prompt's answers given
 since a moment, per version), ``ragops feedback export`` (``FeedbackStore.cases``: rated answers with what
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from serving.governance.access import ANONYMOUS_KEY_ID
 from serving.infra.clock import parse_stamp, stamp, utc_now
 from serving.infra.state_store import Cursor, Row, StateStore
 from serving.loop.answer_log import AnswerRecord, answer_columns, kept_text
@@ -36,7 +39,7 @@ class Feedback:
     rating: Rating
     comment: str | None
     correction: str | None
-    key_id: str | None  # the API key that rated it (None on a server without keys)
+    key_id: str  # the API key that rated it (ANONYMOUS_KEY_ID on a server without keys)
 
 
 @dataclass(frozen=True)
@@ -52,11 +55,13 @@ class AnswerRating:
 
 @dataclass(frozen=True)
 class DownRate:
-    """How many of a prompt version's answers were rated, and how many of those thumbs-down."""
+    """How many of a prompt version's answers were rated, how many of those thumbs-down, and by how many raters
+    (``RATER``)."""
 
     prompt_version: str
     rated: int
     down: int
+    raters: int
 
     @property
     def rate(self) -> float | None:
@@ -84,9 +89,12 @@ class FeedbackCase:
 _FEEDBACK_COLUMNS = "answer_id, tenant, ts, rating, comment, correction, key_id"
 _UPSERT = (
     f"INSERT INTO feedback ({_FEEDBACK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (answer_id) DO UPDATE SET ts = excluded.ts, rating = excluded.rating, "
-    "comment = excluded.comment, correction = excluded.correction, key_id = excluded.key_id"
+    "ON CONFLICT (answer_id, key_id) DO UPDATE SET ts = excluded.ts, rating = excluded.rating, "
+    "comment = excluded.comment, correction = excluded.correction"
 )
+# Who a rating counts as, for how many raters a rate stands on: its key; on a server without keys (every caller
+# the anonymous key) the user the answer was given to, the only identity there is.
+RATER = f"CASE WHEN f.key_id = '{ANONYMOUS_KEY_ID}' THEN 'user:' || COALESCE(a.user_hash, '') ELSE f.key_id END"
 
 # Ratings are read from the feedback side (its ts index), each joined to its answer by primary key: ratings are
 # fewer than answers, and a rating is never older than its answer, so ``f.ts >= since`` only narrows the scan.
@@ -106,7 +114,7 @@ def answer_ratings(state: StateStore, prompt: str, since: datetime, version: str
         sql += " AND a.prompt_version = ?"
         params.append(version)
     with state.transaction() as cur:
-        rows = cur.execute(sql + " ORDER BY a.ts, f.answer_id", params)
+        rows = cur.execute(sql + " ORDER BY a.ts, f.answer_id, f.key_id", params)
     return [
         AnswerRating(r["answer_id"], r["prompt_version"], parse_stamp(r["answered_at"]), parse_stamp(r["rated_at"]),
                      r["rating"])
@@ -115,15 +123,18 @@ def answer_ratings(state: StateStore, prompt: str, since: datetime, version: str
 
 
 def down_rates(state: StateStore, prompt: str, since: datetime) -> dict[str, DownRate]:
-    """Per version of ``prompt``: rated answers given since ``since`` and how many were rated down."""
+    """Per version of ``prompt``: ratings of answers given since ``since``, how many were down, by how many raters."""
     sql = (
-        "SELECT a.prompt_version, COUNT(*) AS rated, SUM(CASE WHEN f.rating = 'down' THEN 1 ELSE 0 END) AS down "
-        f"{_RATED_SINCE} "
+        "SELECT a.prompt_version, COUNT(*) AS rated, SUM(CASE WHEN f.rating = 'down' THEN 1 ELSE 0 END) AS down, "
+        f"COUNT(DISTINCT {RATER}) AS raters {_RATED_SINCE} "
         "GROUP BY a.prompt_version"
     )
     with state.transaction() as cur:
         rows = cur.execute(sql, [stamp(since), prompt, stamp(since)])
-    return {r["prompt_version"]: DownRate(r["prompt_version"], int(r["rated"]), int(r["down"] or 0)) for r in rows}
+    return {
+        r["prompt_version"]: DownRate(r["prompt_version"], int(r["rated"]), int(r["down"] or 0), int(r["raters"]))
+        for r in rows
+    }
 
 
 class FeedbackStore:
@@ -136,9 +147,10 @@ class FeedbackStore:
 
     def rate(
         self, answer: AnswerRecord, rating: Rating, comment: str | None = None, correction: str | None = None,
-        key_id: str | None = None,
+        key_id: str = ANONYMOUS_KEY_ID,
     ) -> Rated:  # fmt: skip
-        """Keep ``rating`` for ``answer`` (replacing an earlier one): the answer's tenant, text redacted."""
+        """Keep ``key_id``'s ``rating`` of ``answer`` (replacing that key's earlier one, never another key's): the
+        answer's tenant, text redacted."""
         feedback = Feedback(
             answer_id=answer.id, tenant=answer.tenant, ts=parse_stamp(utc_now()), rating=rating,
             comment=_redacted(comment), correction=_redacted(correction), key_id=key_id,
@@ -160,7 +172,7 @@ class FeedbackStore:
         feedback = ", ".join(f"f.{c} AS feedback_{c}" for c in _FEEDBACK_COLUMNS.split(", "))
         sql = (
             f"SELECT {answer_columns('a', 'answer_')}, {feedback} FROM feedback f JOIN answers a ON a.id = f.answer_id "
-            f"WHERE {' AND '.join(where)} ORDER BY a.ts, a.id"
+            f"WHERE {' AND '.join(where)} ORDER BY a.ts, a.id, f.ts"
         )
         with self._state.transaction() as cur:
             rows = cur.execute(sql, params)
@@ -196,11 +208,11 @@ class RetentionPruner:
 def _recent_down_rate(cur: Cursor, prompt: str, version: str, window: int) -> DownRate:
     """The version's latest ``window`` ratings (by when they were given), as a thumbs-down rate."""
     rows = cur.execute(
-        "SELECT f.rating FROM feedback f CROSS JOIN answers a "  # the newest ratings first: see _RATED_SINCE
+        f"SELECT f.rating, {RATER} AS rater FROM feedback f CROSS JOIN answers a "  # newest first: see _RATED_SINCE
         "WHERE a.id = f.answer_id AND a.prompt_name = ? AND a.prompt_version = ? ORDER BY f.ts DESC LIMIT ?",
         [prompt, version, window],
     )
-    return DownRate(version, len(rows), sum(r["rating"] == "down" for r in rows))
+    return DownRate(version, len(rows), sum(r["rating"] == "down" for r in rows), len({r["rater"] for r in rows}))
 
 
 def _redacted(text: str | None) -> str | None:

@@ -10,12 +10,14 @@ the rate falls back.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -33,6 +35,8 @@ class RecentRatings(Protocol):
     def prompt_version(self) -> str: ...
     @property
     def rated(self) -> int: ...
+    @property
+    def raters(self) -> int: ...
     @property
     def rate(self) -> float | None: ...
 
@@ -68,13 +72,51 @@ class AlertThresholds:
     window: int = 100  # answers
     min_answers: int = 20  # no alert on a handful of answers
     thumbs_down_rate: float = 0.3  # of a prompt version's latest ``window`` ratings, after ``min_answers`` of them
+    min_raters: int = 5  # ... given by this many raters: one rater's 22 thumbs-down are one opinion
+
+
+@dataclass(frozen=True, kw_only=True)
+class TenantLabels:
+    """How a tenant is named in a metric's ``tenant`` label: its name, or (``hashed``) the first 12 hex digits
+    of its SHA-256, or of its HMAC-SHA256 under ``key`` (a guessed name cannot be checked without the key)."""
+
+    hashed: bool = False
+    key: str | None = None
+
+    def of(self, tenant: str) -> str:
+        if not self.hashed:
+            return tenant
+        if self.key is None:
+            return hashlib.sha256(tenant.encode()).hexdigest()[:12]
+        return hmac.new(self.key.encode(), tenant.encode(), hashlib.sha256).hexdigest()[:12]
+
+
+TenantMetric = TypeVar("TenantMetric", Counter, Gauge)
+
+
+class ByTenant(Generic[TenantMetric]):
+    """A metric whose one label is the tenant, named as ``TenantLabels`` says: callers pass the tenant."""
+
+    def __init__(self, metric: TenantMetric, labels: TenantLabels) -> None:
+        self._metric: TenantMetric = metric
+        self._labels = labels
+
+    def labels(self, tenant: str) -> TenantMetric:
+        child: TenantMetric = self._metric.labels(self._labels.of(tenant))
+        return child
+
+    def remove(self, tenant: str) -> None:
+        self._metric.remove(self._labels.of(tenant))
 
 
 class ServiceMetrics:
-    def __init__(self, groundedness_threshold: float, alerts: AlertThresholds | None = None) -> None:
+    def __init__(
+        self, groundedness_threshold: float, alerts: AlertThresholds | None = None, tenants: TenantLabels | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         self._threshold = groundedness_threshold
         self._alerts = alerts or AlertThresholds()
+        self._tenants = tenants or TenantLabels()
         r = self.registry
         self.answers = Counter(
             "ragops_answers", "Answers by outcome and generator.", ["outcome", "generator"], registry=r
@@ -117,12 +159,22 @@ class ServiceMetrics:
 
     def _add_governance_metrics(self, r: CollectorRegistry) -> None:
         """Cost and budgets, rate limits and Redis, the audit trail's writes."""
-        self.cost = Counter("ragops_cost_usd", "What answers cost (prices setting), by tenant.", ["tenant"], registry=r)
-        self.budget_used = Gauge(
-            "ragops_budget_used_ratio", "Share of its monthly budget a tenant has spent.", ["tenant"], registry=r
+        tenants = self._tenants
+        self.cost = ByTenant(
+            Counter("ragops_cost_usd", "What answers cost (prices setting), by tenant.", ["tenant"], registry=r),
+            tenants,
         )
-        self.budget_soft_ratio = Gauge(
-            "ragops_budget_soft_ratio", "The used share at which a tenant's budget warns.", ["tenant"], registry=r
+        self.budget_used = ByTenant(
+            Gauge(
+                "ragops_budget_used_ratio", "Share of its monthly budget a tenant has spent.", ["tenant"], registry=r
+            ),
+            tenants,
+        )
+        self.budget_soft_ratio = ByTenant(
+            Gauge(
+                "ragops_budget_soft_ratio", "The used share at which a tenant's budget warns.", ["tenant"], registry=r
+            ),
+            tenants,
         )
         self.rate_limit_refusals = Counter(
             "ragops_rate_limit_refusals", "Requests refused with 429 by a rate limit or quota.", ["limit"], registry=r
@@ -160,9 +212,15 @@ class ServiceMetrics:
             "Share of thumbs-down among a prompt version's latest rated answers (alert_window of them, all replicas).",
             ["prompt", "version"], registry=r,
         )  # fmt: skip
+        self.thumbs_down_raters = Gauge(
+            "ragops_thumbs_down_raters",
+            "Distinct raters of a prompt version's latest rated answers (alert_window of them, all replicas).",
+            ["prompt", "version"], registry=r,
+        )  # fmt: skip
         self.thumbs_down_alert = Gauge(
             "ragops_thumbs_down_alert",
-            "1 while a prompt version's thumbs-down rate is above alert_thumbs_down_rate (after alert_min_answers).",
+            "1 while a prompt version's thumbs-down rate is above alert_thumbs_down_rate (after alert_min_answers "
+            "ratings from alert_min_raters raters).",
             ["prompt", "version"], registry=r,
         )  # fmt: skip
 
@@ -188,15 +246,18 @@ class ServiceMetrics:
         ratings) exported; crossing the threshold logs an alert once, falling back under it a resolution."""
         self.feedback.labels(prompt, recent.prompt_version, rating).inc()
         rate = recent.rate or 0.0
-        firing = recent.rated >= self._alerts.min_answers and rate > self._alerts.thumbs_down_rate
+        enough = recent.rated >= self._alerts.min_answers and recent.raters >= self._alerts.min_raters
+        firing = enough and rate > self._alerts.thumbs_down_rate
         self.thumbs_down_rate.labels(prompt, recent.prompt_version).set(rate)
+        self.thumbs_down_raters.labels(prompt, recent.prompt_version).set(recent.raters)
         self.thumbs_down_alert.labels(prompt, recent.prompt_version).set(1 if firing else 0)
         alert = f"thumbs_down_rate:{prompt}@{recent.prompt_version}"
         with self._lock:
             changed = firing != (alert in self._firing)
             (self._firing.add if firing else self._firing.discard)(alert)
         details = {"alert": "thumbs_down_rate", "prompt": f"{prompt}@{recent.prompt_version}", "rate": round(rate, 4),
-                   "rated": recent.rated, "threshold": self._alerts.thumbs_down_rate}  # fmt: skip
+                   "rated": recent.rated, "raters": recent.raters,
+                   "threshold": self._alerts.thumbs_down_rate}  # fmt: skip
         if changed:
             alert_log.log(logging.WARNING if firing else logging.INFO,
                           "alert firing" if firing else "alert resolved", extra=details)  # fmt: skip
