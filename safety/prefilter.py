@@ -12,10 +12,14 @@ folded view, where they stand for each other.
 from __future__ import annotations
 
 import functools
+import importlib
 import re
-from re import _constants as sre  # type: ignore[attr-defined]  # the parser's opcodes (no stubs)
-from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any
+
+# The regex parser and its opcodes: private modules, typed loosely in typeshed (mypy resolves them differently
+# depending on what else it checks), so taken as ``Any``.
+sre_parse: Any = importlib.import_module("re._parser")
+sre: Any = importlib.import_module("re._constants")
 
 Factors = frozenset[str] | None  # None: nothing is required (the pattern always runs)
 _COMMON = frozenset("you your the all any and what from this that been with were have are was for not".split())
