@@ -35,10 +35,7 @@ class MeteredAnswer:
 
     def answer(self) -> Answer:
         """The final answer, settled (a request without ``stream``)."""
-        for event in self.events():
-            if isinstance(event, Answer):
-                return event
-        raise AssertionError("every stream ends with its answer")
+        return self._settle(self._services.pipeline.answer(self._request, self._progress))
 
     def events(self) -> Iterator[str | Replaced | Answer]:
         """The pipeline's stream; its final answer settled."""

@@ -46,8 +46,8 @@ class RagPipeline:
         """The prompt version that answers this user."""
         return self._prompts(user)
 
-    def answer(self, request: AnswerRequest) -> Answer:
-        for event in self.stream(request):
+    def answer(self, request: AnswerRequest, progress: StreamProgress | None = None) -> Answer:
+        for event in self.stream(request, progress):
             if isinstance(event, Answer):
                 return event
         raise AssertionError("every stream ends with its answer")

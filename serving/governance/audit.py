@@ -357,7 +357,7 @@ def append_records(cur: Cursor, records: Sequence[AuditRecord]) -> list[int]:
     cur.lock(AUDIT_LOCK)
     seq, prev_hash = read_head(cur)
     rows, seqs = [], []
-    usage = UsageTally.empty()
+    usage = UsageTally()
     for record in records:
         seq += 1
         placed = record.model_copy(update={"seq": seq})

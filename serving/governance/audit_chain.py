@@ -144,7 +144,7 @@ def verify(store: StateStore) -> VerifyResult:
         start_seq, start_hash = last_checkpoint(cur)
         snapshot = _snapshot(cur)
     expected_seq, expected_prev, checked = start_seq + 1, start_hash, 0
-    usage, attestation = UsageTally.empty(), None
+    usage, attestation = UsageTally(), None
     bad: BadRecord | None = None
     for row in _rows_between(store, start_seq, snapshot.head_seq):
         fields = _fields(row.body)

@@ -107,7 +107,7 @@ def prune(store: StateStore, before: datetime, now: datetime | None = None) -> C
         if plan is None:
             return None
         digest = str(cur.execute("SELECT hash FROM audit_records WHERE seq = ?", (plan.last_seq,))[0]["hash"])
-        carried = UsageTally.empty()
+        carried = UsageTally()
         carried.add_all(_last_attestation(cur).carried_usage)
         for fields in _bodies(cur, plan.first_seq - 1, plan.last_seq):
             carried.add(usage_of(fields))

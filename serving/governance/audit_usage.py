@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
@@ -79,11 +79,7 @@ def usage_of(record: Mapping[str, Any]) -> UsageLine | None:
 class UsageTally:
     """Ledger lines summed per (day, tenant, key)."""
 
-    lines: dict[tuple[str, str, str], UsageLine]
-
-    @classmethod
-    def empty(cls) -> UsageTally:
-        return cls({})
+    lines: dict[tuple[str, str, str], UsageLine] = field(default_factory=dict)
 
     def add(self, line: UsageLine | None) -> None:
         if line is not None:
