@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 
 from app.parts import (
     UnavailableGenerator,
+    build_answer_cache,
     build_cached_embedder,
+    build_eraser,
     build_generator,
     build_guards,
     build_index,
@@ -22,6 +24,7 @@ from app.parts import (
     judge_config,
     model_hashes,
     sentence_screen,
+    start_retention,
 )
 from app.settings import Settings
 from evals.runner import EvalParts
@@ -35,7 +38,7 @@ from retrieval.journal import IntentJournal
 from retrieval.search import Searcher
 from retrieval.sparse import Bm25Encoder
 from retrieval.validation import DocumentLimits
-from serving.answering.answer_cache import AnswerCache, InMemoryAnswerCache, RedisAnswerCache
+from serving.answering.answer_cache import AnswerCache
 from serving.answering.extractive import ExtractiveGenerator
 from serving.answering.fallback import FallbackChain
 from serving.answering.index_digest import IndexDigest
@@ -67,9 +70,11 @@ if TYPE_CHECKING:
     from serving.loop.answer_log import AnswerLog
     from serving.loop.canary_control import CanaryBook, CanaryMonitor
     from serving.loop.drift import DriftMonitor
-    from serving.loop.feedback import FeedbackStore, RetentionPruner
+    from serving.loop.feedback import FeedbackStore
     from serving.loop.lineage import Lineage, ModelHashes
     from serving.loop.live_prompts import LivePrompts
+    from serving.rights.erasure import Eraser
+    from serving.rights.retention import RetentionTask
 
 logger = logging.getLogger("ragops")
 answer_log = logging.getLogger("ragops.answers")
@@ -103,6 +108,11 @@ class Services:
     @cached_property
     def pipeline(self) -> RagPipeline:
         return build_pipeline(self)
+
+    @cached_property
+    def answer_cache(self) -> AnswerCache:
+        """Answers the pipeline repeats (erasure evicts from it too)."""
+        return build_answer_cache(self.settings, self.metrics)
 
     @cached_property
     def generator(self) -> Generator:
@@ -185,7 +195,7 @@ class Services:
         from serving.loop.drift import DriftMonitor, DriftProfiles
 
         return DriftMonitor(every=s.drift.every, window=s.drift.window, alpha=s.drift.alpha, answers=self.answer_log,
-                            profiles=DriftProfiles(self.state), embed=self.embedder.embed,
+                            profiles=DriftProfiles(self.state), embed=self.embedder.embed_questions,
                             embedder_id=self.embedder.model_id, on_report=self.metrics.observe_drift,
                             lineage=self.lineage)  # fmt: skip
 
@@ -209,11 +219,11 @@ class Services:
     @cached_property
     def answer_log(self) -> AnswerLog | None:
         """Answers kept (redacted) for feedback, drift and canary analysis; None with a retention of 0 days."""
-        if not self.settings.feedback_retention_days:
+        if not self.settings.retention.feedback_retention_days:
             return None
         from serving.loop.answer_log import AnswerLog
 
-        return AnswerLog(self.state, self.settings.feedback_retention_days)
+        return AnswerLog(self.state, self.settings.retention.feedback_retention_days)
 
     @cached_property
     def feedback(self) -> FeedbackStore | None:
@@ -225,13 +235,14 @@ class Services:
         return FeedbackStore(self.state, self.settings.alerts.window)
 
     @cached_property
-    def retention(self) -> RetentionPruner | None:
-        """Prunes kept answers and their feedback past retention, at start and daily (started by the server)."""
-        if self.answer_log is None:
-            return None
-        from serving.loop.feedback import RetentionPruner
+    def retention(self) -> RetentionTask:
+        """Every store's retention (``serving.rights.retention``), at start and daily (the server starts it)."""
+        return start_retention(self.settings, self.state, self.embedder)
 
-        return RetentionPruner(self.answer_log.prune)
+    @cached_property
+    def eraser(self) -> Eraser:
+        """Erases a document or a user from every store here (``serving.rights.erasure``)."""
+        return build_eraser(self.settings, self.state, self.audit, self.ingestor, self.embedder, self.answer_cache)
 
     @cached_property
     def lineage(self) -> Lineage:
@@ -296,16 +307,6 @@ def build_limiter(services: Services) -> Limiter:
     )
 
 
-def build_answer_cache(services: Services) -> AnswerCache:
-    """In process, or in Redis shared by replicas (exact matches; the semantic layer stays in process)."""
-    s = services.settings
-    local = InMemoryAnswerCache(s.answer_cache.size, s.answering.semantic_cache_threshold)
-    if s.answer_cache.backend == "memory" or s.redis_url is None:
-        return local
-    semantic = local if s.answering.semantic_cache_threshold is not None else None
-    return RedisAnswerCache(s.redis_url, s.answer_cache.ttl_s, services.metrics, semantic)
-
-
 def build_budgets(services: Services) -> BudgetCheck:
     from serving.governance.usage import Budgets
 
@@ -337,7 +338,7 @@ def build_pipeline(services: Services) -> RagPipeline:
     stages = Stages(
         input_guard=InputGuard(guards.input if guards else None),
         cache=CachedAnswers(
-            build_answer_cache(services),
+            services.answer_cache,
             embedder,
             IndexDigest(services.index, lambda: services.ingestor.version),
             primary.name,

@@ -11,6 +11,7 @@ from app.api import (
     admin_audit,
     admin_keys,
     admin_prompts,
+    admin_subjects,
     admin_usage,
     chat,
     documents,
@@ -28,12 +29,13 @@ from app.api.openai_protocol import ChatCompletionChunk
 from app.api.openapi import install_docs, install_openapi
 from app.api.schemas import ChatStreamEvent
 from app.container import Services, build_services
+from app.parts import finish_erasures
 from app.settings import Settings, load_settings
 
 # Public first (probes, metrics, the page), then the API, then the admin routes.
 _ROUTERS = (
     health, metrics, web, search, documents, chat, openai_api, feedback,
-    admin_keys, admin_prompts, admin_audit, admin_usage,
+    admin_keys, admin_prompts, admin_audit, admin_usage, admin_subjects,
 )  # fmt: skip
 
 
@@ -54,7 +56,8 @@ def create_app(
         owned = build_services(resolved)
         _ = owned.pipeline  # load the generator now, not on the first question
         _ = owned.admission, owned.audit  # open the state store now, not on the event loop during a request
-        _ = owned.retention  # prune kept answers past retention now and daily
+        _ = owned.retention  # apply every store's retention now and daily
+        finish_erasures(owned.eraser)
         app.state.services = owned
         try:
             yield

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.settings import Settings
+from app.settings import Settings, flat_settings
 from evals.ragas_metrics import JudgeConfig
 from retrieval.embedding import Embedder, build_embedder
 from retrieval.embedding_cache import CachedEmbedder, SqliteEmbeddingStore
@@ -31,9 +31,16 @@ from serving.observe.metrics import ServiceMetrics
 from serving.observe.tracing import LangSmithTracer, Tracer
 
 if TYPE_CHECKING:
+    from retrieval.embedding_cache import EmbeddingStore
+    from retrieval.ingest import Ingestor
+    from serving.answering.answer_cache import AnswerCache
+    from serving.governance.audit import AuditLog
     from serving.infra.file_hashes import FileHashes
+    from serving.infra.state_store import StateStore
     from serving.loop.canary_control import CanaryPolicy
     from serving.loop.lineage import ModelHashes
+    from serving.rights.erasure import Eraser
+    from serving.rights.retention import Actor, Retention, RetentionTask
 
 logger = logging.getLogger("ragops")
 answer_log = logging.getLogger("ragops.answers")
@@ -229,7 +236,9 @@ def build_groundedness(settings: Settings, embedder: CachedEmbedder) -> Grounded
         return ModelGroundedness(settings.safety.groundedness_model, settings.safety.groundedness_threshold)
     from safety.groundedness import GroundednessScorer
 
-    return GroundednessScorer(embedder.embed, settings.safety.groundedness_threshold)
+    # Stored as question vectors: the answer's sentences are personal data (pruned after query_vector_retention_days
+    # like the questions); a passage sentence the reranker did not store first is recomputed after that.
+    return GroundednessScorer(embedder.embed_questions, settings.safety.groundedness_threshold)
 
 
 def build_guards(settings: Settings, embedder: CachedEmbedder) -> Guards | None:
@@ -321,5 +330,76 @@ def build_cached_embedder(settings: Settings, embedder: Embedder | None = None) 
             settings.model_cache_dir,
             settings.embedding.embedding_batch_size,
         )
-    store = SqliteEmbeddingStore(settings.cache_dir / "embeddings.sqlite")
+    store = SqliteEmbeddingStore(embedding_cache_path(settings))
     return CachedEmbedder(embedder, store, lru_size=settings.embedding.query_cache_size)
+
+
+def embedding_cache_path(settings: Settings) -> Path:
+    return settings.cache_dir / "embeddings.sqlite"
+
+
+def build_retention(
+    settings: Settings,
+    state: StateStore,
+    query_vectors: EmbeddingStore | None,
+    actor: Actor,
+    forget_queries: Callable[[], None] | None = None,
+) -> Retention:
+    """Every store's retention (``serving.rights.retention``) with the periods these settings set: the server's daily
+    run (``forget_queries``: its embedder's, emptying the in-memory question vectors) and ``ragops retention
+    apply``. Each run is recorded in the audit trail unless the ``audit`` setting is off."""
+    from serving.rights.retention import Retention, periods_from
+
+    periods = periods_from({name: value for name, _, value in flat_settings(settings)})
+    return Retention(state, query_vectors, periods, actor, forget_queries, record=settings.audit)
+
+
+def start_retention(settings: Settings, state: StateStore, embedder: CachedEmbedder) -> RetentionTask:
+    """The server's retention: applied now, then daily, on a thread of its own (each replica runs it)."""
+    from serving.rights.retention import SERVER, RetentionTask
+
+    retention = build_retention(settings, state, embedder.store, SERVER, embedder.forget_queries)
+    return RetentionTask(retention.apply)
+
+
+def finish_erasures(eraser: Eraser) -> None:
+    """Finish the erasures a crash interrupted, before the server answers (a failure is logged: the next start,
+    or the same request again, finishes them)."""
+    from serving.rights.erasure import ErasureIncompleteError
+
+    try:
+        for report in eraser.resume_unfinished():
+            logger.info("interrupted erasure finished", extra={"erasure_id": report.id, "kind": report.kind})
+    except ErasureIncompleteError as exc:
+        logger.error("an interrupted erasure is still unfinished: %s", exc)
+
+
+def build_eraser(
+    settings: Settings,
+    state: StateStore,
+    audit: AuditLog | None,
+    ingestor: Ingestor,
+    embedder: CachedEmbedder,
+    cache: AnswerCache,
+) -> Eraser:
+    """Erasure over every store these parts keep; with the audit trail off, no tombstone (nothing to erase there)."""
+    from serving.governance.subjects import SubjectKeys
+    from serving.rights.erasure import Eraser, ErasureStores
+
+    stores = ErasureStores(
+        state=state, subjects=audit.subjects if audit is not None else SubjectKeys(state), ingestor=ingestor,
+        embeddings=embedder.store, forget_queries=embedder.forget_queries, answer_cache=cache,
+        suites_dir=settings.evals_dir, audit=audit is not None,
+    )  # fmt: skip
+    return Eraser(stores)
+
+
+def build_answer_cache(settings: Settings, metrics: ServiceMetrics) -> AnswerCache:
+    """In process, or in Redis shared by replicas (exact matches; the semantic layer stays in process)."""
+    from serving.answering.answer_cache import InMemoryAnswerCache, RedisAnswerCache
+
+    local = InMemoryAnswerCache(settings.answer_cache.size, settings.answering.semantic_cache_threshold)
+    if settings.answer_cache.backend == "memory" or settings.redis_url is None:
+        return local
+    semantic = local if settings.answering.semantic_cache_threshold is not None else None
+    return RedisAnswerCache(settings.redis_url, settings.answer_cache.ttl_s, metrics, semantic)

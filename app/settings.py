@@ -42,11 +42,13 @@ from app.settings_groups import (
 from app.settings_operations import (
     AccessSettings,
     AlertSettings,
+    BackupSettings,
     CanarySettings,
     CostSettings,
     DriftSettings,
     JudgeSettings,
     RequestLimits,
+    RetentionSettings,
     ShutdownSettings,
     TraceSettings,
 )
@@ -68,6 +70,11 @@ class Settings(BaseSettings):
         "llamacpp", description="First generator of the chain; the extractive generator always backs it up."
     )
     prompts_dir: Path | None = Field(None, description="Prompt files and registry (default: the bundled prompts/).")
+    evals_dir: Path = Field(
+        Path("evals"),
+        description="Eval suites, datasets and corpora (exported feedback suites land here): erasure lists (or "
+        "rewrites) the files that hold an erased document or user.",
+    )
     prompt: str = Field(
         "rag_answer@production", description="The prompt the server answers with: NAME[@VERSION|@LABEL]."
     )
@@ -118,13 +125,6 @@ class Settings(BaseSettings):
     ingest_batch_chunks: int = Field(
         512, ge=1, description="Chunks embedded and written per ingest batch (whole documents; bounds memory)."
     )
-    # The production loop: answers kept for feedback, drift detection
-    feedback_retention_days: int = Field(
-        30,
-        ge=0,
-        description="Days answers are kept (redacted) so feedback can refer to them; 0: not kept (no "
-        "feedback, no canary analysis).",
-    )
 
     # The groups, in the order the settings reference shows them.
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
@@ -143,8 +143,10 @@ class Settings(BaseSettings):
     costs: CostSettings = Field(default_factory=CostSettings)
     limits: RequestLimits = Field(default_factory=RequestLimits)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
+    backup: BackupSettings = Field(default_factory=BackupSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     traces: TraceSettings = Field(default_factory=TraceSettings)
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
 

@@ -1,8 +1,10 @@
-"""The operators' groups of ``Settings``: access, costs, request limits, shutdown, alerts, drift, traces, the
-judge, the canary (the groups of the answering path are in ``app.settings_groups``, which says how groups work)."""
+"""The operators' groups of ``Settings``: access, costs, request limits, shutdown, backups, alerts, drift,
+retention, traces, the judge, the canary (the groups of the answering path are in ``app.settings_groups``, which
+says how groups work)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field, IPvAnyNetwork, field_validator
@@ -125,6 +127,12 @@ class AccessSettings(SettingsGroup):
     key_cache_s: float = Field(
         5.0, ge=0, description="Seconds a replica trusts a key it looked up; a revocation takes effect within this."
     )
+    key_rotation_days: int = Field(
+        90,
+        ge=1,
+        description="Rotation policy: the compliance report fails naming each active key older than this (rotate it "
+        "with `ragops keys rotate ID`). Keys from RAGOPS_API_KEYS have no creation time: rotate them where set.",
+    )
 
     @field_validator("api_keys")
     @classmethod
@@ -208,6 +216,24 @@ class ShutdownSettings(SettingsGroup):
     )
 
 
+class BackupSettings(SettingsGroup):
+    """Where backups are kept and how old the newest may be (what the compliance report checks)."""
+
+    prefix: ClassVar[str] = "backup_"
+    dir: Path | None = Field(
+        None,
+        description="Where `ragops backup create` archives (*.tar) are kept: the compliance report checks that the "
+        "newest one there is recent and passes a dry-run restore. Unset: backups are not checked (the control "
+        "says NA).",
+    )
+    max_age_days: float = Field(
+        1.5,
+        gt=0,
+        description="Age of the newest backup past which the compliance report fails (daily backups, with half a "
+        "day's slack).",
+    )
+
+
 class AlertSettings(SettingsGroup):
     """Alerts over a rolling window of answers, and on a prompt version's ratings."""
 
@@ -249,6 +275,31 @@ class DriftSettings(SettingsGroup):
     window: int = Field(200, ge=20, description="Recent answers a drift check compares with the reference.")
     alpha: float = Field(
         0.01, gt=0, lt=1, description="Significance of a drift check, over all signals (Holm-corrected)."
+    )
+
+
+class RetentionSettings(SettingsGroup):
+    """How long each store keeps what it holds (`ragops retention show` lists every store, what it holds and who
+    removes it; the server applies these periods at start and daily, `ragops retention apply` on demand)."""
+
+    prefix: ClassVar[str] = ""
+    feedback_retention_days: int = Field(
+        30,
+        ge=0,
+        description="Days answers are kept (redacted) so feedback can refer to them; 0: not kept (no "
+        "feedback, no canary analysis).",
+    )
+    query_vector_retention_days: int = Field(
+        30,
+        ge=0,
+        description="Days the embedding cache keeps a question's embedding (keyed by its SHA-256); 0: each "
+        "retention run removes them all.",
+    )
+    audit_retention_days: int = Field(
+        365,
+        ge=0,
+        description="Days audit records are kept before retention prunes them (by sequence, behind a checkpoint the "
+        "chain verifies from); the EU AI Act has high-risk systems keep logs at least six months. 0: kept forever.",
     )
 
 

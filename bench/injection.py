@@ -33,8 +33,6 @@ question half embeds some 3,300 texts through a temporary embedding cache).
 from __future__ import annotations
 
 import argparse
-import collections
-import json
 import sys
 import tempfile
 import time
@@ -45,54 +43,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.corpora import DISFL_QA, SQUAD_SHIFTS, emit  # noqa: E402
-from retrieval.chunking import split_sentences  # noqa: E402
+from evals.injection_rates import INJECTION_DATA as DATA  # noqa: E402
+from evals.injection_rates import attack_detection, count_flagged, share  # noqa: E402
+from evals.injection_rates import load_jsonl as load  # noqa: E402
 from safety.guards import POLICIES_DIR, load_injection_settings  # noqa: E402
 from safety.injection import PatternDetector  # noqa: E402
 
-DATA = ROOT / "evals" / "datasets" / "injection"
 REDTEAM = ROOT / "bench" / "data" / "redteam.jsonl"
 SPLITS = ("tune", "heldout")
 
 
-def load(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def share(flags: list[bool]) -> float:
-    return round(sum(flags) / len(flags), 4) if flags else 0.0
-
-
-def names_the_attack(text: str, attack: str, flagged: set[int]) -> bool:
-    """A flagged sentence overlaps the injected text (found by its place in the document)."""
-    start = text.index(attack)
-    end, position = start + len(attack), 0
-    for index, sentence in enumerate(split_sentences(text)):
-        at = text.index(sentence, position)
-        position = at + len(sentence)
-        if index in flagged and at < end and position > start:
-            return True
-    return False
-
-
 def document_attacks(detector: PatternDetector, split: str) -> dict[str, Any]:
-    records = load(DATA / f"doc_attacks_{split}.jsonl")
-    by_family: dict[str, list[bool]] = collections.defaultdict(list)
-    by_language: dict[str, list[bool]] = collections.defaultdict(list)
-    named = []
-    for record in records:
-        flags = {f.index for f in detector.flag_sentences(record["text"])}
-        by_family[record["family"]].append(bool(flags))
-        by_language[record["lang"]].append(bool(flags))
-        named.append(names_the_attack(record["text"], record["attack"], flags))
-    flagged = [f for family in by_family.values() for f in family]
-    return {
-        "documents": len(records),
-        "flagged": share(flagged),
-        "flagged_count": sum(flagged),
-        "names_the_injected_sentence": share(named),
-        "by_family": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by_family.items())},
-        "by_language": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by_language.items())},
-    }
+    """The planted attacks of one split (``evals.injection_rates``, which the compliance report runs too)."""
+    return attack_detection(detector, split).model_dump()
 
 
 def benign_passages(detector: PatternDetector) -> dict[str, Any]:
@@ -102,7 +65,7 @@ def benign_passages(detector: PatternDetector) -> dict[str, Any]:
         rows = load(DATA / f"benign_passages_{split}.jsonl")
         report[f"hard_negatives_{split}"] = {
             "passages": len(rows),
-            "flagged": sum(bool(detector.flag_sentences(r["text"])) for r in rows),
+            "flagged": count_flagged(detector, (r["text"] for r in rows)),
         }
     seen: set[str] = set()
     corpora: dict[str, list[str]] = {}
@@ -116,7 +79,7 @@ def benign_passages(detector: PatternDetector) -> dict[str, Any]:
     per_corpus = {}
     held_out = [0, 0]
     for name, texts in corpora.items():
-        flagged = sum(bool(detector.flag_sentences(t)) for t in texts)
+        flagged = count_flagged(detector, texts)
         per_corpus[name] = {
             "passages": len(texts),
             "flagged": flagged,

@@ -2,8 +2,10 @@
 
 ``docs/reference/settings.md`` holds ``<!-- generated:settings -->`` where the settings tables go (from
 ``app.settings.Settings``: every field, nested group models under a heading each) and ``docs/reference/cli.md``
-holds ``<!-- generated:cli -->`` where every command's ``--help`` goes (from ``app.cli.build_parser``). A page
-that should hold a marker and does not fails the build. ``tests/test_docs.py`` imports this file by path.
+holds ``<!-- generated:cli -->`` where every command's ``--help`` goes (from ``app.cli.build_parser``);
+``docs/guides/retention.md`` holds ``<!-- generated:retention -->`` where the retention table goes (from
+``serving.rights.retention_rules.RETENTION_RULES``). A page that should hold a marker and does not fails the
+build. ``tests/test_docs.py`` imports this file by path.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from typing import Any
 SETTINGS_MARKER = "<!-- generated:settings -->"
 CLI_MARKER = "<!-- generated:cli -->"
 WINGS_MARKER = "<!-- generated:wing-imports -->"
+RETENTION_MARKER = "<!-- generated:retention -->"
 MARKERS = {
     "reference/settings.md": SETTINGS_MARKER,
     "reference/cli.md": CLI_MARKER,
     "concepts/architecture.md": WINGS_MARKER,
+    "guides/retention.md": RETENTION_MARKER,
 }
 HELP_COLUMNS = "100"
 
@@ -35,7 +39,8 @@ def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
         return markdown
     if markdown.count(marker) != 1:
         raise ValueError(f"docs/{page.file.src_uri} must hold {marker} once: the generated reference goes there")
-    render = {SETTINGS_MARKER: settings_markdown, CLI_MARKER: cli_markdown, WINGS_MARKER: wing_imports_markdown}
+    render = {SETTINGS_MARKER: settings_markdown, CLI_MARKER: cli_markdown, WINGS_MARKER: wing_imports_markdown,
+              RETENTION_MARKER: retention_markdown}  # fmt: skip
     return markdown.replace(marker, render[marker]())
 
 
@@ -94,6 +99,26 @@ def settings_markdown() -> str:
     from app import settings_doc
 
     return settings_doc.render_reference()
+
+
+# Retention --------------------------------------------------------------------------------------------------------
+
+
+def retention_markdown() -> str:
+    """The retention table: a row per store of ``RETENTION_RULES`` with its default period and the setting that
+    changes it, then what each way of applying a period means."""
+    from serving.rights.retention_rules import ENFORCEMENT_MEANING, RETENTION_RULES
+
+    rows = ["| store | holds | default period (setting) | applied | legal note |", "| --- | --- | --- | --- | --- |"]
+    for rule in RETENTION_RULES:
+        period = "-"
+        if rule.setting is not None and rule.default_days is not None:
+            shown = f"{rule.default_days:g} day{'' if rule.default_days == 1 else 's'}"
+            default = rule.default_days * (86_400 if rule.unit == "seconds" else 1)
+            period = f"{shown} (`{rule.setting}` = {default:g})"
+        rows.append(f"| `{rule.store}` | {rule.holds} | {period} | {rule.enforced} | {rule.legal_note} |")
+    meanings = [f"- **{name}**: {meaning}." for name, meaning in ENFORCEMENT_MEANING.items()]
+    return "\n".join(rows) + "\n\n" + "\n".join(meanings) + "\n"
 
 
 # CLI --------------------------------------------------------------------------------------------------------------

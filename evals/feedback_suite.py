@@ -101,6 +101,7 @@ def dataset_sample(case: FeedbackCase) -> dict[str, Any]:
         "answers": [feedback.correction] if feedback.correction else [],
         "reference_doc_ids": reference_doc_ids(case),
         "expected": expected_behaviour(case),
+        "metadata": origin(case),
         "feedback": {
             "rating": feedback.rating, "comment": feedback.comment, "answer_given": answer.answer,
             "outcome": answer.outcome, "prompt": f"{answer.prompt_name}@{answer.prompt_version}",
@@ -135,16 +136,25 @@ def corpus_documents(cases: Sequence[FeedbackCase]) -> list[dict[str, Any]]:
     seen), so the eval retrieves among what the user's answer was shown and cites the same document ids."""
     texts: dict[str, list[str]] = {}
     titles: dict[str, str | None] = {}
+    origins: dict[str, dict[str, str]] = {}
     for case in cases:
         for passage in case.answer.passages:
             seen = texts.setdefault(passage.doc_id, [])
             if passage.text not in seen:
                 seen.append(passage.text)
             titles.setdefault(passage.doc_id, passage.title)
+            origins.setdefault(passage.doc_id, origin(case))
     return [
-        {"id": doc_id, "text": "\n\n".join(parts), **({"title": titles[doc_id]} if titles[doc_id] else {})}
+        {"id": doc_id, "text": "\n\n".join(parts), **({"title": titles[doc_id]} if titles[doc_id] else {}),
+         "metadata": origins[doc_id]}
         for doc_id, parts in texts.items()
-    ]
+    ]  # fmt: skip
+
+
+def origin(case: FeedbackCase) -> dict[str, str]:
+    """Where a line came from (as ``metadata``): erasure finds a tenant's lines by it, and leaves lines without it
+    (suites written by hand) alone."""
+    return {"tenant": case.answer.tenant, "collection": case.answer.collection}
 
 
 def suite_yaml(name: str, cases: Sequence[FeedbackCase], generator: str) -> str:

@@ -2,6 +2,12 @@
 
 Ingestion and queries share it. Keys include ``Embedder.model_id``, so a changed model (or backend) misses
 instead of serving vectors from another model.
+
+Each row says what it holds and when it was written: a passage's vector (a chunk's embedding text, or a sentence
+of one that the reranker or the context compressor embedded) is kept as long as the cache is; a question's
+vector (``CachedEmbedder.embed_query``) is personal data with a retention period (``prune_queries``). Deletes
+leave no bytes behind: the connection runs with ``secure_delete`` (freed cells and pages are zeroed) and every
+delete is followed by a truncating checkpoint, so a deleted row is in neither the database file nor its -wal.
 """
 
 from __future__ import annotations
@@ -9,45 +15,98 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
 from retrieval.embedding import Embedder, Vectors
+
+VectorKind = Literal["passage", "query"]
+_KIND_CODES: dict[VectorKind, int] = {"passage": 0, "query": 1}
+SCHEMA_VERSION = 2  # 1: (model_id, text_hash, vector); 2: + kind, written_at, the models and meta tables
 
 
 def text_key(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
 
 
+class EmbeddingCacheBusyError(RuntimeError):
+    """Rows were deleted, but another connection kept SQLite from truncating its -wal, which may still hold their
+    bytes: run the deletion again (it checkpoints again) once the other process is done."""
+
+
 class EmbeddingStore(Protocol):
     def get_many(self, model_id: str, keys: Sequence[bytes]) -> dict[bytes, bytes]: ...
 
-    def put_many(self, model_id: str, items: Sequence[tuple[bytes, bytes]]) -> None: ...
+    def put_many(self, model_id: str, items: Sequence[tuple[bytes, bytes]], kind: VectorKind = "passage") -> None: ...
+
+    def delete_many(self, model_id: str | None, keys: Sequence[bytes]) -> int:
+        """Remove the rows of ``keys`` (of every model when ``model_id`` is None), bytes included; how many."""
+        ...
+
+    def prune_queries(self, before: datetime) -> int:
+        """Remove the question vectors written before ``before``, bytes included; how many."""
+        ...
 
     def close(self) -> None: ...
 
 
 class SqliteEmbeddingStore:
-    """Vectors as float32 blobs in one SQLite file (WAL mode: readers never wait for the writer)."""
+    """Vectors as float32 blobs in one SQLite file (WAL mode: readers never wait for the writer).
+
+    ``kind`` is 0 for a passage, 1 for a question, NULL for a row written before format 2 (not known: it is
+    pruned as a question would be, counting from the upgrade, whose time the meta table keeps). ``written_at`` is
+    Unix seconds. A format-1 file is upgraded when opened (two ``ALTER TABLE ... ADD COLUMN``: no row is
+    rewritten)."""
 
     _SCHEMA = (
         "CREATE TABLE IF NOT EXISTS embeddings ("
-        " model_id TEXT NOT NULL, text_hash BLOB NOT NULL, vector BLOB NOT NULL,"
-        " PRIMARY KEY (model_id, text_hash)) WITHOUT ROWID"
+        " model_id TEXT NOT NULL, text_hash BLOB NOT NULL, vector BLOB NOT NULL, kind INTEGER, written_at INTEGER,"
+        " PRIMARY KEY (model_id, text_hash)) WITHOUT ROWID",
+        # Only question rows are indexed: a passage row costs no more to write than before.
+        "CREATE INDEX IF NOT EXISTS embeddings_queries ON embeddings (written_at) WHERE kind = 1",
+        "CREATE TABLE IF NOT EXISTS models (model_id TEXT PRIMARY KEY)",
+        "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value)",
     )
+    _CHECKPOINT_TRIES = 20  # x 0.1 s: a reader of another process finishing its transaction
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(self._SCHEMA)
+        self._db.execute("PRAGMA secure_delete=ON")  # a deleted row's cells and pages are zeroed, not just freed
+        self._upgrade()
+        self._models = {row[0] for row in self._db.execute("SELECT model_id FROM models")}
+
+    def _upgrade(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(embeddings)")}
+            if version < SCHEMA_VERSION and columns:  # a format-1 file with its rows
+                for column in ("kind", "written_at"):
+                    if column not in columns:
+                        self._db.execute(f"ALTER TABLE embeddings ADD COLUMN {column} INTEGER")
+            for statement in self._SCHEMA:
+                self._db.execute(statement)
+            if version < SCHEMA_VERSION and columns:
+                self._db.execute("INSERT OR IGNORE INTO models SELECT DISTINCT model_id FROM embeddings")
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('legacy_rows_since', ?)", (int(time.time()),))
+            if version < SCHEMA_VERSION:
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def get_many(self, model_id: str, keys: Sequence[bytes]) -> dict[bytes, bytes]:
         found: dict[bytes, bytes] = {}
@@ -62,14 +121,81 @@ class SqliteEmbeddingStore:
                 found.update(rows)
         return found
 
-    def put_many(self, model_id: str, items: Sequence[tuple[bytes, bytes]]) -> None:
+    def put_many(self, model_id: str, items: Sequence[tuple[bytes, bytes]], kind: VectorKind = "passage") -> None:
+        code, now = _KIND_CODES[kind], int(time.time())
         with self._lock:
             self._db.execute("BEGIN")
+            if model_id not in self._models:
+                self._db.execute("INSERT OR IGNORE INTO models VALUES (?)", (model_id,))
             self._db.executemany(
-                "INSERT OR REPLACE INTO embeddings (model_id, text_hash, vector) VALUES (?, ?, ?)",
-                [(model_id, key, blob) for key, blob in items],
+                "INSERT OR REPLACE INTO embeddings (model_id, text_hash, vector, kind, written_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(model_id, key, blob, code, now) for key, blob in items],
             )
             self._db.execute("COMMIT")
+            self._models.add(model_id)
+
+    def delete_many(self, model_id: str | None, keys: Sequence[bytes]) -> int:
+        """Remove the rows of ``keys`` of ``model_id`` (of every model the cache holds when None); returns how
+        many there were. Their bytes go too: zeroed in the file, and the -wal truncated
+        (``EmbeddingCacheBusyError`` when another connection kept it from being truncated)."""
+        removed = 0
+        with self._lock:
+            models = sorted(self._models) if model_id is None else [model_id]
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for model in models:
+                    for begin in range(0, len(keys), 500):
+                        batch = keys[begin : begin + 500]
+                        cursor = self._db.execute(
+                            "DELETE FROM embeddings WHERE model_id = ? AND text_hash IN "
+                            f"({','.join('?' * len(batch))})",
+                            (model, *batch),
+                        )
+                        removed += max(cursor.rowcount, 0)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._truncate_wal()
+        return removed
+
+    def prune_queries(self, before: datetime) -> int:
+        """Remove the question vectors written before ``before`` (a naive datetime is taken as UTC); returns how
+        many. Rows written before the upgrade to format 2 (kind not known) go once ``before`` passes the
+        upgrade. Passage rows stay."""
+        cut_off = int((before if before.tzinfo else before.replace(tzinfo=UTC)).timestamp())
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                removed = max(
+                    self._db.execute("DELETE FROM embeddings WHERE kind = 1 AND written_at < ?", (cut_off,)).rowcount,
+                    0,
+                )
+                legacy = self._db.execute("SELECT value FROM meta WHERE name = 'legacy_rows_since'").fetchone()
+                if legacy is not None and int(legacy[0]) < cut_off:
+                    removed += max(self._db.execute("DELETE FROM embeddings WHERE kind IS NULL").rowcount, 0)
+                    self._db.execute("DELETE FROM meta WHERE name = 'legacy_rows_since'")
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._truncate_wal()
+        return removed
+
+    def _truncate_wal(self) -> None:
+        """Copy the -wal into the file and truncate it to nothing: deleted rows' old frames go with it."""
+        for _ in range(self._CHECKPOINT_TRIES):
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return
+            time.sleep(0.1)
+        raise EmbeddingCacheBusyError(
+            f"embedding cache {self._path}: rows deleted, but another process kept its -wal from being truncated; "
+            "run the deletion again when it is done"
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -113,8 +239,9 @@ class CachedEmbedder:
     def count_tokens(self, text: str) -> int:
         return self._embedder.count_tokens(text)
 
-    def embed(self, texts: Sequence[str]) -> Vectors:
-        """Embed through the store; texts go in the LRU only via ``embed_query`` (hot queries, not corpora)."""
+    def embed(self, texts: Sequence[str], kind: VectorKind = "passage") -> Vectors:
+        """Embed through the store; texts go in the LRU only via ``embed_query`` (hot queries, not corpora).
+        ``kind``: what the vectors it computes are stored as (a question's are pruned after their period)."""
         keys = [text_key(t) for t in texts]
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         stored = self._store.get_many(self.model_id, list(set(keys)))
@@ -133,14 +260,20 @@ class CachedEmbedder:
             self._store.put_many(
                 self.model_id,
                 [(key, vector.tobytes()) for key, vector in zip(missing, computed, strict=True)],
+                kind,
             )
         with self._lock:
             self.stats.store_hits += hits
             self.stats.computed += len(missing)
         return out
 
+    def embed_questions(self, texts: Sequence[str]) -> Vectors:
+        """Questions (or other personal text, such as answers), stored as question vectors: pruned after their
+        retention period, erased with their user."""
+        return self.embed(texts, kind="query")
+
     def embed_query(self, text: str) -> Vectors:
-        """One text, through the LRU first: repeated queries cost a dictionary lookup."""
+        """One text, through the LRU first: repeated queries cost a dictionary lookup. Stored as a question."""
         key = text_key(text)
         with self._lock:
             cached = self._lru.get(key)
@@ -148,9 +281,14 @@ class CachedEmbedder:
                 self._lru.move_to_end(key)
                 self.stats.memory_hits += 1
                 return cached
-        vector: Vectors = self.embed([text])[0]
+        vector: Vectors = self.embed([text], kind="query")[0]
         with self._lock:
             self._lru[key] = vector
             if len(self._lru) > self._lru_size:
                 self._lru.popitem(last=False)
         return vector
+
+    def forget_queries(self) -> None:
+        """Empty the LRU of question vectors (after ``prune_queries``: none outlives its period in memory)."""
+        with self._lock:
+            self._lru.clear()

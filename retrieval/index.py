@@ -125,6 +125,19 @@ class VectorIndex(Protocol):
         """doc_id -> the content hashes present (more than one only after an interrupted replace)."""
         ...
 
+    def document_chunks(self, scope: Scope, doc_id: str) -> list[dict[str, Any]]:
+        """Every version's chunks of one document: payloads with content_hash, text and headings."""
+        ...
+
+    def count_content(self, content_hash: str) -> int:
+        """The points of documents with this content hash, in every collection and tenant."""
+        ...
+
+    def purge_deleted(self) -> None:
+        """Make the bytes of deleted points go from every file the index keeps (segments, write-ahead log), as
+        far as the backend allows; erasure calls it after deleting."""
+        ...
+
     def search(
         self,
         scope: Scope,

@@ -8,6 +8,8 @@
 - Below the data dir's free-space margin (``retrieval.storage``) nothing is written: ``StorageFullError``.
 - ``prune`` removes the scope's documents that this run did not see; it is skipped when any file failed to
   load, since that file's documents would otherwise vanish.
+- ``erase_document`` removes a document so that none of its text is left in the bytes of the index's files or of
+  the embedding cache (see its docstring), journaled so that ``recover`` finishes one a crash interrupted.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.chunking import Chunker
-from retrieval.documents import Chunk, Document
-from retrieval.embedding_cache import CachedEmbedder
+from retrieval.documents import Chunk, Document, embedding_text
+from retrieval.embedding_cache import CachedEmbedder, text_key
 from retrieval.index import IndexPoint, Scope, StorageFullError, VectorIndex, chunk_point_id
 from retrieval.journal import Intent, Journal, NoJournal
 from retrieval.loaders import load_paths
+from retrieval.rerank import sentences_of
 from retrieval.sparse import SparseEncoder
 from retrieval.storage import DiskGuard, estimated_chunk_bytes
 from retrieval.validation import DEFAULT_LIMITS, DocumentLimits
@@ -83,6 +86,35 @@ class IngestReport:
         if self.flagged:
             line += f"\ncarry instructions (kept out of prompts): {', '.join(self.flagged)}"
         return line
+
+
+@dataclass(frozen=True)
+class DocumentErasure:
+    """What ``Ingestor.erase_document`` removed. Embedding rows are counted over every model the cache holds;
+    ``embedding_rows_kept`` are the current model's rows left for another live document (any collection or
+    tenant) with the same content hash."""
+
+    chunks_removed: int
+    embedding_rows_removed: int
+    embedding_rows_kept: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chunks_removed": self.chunks_removed,
+            "embedding_rows_removed": self.embedding_rows_removed,
+            "embedding_rows_kept": self.embedding_rows_kept,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def chunk_embedding_keys(payload: dict[str, Any]) -> set[bytes]:
+    """The embedding cache keys a chunk's text reaches: its embedding text (ingest, the abstain check) and its
+    sentences (the reranker, the context compressor and the groundedness check split them the same way)."""
+    text = str(payload.get("text") or "")
+    keys = {text_key(embedding_text(tuple(payload.get("headings") or ()), text))}
+    keys.update(text_key(sentence) for sentence in sentences_of(text))
+    return keys
 
 
 @dataclass
@@ -212,7 +244,10 @@ class Ingestor:
                 present[intent.scope] = self._index.document_hashes(intent.scope)
             self._settle(intent, present[intent.scope].get(intent.doc_id, set()))
         self._journal.clear(intents)
-        return len(intents)
+        erasures = self._journal.pending_erasures()
+        for scope, doc_id in erasures:  # after the updates: an erasure always wins over a document's update
+            self.erase_document(scope, doc_id)
+        return len(intents) + len(erasures)
 
     def close(self) -> None:
         self._journal.close()
@@ -225,6 +260,44 @@ class Ingestor:
             self._index.delete_document(scope, doc_id)
             self.version += 1
             return True
+
+    def erase_document(self, scope: Scope, doc_id: str) -> DocumentErasure:
+        """Remove a document (every version) so that none of its text is left on disk: its points, the embedding
+        cache's rows of its chunks' embedding texts and sentences (of every model; kept where another live
+        document in any scope has the same content hash), and the bytes the index keeps of deleted points
+        (``VectorIndex.purge_deleted``). Idempotent: a document that is not there gives zero counts; the index's
+        bytes are purged all the same, which finishes an erasure a crash interrupted.
+
+        Order, for a rerun to finish what ``kill -9`` interrupted: journal row; embedding rows (the points still
+        say which); points; index bytes; the embedding rows again (a search that read the points before they went
+        may have embedded their sentences since); journal row cleared. The cache rows of a document that was
+        deleted without erasure cannot be found any more (its texts are gone): erase instead of deleting."""
+        started = time.perf_counter()
+        store = self._embedder.store
+        with self._writer:
+            self._journal.begin_erasure(scope, doc_id)
+            chunks = self._index.document_chunks(scope, doc_id)
+            own: dict[str, int] = {}
+            for chunk in chunks:
+                own[chunk["content_hash"]] = own.get(chunk["content_hash"], 0) + 1
+            shared = {h for h, n in own.items() if self._index.count_content(h) > n}
+            kept_keys: set[bytes] = set()
+            erased_keys: set[bytes] = set()
+            for chunk in chunks:
+                (kept_keys if chunk["content_hash"] in shared else erased_keys).update(chunk_embedding_keys(chunk))
+            erased = sorted(erased_keys - kept_keys)
+            removed = store.delete_many(None, erased)
+            self._crash.step()
+            if chunks:
+                self._index.delete_document(scope, doc_id)
+                self.version += 1  # answer caches key on it
+            self._crash.step()
+            self._index.purge_deleted()
+            self._crash.step()
+            removed += store.delete_many(None, erased)
+            kept = len(store.get_many(self._embedder.model_id, sorted(kept_keys))) if kept_keys else 0
+            self._journal.end_erasure(scope, doc_id)
+        return DocumentErasure(len(chunks), removed, kept, time.perf_counter() - started)
 
     def _batches(self, pending: list[_PendingDocument]) -> Iterable[list[_PendingDocument]]:
         """Whole documents per batch, about ``batch_chunks`` chunks each: big embedding calls, bounded memory."""
@@ -318,7 +391,8 @@ class Ingestor:
 class CrashHook:
     """A test hook, off unless a test sets ``RAGOPS_TEST_KILL_AT_STEP=N``: the process then SIGKILLs itself right
     after the Nth durable step of its updates (journal begin, points written, marked written, one document's
-    other versions deleted, journal cleared), so tests/test_durability.py can stop a live server at an exact
+    other versions deleted, journal cleared) and erasures (embedding rows deleted, points deleted, index bytes
+    purged), so tests/test_durability.py and tests/test_erase_document.py can stop a process at an exact
     moment."""
 
     def __init__(self, kill_at: int) -> None:

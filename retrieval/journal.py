@@ -15,8 +15,13 @@ points, however many made it, are deleted and the version indexed before stays. 
 one version, old or new; a brand-new document is either complete or not there. Deleting a document is one
 engine call and needs no row.
 
+An erasure (``Ingestor.erase_document``) is journaled too: one ``erasures`` row from before its first delete until
+its bytes are gone, so ``recover`` finishes an erasure that a crash interrupted. The journal's connection runs with
+``secure_delete``: a cleared row's document id is zeroed in the file, not just freed.
+
 A data dir written by an earlier release has no journal file: there is nothing to replay, and the file is
-created on first use. The format is the ``intents`` table below; ``user_version`` numbers it.
+created on first use. The format is the ``intents`` and ``erasures`` tables below; ``user_version`` numbers it
+(format 1 had no ``erasures`` table: it is added when opened).
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ from typing import Protocol
 
 from retrieval.index import IndexUnavailableError, Scope, StorageFullError, StorageReadOnlyError
 
-SCHEMA_VERSION = 1
-_SCHEMA = """
+SCHEMA_VERSION = 2
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS intents (
     collection TEXT NOT NULL,
     tenant TEXT NOT NULL,
@@ -41,7 +47,16 @@ CREATE TABLE IF NOT EXISTS intents (
     written INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (collection, tenant, doc_id)
 )
-"""
+""",
+    """
+CREATE TABLE IF NOT EXISTS erasures (
+    collection TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    PRIMARY KEY (collection, tenant, doc_id)
+)
+""",
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,12 @@ class Journal(Protocol):
 
     def pending(self) -> list[Intent]: ...
 
+    def begin_erasure(self, scope: Scope, doc_id: str) -> None: ...
+
+    def end_erasure(self, scope: Scope, doc_id: str) -> None: ...
+
+    def pending_erasures(self) -> list[tuple[Scope, str]]: ...
+
     def close(self) -> None: ...
 
 
@@ -81,6 +102,15 @@ class NoJournal:
     def pending(self) -> list[Intent]:
         return []
 
+    def begin_erasure(self, scope: Scope, doc_id: str) -> None:
+        pass
+
+    def end_erasure(self, scope: Scope, doc_id: str) -> None:
+        pass
+
+    def pending_erasures(self) -> list[tuple[Scope, str]]:
+        return []
+
     def close(self) -> None:
         pass
 
@@ -95,12 +125,14 @@ class IntentJournal:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA synchronous=FULL")  # a committed intent is on disk before the engine writes
+            self._db.execute("PRAGMA secure_delete=ON")  # an erased document's id does not stay in freed space
             version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
             if version > SCHEMA_VERSION:
                 raise IndexUnavailableError(
                     f"journal {path} was written by a newer ragops (format {version}); upgrade ragops to open it"
                 )
-            self._db.execute(_SCHEMA)
+            for statement in _SCHEMA:
+                self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def begin(self, intents: Sequence[Intent]) -> None:
@@ -126,6 +158,21 @@ class IntentJournal:
             Intent(Scope(collection, tenant), doc_id, new_hash, bool(written))
             for collection, tenant, doc_id, new_hash, written in rows
         ]
+
+    def begin_erasure(self, scope: Scope, doc_id: str) -> None:
+        self._write("INSERT OR REPLACE INTO erasures VALUES (?, ?, ?)", [(scope.collection, scope.tenant, doc_id)])
+
+    def end_erasure(self, scope: Scope, doc_id: str) -> None:
+        self._write(
+            "DELETE FROM erasures WHERE collection = ? AND tenant = ? AND doc_id = ?",
+            [(scope.collection, scope.tenant, doc_id)],
+        )
+
+    def pending_erasures(self) -> list[tuple[Scope, str]]:
+        """The erasures a crash interrupted."""
+        with self._lock, _storage_errors(self._path):
+            rows = self._db.execute("SELECT collection, tenant, doc_id FROM erasures ORDER BY rowid").fetchall()
+        return [(Scope(collection, tenant), doc_id) for collection, tenant, doc_id in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -45,9 +45,11 @@ from retrieval.index import (
 from retrieval.storage import estimated_bytes
 
 # field -> is_tenant: the keyword payload indexes every new index gets (tenant-optimised where reads are scoped).
-KEYWORD_FIELDS: dict[str, bool] = {"collection": True, "tenant": True, "doc_id": False}
+# content_hash: erasure asks whether any other document, in any scope, holds the same content.
+KEYWORD_FIELDS: dict[str, bool] = {"collection": True, "tenant": True, "doc_id": False, "content_hash": False}
 SCROLL_PAGE_SIZE = 1024
 _HASH_FIELDS = ("doc_id", "content_hash")
+_CHUNK_FIELDS = ["content_hash", "text", "headings"]
 
 FilterT = TypeVar("FilterT")
 RequestT = TypeVar("RequestT")
@@ -193,6 +195,25 @@ class QdrantIndexBase(ABC, Generic[FilterT, RequestT]):
     def document_hashes(self, scope: Scope) -> dict[str, set[str]]:
         condition = scope_filter(self._dialect, scope)
         return fold_document_hashes(lambda offset: self._scroll_page(condition, offset, list(_HASH_FIELDS)))
+
+    def document_chunks(self, scope: Scope, doc_id: str) -> list[dict[str, Any]]:
+        """Every version's chunks of one document: their payloads' content_hash, text and headings."""
+        condition = document_filter(self._dialect, scope, doc_id)
+        chunks: list[dict[str, Any]] = []
+        offset: Any = None
+        while True:
+            payloads, offset = self._scroll_page(condition, offset, list(_CHUNK_FIELDS))
+            chunks.extend(payload for payload in payloads if payload)
+            if offset is None:
+                return chunks
+
+    def count_content(self, content_hash: str) -> int:
+        """The points, in every collection and tenant, of documents with this content hash."""
+        return self._count_where(self._dialect.filter([match(self._dialect, "content_hash", content_hash)], []))
+
+    def purge_deleted(self) -> None:
+        """Make deleted points' bytes go from the files the engine keeps; by default there is nothing to do (a
+        server minds its own files)."""
 
     def search(
         self,

@@ -3,14 +3,31 @@
 Its memory-mapped files turn a full disk into SIGBUS (see ``retrieval.storage``), so with a ``DiskGuard`` every
 write, the open (which replays the WAL), a snapshot and a restore first check that the margin stays free. An
 index that cannot be opened (corrupt, unreadable, locked) is one ``IndexUnavailableError`` line saying what to do.
+
+Erasure (``purge_deleted``) needs the bytes of deleted points gone from every file, and the engine keeps them in
+two places: a segment's payload and vector storage (a delete only marks the point), and the write-ahead log.
+
+- Segments: the vacuum optimizer rewrites a segment without its deleted points and removes the old one. With
+  ``deleted_threshold`` near zero it takes every segment that has any; what it costs is the size of those
+  segments, so segments are kept small: the indexing optimizer turns the appendable segment into an immutable one
+  once its vectors pass ``SEGMENT_KB``, and writes run it every ``OPTIMIZE_EVERY_POINTS`` points. HNSW is off
+  (``m=0``): segments are searched exactly, as the appendable ones always were, and building one costs no graph.
+- Write-ahead log: its files are 32 MiB, written in order and deleted whole once flushed and a newer closed one
+  exists; a deleted point's upsert stays in the file it was written to until then. ``purge_deleted`` writes
+  filler records (a payload update that matches no point) until every file that held records before it has
+  been deleted. Removing or editing the log instead would reset the engine's operation numbers, after which
+  it silently skips later writes to the points that already exist.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import tarfile
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +47,19 @@ from retrieval.qdrant_common import (
     QdrantIndexBase,
     Ranking,
 )
-from retrieval.storage import DiskGuard, allocated_bytes
+from retrieval.storage import MB, DiskGuard, allocated_bytes
+
+log = logging.getLogger("ragops.index")
+
+SEGMENT_KB = 10_000  # vectors per segment (~6,500 of 384 dims): what vacuuming one for an erasure rewrites
+OPTIMIZE_EVERY_POINTS = 2048  # written points between optimizer runs: the appendable segment stays near SEGMENT_KB
+DELETED_THRESHOLD = 1e-9  # any deleted point makes its segment due for vacuum
+WAL_FILLER_BYTES = 4 * MB  # one filler record; the log's files are 32 MiB
+WAL_FILLER_RECORDS = 8  # per flush
+WAL_MAX_ROUNDS = 12  # 384 MiB: a log that has not rolled its old files over by then is reported, not waited on
+SEGMENT_REMOVAL_WAIT_S = 5.0  # the engine deletes a vacuumed segment's directory just after the optimizer returns
+# No point matches it: scope names never hold a NUL (retrieval.index.SCOPE_NAME_PATTERN).
+_NO_POINT = qe.Filter(must=[qe.FieldCondition("collection", match=qe.MatchValue("\x00"))])
 
 
 class EdgeDialect:
@@ -73,12 +102,21 @@ class QdrantEdgeIndex(QdrantIndexBase[qe.Filter, qe.QueryRequest]):
         self._dimension = dimension
         self._disk = disk
         self._write_lock = threading.RLock()
+        self._written_since_optimize = 0
         self._shard = self._open()
 
     def _config(self) -> qe.EdgeConfig:
+        # Given on every load too: a shard created by an earlier release takes the segment layout on from then on.
         return qe.EdgeConfig(
             vectors={DENSE_VECTOR: qe.EdgeVectorParams(size=self._dimension, distance=qe.Distance.Cosine)},
             sparse_vectors={SPARSE_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+            hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000, payload_m=0),
+            optimizers=qe.EdgeOptimizersConfig(
+                deleted_threshold=DELETED_THRESHOLD,
+                vacuum_min_vector_number=1,
+                indexing_threshold=SEGMENT_KB,
+                max_segment_size=SEGMENT_KB,
+            ),
         )
 
     def _open(self) -> Any:
@@ -95,12 +133,14 @@ class QdrantEdgeIndex(QdrantIndexBase[qe.Filter, qe.QueryRequest]):
             shard = qe.EdgeShard.load(str(self._path), self._config())
         else:
             shard = qe.EdgeShard.create(str(self._path), self._config())
-            for field_name, is_tenant in KEYWORD_FIELDS.items():
-                shard.update(
-                    qe.UpdateOperation.create_field_index(field_name, qe.KeywordIndexParams(is_tenant=is_tenant))
-                )
         try:
             shard.count(qe.CountRequest(exact=True))  # reads every segment's id tracker: fails here, not mid-request
+            indexed = shard.info().payload_schema
+            for field_name, is_tenant in KEYWORD_FIELDS.items():
+                if field_name not in indexed:  # a new shard, or one from a release with fewer indexes
+                    shard.update(
+                        qe.UpdateOperation.create_field_index(field_name, qe.KeywordIndexParams(is_tenant=is_tenant))
+                    )
         except BaseException:
             shard.close()  # let go of the lock: the caller may move the directory aside and try again
             raise
@@ -117,6 +157,12 @@ class QdrantEdgeIndex(QdrantIndexBase[qe.Filter, qe.QueryRequest]):
     def _write_points(self, points: list[Any]) -> None:
         with self._write_lock:
             self._shard.update(qe.UpdateOperation.upsert_points(points))
+            self._written_since_optimize += len(points)
+            if self._written_since_optimize >= OPTIMIZE_EVERY_POINTS:
+                # Seals the appendable segment once it passes SEGMENT_KB, and vacuums segments with deleted points
+                # (older versions of updated documents): both keep an erasure's rewrite small.
+                self._shard.optimize()
+                self._written_since_optimize = 0
 
     def _delete_where(self, condition: qe.Filter) -> None:
         with self._write_lock:
@@ -132,6 +178,53 @@ class QdrantEdgeIndex(QdrantIndexBase[qe.Filter, qe.QueryRequest]):
 
     def _count_where(self, condition: qe.Filter | None) -> int:
         return int(self._shard.count(qe.CountRequest(filter=condition, exact=True)))
+
+    # --- erasure ----------------------------------------------------------------------------------------
+    def purge_deleted(self) -> None:
+        """Make every deleted point's bytes go from the files under the index directory (see the module
+        docstring): segments with deleted points are rewritten without them, then the write-ahead log rolls
+        over every file that held records before. Idempotent; when nothing was deleted it costs the log's
+        roll-over (about 64 MiB written)."""
+        # The vacuum writes a copy of a segment and the roll-over fills up to three log files before old ones go.
+        self._check_space(3 * 32 * MB + SEGMENT_KB * 1024 * 2, "erase from the index")
+        with self._write_lock:
+            self._shard.flush()
+            self._shard.optimize()
+            self._written_since_optimize = 0
+            self._roll_wal()
+        self._await_segment_removal()
+
+    def _roll_wal(self) -> None:
+        held = _wal_files_with_records(self._path / "wal")  # open: their inode numbers are not reused meanwhile
+        try:
+            filler = qe.UpdateOperation.set_payload_by_filter(_NO_POINT, {"_filler": "\x00" * WAL_FILLER_BYTES})
+            # The file being written has to fill up, and then stop being the newest closed one: two files at least.
+            for records in [2 * WAL_FILLER_RECORDS] + [WAL_FILLER_RECORDS] * (WAL_MAX_ROUNDS - 2):
+                for _ in range(records):
+                    self._shard.update(filler)
+                self._shard.flush()  # acknowledges the records: the log deletes the files it no longer needs
+                if all(os.fstat(fd).st_nlink == 0 for fd in held):
+                    return
+        finally:
+            for fd in held:
+                os.close(fd)
+        raise IndexUnavailableError(
+            f"index at {self._path}: its write-ahead log kept files from before the erasure after "
+            f"{WAL_MAX_ROUNDS * WAL_FILLER_RECORDS * WAL_FILLER_BYTES // MB} MiB of filler; run the erasure again"
+        )
+
+    def _await_segment_removal(self) -> None:
+        """The optimizer removes a vacuumed segment's directory just after it returns: wait for it, briefly."""
+        deadline = time.monotonic() + SEGMENT_REMOVAL_WAIT_S
+        while True:
+            on_disk = sum(1 for entry in (self._path / "segments").iterdir() if entry.is_dir())
+            if on_disk <= self._shard.info().segments_count:
+                return
+            if time.monotonic() > deadline:
+                log.warning("index at %s: %d segment directories for %d segments after an erasure", self._path,
+                            on_disk, self._shard.info().segments_count)  # fmt: skip
+                return
+            time.sleep(0.05)
 
     # --- lifecycle --------------------------------------------------------------------------------------
     def snapshot(self, target: Path) -> Path:
@@ -183,6 +276,13 @@ class QdrantEdgeIndex(QdrantIndexBase[qe.Filter, qe.QueryRequest]):
         with self._write_lock:
             self._shard.flush()
             self._shard.close()
+
+
+def _wal_files_with_records(wal: Path) -> list[int]:
+    """Descriptors of the log's files that may hold records: every closed one, and the open one being written (the
+    lowest numbered; higher ones are preallocated and empty). A file is gone once its link count is 0."""
+    open_files = sorted(wal.glob("open-*"), key=lambda entry: int(entry.name.split("-", 1)[1]))
+    return [os.open(entry, os.O_RDONLY) for entry in [*wal.glob("closed-*"), *open_files[:1]]]
 
 
 def _open_error(path: Path, exc: BaseException) -> IndexUnavailableError:

@@ -1,7 +1,15 @@
-"""The index on a Qdrant server or cluster through qdrant-client (also runs on qdrant-client's local mode)."""
+"""The index on a Qdrant server or cluster through qdrant-client (also runs on qdrant-client's local mode).
+
+Erasure (``purge_deleted``): qdrant-client's local mode keeps each point as a row of a SQLite file, and a deleted
+row's bytes go when its connection runs with ``secure_delete`` (set here when the index opens: most SQLite builds
+leave it off) under the default rollback journal, which is deleted at each commit. A server keeps deleted
+points in its segments until its own vacuum and the upserts in its write-ahead log until that rolls over; neither
+can be forced through the client, so there ``purge_deleted`` does nothing.
+"""
 
 from __future__ import annotations
 
+import sqlite3
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -51,6 +59,23 @@ class QdrantServerIndex(QdrantIndexBase[models.Filter, models.QueryRequest]):
         self._collection = collection
         if not client.collection_exists(collection):
             self._create_collection(dimension)
+        self._secure_local_storage()
+
+    def _local_storage(self) -> sqlite3.Connection | None:
+        """Local mode's SQLite connection for this collection; None on a server (or a local mode without one)."""
+        local = getattr(self._client, "_client", None)
+        collection = getattr(local, "collections", {}).get(self._collection)
+        storage = getattr(getattr(collection, "storage", None), "storage", None)
+        return storage if isinstance(storage, sqlite3.Connection) else None
+
+    def _secure_local_storage(self) -> None:
+        storage = self._local_storage()
+        if storage is not None:
+            storage.execute("PRAGMA secure_delete=ON")  # deleted points' rows are zeroed, not just freed
+
+    def purge_deleted(self) -> None:
+        """Local mode: deletes already zeroed their rows (``secure_delete``); a server minds its own files."""
+        self._secure_local_storage()
 
     def _create_collection(self, dimension: int) -> None:
         self._client.create_collection(

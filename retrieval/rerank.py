@@ -133,7 +133,7 @@ class SentenceReranker:
         self, query_vector: npt.NDArray[np.float32], candidates: Sequence[FusedCandidate]
     ) -> list[CandidateSentences]:
         """Every candidate's sentences, embedded in one cached call."""
-        split = [_sentences_of(candidate.point.payload.get("text", "")) for candidate in candidates]
+        split = [sentences_of(candidate.point.payload.get("text", "")) for candidate in candidates]
         vectors = self._embedder.embed([sentence for sentences in split for sentence in sentences])
         found, start = [], 0
         for sentences in split:
@@ -147,6 +147,7 @@ class SentenceReranker:
         return found
 
 
-def _sentences_of(text: str) -> list[str]:
+def sentences_of(text: str) -> list[str]:
+    """The sentences of a chunk's text that get embedded (through the cache): erasure removes their vectors."""
     # A chunk with no sentence boundary (or no text) is one sentence: every candidate gets a score.
     return [sentence for sentence in split_sentences(text) if sentence] or [text or " "]

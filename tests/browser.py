@@ -21,10 +21,22 @@ def launch(playwright: Any) -> Any:
     )
 
 
+AI_NOTICE = "Answers are written by an AI system"  # the page's transparency line (EU AI Act art. 50) opens so
+
+
+def ai_notice(page: Any) -> str:
+    """The page's line saying that an AI system writes the answers; asserted visible (not just present)."""
+    assert page.locator("#ai-notice").is_visible()
+    text = str(page.inner_text("#ai-notice"))
+    assert AI_NOTICE in text and "Check them before you rely on an answer." in text, text
+    return text
+
+
 @contextmanager
 def asked_on_the_page(url: str, question: str) -> Iterator[tuple[Any, list[str]]]:
     """The chat page at ``url`` once ``question`` was sent and its answer is done: the page, and the script errors
-    it raised (collected until the browser closes)."""
+    it raised (collected until the browser closes). Before asking, the page must show that an AI system writes its
+    answers (``ai_notice``): every page test checks it."""
     from playwright.sync_api import sync_playwright
 
     errors: list[str] = []
@@ -34,6 +46,7 @@ def asked_on_the_page(url: str, question: str) -> Iterator[tuple[Any, list[str]]
             page = browser.new_page()
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(url + "/")
+            ai_notice(page)
             page.fill("#question", question)
             page.click("#send")
             page.wait_for_selector("body[data-state=done]", timeout=60_000)

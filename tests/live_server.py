@@ -80,6 +80,7 @@ class LiveServer(ServerProcess):
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.data_dir = Path(env.get("RAGOPS_DATA_DIR", ".ragops"))  # where ragops puts it when unset
+        self.env = env  # what it was started with: a CLI run against the same data dir and settings takes it too
         self._clients: list[httpx.Client] = []
         argv = [sys.executable, "-m", module, "serve", "--port", str(self.port), "--log-level", log_level]
         super().__init__(argv, {**os.environ, **env}, log_path, f"{self.url}/readyz", timeout)

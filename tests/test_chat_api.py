@@ -13,7 +13,8 @@ import openai
 import pytest
 
 from prompts.registry import PromptRegistry
-from tests.browser import asked_on_the_page, needs_chromium
+from serving.answering.llamacpp.engine import BUNDLED_GGUF
+from tests.browser import ai_notice, asked_on_the_page, needs_chromium
 from tests.conftest import load_sample_records
 from tests.live_server import LiveServer, LiveServers
 from tests.stub_openai import Mode, StubOpenAI
@@ -53,8 +54,13 @@ def test_chat_answers_with_citations(server: LiveServer) -> None:
     assert indexes == list(range(1, len(indexes) + 1)) and {"p0", "p211", "p472"} & {
         c["doc_id"] for c in body["citations"]
     }
+    by = body["generated_by"]  # the AI system that wrote it, machine-readable (EU AI Act art. 50)
+    assert by == {"ai_generated": True, "generator": "llamacpp", "model": body["model"], "prompt": body["prompt"],
+                  "fallback": None, "cached": False}  # fmt: skip
+    assert body["model"]
     again = httpx.post(f"{server.url}/v1/chat", json={"question": QUESTION}, timeout=60).json()
     assert again["cached"] is True and again["answer"] == body["answer"]
+    assert again["generated_by"] == {**by, "cached": True}  # the answer it repeats, marked cached
     assert body["id"].startswith("ans_") and again["id"] != body["id"]  # the server's id, one per answer
 
 
@@ -90,6 +96,8 @@ def test_openai_sdk_works_unchanged(server: LiveServer) -> None:
     assert completion.choices[0].message.content and completion.choices[0].finish_reason == "stop"
     extra = completion.model_extra or {}
     assert extra["citations"] and extra["ragops"]["prompt"]["version"] == PRODUCTION
+    assert extra["generated_by"]["ai_generated"] is True and extra["generated_by"]["generator"] == "llamacpp"
+    assert extra["generated_by"]["prompt"] == extra["ragops"]["prompt"]
     # A cache hit generated nothing: it reports no tokens (and costs nothing).
     assert completion.usage is not None and (completion.usage.total_tokens > 0) != extra["ragops"]["cached"]
 
@@ -101,6 +109,7 @@ def test_openai_sdk_works_unchanged(server: LiveServer) -> None:
     assert text.strip() and chunks[-1].choices[0].finish_reason == "stop"
     assert completion.id.startswith("chatcmpl-") and len({c.id for c in chunks}) == 1  # feedback names it
     assert (chunks[-1].model_extra or {})["citations"]
+    assert (chunks[-1].model_extra or {})["generated_by"]["prompt"]["version"] == PRODUCTION
 
 
 def test_async_openai_sdk(server: LiveServer) -> None:
@@ -207,5 +216,7 @@ def test_web_page_streams_an_answer_with_citations(server: LiveServer, tmp_path:
         citations = page.locator("#citations li")
         assert answer.strip() and citations.count() >= 1
         assert "generator: llamacpp" in page.inner_text("#meta")
+        # Visible before asking (the helper checks) and after, naming the model and the prompt version.
+        assert f"({Path(BUNDLED_GGUF).stem}, prompt rag_answer@{PRODUCTION}" in ai_notice(page)
         page.screenshot(path=str(tmp_path / "chat.png"))
     assert errors == []

@@ -21,6 +21,8 @@ from fastapi.testclient import TestClient
 from app.cli import main
 from app.container import Services
 from app.main import create_app
+from app.parts import build_retention
+from app.settings import load_settings
 from evals.feedback_suite import one_case_per_answer
 from evals.suite import load_dataset, load_suite
 from retrieval.index import Scope
@@ -30,8 +32,9 @@ from serving.infra.clock import stamp
 from serving.infra.migrations import MIGRATIONS
 from serving.infra.state_store import StateStore
 from serving.loop.answer_log import AnswerLog
-from serving.loop.feedback import DownRate, FeedbackStore, Rated, RetentionPruner, answer_ratings, down_rates
+from serving.loop.feedback import DownRate, FeedbackStore, Rated, answer_ratings, down_rates
 from serving.observe.metrics import AlertThresholds, ServiceMetrics
+from serving.rights.retention import SERVER, RetentionTask
 from tests.browser import launch, needs_chromium
 from tests.conftest import ROOT, make_answer
 from tests.live_server import LiveServers
@@ -133,7 +136,7 @@ def test_ratings_kept_before_one_per_rater_survive_the_migration(tmp_path: Path)
     """A store from before: ratings one per answer (key_id NULL where no key was recorded). The migration keeps
     every one, as its key's (the anonymous key's when none), and the next key's rating is a rating of its own."""
     state = StateStore("sqlite", tmp_path / "state.sqlite")
-    before = max(m.version for m in MIGRATIONS if m.name != "ratings_per_rater")
+    before = next(m.version for m in MIGRATIONS if m.name == "ratings_per_rater") - 1
     try:
         state.migrate(up_to=before)
         with state.transaction(write=True) as cur:
@@ -273,8 +276,8 @@ def test_retention_prunes_old_answers_with_their_feedback(kept: Kept) -> None:
     old, recent = kept.answer(ago=timedelta(days=31)), kept.answer(ago=timedelta(days=29))
     kept.rate(old, "down")
     kept.rate(recent, "down")
-    pruner = RetentionPruner(kept.log.prune, every_s=3600)  # prunes at start, then every hour
-    pruner.close()
+    retention = build_retention(load_settings(), kept.state, None, SERVER)  # feedback_retention_days: 30
+    RetentionTask(retention.apply, every_s=3600).close()  # applies it at start, then every hour
     assert kept.log.find(old, "acme") is None and kept.log.find(recent, "acme") is not None
     assert [c.answer.id for c in FeedbackStore(kept.state).cases()] == [recent]
     with kept.state.transaction() as cur:

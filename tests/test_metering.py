@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from serving.governance.audit_chain import verify
+from serving.governance.audit_export import export
 from serving.infra.state_store import StateStore
 from tests.conftest import load_sample_records
 from tests.live_server import LiveServer, LiveServers
@@ -34,8 +35,7 @@ def audit_records(server: LiveServer, database_url: str | None = None) -> list[d
     store = StateStore.open(database_url, server.data_dir / "state.sqlite")
     try:
         assert verify(store).ok
-        with store.transaction() as cur:
-            return [json.loads(row["body"]) for row in cur.execute("SELECT body FROM audit_records ORDER BY seq")]
+        return list(export(store))  # each record's body with its personal fields (the client address) merged back
     finally:
         store.close()
 
@@ -138,6 +138,6 @@ def test_keyless_requests_add_one_record_per_address_and_minute(live_server: Liv
         statuses = [client.post("/v1/chat", json={"question": "hi"}).status_code for _ in range(400)]
         statuses += [client.post("/v1/chat", content=b"{not json").status_code for _ in range(50)]
     assert set(statuses) <= {400, 401, 422, 429} and statuses.count(429) >= 300
-    records = audit_records(server)
+    records = [r for r in audit_records(server) if r["admin"] is None]  # not the server's retention run
     assert len(records) <= 6, [(r["status"], r["count"]) for r in records]  # a minute boundary may split them
     assert sum(r["count"] for r in records) == 450 and {r["client"] for r in records} == {"127.0.0.1"}

@@ -79,9 +79,10 @@ def test_two_replicas_share_one_rate_limit_one_answer_cache_and_one_audit_chain(
     assert first.json()["outcome"] == "answered" and second.json()["outcome"] == "cached"
     assert second.json()["usage"]["total_tokens"] == 0
     made_anew = {"id", "outcome", "cached", "usage", "timings_ms", "cost_usd"}  # what a hit says of itself
-    assert {k: v for k, v in second.json().items() if k not in made_anew} == {
+    assert {k: v for k, v in second.json().items() if k not in made_anew} | {"generated_by": None} == {
         k: v for k, v in first.json().items() if k not in made_anew
-    }
+    } | {"generated_by": None}
+    assert second.json()["generated_by"] == {**first.json()["generated_by"], "cached": True}
     # A document changed on A changes A's digest (its answers are made anew); B's documents and hits are as before.
     changed = {"documents": [{"id": "extra", "text": "Oxygen makes up about 21% of the air we breathe."}]}
     update = httpx.post(f"{a.url}/v1/documents", json=changed, headers=headers("editor-key", "ingestc"), timeout=60)

@@ -108,6 +108,15 @@ CASES = [
     Case("DELETE", "/v1/admin/budgets/{tenant}", Role.admin, "/v1/admin/budgets/nobody", None, 404),
     Case("GET", "/v1/admin/audit", Role.admin, "/v1/admin/audit", None, 200),
     Case("GET", "/v1/admin/audit/verify", Role.admin, "/v1/admin/audit/verify", None, 200),
+    Case(
+        "DELETE",
+        "/v1/admin/subjects/documents/{doc_id:path}",
+        Role.admin,
+        "/v1/admin/subjects/documents/absent",
+        None,
+        200,
+    ),
+    Case("DELETE", "/v1/admin/subjects/users/{user}", Role.admin, "/v1/admin/subjects/users/nobody", None, 200),
 ]
 
 

@@ -35,7 +35,7 @@ from serving.answering.stages import CachedAnswers, ComposePrompt, Generate, Out
 from serving.answering.streaming_guard import SentenceGuard, SentenceSplitter
 from serving.contracts.answer import AnswerRequest, resolve_citations
 from serving.contracts.generation import Generation, GenerationRequest, GeneratorError, Replaced, StreamDelta, Usage
-from tests.browser import asked_on_the_page, needs_chromium
+from tests.browser import ai_notice, asked_on_the_page, needs_chromium
 from tests.conftest import sample_documents
 from tests.live_server import LiveServer, LiveServers, free_port
 
@@ -349,7 +349,9 @@ def test_web_page_clears_a_replaced_answer(scripted_server: tuple[ThreadServer, 
     server, _ = scripted_server
     with asked_on_the_page(server.url, GROUNDED_THEN_INVENTED) as (page, errors):
         shown, notice = page.inner_text("#answer"), page.inner_text("#notice")
+        who = ai_notice(page)  # the replacement's writer, and whom it stands in for
     assert errors == [] and "withdrawn" in notice and "groundedness" in notice
+    assert "(extractive: sentences quoted from the sources, no language model, standing in for scripted)" in who
     assert "writes [EMAIL]" not in shown and shown.strip()
 
 

@@ -2,7 +2,7 @@
 answer comes as server-sent events: ``delta`` events, each a sentence that passed the output guard; a
 ``replaced`` event when what was streamed is withdrawn (clients clear it), followed by the replacement's
 deltas; then one ``answer`` event, whose text is the deltas after the last ``replaced`` joined; then
-``[DONE]``."""
+``[DONE]``. The answer, streamed or not, carries ``generated_by``: whether an AI system wrote it, and which."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from app.api.deps import Reader, ServicesDep, answer_request
 from app.api.errors import error_responses
 from app.api.metering import MeteredAnswer
-from app.api.schemas import ChatAnswerEvent, ChatDelta, ChatReplacedEvent, ChatRequest
+from app.api.schemas import ChatAnswer, ChatAnswerEvent, ChatDelta, ChatReplacedEvent, ChatRequest
 from app.api.sse import sse_event, sse_response, sse_responses
 from serving.contracts.answer import Answer, ChatMessage
 from serving.contracts.generation import Replaced
@@ -24,10 +24,10 @@ router = APIRouter(tags=["chat"], responses=error_responses(400, 401, 403, 404, 
 
 @router.post(
     "/v1/chat",
-    response_model=Answer,
+    response_model=ChatAnswer,
     responses=sse_responses("ChatStreamEvent", "The answer; with stream, ChatStreamEvent events, then [DONE]."),
 )
-def chat(body: ChatRequest, services: ServicesDep, caller: Reader) -> Answer | StreamingResponse:
+def chat(body: ChatRequest, services: ServicesDep, caller: Reader) -> ChatAnswer | StreamingResponse:
     history = [ChatMessage(role=turn.role, content=turn.content) for turn in body.history]
     request = answer_request(
         services=services,
@@ -40,12 +40,12 @@ def chat(body: ChatRequest, services: ServicesDep, caller: Reader) -> Answer | S
     )
     metered = MeteredAnswer(services, caller, request)
     if not body.stream:
-        return metered.answer()
+        return ChatAnswer.of(metered.answer())
 
     def events() -> Iterator[str]:
         for event in metered.events():
             if isinstance(event, Answer):
-                yield sse_event(ChatAnswerEvent(**dict(event)))
+                yield sse_event(ChatAnswerEvent.of(event))
             elif isinstance(event, Replaced):
                 yield sse_event(ChatReplacedEvent(from_=event.from_, reason=event.reason))
             else:

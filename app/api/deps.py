@@ -146,7 +146,7 @@ def answer_request(
     question = require_text(question, services, "question")
     exchange = current_exchange.get()
     if exchange is not None:
-        exchange.question = question  # for the audit record
+        exchange.question, exchange.user = question, user  # for the audit record
     scope = answered_scope(services, caller.tenant, collection)
     return AnswerRequest(
         question=question,

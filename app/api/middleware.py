@@ -71,6 +71,7 @@ class Exchange:
     answer: Answer | None = None  # the final answer of a chat request
     action: AuditAction | None = None  # what an admin route did (keys.create, budgets.set, prompts.promote...)
     question: str | None = None  # a chat request's question, as asked (the audit record hashes or redacts it)
+    user: str | None = None  # a chat request's ``user``: its audit record keeps a keyed hash of it
     client: str | None = None  # the caller's address as admission saw it (behind trusted proxies, the forwarded one)
     cut: Callable[[CutOutcome], None] | None = None  # settles a chat stream that ends before its answer
     reservation: str | None = None  # the budget reservation of a chat request: its audit record releases it
@@ -243,6 +244,7 @@ class AuditHook:
             action=exchange.action,
             content=self._audit.content,
             reservation=exchange.reservation,
+            user_ref=self._audit.user_ref(exchange.principal, exchange.user),
         )
 
 
@@ -321,7 +323,7 @@ def _count(scope: Scope, exchange: Exchange) -> None:
 def _log_request(scope: Scope, exchange: Exchange, started: float) -> None:
     fields: dict[str, Any] = {
         "method": scope["method"],
-        "path": loggable_path(scope),
+        "path": _logged_path(scope),
         "status": exchange.status,
         "ms": round((time.perf_counter() - started) * 1000, 1),
     }
@@ -329,6 +331,19 @@ def _log_request(scope: Scope, exchange: Exchange, started: float) -> None:
         fields["error_status"] = exchange.error_status  # a stream that failed after its 200
     failed = exchange.error is not None or exchange.status >= 500
     log.log(logging.ERROR if failed else logging.INFO, "request", exc_info=exchange.error, extra=fields)
+
+
+# Routes whose path names a data subject (an erasure's document or user): logged by their template, since a log
+# line written while erasing someone must not name them.
+SUBJECT_ROUTES = "/v1/admin/subjects/"
+
+
+def _logged_path(scope: Scope) -> str:
+    path = loggable_path(scope)
+    if not path.startswith(SUBJECT_ROUTES):
+        return path
+    template = getattr(scope.get("route"), "path", None)  # no route matched: the subject is cut off all the same
+    return template if isinstance(template, str) else SUBJECT_ROUTES + "..."
 
 
 def loggable_path(scope: Scope) -> str:

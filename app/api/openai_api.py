@@ -1,6 +1,7 @@
 """OpenAI-compatible ``/v1/chat/completions`` and ``/v1/models``, so the ``openai`` SDK and LangChain's
 ``ChatOpenAI`` work unchanged. The last user message is the question, earlier turns are history; citations
-ride in an extra ``citations`` field (streaming: in the final chunk) and ``ragops`` says how the answer was made.
+ride in an extra ``citations`` field (streaming: in the final chunk), ``ragops`` says how the answer was made and
+``generated_by`` who wrote it (an AI system or not, which model and prompt).
 The shapes are in ``app.api.openai_protocol``.
 
 What a stream guarantees: every content delta is text that passed the output guard (sentence by sentence,
@@ -9,7 +10,8 @@ content deltas joined are the assistant message, and that message is the final a
 ``ragops``' answer text (``message.content`` of the same request without ``stream``) when nothing was withdrawn;
 when the answer was replaced after part of it was sent (the output guard stopped the model, or the model failed
 mid-answer), the part already sent, then ``WITHDRAWN_NOTICE``, then the replacement's text, with
-``ragops.fallback`` in the last chunk saying why."""
+``ragops.fallback`` (and ``generated_by.fallback``) in the last chunk saying why: ``generated_by`` names who wrote the
+replacement, the text before the notice came from ``fallback.from``."""
 
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from app.api.openai_protocol import (
     RagopsDetails,
     collection_model_id,
 )
-from app.api.schemas import MAX_HISTORY_TURNS, MAX_TURN_CHARS
+from app.api.schemas import MAX_HISTORY_TURNS, MAX_TURN_CHARS, GeneratedBy
 from app.api.sse import sse_event, sse_response, sse_responses
 from retrieval.index import is_scope_name
 from serving.contracts.answer import Answer, AnswerRequest, ChatMessage
@@ -79,6 +81,7 @@ def chat_completions(
             usage=answer.usage,
             citations=answer.citations,
             ragops=RagopsDetails.of(answer),
+            generated_by=GeneratedBy.of(answer),
         )
 
     def chunk(delta: DeltaMessage) -> str:
@@ -91,7 +94,7 @@ def chat_completions(
         return sse_event(
             ChatCompletionChunk(
                 id=completion_id, created=created, model=body.model, choices=[choice], usage=answer.usage,
-                citations=answer.citations, ragops=details,
+                citations=answer.citations, ragops=details, generated_by=GeneratedBy.of(answer),
             )
         )  # fmt: skip
 

@@ -1,7 +1,8 @@
 """The OpenAI-compatible shapes of ``/v1/chat/completions`` and ``/v1/models``, apart from the serving logic
 (as in vLLM's ``entrypoints/openai/protocol.py``). ragops' extensions are marked as such: ``collection`` and
-``top_k`` in the request (the SDK's ``extra_body``), ``citations`` and ``ragops`` in the response. Clients that
-can send no extra field pick a collection by model: ``ragops/COLLECTION``."""
+``top_k`` in the request (the SDK's ``extra_body``), ``citations``, ``ragops`` and ``generated_by`` in the
+response (OpenAI clients keep unknown fields: the SDK's ``model_extra``). Clients that can send no extra field
+pick a collection by model: ``ragops/COLLECTION``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.api.schemas import COLLECTION_PATTERN
+from app.api.schemas import COLLECTION_PATTERN, GENERATED_BY, GeneratedBy
 from safety.groundedness import Groundedness
 from safety.guards import is_none
 from serving.contracts.answer import Answer, Citation, GuardVerdicts, Outcome, PromptInfo
@@ -96,6 +97,7 @@ class ChatCompletion(BaseModel):
     usage: Usage
     citations: list[Citation] = Field(description=RAGOPS_EXTENSION + " ``[N]`` in the answer is citations[N-1].")
     ragops: RagopsDetails = Field(description=RAGOPS_EXTENSION)
+    generated_by: GeneratedBy = Field(description=f"{RAGOPS_EXTENSION} {GENERATED_BY}")
 
 
 class DeltaMessage(BaseModel):
@@ -110,19 +112,20 @@ class ChunkChoice(BaseModel):
 
 
 class ChatCompletionChunk(BaseModel):
-    """One streamed chunk; the last one (``finish_reason: "stop"``) carries usage, citations and ragops. Content
-    deltas are text the output guard passed, sentence by sentence; joined, they are the answer's text (after a
-    replacement: the text sent before it, a notice, then the replacement's text)."""
+    """One streamed chunk; the last one (``finish_reason: "stop"``) carries usage, citations, ragops and
+    generated_by. Content deltas are text the output guard passed, sentence by sentence; joined, they are the
+    answer's text (after a replacement: the text sent before it, a notice, then the replacement's text)."""
 
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str = MODEL_ID
     choices: list[ChunkChoice]
-    # usage, citations and ragops ride in the final chunk only; the others leave them out.
+    # usage, citations, ragops and generated_by ride in the final chunk only; the others leave them out.
     usage: Usage | None = Field(None, exclude_if=is_none)
     citations: list[Citation] | None = Field(None, exclude_if=is_none, description=RAGOPS_EXTENSION)
     ragops: RagopsDetails | None = Field(None, exclude_if=is_none, description=RAGOPS_EXTENSION)
+    generated_by: GeneratedBy | None = Field(None, exclude_if=is_none, description=f"{RAGOPS_EXTENSION} {GENERATED_BY}")
 
 
 class ModelCard(BaseModel):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
 
@@ -19,8 +19,9 @@ from retrieval.validation import (
     METADATA_KEY_RULE,
     InvalidFieldError,
 )
-from serving.contracts.answer import Answer
-from serving.contracts.generation import Replaced
+from serving.answering.extractive import ExtractiveGenerator
+from serving.contracts.answer import Answer, PromptInfo
+from serving.contracts.generation import Fallback, Replaced
 
 COLLECTION_PATTERN = SCOPE_NAME_PATTERN
 
@@ -138,7 +139,61 @@ class ChatDelta(BaseModel):
     text: str
 
 
-class ChatAnswerEvent(Answer):
+class GeneratedBy(BaseModel):
+    """Who wrote an answer's text, machine-readable (EU AI Act art. 50: text an AI system generates is marked as
+    such). Drawn from the answer alone, so it is as true as the answer's own fields: a cached answer repeats the
+    one it comes from (``cached``), an extractive fallback names ``extractive`` and why (``fallback``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ai_generated: bool = Field(
+        description="True when a generator wrote the text: a language model, or the extractive generator (the "
+        "passage sentences an embedding model ranks closest to the question, quoted). False when the text is "
+        "ragops' fixed wording: a refusal, an abstention by the similarity rule, an outage in which every "
+        "generator failed."
+    )
+    generator: str | None = Field(description="The backend that wrote the text; null when none did.")
+    model: str | None = Field(description="The model the generator ran (``extractive`` for the extractive one).")
+    prompt: PromptInfo | None = Field(
+        description="The prompt version the model was given; null when no model read a prompt (the extractive "
+        "generator reads none; fixed wording neither)."
+    )
+    fallback: Fallback | None = Field(
+        description="Why the configured generator did not write the text (it failed, or the output guard "
+        "withdrew its answer), or, with no generator, why none could; null when it did."
+    )
+    cached: bool = Field(
+        description="The answer repeats an earlier one from the answer cache: the fields above are that answer's."
+    )
+
+    @classmethod
+    def of(cls, answer: Answer) -> GeneratedBy:
+        prompted = answer.generator is not None and answer.generator != ExtractiveGenerator.name
+        return cls(
+            ai_generated=answer.generator is not None,
+            generator=answer.generator,
+            model=answer.model,
+            prompt=answer.prompt if prompted else None,
+            fallback=answer.fallback,
+            cached=answer.cached,
+        )
+
+
+GENERATED_BY = "Who wrote the answer: an AI system or ragops' fixed wording, which model and prompt, fallback, cache."
+
+
+class ChatAnswer(Answer):
+    """``POST /v1/chat``'s answer: the pipeline's ``Answer`` and ``generated_by``, which marks it as AI-generated
+    (or not) in one place."""
+
+    generated_by: GeneratedBy = Field(description=GENERATED_BY)
+
+    @classmethod
+    def of(cls, answer: Answer) -> Self:
+        return cls(**dict(answer), generated_by=GeneratedBy.of(answer))
+
+
+class ChatAnswerEvent(ChatAnswer):
     """The last event of a stream: the whole answer, guarded (clients show this one)."""
 
     type: Literal["answer"] = "answer"

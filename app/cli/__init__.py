@@ -19,8 +19,10 @@ from app.cli import (
     audit,
     backup,
     canary,
+    compliance,
     doctor,
     drift,
+    erase,
     evals,
     feedback,
     guards,
@@ -28,6 +30,7 @@ from app.cli import (
     keys,
     lineage,
     prompts,
+    retention,
     search,
     serve,
     snapshot,
@@ -57,6 +60,9 @@ _COMMAND_MODULES = (
     keys,
     usage,
     audit,
+    erase,
+    retention,
+    compliance,
 )
 
 

@@ -58,6 +58,12 @@ def add_parser(commands: Commands) -> None:
     create.set_defaults(handler=run_create)
     restore = actions.add_parser("restore", help="replace the index and the state store with FILE's")
     restore.add_argument("file", type=Path)
+    restore.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check FILE as a restore would (manifest, index archive, state store integrity and schema); "
+        "change nothing",
+    )
     restore.set_defaults(handler=run_restore)
 
 
@@ -93,6 +99,11 @@ def run_create(args: argparse.Namespace) -> int:
 
 def run_restore(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    if args.dry_run:
+        manifest = dry_run_restore(args.file, settings)
+        state = "and a state store that passes its integrity and schema checks" if manifest.state else "(no state)"
+        print(f"{args.file}: restorable (dry run, nothing changed): backup of {manifest.created}, index {state}")
+        return EXIT_OK
     make_private_dir(settings.data_dir)
     # In the data dir: the state store is swapped in by a rename, which needs the same filesystem.
     staging = Path(tempfile.mkdtemp(dir=settings.data_dir, prefix=".restore-"))
@@ -114,6 +125,39 @@ def run_restore(args: argparse.Namespace) -> int:
         for change in plan.changes:
             print(f"  {change.line()}")
     return EXIT_OK
+
+
+def dry_run_restore(archive_path: Path, settings: Settings) -> Manifest:
+    """What a restore checks before it changes anything, in a temporary folder outside the data dir: the
+    manifest and its members, the index snapshot readable to its end with its shard inside, and the state
+    store's integrity and schema. ``CliError`` as a restore would refuse (the key ledger is not compared: that
+    needs the live store a restore replaces)."""
+    with tempfile.TemporaryDirectory(prefix="ragops-restore-check-") as folder:
+        staging = Path(folder)
+        manifest = _unpack(archive_path, staging)
+        if manifest.state and settings.database_url is not None:
+            raise CliError(f"{archive_path} holds a SQLite state store but {POSTGRES_NOTE}")
+        _check_index_snapshot(staging / INDEX_MEMBER, archive_path)
+        if manifest.state:
+            check_sqlite(staging / STATE_MEMBER)
+    return manifest
+
+
+def _check_index_snapshot(snapshot: Path, archive_path: Path) -> None:
+    """Every member of the index snapshot read through (the gzip checksum is checked at its end), and the
+    shard's config among them, as ``SnapshotIndex.restore`` needs it."""
+    try:
+        with tarfile.open(snapshot, mode="r:gz") as archive:
+            names = set()
+            for member in archive:
+                names.add(member.name)
+                if (content := archive.extractfile(member)) is not None:
+                    while content.read(1 << 20):
+                        pass
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        raise CliError(f"not a usable backup: {archive_path} (the index snapshot: {exc})", EXIT_FAILURE) from exc
+    if "shard/edge_config.json" not in names:
+        raise CliError(f"not a usable backup: {archive_path} (no index shard in the snapshot)", EXIT_FAILURE)
 
 
 def _prepared_state(staged: Path, live: Path) -> KeyRestorePlan:

@@ -73,7 +73,7 @@ def run_baseline(args: argparse.Namespace) -> int:
             answers, lineage = _suite_source(args, embedder)
         else:
             answers, lineage = _traffic_source(since, args.limit, settings, store, embedder.model_id)
-        profile = DriftProfiles(store).save(name, DriftSample.of(answers, embedder.embed), lineage)
+        profile = DriftProfiles(store).save(name, DriftSample.of(answers, embedder.embed_questions), lineage)
     print(json.dumps(_profile_json(profile), indent=2) if args.json else _profile_line(profile))
     return EXIT_OK
 
@@ -104,7 +104,7 @@ def _check(args: argparse.Namespace) -> int:
             raise CliError("no kept answers to check (none served yet, or feedback_retention_days is 0)")
         signals = [AnswerSignals.of_record(r) for r in records]
         try:
-            report = check(profile, signals, embedder.embed, embedder.model_id, settings.drift.alpha)
+            report = check(profile, signals, embedder.embed_questions, embedder.model_id, settings.drift.alpha)
         except DriftError as exc:
             raise CliError(str(exc)) from exc
         if report.tested:  # a check with no signal tested is no verdict: not in the lineage

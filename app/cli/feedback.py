@@ -67,12 +67,13 @@ def run_prune(args: argparse.Namespace) -> int:
     from serving.loop.answer_log import prune_answers
 
     settings = settings_from(args)
-    cutoff = parse_stamp(utc_now()) - timedelta(days=settings.feedback_retention_days)
+    days = settings.retention.feedback_retention_days
+    cutoff = parse_stamp(utc_now()) - timedelta(days=days)
     with open_state(settings) as store:
         pruned = prune_answers(store, cutoff)
     before = stamp(cutoff)
     if args.json:
-        print(json.dumps({"answers": pruned, "before": before, "retention_days": settings.feedback_retention_days}))
+        print(json.dumps({"answers": pruned, "before": before, "retention_days": days}))
     else:
         print(f"pruned {pruned} answers (and their feedback) kept before {before}")
     return EXIT_OK

@@ -63,7 +63,10 @@ def run_serve(args: argparse.Namespace) -> int:
         open_governance(services)
         _ = services.pipeline  # load the generator now, not on the first question
         report_preflight(preflight)
-        _ = services.retention  # prune kept answers past retention now and daily
+        _ = services.retention  # apply every store's retention now and daily
+        from app.parts import finish_erasures  # heavy: not at import, `ragops --help` stays fast
+
+        finish_erasures(services.eraser)
         app = create_app(settings, services=services, bind_host=args.host)
         # Our middleware logs one line per request, path without the query string; uvicorn's would log both.
         # proxy_headers off: uvicorn would otherwise take X-Forwarded-For from any loopback peer as the client;

@@ -27,7 +27,10 @@ from serving.contracts.answer import Answer
 from serving.infra.redis_link import RedisOutage, redis_client
 from serving.observe.metrics import ServiceMetrics
 
-REDIS_KEY_PREFIX = "ragops:answer:v1:"  # v1: the stored Answer's JSON; a new layout takes a new prefix
+# v2: the stored Answer's JSON under the tenant's name (erasure finds a tenant's entries); a new layout takes a new
+# prefix (entries under an old one are never read again and expire with their TTL).
+REDIS_KEY_PREFIX = "ragops:answer:v2:"
+EVICT_SCAN_COUNT = 500  # keys per SCAN step when erasure looks through a tenant's entries
 
 
 def normalise_question(question: str) -> str:
@@ -50,10 +53,33 @@ class CacheKey:
         return (self.collection, self.tenant, self.index_version, self.prompt, self.generator, self.top_k)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Eviction:
+    """Which cached answers an erasure removes: a tenant's answers that show a document's passages (cited or
+    not: their text is in the answer), or, with no document, all of the tenant's (a cached answer does not
+    record who asked it, so erasing a user empties the tenant's cache)."""
+
+    tenant: str
+    collection: str | None = None
+    doc_id: str | None = None
+
+    def matches(self, key: CacheKey, value: Any) -> bool:
+        if key.tenant != self.tenant or (self.collection is not None and key.collection != self.collection):
+            return False
+        return self.doc_id is None or shows_document(value, self.doc_id)
+
+
+def shows_document(value: Any, doc_id: str) -> bool:
+    return isinstance(value, Answer) and any(c.doc_id == doc_id for c in value.citations)
+
+
 class AnswerCache(Protocol):
     def get(self, key: CacheKey, query_vector: Vectors | None = None) -> Any | None: ...
 
     def put(self, key: CacheKey, value: Any, query_vector: Vectors | None = None) -> None: ...
+
+    def evict(self, eviction: Eviction) -> int:
+        """Remove the entries ``eviction`` matches; returns how many went."""
 
 
 class InMemoryAnswerCache:
@@ -90,11 +116,18 @@ class InMemoryAnswerCache:
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
 
+    def evict(self, eviction: Eviction) -> int:
+        with self._lock:
+            gone = [key for key, (value, _) in self._entries.items() if eviction.matches(key, value)]
+            for key in gone:
+                del self._entries[key]
+        return len(gone)
+
 
 def redis_key(key: CacheKey) -> str:
     """The Redis key of an answer: every field of its ``CacheKey``, hashed (a question may be long)."""
     fields = json.dumps(dataclasses.astuple(key), ensure_ascii=False).encode()
-    return REDIS_KEY_PREFIX + hashlib.sha256(fields).hexdigest()
+    return f"{REDIS_KEY_PREFIX}{key.tenant}:{hashlib.sha256(fields).hexdigest()}"
 
 
 class RedisAnswerCache:
@@ -128,6 +161,24 @@ class RedisAnswerCache:
             else:
                 self._outage.succeeded()
 
+    def evict(self, eviction: Eviction) -> int:
+        """Remove the matching entries from Redis (every replica's shared cache) and from this process's semantic
+        layer. Unlike a lookup, a Redis error here is raised: an erasure must not pass over a store it missed.
+        Another replica's in-process semantic layer keeps its copies until they age out of its LRU."""
+        gone = self._semantic.evict(eviction) if self._semantic is not None else 0
+        names: list[bytes] = []
+        for name in self._redis.scan_iter(match=f"{REDIS_KEY_PREFIX}{eviction.tenant}:*", count=EVICT_SCAN_COUNT):
+            if eviction.doc_id is None:
+                names.append(name)
+                continue
+            stored = self._redis.get(name)
+            if isinstance(stored, bytes) and _stored_shows(stored, eviction):
+                names.append(name)
+        for begin in range(0, len(names), EVICT_SCAN_COUNT):
+            deleted: Any = self._redis.delete(*names[begin : begin + EVICT_SCAN_COUNT])  # the sync client's int
+            gone += int(deleted)
+        return gone
+
     def _shared_get(self, name: str) -> Answer | None:
         if not self._outage.usable():
             return None
@@ -148,3 +199,14 @@ class RedisAnswerCache:
     def _failed(self, error: Exception) -> None:
         self._metrics.redis_errors.labels("answer_cache").inc()
         self._outage.failed(error)
+
+
+def _stored_shows(stored: bytes, eviction: Eviction) -> bool:
+    """Whether an answer stored in Redis shows the evicted document. Its key hides the collection, so the same
+    document id in another collection of the tenant goes too (a cache miss, not a loss). An unreadable entry is
+    removed as well: it cannot be shown not to hold the document."""
+    try:
+        answer = Answer.model_validate_json(stored)
+    except ValidationError:
+        return True
+    return eviction.doc_id is not None and shows_document(answer, eviction.doc_id)

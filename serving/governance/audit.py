@@ -13,7 +13,6 @@ and publishes the chain's head (log line, anchor file) at most every ``AnchorSet
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import queue
@@ -33,8 +32,10 @@ from safety.pii import redact
 from serving.contracts.answer import Answer
 from serving.governance.access import Principal
 from serving.governance.audit_chain import AUDIT_LOCK, Anchor, append_anchor, chain_hash, read_head
+from serving.governance.audit_personal import canonical_json, split_personal
 from serving.governance.audit_usage import UsageTally, add_to_ledger, usage_of
 from serving.governance.refusal_tally import RefusalCount, RefusalTally
+from serving.governance.subjects import SubjectKeys
 from serving.infra.clock import stamp, utc_now
 from serving.infra.state_store import Cursor, StateStore
 
@@ -107,11 +108,20 @@ class AuditRecord(BaseModel):
                        "recorded once per client address and minute.")  # fmt: skip
     client: str | None = Field(None, description="The client address, of unauthenticated refusals only (the "
                                "records without a key to say who called).")  # fmt: skip
+    user_ref: str | None = Field(None, description="Who the answer was for: a keyed hash of the tenant and the "
+                                 "request's `user` (serving.governance.subjects), never the id itself.")  # fmt: skip
     # Not part of the record (never hashed, never exported): the budget reservation its commit releases.
     reservation: str | None = Field(None, exclude=True)
 
     def canonical(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """The record as one body (personal fields in it: how records were hashed before they were kept apart)."""
+        return canonical_json(self.model_dump(mode="json"))
+
+    def chained(self) -> tuple[str, str]:
+        """The body the chain hashes (personal fields replaced by their salted digest) and the ``personal``
+        column (``serving.governance.audit_personal``)."""
+        body, personal = split_personal(self.model_dump(mode="json"))
+        return canonical_json(body), personal
 
 
 @dataclass(frozen=True)
@@ -145,14 +155,17 @@ def build_record(
     action: AuditAction | None,
     content: AuditContent,
     reservation: str | None = None,
+    user_ref: str | None = None,
 ) -> AuditRecord:
-    """The record of one request; questions and answers hashed, or redacted with ``content="redacted"``."""
+    """The record of one request; questions and answers hashed, or redacted with ``content="redacted"``;
+    ``user_ref`` the keyed hash of the request's ``user``."""
     text = answer.answer if answer is not None else None
     fields: dict[str, Any] = {
         "ts": utc_now(), "request_id": facts.request_id, "method": facts.method, "route": facts.route,
         "status": facts.status, "latency_ms": round(facts.latency_ms, 3), "admin": action,
         "outcome": answer.outcome if answer is not None and facts.status < 400 else status_outcome(facts.status),
         "question_sha256": _sha256(question), "answer_sha256": _sha256(text), "reservation": reservation,
+        "user_ref": user_ref,
     }  # fmt: skip
     if content == "redacted":
         fields["question"] = None if question is None else redact(question)
@@ -221,8 +234,15 @@ class AuditLog:
         self._anchored_at = 0.0
         delay = os.environ.get(COMMIT_DELAY_ENV, "")
         self._commit_delay_s = int(delay) / 1000 if delay.isdigit() else 0.0
+        self.subjects = SubjectKeys(store)
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
+
+    def user_ref(self, principal: Principal | None, user: str | None) -> str | None:
+        """How a record names the request's ``user``: a keyed hash within the caller's tenant."""
+        if principal is None or user is None:
+            return None
+        return self.subjects.ref("user", principal.tenant, user)
 
     def refused(self, client: str, status: int) -> None:
         """Count an unauthenticated refusal (401, or the 429 of an address out of failed authentications): no
@@ -361,14 +381,16 @@ def append_records(cur: Cursor, records: Sequence[AuditRecord]) -> list[int]:
     for record in records:
         seq += 1
         placed = record.model_copy(update={"seq": seq})
-        body = placed.canonical()
+        body, personal = placed.chained()
         digest = chain_hash(prev_hash, body)
-        rows.append((seq, record.ts, record.tenant, record.key_id, body, prev_hash, digest))
+        rows.append((seq, record.ts, record.tenant, record.key_id, body, personal, prev_hash, digest))
         seqs.append(seq)
         prev_hash = digest
         usage.add(usage_of(placed.model_dump(include=USAGE_FIELDS)))
     cur.executemany(
-        "INSERT INTO audit_records (seq, ts, tenant, key_id, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+        "INSERT INTO audit_records (seq, ts, tenant, key_id, body, personal, prev_hash, hash) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
     )
     cur.execute(
         "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) "

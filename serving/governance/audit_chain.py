@@ -4,7 +4,12 @@ A record's ``body`` is its canonical JSON (sorted keys, compact, ASCII) and its 
 sha256(previous record's hash + body), the first record's previous hash being 64 zeros (or, after pruning, the
 hash of the last pruned record, kept as a checkpoint). ``audit_head`` holds the last seq and hash; writers lock
 it (``cur.lock("audit")``), so replicas sharing one Postgres append to one chain. Anyone can re-check an export
-offline: drop ``prev_hash`` and ``hash`` from a line, re-serialise canonically, hash.
+offline: drop ``prev_hash`` and ``hash`` from a line, and the personal fields (``audit_personal.PERSONAL_FIELDS``,
+and ``erased_by``) from a line that has ``personal_sha256``, re-serialise canonically, hash.
+
+A record's personal fields are kept beside its body (``serving.governance.audit_personal``): the body holds their
+salted digest, which ``verify`` checks them against; an erasure replaces them with keyed hashes and names its own
+record in the chain (an ``admin.action`` ``subject.erase``), which ``verify`` checks is there.
 
 The columns beside ``body`` (``ts``, ``tenant``, ``key_id``, which export and prune filter on) must repeat the body;
 the usage ledger must be what the records add up to (``serving.governance.audit_usage``); a prune writes a record
@@ -23,12 +28,13 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from serving.governance.audit_personal import ErasedPart, personal_problem, read_personal
 from serving.governance.audit_usage import UsageLine, UsageTally, ledger_differences, usage_of
 from serving.infra.state_store import Cursor, StateStore
 
@@ -54,6 +60,9 @@ def last_checkpoint(cur: Cursor) -> tuple[int, str]:
 
 
 TamperKind = Literal["edited", "removed", "inserted", "reordered", "head_mismatch", "usage_mismatch"]
+ERASURE_ACTION = "subject.erase"
+"""The admin action of an erasure's tombstone: the kind of subject, a keyed hash of its identifier, what each store
+removed. Records whose personal fields it replaced name its seq."""
 
 
 class BadRecord(BaseModel):
@@ -80,6 +89,7 @@ class _Row:
     tenant: str | None
     key_id: str | None
     body: str
+    personal: str | None
     prev_hash: str
     hash: str
 
@@ -144,7 +154,7 @@ def verify(store: StateStore) -> VerifyResult:
         start_seq, start_hash = last_checkpoint(cur)
         snapshot = _snapshot(cur)
     expected_seq, expected_prev, checked = start_seq + 1, start_hash, 0
-    usage, attestation = UsageTally(), None
+    usage, attestation, erasures = UsageTally(), None, _Erasures()
     bad: BadRecord | None = None
     for row in _rows_between(store, start_seq, snapshot.head_seq):
         fields = _fields(row.body)
@@ -153,7 +163,10 @@ def verify(store: StateStore) -> VerifyResult:
             break
         usage.add(usage_of(fields))
         attestation = prune_attestation(fields) or attestation
+        erasures.note(row, fields)
         checked, expected_seq, expected_prev = checked + 1, row.seq + 1, row.hash
+    if bad is None:
+        bad = erasures.unattested()
     if bad is None:
         last_seq = max(expected_seq - 1, snapshot.last_seq)  # records past the head count as the chain's end
         bad = _check_head(last_seq, expected_prev, snapshot.head_seq, snapshot.head_hash)
@@ -164,6 +177,41 @@ def verify(store: StateStore) -> VerifyResult:
         bad = _check_ledger(snapshot, usage)
     return VerifyResult(ok=bad is None, records=checked, checkpoint_seq=start_seq, head_seq=snapshot.head_seq,
                         head_hash=snapshot.head_hash, first_bad=bad)  # fmt: skip
+
+
+@dataclass
+class _Erasures:
+    """The tombstones met on the walk, and the records that name one: each must name a tombstone after it."""
+
+    tombstones: dict[int, set[int]] = field(default_factory=dict)  # tombstone seq -> the seqs it says it erased
+    named: dict[int, int] = field(default_factory=dict)  # erased record's seq -> the tombstone seq it names
+
+    def note(self, row: _Row, fields: dict[str, Any]) -> None:
+        admin = fields.get("admin")
+        if isinstance(admin, dict) and admin.get("action") == ERASURE_ACTION:
+            self.tombstones[row.seq] = _erased_seqs(admin.get("detail"))
+        part = read_personal(row.personal)
+        if isinstance(part, ErasedPart):
+            self.named[row.seq] = part.erased_by
+
+    def unattested(self) -> BadRecord | None:
+        """The first record erased by no tombstone after it, or by one that does not list it (an erasure forged
+        onto a record by pointing it at a real tombstone, or at one appended for the purpose: the anchor of the
+        chain's head catches the latter)."""
+        for seq, tombstone in sorted(self.named.items()):
+            if tombstone <= seq or tombstone not in self.tombstones:
+                return BadRecord(seq=seq, kind="edited", reason=f"its personal fields were replaced, naming erasure "
+                                 f"record {tombstone}, which is no erasure after it in the chain")  # fmt: skip
+            if seq not in self.tombstones[tombstone]:
+                return BadRecord(seq=seq, kind="edited", reason=f"its personal fields were replaced, naming erasure "
+                                 f"record {tombstone}, which does not list it among the records it erased")  # fmt: skip
+        return None
+
+
+def _erased_seqs(detail: object) -> set[int]:
+    """The records an erasure's tombstone says it erased (``detail.erased_seqs``)."""
+    seqs = detail.get("erased_seqs") if isinstance(detail, dict) else None
+    return {seq for seq in seqs if isinstance(seq, int)} if isinstance(seqs, list) else set()
 
 
 def _check_start(start_seq: int, start_hash: str, attestation: PruneAttestation | None) -> BadRecord | None:
@@ -269,13 +317,15 @@ def _rows_between(store: StateStore, after: int, last: int) -> Iterator[_Row]:
     while True:
         with store.transaction() as cur:
             rows = cur.execute(
-                "SELECT seq, ts, tenant, key_id, body, prev_hash, hash FROM audit_records WHERE seq > ? AND seq <= ? "
+                "SELECT seq, ts, tenant, key_id, body, personal, prev_hash, hash FROM audit_records "
+                "WHERE seq > ? AND seq <= ? "
                 "ORDER BY seq LIMIT ?",
                 (after, last, PAGE),
             )
         for row in rows:
             yield _Row(seq=int(row["seq"]), ts=row["ts"], tenant=row["tenant"], key_id=row["key_id"],
-                       body=str(row["body"]), prev_hash=str(row["prev_hash"]), hash=str(row["hash"]))  # fmt: skip
+                       body=str(row["body"]), personal=row["personal"], prev_hash=str(row["prev_hash"]),
+                       hash=str(row["hash"]))  # fmt: skip
         if len(rows) < PAGE:
             return
         after = int(rows[-1]["seq"])
@@ -292,6 +342,9 @@ def _check_row(
         if getattr(row, column) != fields.get(column):
             return BadRecord(seq=row.seq, kind="edited", reason=f"its {column} column ({getattr(row, column)!r}) is "
                              f"not the {column} it was hashed with ({fields.get(column)!r})")  # fmt: skip
+    problem = personal_problem(fields, row.personal)
+    if problem is not None:
+        return BadRecord(seq=row.seq, kind="edited", reason=problem)
     written_as = fields.get("seq") if isinstance(fields.get("seq"), int) else None
     if written_as != row.seq:
         return _moved(store, row, written_as)

@@ -21,6 +21,7 @@ from serving.governance.audit_chain import (
     prune_attestation,
     verify,
 )
+from serving.governance.audit_personal import exported
 from serving.governance.audit_usage import UsageTally, usage_of
 from serving.infra.clock import stamp, utc_now
 from serving.infra.state_store import Cursor, StateStore
@@ -30,8 +31,9 @@ def read_page(
     store: StateStore, since: datetime | None, tenant: str | None, after_seq: int, limit: int
 ) -> list[dict[str, Any]]:
     """Up to ``limit`` records after ``after_seq`` (oldest first), from ``since`` on and of ``tenant`` when
-    given; each its body's fields plus ``prev_hash`` and ``hash``."""
-    sql = "SELECT body, prev_hash, hash FROM audit_records WHERE seq > ?"
+    given; each its body's fields, with its personal fields (``audit_personal.exported``), ``prev_hash`` and
+    ``hash``."""
+    sql = "SELECT body, personal, prev_hash, hash FROM audit_records WHERE seq > ?"
     params: list[Any] = [after_seq]
     if since is not None:
         sql, params = sql + " AND ts >= ?", [*params, stamp(since)]
@@ -39,7 +41,10 @@ def read_page(
         sql, params = sql + " AND tenant = ?", [*params, tenant]
     with store.transaction() as cur:
         rows = cur.execute(sql + " ORDER BY seq LIMIT ?", [*params, limit])
-    return [{**json.loads(row["body"]), "prev_hash": row["prev_hash"], "hash": row["hash"]} for row in rows]
+    return [
+        {**exported(json.loads(row["body"]), row["personal"]), "prev_hash": row["prev_hash"], "hash": row["hash"]}
+        for row in rows
+    ]
 
 
 def export(store: StateStore, since: datetime | None = None, tenant: str | None = None) -> Iterator[dict[str, Any]]:
@@ -51,6 +56,37 @@ def export(store: StateStore, since: datetime | None = None, tenant: str | None 
         if len(page) < PAGE:
             return
         after = int(page[-1]["seq"])
+
+
+class AdminActionRecord(AuditAction):
+    """An admin action as the trail holds it, with its record's place, time and status (500: it failed, in part)."""
+
+    seq: int
+    ts: str
+    status: int
+
+
+def newest_admin_action(store: StateStore, action: str) -> AdminActionRecord | None:
+    """The newest admin record of ``action`` (``retention.apply``, say); None when the trail has none. Read from
+    the newest record back, so finding yesterday's run scans none of the years before it."""
+    pattern = f"%{json.dumps({'action': action}, separators=(',', ':'))[1:-1]}%"  # as the canonical body has it
+    before: int | None = None
+    while True:
+        params: list[Any] = [pattern] if before is None else [pattern, before]
+        older = "" if before is None else " AND seq < ?"
+        with store.transaction() as cur:
+            rows = cur.execute(
+                f"SELECT seq, ts, body FROM audit_records WHERE body LIKE ?{older} ORDER BY seq DESC LIMIT ?",
+                [*params, PAGE],
+            )
+        for row in rows:
+            fields = json.loads(row["body"])
+            admin = fields.get("admin")
+            if isinstance(admin, dict) and admin.get("action") == action:  # not a detail that nests the words
+                return AdminActionRecord(seq=int(row["seq"]), ts=str(row["ts"]), status=int(fields["status"]), **admin)
+        if len(rows) < PAGE:
+            return None
+        before = int(rows[-1]["seq"])
 
 
 class PrunePlan(BaseModel):

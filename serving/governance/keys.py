@@ -254,6 +254,13 @@ class KeyStore:
             rows = cursor.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id")
         return [_record(row) for row in rows]
 
+    def stored_roles(self) -> dict[str, str]:
+        """Each key's id and its role as stored, unchecked: a role this version does not know shows here, where
+        ``list`` would refuse the row (the compliance report names such keys)."""
+        with self._store.transaction() as cursor:
+            rows = cursor.execute("SELECT id, role FROM api_keys ORDER BY created_at, id")
+        return {str(row["id"]): str(row["role"]) for row in rows}
+
     def get(self, key_id: str) -> ApiKeyRecord | None:
         stored = self.lookup(key_id)
         return stored.record if stored is not None else None

@@ -209,9 +209,39 @@ _RATINGS_PER_RATER = (
     "CREATE INDEX feedback_ts ON feedback (ts)",
 )
 
+_DATA_RIGHTS = (
+    # An audit record's personal fields (who asked, what: ``audit_personal.PERSONAL_FIELDS`` in serving.governance)
+    # live here, apart from the hashed body, which holds their salted digest: erasure replaces them with keyed
+    # hashes and the chain still verifies. NULL: a record written before this migration (its fields in its body).
+    "ALTER TABLE audit_records ADD COLUMN personal TEXT",
+    # Secrets the service makes for itself, shared by replicas through the store: the key of the keyed hashes
+    # that name erased subjects and pseudonymise users in the audit trail.
+    "CREATE TABLE service_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL, created_at TEXT NOT NULL)",
+    # Erasure requests: the journal that lets a re-run finish an interrupted erasure. ``identifier`` (the
+    # document id or user) is kept only until the erasure finished; ``subject_ref`` is its keyed hash.
+    # ``suite_refs``: keyed hashes of a user's answer ids, so that suite lines listed by one run (which deletes the
+    # answers they were found by) are still found by a later run that rewrites the suites.
+    """CREATE TABLE erasures (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        collection TEXT,
+        subject_ref TEXT NOT NULL,
+        identifier TEXT,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        removed TEXT,
+        suite_refs TEXT
+    )""",
+    "CREATE INDEX erasures_subject ON erasures (subject_ref)",
+    # Erasing a user finds their kept answers by the canary subject.
+    "CREATE INDEX answers_user ON answers (tenant, user_hash)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "governance", _GOVERNANCE),
     Migration(2, "production_loop", _PRODUCTION_LOOP),
     Migration(3, "budget_reservations", _BUDGET_RESERVATIONS),
     Migration(4, "ratings_per_rater", _RATINGS_PER_RATER),
+    Migration(5, "data_rights", _DATA_RIGHTS),
 )

@@ -200,6 +200,21 @@ class StateStore:
                 applied.append(migration.version)
         return applied
 
+    def reclaim(self, tables: Sequence[str]) -> bool:
+        """Make rows deleted from ``tables`` gone from the disk too, not only from queries: SQLite zeroes freed
+        cells as it goes (``secure_delete``), and the write-ahead log that still holds the pages as they were is
+        checkpointed and truncated here; Postgres' dead tuples are vacuumed. False when another connection kept
+        the log from being truncated (run it again when the server is idle)."""
+        if self.dialect == "postgres":
+            import psycopg
+
+            with psycopg.connect(str(self._opener), autocommit=True) as connection:
+                for table in tables:
+                    connection.execute(f"VACUUM {table}")  # our own table names, never input
+            return True
+        row = self._sqlite().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return bool(row) and row["busy"] == 0
+
     def schema_version(self) -> int:
         with self.transaction() as cursor:
             rows = cursor.execute("SELECT MAX(version) AS version FROM schema_migrations")
@@ -216,6 +231,8 @@ class StateStore:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")  # a commit is on disk before a response says so
             connection.execute("PRAGMA busy_timeout=30000")
+            # A deleted or overwritten row's bytes are zeroed, not left in free pages: erasure means gone from disk.
+            connection.execute("PRAGMA secure_delete=ON")
             self._local.connection = connection
             with self._lock:
                 self._sqlite_connections.append(connection)

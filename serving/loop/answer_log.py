@@ -144,12 +144,23 @@ def kept_answers(
 
 def prune_answers(state: StateStore, before: datetime) -> int:
     """Delete the answers kept before ``before``, with their feedback; returns how many answers went."""
+    return answers_before(state, before, remove=True)["answers"]
+
+
+def answers_before(state: StateStore, before: datetime, remove: bool) -> dict[str, int]:
+    """How many answers were kept before ``before`` and how many ratings of them there are (``answers``,
+    ``feedback``), counted in the transaction that deletes them when ``remove``."""
     cutoff = stamp(before)
-    with state.transaction(write=True) as cur:
-        cur.execute("DELETE FROM feedback WHERE answer_id IN (SELECT id FROM answers WHERE ts < ?)", [cutoff])
-        gone = cur.execute("SELECT COUNT(*) AS gone FROM answers WHERE ts < ?", [cutoff])[0]["gone"]
-        cur.execute("DELETE FROM answers WHERE ts < ?", [cutoff])
-    return int(gone)
+    with state.transaction(write=remove) as cur:
+        counts = cur.execute(
+            "SELECT (SELECT COUNT(*) FROM answers WHERE ts < ?) AS answers, "
+            "(SELECT COUNT(*) FROM feedback WHERE answer_id IN (SELECT id FROM answers WHERE ts < ?)) AS feedback",
+            [cutoff, cutoff],
+        )[0]
+        if remove:
+            cur.execute("DELETE FROM feedback WHERE answer_id IN (SELECT id FROM answers WHERE ts < ?)", [cutoff])
+            cur.execute("DELETE FROM answers WHERE ts < ?", [cutoff])
+    return {"answers": int(counts["answers"]), "feedback": int(counts["feedback"])}
 
 
 def kept_text(text: str) -> str:

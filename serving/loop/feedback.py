@@ -5,16 +5,13 @@ tenant. On a server without keys every caller is the one anonymous key: one rati
 
 Readers: the canary analysis (``answer_ratings`` / ``down_rates``: the ratings of a prompt's answers given
 since a moment, per version), ``ragops feedback export`` (``FeedbackStore.cases``: rated answers with what
-was asked, answered and shown) and retention (``serving.loop.answer_log.prune_answers`` deletes feedback with
-its answer).
+was asked, answered and shown) and retention (``serving.loop.answer_log.answers_before`` deletes feedback with
+its answer; ``serving.rights.retention`` runs it at start and daily).
 Comments and corrections are redacted before they are kept, like the answers themselves.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -23,8 +20,6 @@ from serving.governance.access import ANONYMOUS_KEY_ID
 from serving.infra.clock import parse_stamp, stamp, utc_now
 from serving.infra.state_store import Cursor, Row, StateStore
 from serving.loop.answer_log import AnswerRecord, answer_columns, kept_text
-
-log = logging.getLogger("ragops.feedback")
 
 Rating = Literal["up", "down"]
 
@@ -177,32 +172,6 @@ class FeedbackStore:
         with self._state.transaction() as cur:
             rows = cur.execute(sql, params)
         return [FeedbackCase(AnswerRecord.from_row(r, "answer_"), _feedback_from_row(r, "feedback_")) for r in rows]
-
-
-class RetentionPruner:
-    """Deletes answers (and their feedback) past retention: at start, then every ``every_s`` seconds, on a thread
-    of its own (each replica prunes; the deletes are idempotent). ``close`` stops it."""
-
-    def __init__(self, prune: Callable[[datetime], int], every_s: float = 86_400.0) -> None:
-        self._prune = prune
-        self._every_s = every_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ragops-retention", daemon=True)
-        self._thread.start()
-
-    def close(self, wait_s: float = 2.0) -> None:
-        self._stop.set()
-        self._thread.join(wait_s)
-
-    def _run(self) -> None:
-        while True:  # the first turn runs even when closed at once: a start always prunes
-            try:
-                pruned = self._prune(parse_stamp(utc_now()))
-                log.info("answers pruned", extra={"answers": pruned})
-            except Exception as exc:  # a store outage: try again at the next turn, never stop the server
-                log.warning("answers not pruned", extra={"error": str(exc)[:200]})
-            if self._stop.wait(self._every_s):
-                return
 
 
 def _recent_down_rate(cur: Cursor, prompt: str, version: str, window: int) -> DownRate:

@@ -1,0 +1,26 @@
+"""The compliance report as one self-contained HTML page an auditor can read (like the eval report: no script,
+no style or font fetched from anywhere; every value escaped)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from app.compliance.model import ComplianceReport
+
+
+def render_html(report: ComplianceReport) -> str:
+    environment = Environment(
+        loader=PackageLoader("app.compliance", "templates"),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return environment.get_template("compliance.html").render(report=report, counts=report.counts())
+
+
+def write_html(path: Path, report: ComplianceReport) -> Path:
+    path.write_text(render_html(report), encoding="utf-8")
+    return path
