@@ -38,14 +38,26 @@ def telemetry_destinations(settings: Settings) -> list[str]:
         )
     if settings.generator == "vllm" and settings.vllm.base_url:
         found.append(f"generator: {settings.vllm.base_url} (vLLM server: questions and passages)")
-    return found
+    return found + _stores_elsewhere(settings)
+
+
+def _stores_elsewhere(settings: Settings) -> list[str]:
+    """The service's own stores when they are servers of their own: data goes to them too (hosts only, never
+    credentials)."""
+    from urllib.parse import urlsplit
+
+    stores = [("state store (keys, audit trail, kept answers)", settings.database_url),
+              ("Redis (rate limits; cached answers with answer_cache_backend=redis)", settings.redis_url),
+              ("Qdrant server (documents and their vectors)", settings.qdrant.url)]  # fmt: skip
+    return [f"{what}: {urlsplit(url).hostname}" for what, url in stores if url]
 
 
 def check_telemetry(deployment: Deployment) -> Verdict:
     settings = deployment.settings
     destinations = telemetry_destinations(settings)
     if not destinations:
-        return passed("none: nothing leaves the machine (no LangSmith, no OTLP endpoint, no remote judge or model)")
+        return passed("none: nothing leaves the machine (no LangSmith, no OTLP endpoint, no remote judge or model, "
+                      "no store on another server)")  # fmt: skip
     evidence = list(destinations)
     if not settings.traces.trace_redact and any("traces" in d or "spans" in d for d in destinations):
         evidence.append(f"{WARNING}trace_redact=false: traced inputs and outputs leave unredacted")
