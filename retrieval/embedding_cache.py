@@ -17,7 +17,8 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,25 +141,16 @@ class SqliteEmbeddingStore:
         many there were. Their bytes go too: zeroed in the file, and the -wal truncated
         (``EmbeddingCacheBusyError`` when another connection kept it from being truncated)."""
         removed = 0
-        with self._lock:
+        with self._erasing():
             models = sorted(self._models) if model_id is None else [model_id]
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for model in models:
-                    for begin in range(0, len(keys), 500):
-                        batch = keys[begin : begin + 500]
-                        cursor = self._db.execute(
-                            "DELETE FROM embeddings WHERE model_id = ? AND text_hash IN "
-                            f"({','.join('?' * len(batch))})",
-                            (model, *batch),
-                        )
-                        removed += max(cursor.rowcount, 0)
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-            self._truncate_wal()
+            for model in models:
+                for begin in range(0, len(keys), 500):
+                    batch = keys[begin : begin + 500]
+                    cursor = self._db.execute(
+                        f"DELETE FROM embeddings WHERE model_id = ? AND text_hash IN ({','.join('?' * len(batch))})",
+                        (model, *batch),
+                    )
+                    removed += max(cursor.rowcount, 0)
         return removed
 
     def prune_queries(self, before: datetime) -> int:
@@ -166,24 +158,30 @@ class SqliteEmbeddingStore:
         many. Rows written before the upgrade to format 2 (kind not known) go once ``before`` passes the
         upgrade. Passage rows stay."""
         cut_off = int((before if before.tzinfo else before.replace(tzinfo=UTC)).timestamp())
+        with self._erasing():
+            removed = max(
+                self._db.execute("DELETE FROM embeddings WHERE kind = 1 AND written_at < ?", (cut_off,)).rowcount, 0
+            )
+            legacy = self._db.execute("SELECT value FROM meta WHERE name = 'legacy_rows_since'").fetchone()
+            if legacy is not None and int(legacy[0]) < cut_off:
+                removed += max(self._db.execute("DELETE FROM embeddings WHERE kind IS NULL").rowcount, 0)
+                self._db.execute("DELETE FROM meta WHERE name = 'legacy_rows_since'")
+        return removed
+
+    @contextmanager
+    def _erasing(self) -> Iterator[None]:
+        """One write transaction under the lock whose deleted rows leave the disk too: committed, then the -wal
+        truncated (rolled back when the block raises)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                removed = max(
-                    self._db.execute("DELETE FROM embeddings WHERE kind = 1 AND written_at < ?", (cut_off,)).rowcount,
-                    0,
-                )
-                legacy = self._db.execute("SELECT value FROM meta WHERE name = 'legacy_rows_since'").fetchone()
-                if legacy is not None and int(legacy[0]) < cut_off:
-                    removed += max(self._db.execute("DELETE FROM embeddings WHERE kind IS NULL").rowcount, 0)
-                    self._db.execute("DELETE FROM meta WHERE name = 'legacy_rows_since'")
+                yield
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
             self._truncate_wal()
-        return removed
 
     def _truncate_wal(self) -> None:
         """Copy the -wal into the file and truncate it to nothing: deleted rows' old frames go with it."""
