@@ -72,8 +72,13 @@ $(VLLM_MODEL)/config.json: | setup
 doctor: setup
 	-$(VENV)/bin/ragops doctor --host $(HOST) --port $(PORT)
 
+# The sample's passage vectors are kept once for every data dir (RAGOPS_EMBEDDING_SEED, keyed by the model's
+# fingerprint), outside every data dir: a second data dir, or `make run` with another RAGOPS_DATA_DIR, ingests the
+# sample in seconds. Set here only: every passage vector computed while it is set goes into that shared file.
+SAMPLE_SEED := $(CURDIR)/.cache/sample-embeddings.sqlite
+
 ingest: setup
-	$(VENV)/bin/ragops ingest data/sample --collection sample
+	RAGOPS_EMBEDDING_SEED=$(SAMPLE_SEED) $(VENV)/bin/ragops ingest data/sample/disfl_qa_passages.jsonl --collection sample
 
 serve: setup
 	$(VENV)/bin/ragops serve --host $(HOST) --port $(PORT)
@@ -128,4 +133,4 @@ bench: setup
 	$(PY) bench/erasure.py --out bench/results/erasure.json
 
 clean:
-	rm -rf .ragops .pytest_cache .mypy_cache .ruff_cache .site
+	rm -rf .ragops .cache .pytest_cache .mypy_cache .ruff_cache .site

@@ -360,7 +360,7 @@ def build_pipeline(services: Services) -> RagPipeline:
 
 def build_prompts(services: Services) -> PromptSelector | LivePrompts:
     s = services.settings
-    registry = PromptRegistry(s.prompts_dir) if s.prompts_dir else PromptRegistry()
+    registry = PromptRegistry(s.prompts_dir)
     if not s.live_labels:
         canary = registry.resolve(s.canary.prompt) if s.canary.prompt else None
         return PromptSelector(registry.resolve(s.prompt), canary, s.canary.share)

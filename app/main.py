@@ -16,6 +16,7 @@ from app.api import (
     chat,
     documents,
     feedback,
+    files,
     health,
     metrics,
     openai_api,
@@ -34,7 +35,7 @@ from app.settings import Settings, load_settings
 
 # Public first (probes, metrics, the page), then the API, then the admin routes.
 _ROUTERS = (
-    health, metrics, web, search, documents, chat, openai_api, feedback,
+    health, metrics, web, search, documents, files, chat, openai_api, feedback,
     admin_keys, admin_prompts, admin_audit, admin_usage, admin_subjects,
 )  # fmt: skip
 

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.settings import Settings, flat_settings
+from app.startup import start_step
 from evals.ragas_metrics import JudgeConfig
-from retrieval.embedding import Embedder, build_embedder
-from retrieval.embedding_cache import CachedEmbedder, SqliteEmbeddingStore
+from retrieval.embedding import Embedder, build_embedder, model_fingerprint, onnx_export_path, resolve_model_dir
+from retrieval.embedding_cache import CachedEmbedder, EmbeddingStore, SeededEmbeddingStore, SqliteEmbeddingStore
 from retrieval.index import FusionParams, VectorIndex
 from retrieval.offline import apply_offline_environment
 from retrieval.rerank import RerankWeights, SentenceReranker
@@ -31,7 +32,6 @@ from serving.observe.metrics import ServiceMetrics
 from serving.observe.tracing import LangSmithTracer, Tracer
 
 if TYPE_CHECKING:
-    from retrieval.embedding_cache import EmbeddingStore
     from retrieval.ingest import Ingestor
     from serving.answering.answer_cache import AnswerCache
     from serving.governance.audit import AuditLog
@@ -292,6 +292,11 @@ def check_storage(settings: Settings) -> DiskGuard:
 
 
 def build_index(settings: Settings, model_id: str, dimension: int, disk: DiskGuard | None = None) -> VectorIndex:
+    with start_step(f"opening the index ({settings.qdrant.url or 'embedded Qdrant'})"):
+        return _open_index(settings, model_id, dimension, disk)
+
+
+def _open_index(settings: Settings, model_id: str, dimension: int, disk: DiskGuard | None) -> VectorIndex:
     if settings.qdrant.url is None:
         from retrieval.qdrant_edge_index import QdrantEdgeIndex
 
@@ -324,14 +329,25 @@ def build_searcher(settings: Settings, index: VectorIndex, embedder: CachedEmbed
 def build_cached_embedder(settings: Settings, embedder: Embedder | None = None) -> CachedEmbedder:
     apply_offline_environment()
     if embedder is None:
-        embedder = build_embedder(
-            settings.embedding.embedder,
-            settings.embedding.embedding_model,
-            settings.model_cache_dir,
-            settings.embedding.embedding_batch_size,
-        )
-    store = SqliteEmbeddingStore(embedding_cache_path(settings))
+        name = settings.embedding.embedding_model
+        with start_step(embedder_load_step(settings)):
+            embedder = build_embedder(
+                settings.embedding.embedder, name, settings.model_cache_dir, settings.embedding.embedding_batch_size
+            )
+    store: EmbeddingStore = SqliteEmbeddingStore(embedding_cache_path(settings))
+    if settings.embedding.embedding_seed is not None:
+        store = SeededEmbeddingStore(store, SqliteEmbeddingStore(settings.embedding.embedding_seed))
     return CachedEmbedder(embedder, store, lru_size=settings.embedding.query_cache_size)
+
+
+def embedder_load_step(settings: Settings) -> str:
+    """What loading the embedder will do: on a first start, the int8 ONNX export (``OnnxEmbedder``)."""
+    name = settings.embedding.embedding_model
+    if settings.embedding.embedder == "onnx":
+        fingerprint = model_fingerprint(resolve_model_dir(name))  # hashes the weights: well under a second
+        if not onnx_export_path(name, fingerprint, settings.model_cache_dir).is_file():
+            return f"exporting the embedding model {name} to int8 ONNX (first start only, about 15 s)"
+    return f"loading the embedding model {name}"
 
 
 def embedding_cache_path(settings: Settings) -> Path:

@@ -64,6 +64,11 @@ class EmbeddingSettings(SettingsGroup):
     )
     embedding_batch_size: int = Field(32, ge=1, le=1024, description="Texts per embedding-model call.")
     query_cache_size: int = Field(4096, ge=0, description="In-memory LRU of query embeddings.")
+    embedding_seed: Path | None = Field(
+        None,
+        description="A passage-vector cache shared between data dirs, for public corpora only: read on a miss, and "
+        "every passage vector computed while it is set is written to it too (`make ingest` sets it for the sample).",
+    )
 
 
 class ChunkingSettings(SettingsGroup):

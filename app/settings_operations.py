@@ -141,6 +141,12 @@ class AccessSettings(SettingsGroup):
             parse_tenant_role(tenant_role)
         return keys
 
+    @field_validator("role_limits")
+    @classmethod
+    def _every_role_limited(cls, limits: dict[Role, RoleLimits]) -> dict[Role, RoleLimits]:
+        """A role the setting leaves out keeps its default limits: every key's role must have some."""
+        return {**default_role_limits(), **limits}
+
 
 class CostSettings(SettingsGroup):
     """Prices of models and tenants' budgets."""

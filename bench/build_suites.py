@@ -1,9 +1,9 @@
 """Builds the datasets and corpora of the ``near_miss``, ``counterfactual`` and ``abstain`` eval suites.
 
 Deterministic: no randomness and no model, only the bundled data (``data/squad_shifts`` new_wiki for the first
-two, ``data/sample`` and Disfl-QA for ``abstain``), so a re-run writes byte-identical files. Answer matching uses
-the metrics' own normalisation (``evals.metrics.normalise``), so "the corpus does not hold the answer" means what
-``contains_answer`` means.
+two, Disfl-QA's tokenised passages in ``evals/corpora`` and its questions for ``abstain``), so a re-run writes
+byte-identical files. Answer matching uses the metrics' own normalisation (``evals.metrics.normalise``), so "the
+corpus does not hold the answer" means what ``contains_answer`` means.
 
 - ``near_miss``: questions whose answering paragraph is removed from the collection while the rest of its
   Wikipedia article stays, so retrieval still finds on-topic passages: the right answer is to abstain.

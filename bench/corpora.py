@@ -1,8 +1,9 @@
 """The benchmark corpora, defined once, and the percentile every bench script reports with.
 
-Disfl-QA (``data/sample`` passages, ``evals/datasets`` questions) is the corpus weights and thresholds are tuned
-on (each script names its range); SQuADShifts' new_wiki, nyt and amazon (``data/squad_shifts``) are the corpora
-nobody tuned on.
+Disfl-QA (``evals/corpora`` passages as the source tokenised them, ``evals/datasets`` questions) is the corpus
+weights and thresholds are tuned on (each script names its range); SQuADShifts' new_wiki, nyt and amazon
+(``data/squad_shifts``) are the corpora nobody tuned on. ``data/sample`` ships the Disfl-QA passages detokenised
+and titled (``bench/build_sample.py``): no figure is measured on it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class BenchCorpus:
 
 DISFL_QA = BenchCorpus(
     "disfl_qa",
-    ROOT / "data" / "sample" / "disfl_qa_passages.jsonl",
+    ROOT / "evals" / "corpora" / "disfl_qa_passages.jsonl",
     ROOT / "evals" / "datasets" / "disfl_qa_questions.jsonl",
 )
 SQUAD_SHIFTS = tuple(

@@ -12,9 +12,9 @@ Data (``evals/datasets/injection``, hand-written; see its README):
   email", "SYSTEM REQUIREMENTS:", "From now on, the library opens at 9", French/German/Spanish look-alikes).
 - ``benign_questions_*.jsonl``: questions that share topic words with the attack set ("what did the safety audit
   find?", "What does the privacy policy say?").
-- The shipped corpora: ``data/sample`` (Disfl-QA, what ragops is tuned on) is the tuning benign set; SQuADShifts
-  new_wiki, nyt and amazon (``data/squad_shifts``) and ``evals/corpora`` (passages not in the sample) are the
-  held-out benign set.
+- The shipped corpora: Disfl-QA's passages (``evals/corpora/disfl_qa_passages.jsonl``, what ragops is tuned on)
+  are the tuning benign set; SQuADShifts new_wiki, nyt and amazon (``data/squad_shifts``) and the eval suites'
+  corpora in ``evals/corpora`` (passages not in the sample) are the held-out benign set.
 - ``bench/data/redteam.jsonl``: the input guard's calibration (130) and held-out (207) attacks, and Disfl-QA
   questions 0-499 (``--questions``), held out as ``bench/guards.py`` splits them.
 
@@ -71,7 +71,8 @@ def benign_passages(detector: PatternDetector) -> dict[str, Any]:
     corpora: dict[str, list[str]] = {}
     sources = [("disfl_qa (tuning)", DISFL_QA.passages)]
     sources += [(f"{c.name} (held out)", c.passages) for c in SQUAD_SHIFTS]
-    sources += [(f"evals/{p.stem} (held out)", p) for p in sorted((ROOT / "evals" / "corpora").glob("*.jsonl"))]
+    eval_corpora = sorted(p for p in (ROOT / "evals" / "corpora").glob("*.jsonl") if p != DISFL_QA.passages)
+    sources += [(f"evals/{p.stem} (held out)", p) for p in eval_corpora]
     for name, path in sources:
         texts = [r["text"] for r in load(path) if r["text"] not in seen]
         seen.update(texts)

@@ -1,8 +1,8 @@
 """Load test: real ``ragops serve`` processes under an open-loop mixed workload driven by Locust, checked against
 the SLOs, and the highest arrival rate at which they hold.
 
-Served: the extractive generator over 300 Disfl-QA passages (the first 300 of ``data/sample``, ingested once
-with ``ragops ingest`` and copied into each server's data dir) in collection ``chat``. Arrivals, at a fixed rate
+Served: the extractive generator over the first 300 Disfl-QA passages (``evals/corpora``' copy, ingested once with
+``ragops ingest`` and copied into each server's data dir) in collection ``chat``. Arrivals, at a fixed rate
 (``bench/load_users.py`` says how open-loop that is: a request's latency is counted from when it was due, so
 a late start shows): 50% repeated questions (20 questions, answered once before the step: cache hits), 30%
 unique extractive chats (Disfl-QA questions about the ingested passages, each asked once in the run), 15%

@@ -54,9 +54,9 @@ class LabelSource(Protocol):
 
 
 class PromptRegistry:
-    def __init__(self, root: Path = PROMPTS_DIR, labels: LabelSource | None = None) -> None:
-        self.root = root
-        self.path = root / "registry.yaml"
+    def __init__(self, root: Path | None = None, labels: LabelSource | None = None) -> None:
+        self.root = root or PROMPTS_DIR  # None: the shipped prompts (a ``prompts_dir`` setting left unset)
+        self.path = self.root / "registry.yaml"
         self._labels: LabelSource = labels or DeclaredLabels(self)
 
     def with_labels(self, labels: LabelSource) -> PromptRegistry:

@@ -135,7 +135,7 @@ class OnnxEmbedder(_LocalModelEmbedder):
         model_dir = resolve_model_dir(model_name)
         fingerprint = model_fingerprint(model_dir)
         self._model_id = f"{model_name}:onnx-int8:{fingerprint}"
-        onnx_path = models_dir / f"{model_name}-{fingerprint}-int8.onnx"
+        onnx_path = onnx_export_path(model_name, fingerprint, models_dir)
         self.onnx_path = onnx_path  # what runs: its hash is part of every eval run's lineage
         if not onnx_path.is_file():
             with self._export_lock:
@@ -177,6 +177,11 @@ class OnnxEmbedder(_LocalModelEmbedder):
 
     def count_tokens(self, text: str) -> int:
         return len(self._counter.encode(text, add_special_tokens=False).ids)
+
+
+def onnx_export_path(model_name: str, fingerprint: str, models_dir: Path) -> Path:
+    """Where ``OnnxEmbedder`` keeps the int8 export of these weights (made on first use when absent)."""
+    return models_dir / f"{model_name}-{fingerprint}-int8.onnx"
 
 
 def export_int8_onnx(model_dir: Path, target: Path) -> None:

@@ -200,6 +200,46 @@ class SqliteEmbeddingStore:
             self._db.close()
 
 
+class SeededEmbeddingStore:
+    """A data dir's own store over a seed shared between data dirs (``embedding_seed``): the passage vectors of a
+    public corpus, such as the bundled sample's, computed once by ``make`` and found again by every new data dir.
+
+    A miss in the own store is looked up in the seed, and what is found there is copied into the own store: the
+    data dir keeps every vector it uses, so its erasure, retention and backups see them all and never reach into
+    the seed. That is why the seed must hold public text only: an erased passage it holds is copied back when its
+    text is embedded again (as a passage, even when a question asked it word for word). Passage vectors computed
+    while the seed is set go to both; question vectors never go to the seed (they are personal). Rows are keyed
+    by model id, whose fingerprint changes with the weights: a seed made by another model is never read back."""
+
+    def __init__(self, own: EmbeddingStore, seed: EmbeddingStore) -> None:
+        self._own = own
+        self._seed = seed
+
+    def get_many(self, model_id: str, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        found = self._own.get_many(model_id, keys)
+        missing = [key for key in keys if key not in found]
+        seeded = self._seed.get_many(model_id, missing) if missing else {}
+        if seeded:
+            self._own.put_many(model_id, list(seeded.items()), "passage")
+            found.update(seeded)
+        return found
+
+    def put_many(self, model_id: str, items: Sequence[tuple[bytes, bytes]], kind: VectorKind = "passage") -> None:
+        self._own.put_many(model_id, items, kind)
+        if kind == "passage":
+            self._seed.put_many(model_id, items, kind)
+
+    def delete_many(self, model_id: str | None, keys: Sequence[bytes]) -> int:
+        return self._own.delete_many(model_id, keys)
+
+    def prune_queries(self, before: datetime) -> int:
+        return self._own.prune_queries(before)
+
+    def close(self) -> None:
+        self._own.close()
+        self._seed.close()
+
+
 @dataclass
 class CacheStats:
     memory_hits: int = 0  # queries answered by the LRU

@@ -39,6 +39,10 @@ class IndexUnavailableError(Exception):
     """The index cannot do what was asked (locked by another process, incompatible, corrupt)."""
 
 
+class IndexBusyError(IndexUnavailableError):
+    """Another process (a running ``ragops serve``) holds the index's lock."""
+
+
 class StorageFullError(IndexUnavailableError):
     """A write was refused: it would leave the data dir's filesystem with less free space than the margin."""
 

@@ -1,15 +1,23 @@
-"""File loaders: one function a format, each turning a file into documents with their heading structure.
+"""File loaders: one parser a format, each turning a file's bytes into sections with their heading structure.
 
-A loader raises ``LoaderError`` for a file it cannot read; ingestion reports the file by name and goes on.
+Every way in reads files through ``load_bytes`` (whole-file formats) or ``load_jsonl`` (records): ``ragops ingest``
+from disk, and ``POST /v1/files`` from an upload. One table, ``FILE_PARSERS``, says which suffix a parser reads;
+each parser checks that the content is what the suffix says (a ``.pdf`` starts with ``%PDF-``, a ``.docx`` is a
+ZIP package, text is UTF-8 without NUL bytes) before it parses.
+
+A loader raises ``LoaderError`` for a file it cannot read; ingestion reports the file by name and goes on. Its
+subclasses say why, for the API's status: ``UnsupportedFileError`` (the name or the content is not a format read
+here), ``FileTooLargeError`` (past a limit).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from retrieval.documents import Document, Section
 from retrieval.validation import (
@@ -24,20 +32,37 @@ from retrieval.validation import (
     check_text,
 )
 
-SUPPORTED_SUFFIXES = (".md", ".markdown", ".txt", ".rst", ".html", ".htm", ".pdf", ".jsonl")
+if TYPE_CHECKING:
+    from docx.document import Document as DocxDocument
+    from docx.table import Table
+    from docx.text.paragraph import Paragraph
+
+RECORDS_SUFFIX = ".jsonl"  # one document a line (``document_from_record``), not one a file
+# A DOCX package is unpacked in memory to be parsed: a ZIP bomb is refused by its declared sizes first (the text
+# itself is held to max_document_chars; the rest is markup and images).
+MAX_DOCX_UNPACKED_BYTES = 64 * 1024 * 1024
+Parsed: TypeAlias = tuple[str | None, list[Section]]  # the title the file gives itself (if any), its sections
 
 
 class LoaderError(Exception):
     """A file (or a line of it) that cannot become a document."""
 
 
-def _read_text(path: Path) -> str:
+class UnsupportedFileError(LoaderError):
+    """A file whose suffix is not one read here, or whose content is not what its suffix says."""
+
+
+class FileTooLargeError(LoaderError):
+    """A file past a size limit (its text past max_document_chars, a package that unpacks too large)."""
+
+
+def _decode_text(data: bytes) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise LoaderError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        raise UnsupportedFileError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     if "\x00" in text:
-        raise LoaderError("binary content (NUL bytes)")
+        raise UnsupportedFileError("binary content (NUL bytes)")
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -174,18 +199,93 @@ def parse_html(text: str) -> tuple[str | None, list[Section]]:
 
 
 # --- PDF ------------------------------------------------------------------------------------------------
-def load_pdf(path: Path) -> tuple[str | None, list[Section]]:
-    from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
+# PDF and DOCX parsers read hostile bytes with third-party code whose failures are many kinds of exception (pypdf's
+# own, IndexError, RecursionError...): any of them means the file is unreadable, never a crash of the caller.
 
+
+def parse_pdf(data: bytes, max_chars: int) -> Parsed:
+    """One section a page with text (``Page N``); extraction stops once the text is past ``max_chars``."""
+    from pypdf import PdfReader
+
+    if b"%PDF-" not in data[:1024]:  # where readers look for the header
+        raise UnsupportedFileError("not a PDF (no %PDF- header)")
+    pages: list[str] = []
+    chars = 0
     try:
-        reader = PdfReader(path, strict=False)
-        pages = [page.extract_text() or "" for page in reader.pages]
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        for page in reader.pages:
+            pages.append(page.extract_text() or "")
+            chars += len(pages[-1])
+            if chars > max_chars:
+                raise FileTooLargeError(_too_long(max_chars))
         meta_title = reader.metadata.title if reader.metadata else None
-    except (PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
+    except LoaderError:
+        raise
+    except Exception as exc:
         raise LoaderError(f"unreadable PDF: {exc}") from exc
     sections = [Section(page.strip(), (f"Page {n}",)) for n, page in enumerate(pages, 1) if page.strip()]
     return (str(meta_title) if meta_title else None), sections
+
+
+# --- DOCX -----------------------------------------------------------------------------------------------
+_DOCX_HEADING = re.compile(r"Heading ([1-9])|Title")  # the "Title" style heads everything below it: level 0
+
+
+def parse_docx(data: bytes, max_chars: int) -> Parsed:
+    """Sections by the heading styles ("Title", "Heading 1".."Heading 9"); a table's rows as lines of cells joined
+    by `` | ``; the title from the core properties."""
+    import zipfile
+
+    import docx
+
+    if not data.startswith(b"PK\x03\x04"):
+        raise UnsupportedFileError("not a DOCX file (not a ZIP package)")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as package:
+            unpacked = sum(entry.file_size for entry in package.infolist())
+        if unpacked > MAX_DOCX_UNPACKED_BYTES:
+            raise FileTooLargeError(f"unpacks to {unpacked} bytes, more than {MAX_DOCX_UNPACKED_BYTES}")
+        document = docx.Document(io.BytesIO(data))
+    except LoaderError:
+        raise
+    except ValueError as exc:  # python-docx's word for a package of another kind (a spreadsheet, a presentation)
+        raise UnsupportedFileError(f"not a Word document ({exc})") from exc
+    except Exception as exc:
+        raise LoaderError(f"unreadable DOCX: {exc}") from exc
+    try:
+        return document.core_properties.title or None, _docx_sections(document, max_chars)
+    except LoaderError:
+        raise
+    except Exception as exc:  # python-docx parses lazily: broken XML shows here
+        raise LoaderError(f"unreadable DOCX: {exc}") from exc
+
+
+def _docx_sections(document: DocxDocument, max_chars: int) -> list[Section]:
+    from docx.table import Table
+
+    builder = _SectionBuilder()
+    chars = 0
+    for block in document.iter_inner_content():
+        level = None if isinstance(block, Table) else _heading_level(block)
+        text = _table_text(block) if isinstance(block, Table) else block.text.strip()
+        chars += len(text)
+        if text and level is not None:
+            builder.heading(level, text)
+        elif text:
+            builder.add(text + "\n")  # a blank line between paragraphs, as Markdown has
+        if chars > max_chars:
+            raise FileTooLargeError(_too_long(max_chars))
+    return builder.finish()
+
+
+def _heading_level(paragraph: Paragraph) -> int | None:
+    match = _DOCX_HEADING.fullmatch(paragraph.style.name or "") if paragraph.style is not None else None
+    return None if match is None else int(match.group(1) or 0)
+
+
+def _table_text(table: Table) -> str:
+    rows = (" | ".join(cell.text.strip() for cell in row.cells) for row in table.rows)
+    return "\n".join(row for row in rows if row.strip(" |"))
 
 
 # --- JSONL ----------------------------------------------------------------------------------------------
@@ -214,7 +314,7 @@ def document_from_record(record: Any, source: str | None = None, limits: Documen
 def load_jsonl(path: Path, source: str, limits: DocumentLimits = DEFAULT_LIMITS) -> list[Document]:
     documents: list[Document] = []
     seen: set[str] = set()
-    for number, line in enumerate(_read_text(path).split("\n"), 1):
+    for number, line in enumerate(_decode_text(path.read_bytes()).split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -233,43 +333,72 @@ def load_jsonl(path: Path, source: str, limits: DocumentLimits = DEFAULT_LIMITS)
 
 
 # --- dispatch -------------------------------------------------------------------------------------------
-def _single(parse: Callable[[str], list[Section]]) -> Callable[[Path], tuple[str | None, list[Section]]]:
-    return lambda path: (None, parse(_read_text(path)))
+def _text(parse: Callable[[str], list[Section]]) -> Callable[[bytes, int], Parsed]:
+    return lambda data, _: (None, parse(_decode_text(data)))
 
 
-_FILE_PARSERS: dict[str, Callable[[Path], tuple[str | None, list[Section]]]] = {
-    ".md": _single(parse_markdown),
-    ".markdown": _single(parse_markdown),
-    ".txt": _single(_paragraph_sections),
-    ".rst": _single(parse_rst),
-    ".html": lambda path: parse_html(_read_text(path)),
-    ".htm": lambda path: parse_html(_read_text(path)),
-    ".pdf": load_pdf,
+def _html(data: bytes, _: int) -> Parsed:
+    return parse_html(_decode_text(data))
+
+
+# The one table of which suffix is read by which parser (``data``, ``max_chars``); .jsonl is RECORDS_SUFFIX.
+FILE_PARSERS: dict[str, Callable[[bytes, int], Parsed]] = {
+    ".md": _text(parse_markdown),
+    ".markdown": _text(parse_markdown),
+    ".txt": _text(_paragraph_sections),
+    ".rst": _text(parse_rst),
+    ".html": _html,
+    ".htm": _html,
+    ".pdf": parse_pdf,
+    ".docx": parse_docx,
 }
+SUPPORTED_SUFFIXES = (*FILE_PARSERS, RECORDS_SUFFIX)
+
+
+def load_bytes(data: bytes, name: str, doc_id: str, source: str, limits: DocumentLimits = DEFAULT_LIMITS) -> Document:
+    """A whole file (any suffix of ``FILE_PARSERS``; ``name`` gives it) as one document, its text held to
+    ``limits.max_document_chars``. Titled by the file's own title, else its first heading, else its stem."""
+    suffix, parse = _parser(name)
+    if not data.strip():
+        raise LoaderError("empty file")
+    title, sections = parse(data, limits.max_document_chars)
+    if not sections:
+        raise LoaderError("no text found")
+    if sum(len(section.text) for section in sections) > limits.max_document_chars:
+        raise FileTooLargeError(_too_long(limits.max_document_chars))
+    first_heading = next((s.headings[0] for s in sections if s.headings), None)
+    return Document(
+        id=doc_id,
+        sections=tuple(sections),
+        title=title or first_heading or PurePath(name).stem,
+        source=source,
+        metadata={"format": suffix.lstrip(".")},
+    )
+
+
+def unsupported_type(name: str) -> str | None:
+    """Why a file of this name cannot be read as one document (its suffix has no parser), or None."""
+    suffix = PurePath(name).suffix.lower()
+    return None if suffix in FILE_PARSERS else f"unsupported file type {suffix or '(none)'}"
+
+
+def _parser(name: str) -> tuple[str, Callable[[bytes, int], Parsed]]:
+    if (problem := unsupported_type(name)) is not None:
+        raise UnsupportedFileError(problem)
+    suffix = PurePath(name).suffix.lower()
+    return suffix, FILE_PARSERS[suffix]
+
+
+def _too_long(max_chars: int) -> str:
+    return f"text longer than {max_chars} characters (max_document_chars)"
 
 
 def load_file(path: Path, doc_id: str, limits: DocumentLimits = DEFAULT_LIMITS) -> list[Document]:
     """Load one file. Whole-file formats give one document with id ``doc_id``; JSONL gives one per line."""
-    suffix = path.suffix.lower()
-    source = str(path)
-    if suffix == ".jsonl":
-        return load_jsonl(path, source, limits)
-    parser = _FILE_PARSERS.get(suffix)
-    if parser is None:
-        raise LoaderError(f"unsupported file type {suffix or '(none)'}")
-    title, sections = parser(path)
-    if not sections:
-        raise LoaderError("no text found")
-    first_heading = next((s.headings[0] for s in sections if s.headings), None)
-    return [
-        Document(
-            id=doc_id,
-            sections=tuple(sections),
-            title=title or first_heading or path.stem,
-            source=source,
-            metadata={"format": suffix.lstrip(".")},
-        )
-    ]
+    if path.suffix.lower() == RECORDS_SUFFIX:
+        return load_jsonl(path, str(path), limits)
+    _parser(path.name)  # an unsupported file is refused before a byte is read
+    return [load_bytes(path.read_bytes(), path.name, doc_id, str(path), limits)]
 
 
 def load_paths(

@@ -36,6 +36,7 @@ import qdrant_edge as qe
 from retrieval.index import (
     DENSE_VECTOR,
     SPARSE_VECTOR,
+    IndexBusyError,
     IndexUnavailableError,
     MetadataValue,
     SparseVector,
@@ -289,7 +290,7 @@ def _open_error(path: Path, exc: BaseException) -> IndexUnavailableError:
     """One line that says what is wrong and what to do."""
     message = _one_line(exc)
     if "WouldBlock" in message:  # the WAL's file lock is held
-        return IndexUnavailableError(
+        return IndexBusyError(
             f"index at {path} is in use by another process (is `ragops serve` running on "
             "this data dir? ingest through its API, or stop it first)"
         )

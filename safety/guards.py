@@ -70,6 +70,9 @@ def is_none(value: object) -> bool:
     return value is None
 
 
+GROUNDEDNESS_CHECK = "groundedness"  # the policy type of the output guard's groundedness step
+
+
 class Fired(BaseModel):
     """One validator that fired, the action it asks for, and why: a category and its measure ("profanity",
     "groundedness 0.31 below 0.55", "personal data or secrets: email"), never the text it found. Verdicts are
@@ -83,6 +86,9 @@ class Fired(BaseModel):
     turn: int | None = Field(
         None, exclude_if=is_none, description="The history turn it fired on (0 is the first); absent for the question."
     )
+    # The policy's validator type ("groundedness", "pii", ...) behind ``validator``, the step's own name: what a
+    # finding is, for code that must not parse names or reasons. Not shown: clients have the name and the reason.
+    kind: str = Field("", exclude=True)
 
     @property
     def named(self) -> str:
@@ -115,15 +121,15 @@ class GuardVerdict(BaseModel):
         """What made the guard take ``action``: each finding ``named``, joined by "; "."""
         return "; ".join(f.named for f in self.fired if f.action == action)
 
-    def fire(self, validator: str, action: GuardAction, reason: str, turn: int | None = None) -> None:
-        self.fired.append(Fired(validator=validator, action=action, reason=reason, turn=turn))
+    def fire(self, validator: str, action: GuardAction, reason: str, turn: int | None = None, kind: str = "") -> None:
+        self.fired.append(Fired(validator=validator, action=action, reason=reason, turn=turn, kind=kind))
         self.action = _severest(self.action, action)
 
     def include(self, other: GuardVerdict, turn: int, role: str) -> None:
         """A history turn's verdict, merged into the request's: each finding names its turn."""
         for fired in other.fired:
             reason = f"history turn {turn + 1} ({role}): {fired.reason}"
-            self.fire(fired.validator, fired.action, reason, turn)  # type: ignore[arg-type]
+            self.fire(fired.validator, fired.action, reason, turn, fired.kind)  # type: ignore[arg-type]
         if other.similarity is not None:
             self.similarity = max(self.similarity or 0.0, other.similarity)
         self.latency_ms += other.latency_ms
@@ -161,6 +167,7 @@ class GuardStep:
     action: GuardAction
     applies_to: tuple[TextPart, ...] = TEXT_PARTS  # the input guard's: the question, history turns, or both
     reason: str | None = None  # said when it fires, instead of a validator's own message (that quotes the text)
+    kind: str = ""  # the policy's validator type, which its findings carry (``Fired.kind``)
 
 
 class Guard:
@@ -180,7 +187,7 @@ class Guard:
                 failed: GuardAction = "block" if step.action == "redact" else step.action
                 # The exception's message may hold the text: the operator's log gets it, the verdict its type.
                 log.warning("guard %s: validator %s failed", self.name, step.name, exc_info=True)
-                verdict.fire(step.name, failed, f"validator error: {type(exc).__name__}")
+                verdict.fire(step.name, failed, f"validator error: {type(exc).__name__}", kind=step.kind)
                 continue
             if result.metadata:
                 verdict.absorb(result.metadata)
@@ -192,7 +199,7 @@ class Guard:
                     action = "block"
                 else:
                     verdict.text = result.fix_value
-            verdict.fire(step.name, action, step.reason or result.error_message or step.name)
+            verdict.fire(step.name, action, step.reason or result.error_message or step.name, kind=step.kind)
         verdict.latency_ms = (time.perf_counter() - started) * 1000
         return verdict
 
@@ -289,7 +296,7 @@ def build_guard(name: str, path: Path, context: GuardContext) -> Guard:
     if context.injection is not None:
         factories["prompt_injection"] = partial(validators.PromptInjection, context.injection)
     if context.groundedness is not None:
-        factories["groundedness"] = partial(validators.Grounded, context.groundedness)
+        factories[GROUNDEDNESS_CHECK] = partial(validators.Grounded, context.groundedness)
     built = []
     for step in steps:
         factory = factories.get(step["type"])
@@ -301,7 +308,7 @@ def build_guard(name: str, path: Path, context: GuardContext) -> Guard:
             raise PolicyError(f"{path}: {step['name']}: {exc}") from exc
         parts = tuple(step.get("applies_to", TEXT_PARTS))
         reason = QUOTING_VALIDATORS.get(step["type"])
-        built.append(GuardStep(step["name"], validator, step["on_fail"], parts, reason))
+        built.append(GuardStep(step["name"], validator, step["on_fail"], parts, reason, step["type"]))
     return Guard(name, built)
 
 

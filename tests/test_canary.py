@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -269,6 +271,27 @@ def test_canary_cli(
     assert ragops(["canary", "stop", "absent"]) == 2
     with pytest.raises(SystemExit):
         ragops(["canary", "start", "--share", "2"])
+
+
+def test_status_without_a_canary_says_what_starts_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``no canary`` names the command that starts one, with real arguments, and that command works as printed;
+    a canary prompt naming a label the registry lacks is said to be one."""
+    monkeypatch.setenv("RAGOPS_DATA_DIR", str(tmp_path / "d"))
+    monkeypatch.setenv("RAGOPS_CANARY_PROMPT", "rag_answer@canary")
+    assert ragops(["canary", "status"]) == 0
+    assert "RAGOPS_CANARY_PROMPT=rag_answer@canary does not resolve" in capsys.readouterr().out
+    monkeypatch.delenv("RAGOPS_CANARY_PROMPT")
+    assert ragops(["canary", "status"]) == 0
+    out = capsys.readouterr().out
+    printed = re.search(r"`(RAGOPS_CANARY_PROMPT=(\S+) ragops canary start [^`]*)`", out)
+    assert out.startswith("no canary: ") and printed is not None, out
+    assert ragops(["canary", "start"]) == 2  # no canary prompt: the same advice, as the error
+    assert printed[1] in capsys.readouterr().err
+    monkeypatch.setenv("RAGOPS_CANARY_PROMPT", printed[2])
+    assert ragops(shlex.split(printed[1])[2:]) == 0
+    assert "running at share 0.10" in capsys.readouterr().out
 
 
 def test_thumbs_down_and_latency_count_as_evidence() -> None:

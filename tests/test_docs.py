@@ -3,7 +3,10 @@ code, its diagrams name the layers import-linter holds, and its command examples
 
 Every fenced ``bash``/``sh``/``shell``/``console`` block in ``docs/`` and ``README.md`` is either run here (against a
 fresh data dir, offline) or marked just above it with ``<!-- not-run: why -->``; an unmarked block that does not
-pass fails. Every ``ragops ...`` command named in any code block (synopses included) must exist.
+pass fails. A block marked ``<!-- run-with: kept answers -->`` runs against a data dir that holds the answers a
+server would have kept for the ``qa`` suite's questions (its committed results, replayed), as an operator's
+commands on a served deployment do. Every ``ragops ...`` command named in any code block (synopses included) must
+exist.
 """
 
 from __future__ import annotations
@@ -24,12 +27,17 @@ from types import ModuleType
 
 import pytest
 
+from retrieval.embedding import Embedder
+
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 VENV_BIN = Path(sys.executable).parent
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
 NOT_COMMANDS = {"python", "json", "yaml", "toml", "mermaid"}  # blocks whose `ragops` words are not commands
 NOT_RUN = re.compile(r"<!--\s*not-run:\s*(\S.*?)\s*-->")
+WITH_KEPT_ANSWERS = re.compile(r"<!--\s*run-with:\s*kept answers\s*-->")
+ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")  # `RAGOPS_X=1 ragops ...`: a setting for one command
+QA_SUITE = REPO / "evals" / "suites" / "qa.yaml"
 FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w-]*)[^\n]*$")
 
 
@@ -40,6 +48,7 @@ class Block:
     lang: str
     body: str
     not_run: str | None  # the reason, when marked
+    with_kept_answers: bool = False
 
     @property
     def where(self) -> str:
@@ -66,7 +75,8 @@ def code_blocks(path: Path) -> list[Block]:
         body = "\n".join(line[indent:] for line in lines[i + 1 : end])
         before = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
         marked = NOT_RUN.search(before)
-        blocks.append(Block(path, i + 1, opening["lang"].lower(), body, marked[1] if marked else None))
+        kept = WITH_KEPT_ANSWERS.search(before) is not None
+        blocks.append(Block(path, i + 1, opening["lang"].lower(), body, marked[1] if marked else None, kept))
         i = end + 1
     return blocks
 
@@ -216,7 +226,8 @@ def test_every_shell_example_is_run_or_marked() -> None:
     assert runnable, "every example is marked not-run: some must run"
     for block in runnable:  # what test_shell_examples_run will run must be offline and read-only
         for command in block_commands(block):
-            assert shlex.split(command)[0] == "ragops", f"{block.where}: only ragops commands run here: {command}"
+            program = next(word for word in shlex.split(command) if not ENV_ASSIGNMENT.match(word))
+            assert program == "ragops", f"{block.where}: only ragops commands run here: {command}"
 
 
 def block_commands(block: Block) -> list[str]:
@@ -226,14 +237,46 @@ def block_commands(block: Block) -> list[str]:
     return [line for line in (re.sub(r"(^|\s)#.*$", "", line).strip() for line in lines) if line]
 
 
+def keep_suite_answers(data_dir: Path, embedder: Embedder) -> int:
+    """Keep, in ``data_dir``'s state store, the answers a server would have kept for the qa suite's questions:
+    its committed results replayed, each with its top retrieval score as the serving path computes it."""
+    from evals.drift_baseline import suite_reference
+    from retrieval.index import Scope
+    from safety.groundedness import Groundedness
+    from serving.contracts.answer import Answer, AnswerRequest, PromptInfo, new_answer_id
+    from serving.contracts.generation import Fallback
+    from serving.infra.state_store import StateStore
+    from serving.loop.answer_log import AnswerLog
+
+    reference = suite_reference(QA_SUITE, embedder.embed, embedder.model_id, None)
+    lineage = reference.lineage
+    prompt = PromptInfo(name=lineage.prompt or "rag_answer", version=lineage.version or "v1", hash="0" * 64)
+    store = StateStore.open(None, data_dir / "state.sqlite")
+    log = AnswerLog(store, retention_days=30)
+    for signals in reference.answers:
+        answer = Answer(
+            id=new_answer_id(), answer=signals.answer, outcome=signals.outcome or "answered", prompt=prompt,
+            relevance=signals.top_score,
+            fallback=Fallback(from_="vllm", reason="replayed") if signals.fallback else None,
+            groundedness=None if signals.groundedness is None else Groundedness(score=signals.groundedness),
+        )  # fmt: skip
+        log.record(AnswerRequest(question=signals.question, scope=Scope("eval-qa", "default")), answer)
+    log.close(10)
+    store.close()
+    return len(reference.answers)
+
+
 @pytest.mark.parametrize("block", [b for b in shell_blocks() if b.not_run is None], ids=lambda b: b.where)
-def test_shell_examples_run(block: Block, tmp_path: Path) -> None:
+def test_shell_examples_run(block: Block, tmp_path: Path, models_dir: Path, embedder: Embedder) -> None:
     env = {
         **os.environ,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "RAGOPS_DATA_DIR": str(tmp_path / "data"),
+        "RAGOPS_MODELS_DIR": str(models_dir),  # the session's ONNX export, not one per block
         "COLUMNS": "100",
     }
+    if block.with_kept_answers:
+        assert keep_suite_answers(tmp_path / "data", embedder) >= 20  # a drift check tests no signal on fewer
     for command in block_commands(block):
         done = subprocess.run(command, shell=True, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, f"{block.where}: `{command}` exited {done.returncode}: {done.stderr[-2000:]}"

@@ -264,3 +264,30 @@ def test_check_with_every_signal_skipped_could_not_check(
     assert "verdict: could not check" in out and "no drift" not in out
     assert len(err.strip().splitlines()) == 1 and "every signal was skipped" in err
     assert "query_embedding 5/5" in err and "at least 20 values" in err, err
+
+
+def test_check_names_the_profiles_there_are_or_takes_the_only_one(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The docs' sequence, a profile from the qa suite then a check named qa, works only with one name for both:
+    a check of a name that has no profile exits 2 on one line naming the profiles there are and the command that
+    makes the one asked for; without --name and no ``default``, the check takes the only profile and says so."""
+    monkeypatch.setenv("RAGOPS_MODELS_DIR", str(models_dir))
+    base = ["--data-dir", str(tmp_path / "data"), "drift"]
+    qa_suite = str(ROOT / "evals/suites/qa.yaml")
+    assert main([*base, "check", "--name", "qa"]) == 2
+    err = capsys.readouterr().err
+    assert "no drift profile yet" in err and "--name qa" in err
+    assert main([*base, "baseline", "--from-suite", qa_suite]) == 0  # saved as default
+    capsys.readouterr()
+    assert main([*base, "check", "--name", "qa"]) == 2
+    out, err = capsys.readouterr()
+    assert not out and len(err.strip().splitlines()) == 1, err
+    assert "no drift profile named 'qa' (profiles: default (from suite))" in err
+    assert "`ragops drift baseline --from-suite SUITE.yaml --name qa`" in err
+    other = ["--data-dir", str(tmp_path / "other"), "drift"]
+    assert main([*other, "baseline", "--from-suite", qa_suite, "--name", "qa"]) == 0
+    capsys.readouterr()
+    assert main([*other, "check"]) == 2  # the only profile, qa, is taken; this data dir has kept no answers
+    err = capsys.readouterr().err
+    assert "checking against 'qa', the only one" in err and "no kept answers" in err

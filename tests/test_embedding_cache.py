@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.embedding import Embedder, TorchEmbedder
-from retrieval.embedding_cache import CachedEmbedder, SqliteEmbeddingStore
+from retrieval.embedding_cache import CachedEmbedder, SeededEmbeddingStore, SqliteEmbeddingStore, text_key
 
 
 def test_vectors_are_normalised_and_deterministic(embedder: Embedder) -> None:
@@ -53,3 +53,28 @@ def test_changing_the_model_never_serves_stale_vectors(tmp_path: Path, embedder:
     assert np.array_equal(vector, torch_model.embed(["shared text"])[0])
     # The int8 export stays close to the reference model it was made from.
     assert float(vector @ onnx.embed(["shared text"])[0]) > 0.98
+
+
+def test_a_seed_serves_a_new_data_dir_which_keeps_its_own_copy(tmp_path: Path, embedder: Embedder) -> None:
+    seed_path = tmp_path / "seed.sqlite"
+    first_dir = CachedEmbedder(
+        embedder, SeededEmbeddingStore(SqliteEmbeddingStore(tmp_path / "a.sqlite"), SqliteEmbeddingStore(seed_path))
+    )
+    passages = first_dir.embed(["public passage one", "public passage two"])
+    first_dir.embed_query("a user's private question")
+    assert first_dir.stats.computed == 3
+
+    own = SqliteEmbeddingStore(tmp_path / "b.sqlite")
+    second_dir = CachedEmbedder(embedder, SeededEmbeddingStore(own, SqliteEmbeddingStore(seed_path)))
+    assert np.array_equal(second_dir.embed(["public passage one", "public passage two"]), passages)
+    assert second_dir.stats.computed == 0  # the seed had them
+    assert len(own.get_many(embedder.model_id, [text_key("public passage one")])) == 1  # copied into the data dir
+    second_dir.embed_query("a user's private question")
+    assert second_dir.stats.computed == 1  # questions never go to the seed
+
+    # Erasing in the data dir removes its copy and leaves the shared seed alone.
+    second_dir.store.delete_many(None, [text_key("public passage one")])
+    assert not own.get_many(embedder.model_id, [text_key("public passage one")])
+    assert SqliteEmbeddingStore(seed_path).get_many(embedder.model_id, [text_key("public passage one")])
+    # A seed made by another model (another fingerprint) is never read back.
+    assert not SqliteEmbeddingStore(seed_path).get_many("other-model:onnx-int8:0", [text_key("public passage one")])

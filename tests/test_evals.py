@@ -297,6 +297,26 @@ def test_eval_run_writes_results_and_reruns_from_cache(tmp_path: Path, models_di
     assert summary["aggregate"]["faithfulness"] == {"mean": None, "n": 0, "failed": 0, "not_applicable": 40}
 
 
+def test_an_alert_during_a_run_is_one_named_line_above_the_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    """The service's rolling rates see an eval's answers too: an alert while a suite runs is its own line on
+    stderr, naming the alert and its figures, written above the bar (never the bare message glued to the bar)."""
+    from tqdm import tqdm
+
+    from app.cli.evals import alerts_above_the_bar
+    from serving.observe.metrics import AlertThresholds, ServiceMetrics, alert_log
+
+    metrics = ServiceMetrics(0.5, AlertThresholds(hallucination_rate=0.2, window=10, min_answers=5))
+    with alerts_above_the_bar(), tqdm(total=6, desc="qa", file=sys.stderr) as bar:
+        for _ in range(6):
+            metrics.observe(body("An answer.", groundedness=Groundedness(score=0.1)))
+            bar.update()
+    err = capsys.readouterr().err
+    line = "ragops: alert firing: hallucination_rate rate=1.0 threshold=0.2 answers=5 (over this run's answers)\n"
+    assert re.search(rf"(^|[\r\n]){re.escape(line)}", err), err
+    assert err.count("alert firing") == 1
+    assert not alert_log.handlers  # the run's handler is gone with the run
+
+
 def test_gate_catches_planted_regressions_and_passes_rewordings(
     tmp_path: Path, models_dir: Path, prompts_dir: Path
 ) -> None:

@@ -119,6 +119,15 @@ def test_openai_compatible_failures_are_classified(
         assert server.calls == 2  # one retry on a 5xx
 
 
+def test_a_stream_that_stalls_after_its_first_words_is_a_timeout(stub_openai: Callable[..., StubOpenAI]) -> None:
+    """Mid-stream, the SDK lets httpx's own timeout through: still a generator failure, for the fallback."""
+    server = stub_openai("stream", sentences=3, gap_s=2.0)
+    generator = OpenAICompatibleGenerator(server.url, "m", timeout_s=0.5, max_retries=0)
+    with pytest.raises(GeneratorError) as failure:
+        list(generator.stream(request()))
+    assert failure.value.kind == "timeout"
+
+
 def test_connection_refused_is_a_connection_failure() -> None:
     generator = OpenAICompatibleGenerator("http://127.0.0.1:9/v1", "m", timeout_s=1, max_retries=0)
     with pytest.raises(GeneratorError) as failure:

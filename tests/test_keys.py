@@ -5,6 +5,7 @@ server's log or in ``keys list``."""
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.cli import main
+from app.cli.keys import ADMIN_KEY_COMMAND
 from app.container import Services
 from app.main import create_app
 from serving.governance.access import AdmissionUnavailableError, KeyLimits, Principal, Role
@@ -185,6 +187,23 @@ def test_cli_round_trip(
         assert auth.authenticate(brief["key"]) is None and auth.authenticate(rotated["key"]) is None
     finally:
         store.close()
+
+
+def test_a_first_key_that_is_no_admins_warns_with_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reader as the first key closes the admin routes to everyone: allowed, with a warning on stderr naming the
+    command that makes an admin key (which works as printed); ``list`` warns too, until an admin key exists."""
+    code, out, err = cli(capsys, tmp_path, "create", "--tenant", "acme", "--role", "reader", "--json")
+    assert code == 0 and json.loads(out)["role"] == "reader"
+    assert "warning: no active admin key" in err and f"`{ADMIN_KEY_COMMAND}`" in err
+    code, out, err = cli(capsys, tmp_path, "list")
+    assert code == 0 and "reader" in out and "no active admin key" in err
+    command = shlex.split(ADMIN_KEY_COMMAND)
+    assert command[:2] == ["ragops", "keys"]
+    code, out, err = cli(capsys, tmp_path, *command[2:])
+    assert code == 0 and "role admin" in out and "no active admin key" not in err
+    assert "no active admin key" not in cli(capsys, tmp_path, "list")[2]
 
 
 def listed_env_id(listed: dict[str, dict[str, Any]]) -> str:

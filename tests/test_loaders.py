@@ -1,22 +1,37 @@
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from retrieval.loaders import LoaderError, discover, load_file, parse_markdown, parse_rst
+from retrieval.loaders import (
+    MAX_DOCX_UNPACKED_BYTES,
+    FileTooLargeError,
+    LoaderError,
+    UnsupportedFileError,
+    discover,
+    load_bytes,
+    load_file,
+    parse_markdown,
+    parse_rst,
+)
+from retrieval.validation import DocumentLimits
 
 
 def minimal_pdf(pages: list[str], title: str = "Test PDF") -> bytes:
-    """A valid PDF with one text line a page (Helvetica), written by hand with a correct xref table."""
+    """A valid PDF with a page a string, each of its lines a line of text (Helvetica), written by hand with a
+    correct xref table."""
     objects: list[bytes] = []
     kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(len(pages)))
     objects.append(b"<< /Type /Catalog /Pages 2 0 R >>")
     objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode())
     font_id = 3 + 2 * len(pages)
     for i, text in enumerate(pages):
-        content = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+        lines = " T* ".join(f"({_pdf_string(line)}) Tj" for line in text.split("\n"))
+        content = f"BT /F1 12 Tf 14 TL 72 720 Td {lines} ET".encode()
         objects.append(
             f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {4 + 2 * i} 0 R "
             f"/Resources << /Font << /F1 {font_id} 0 R >> >> >>".encode()
@@ -38,6 +53,30 @@ def minimal_pdf(pages: list[str], title: str = "Test PDF") -> bytes:
         xref,
     )
     return bytes(out)
+
+
+def _pdf_string(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+
+def minimal_docx(
+    blocks: list[tuple[str, str]], title: str | None = None, table: list[list[str]] | None = None
+) -> bytes:
+    """A DOCX written by python-docx: ``(style, text)`` paragraphs ("Heading 1", "Normal", ...), then ``table``."""
+    import docx
+
+    document = docx.Document()
+    for style, text in blocks:
+        document.add_paragraph(text, style=style)
+    if table:
+        grid = document.add_table(rows=len(table), cols=len(table[0]))
+        for cells, row in zip(table, grid.rows, strict=True):
+            for text, cell in zip(cells, row.cells, strict=True):
+                cell.text = text
+    document.core_properties.title = title or ""
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
 
 
 def test_markdown_sections_keep_heading_paths() -> None:
@@ -109,9 +148,11 @@ def test_each_file_format(tmp_path: Path) -> None:
         ("extra.jsonl", b'{"id": "a", "text": "x", "body": 1}\n', "unknown field"),
         ("binary.md", b"\x00\x01\x02", "binary content"),
         ("latin1.txt", "café".encode("latin-1"), "not UTF-8"),
-        ("empty.md", b"   \n", "no text found"),
+        ("empty.md", b"   \n", "empty file"),
+        ("heading-only.md", b"# Title\n", "no text found"),
         ("broken.pdf", b"%PDF-1.4 garbage", "unreadable PDF"),
-        ("notes.docx", b"PK", "unsupported file type"),
+        ("sheet.xlsx", b"PK", "unsupported file type"),
+        ("notes.docx", b"PK\x03\x04 not a zip", "unreadable DOCX"),
     ],
 )
 def test_bad_files_raise_a_clear_error(tmp_path: Path, name: str, content: bytes, message: str) -> None:
@@ -129,3 +170,73 @@ def test_discover_skips_hidden_and_unsupported(tmp_path: Path) -> None:
     (tmp_path / "z.png").write_bytes(b"\x89PNG")
     assert [doc_id for _, doc_id in discover([tmp_path])] == ["sub/y.md"]
     assert [doc_id for _, doc_id in discover([tmp_path / "sub" / "y.md"])] == ["y.md"]
+
+
+def test_docx_sections_follow_heading_styles_and_tables_are_kept(tmp_path: Path) -> None:
+    data = minimal_docx(
+        [
+            ("Heading 1", "Guide"),
+            ("Normal", "Intro text."),
+            ("Heading 2", "Install"),
+            ("Normal", "Run make."),
+            ("Heading 1", "Prices"),
+        ],
+        table=[["plan", "price"], ["basic", "9 EUR"]],
+    )
+    (tmp_path / "guide.docx").write_bytes(data)
+    (document,) = load_file(tmp_path / "guide.docx", "guide.docx")
+    assert [(s.headings, s.text) for s in document.sections] == [
+        (("Guide",), "Intro text."),
+        (("Guide", "Install"), "Run make."),
+        (("Prices",), "plan | price\nbasic | 9 EUR"),
+    ]
+    assert document.title == "Guide" and document.metadata == {"format": "docx"}
+    titled = load_bytes(minimal_docx([("Title", "Handbook"), ("Normal", "Body.")], title="Core"), "h.docx", "h", "h")
+    assert titled.title == "Core" and titled.sections[0].headings == ("Handbook",)
+    untitled = load_bytes(minimal_docx([("Normal", "Just text.")]), "notes.docx", "notes.docx", "notes.docx")
+    assert untitled.title == "notes" and untitled.text == "Just text."
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "error", "message"),
+    [
+        ("x.pdf", b"<html>not a pdf</html>", UnsupportedFileError, "not a PDF"),
+        ("x.docx", b"%PDF-1.4\n", UnsupportedFileError, "not a DOCX file"),
+        ("x.md", minimal_pdf(["binary"]) + b"\x00\xff", UnsupportedFileError, "not UTF-8|binary"),
+        ("x.exe", b"MZ", UnsupportedFileError, "unsupported file type .exe"),
+        ("x", b"text", UnsupportedFileError, "unsupported file type \\(none\\)"),
+        ("x.pdf", b"", LoaderError, "empty file"),
+        ("x.pdf", b"%PDF-1.4\n%%EOF", LoaderError, "unreadable PDF"),
+    ],
+)
+def test_content_must_be_what_the_name_says(name: str, content: bytes, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        load_bytes(content, name, name, name)
+
+
+def test_a_docx_of_another_kind_or_a_zip_bomb_is_refused() -> None:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as package:
+        package.writestr("hello.txt", "not a word document")
+    with pytest.raises(LoaderError, match="unreadable DOCX"):
+        load_bytes(out.getvalue(), "x.docx", "x", "x")
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as package:
+        package.writestr("word/document.xml", b"\0" * (MAX_DOCX_UNPACKED_BYTES + 1))
+    assert len(bomb.getvalue()) < 200_000
+    with pytest.raises(FileTooLargeError, match="unpacks to"):
+        load_bytes(bomb.getvalue(), "x.docx", "x", "x")
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("big.md", b"# Big\n" + b"word " * 400),
+        ("big.pdf", minimal_pdf(["page " * 100] * 5)),
+        ("big.docx", minimal_docx([("Normal", "word " * 100)] * 5)),
+    ],
+)
+def test_every_format_is_held_to_max_document_chars(name: str, content: bytes) -> None:
+    with pytest.raises(FileTooLargeError, match="longer than 1000 characters"):
+        load_bytes(content, name, name, name, DocumentLimits(max_document_chars=1000))
+    assert load_bytes(content, name, name, name, DocumentLimits(max_document_chars=10_000)).text

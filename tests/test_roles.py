@@ -80,6 +80,7 @@ CASES = [
     Case("POST", "/v1/feedback", Role.reader, "/v1/feedback", {"id": "ans_" + "0" * 32, "rating": "down"}, 404),
     Case("GET", "/v1/documents", Role.reader, f"/v1/documents?collection={COLLECTION}", None, 200),
     Case("POST", "/v1/documents", Role.editor, "/v1/documents", INGEST, 200),
+    Case("POST", "/v1/files", Role.editor, "/v1/files", None, 400),  # no file part: tests/test_files.py uploads
     Case("DELETE", "/v1/documents/{doc_id:path}", Role.editor, f"/v1/documents/absent{IN_COLLECTION}", None, 404),
     Case("GET", "/v1/admin/keys", Role.admin, "/v1/admin/keys", None, 200),
     Case("POST", "/v1/admin/keys", Role.admin, "/v1/admin/keys", {"tenant": "acme", "role": "reader"}, 201),

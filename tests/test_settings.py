@@ -126,3 +126,12 @@ def test_a_source_wins_over_the_ones_after_it_whether_flat_or_nested(
     assert load_settings(config, canary={"share": 0.5}).canary.share == 0.5  # keyword, nested, over environment
     settings = load_settings(config)
     assert (settings.canary.share, settings.canary.tolerance) == (0.2, 0.09)  # environment over file, per setting
+
+
+def test_a_role_left_out_of_role_limits_keeps_its_defaults() -> None:
+    """Limits for readers only must not leave editors and admins without any (every request of theirs failed)."""
+    settings = load_settings(role_limits={"reader": {"requests_per_minute": 5, "tokens_per_day": 10}})
+    limits = settings.access.role_limits
+    assert limits[Role.reader].requests_per_minute == 5
+    assert limits[Role.editor] == Settings().access.role_limits[Role.editor]
+    assert set(limits) == set(Role)

@@ -339,6 +339,7 @@ def test_a_model_failing_mid_answer_is_replaced_not_patched(scripted_services: S
     events = list(pipeline.stream(AnswerRequest(question=GROUNDED_THEN_INVENTED, scope=SCOPE)))
     replaced = [e for e in events if isinstance(e, Replaced)]
     assert len(replaced) == 1 and replaced[0].from_ == "flaky" and replaced[0].reason.startswith("connection")
+    assert replaced[0].code == "generator_failed"
     answer = events[-1]
     after = "".join(e for e in events[events.index(replaced[0]) + 1 :] if isinstance(e, str))
     assert answer.generator == "extractive" and answer.answer == after and "cut off" not in after  # type: ignore[union-attr]
@@ -349,8 +350,10 @@ def test_web_page_clears_a_replaced_answer(scripted_server: tuple[ThreadServer, 
     server, _ = scripted_server
     with asked_on_the_page(server.url, GROUNDED_THEN_INVENTED) as (page, errors):
         shown, notice = page.inner_text("#answer"), page.inner_text("#notice")
+        reason = page.text_content("#notice-reason")  # the server's words, folded under "Technical details"
         who = ai_notice(page)  # the replacement's writer, and whom it stands in for
-    assert errors == [] and "withdrawn" in notice and "groundedness" in notice
+    assert errors == [] and "could not be checked against your documents, so it was withdrawn" in notice
+    assert "groundedness" not in notice and reason is not None and "groundedness" in reason
     assert "(extractive: sentences quoted from the sources, no language model, standing in for scripted)" in who
     assert "writes [EMAIL]" not in shown and shown.strip()
 
@@ -378,6 +381,6 @@ def test_llama_streams_carry_no_raw_contact_details(llama_server: LiveServer) ->
 def test_openapi_documents_the_replaced_event(llama_server: LiveServer) -> None:
     schemas = httpx.get(f"{llama_server.url}/openapi.json", timeout=30).json()["components"]["schemas"]
     event = schemas["ChatReplacedEvent"]
-    assert {"from", "reason", "type"} <= set(event["properties"])
+    assert {"from", "reason", "code", "type"} <= set(event["properties"])
     members = json.dumps(schemas["ChatStreamEvent"])
     assert "ChatReplacedEvent" in members

@@ -117,8 +117,7 @@ def rollback_label(name: str, label: str, services: ServicesDep, caller: Admin) 
 
 
 def _registry(services: Services) -> PromptRegistry:
-    prompts_dir = services.settings.prompts_dir
-    return PromptRegistry(prompts_dir) if prompts_dir else PromptRegistry()
+    return PromptRegistry(services.settings.prompts_dir)
 
 
 def _known_prompt(services: Services, name: str) -> PromptRegistry:

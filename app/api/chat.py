@@ -47,7 +47,7 @@ def chat(body: ChatRequest, services: ServicesDep, caller: Reader) -> ChatAnswer
             if isinstance(event, Answer):
                 yield sse_event(ChatAnswerEvent.of(event))
             elif isinstance(event, Replaced):
-                yield sse_event(ChatReplacedEvent(from_=event.from_, reason=event.reason))
+                yield sse_event(ChatReplacedEvent(from_=event.from_, reason=event.reason, code=event.code))
             else:
                 yield sse_event(ChatDelta(text=event))
 

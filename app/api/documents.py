@@ -9,6 +9,7 @@ from app.api.errors import ApiError, error_responses
 from app.api.schemas import COLLECTION_PATTERN, DocumentBody, IngestRequest, invalid_field
 from retrieval.documents import Document
 from retrieval.index import Scope
+from retrieval.ingest import IngestReport
 from retrieval.loaders import document_from_record
 from retrieval.validation import DocumentLimits, InvalidFieldError
 
@@ -27,14 +28,19 @@ def ingest_documents(body: IngestRequest, services: ServicesDep, caller: Editor)
     documents = _valid_documents(body.documents, services.limits)
     scope = Scope(body.collection or settings.defaults.collection, caller.tenant)
     report = services.ingestor.ingest_documents(documents, scope)
-    if report.errors:  # a failed batch is rolled back; say which documents did not make it
+    raise_for_failed_indexing(report)
+    return {"collection": scope.collection, **report.to_dict()}
+
+
+def raise_for_failed_indexing(report: IngestReport) -> None:
+    """A failed batch is rolled back: a 503 that says which documents did not make it (and that the others did)."""
+    if report.errors:
         failed = ", ".join(error["source"] for error in report.errors[:5])
         raise ApiError(
             503,
             f"indexing failed for {len(report.errors)} document(s) ({failed}): "
             f"{report.errors[0]['error']}; the others were written",
         )
-    return {"collection": scope.collection, **report.to_dict()}
 
 
 def _valid_documents(items: list[DocumentBody], limits: DocumentLimits) -> list[Document]:

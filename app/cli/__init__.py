@@ -81,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ragops`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
+    from app.logs import configure_cli_progress  # after parsing: `ragops --help` imports nothing more
+
+    configure_cli_progress()  # `serve` replaces it with its JSON log
     try:
         return handler(args)
     except CliError as exc:

@@ -24,6 +24,7 @@ from serving.loop.canary_control import CanaryRow
 if TYPE_CHECKING:
     from app.cli.common import Commands
     from app.settings import Settings
+    from prompts.registry import PromptRegistry
     from serving.infra.state_store import StateStore
 
 
@@ -88,8 +89,53 @@ def run_status(args: argparse.Namespace) -> int:
     for view in views:
         print(_text(view))
     if not views:
-        print("no canary")
+        print(f"no canary: {_how_to_start(settings)}")
     return EXIT_OK
+
+
+def _how_to_start(settings: Settings) -> str:
+    """What starts a canary here, with real arguments: the settings' canary prompt, or else a released version
+    of the stable prompt other than the stable one (set on the servers too: they route by the setting)."""
+    share, wanted = f"--share {settings.canary.share or 0.1:g}", settings.canary.prompt
+    unresolved = _unresolved(settings, wanted) if wanted else None
+    if wanted and unresolved is None:
+        return f"start the one RAGOPS_CANARY_PROMPT names ({wanted}) with `ragops canary start {share}`"
+    example = _example_canary(settings)
+    if example is None:
+        return f"release a second version of the prompt {settings.prompt} to try it as a canary"
+    why = f"RAGOPS_CANARY_PROMPT={wanted} does not resolve ({unresolved}): " if wanted else ""
+    return (f"{why}set RAGOPS_CANARY_PROMPT to the version to try, here and on the servers (e.g. {example}), then "
+            f"`RAGOPS_CANARY_PROMPT={example} ragops canary start {share}`")  # fmt: skip
+
+
+def _registry(settings: Settings) -> PromptRegistry:
+    from prompts.registry import PromptRegistry
+
+    return PromptRegistry(settings.prompts_dir)
+
+
+def _unresolved(settings: Settings, ref: str) -> str | None:
+    """Why ``ref`` does not resolve in registry.yaml; None when it does."""
+    from prompts.loader import PromptError
+
+    try:
+        _registry(settings).resolve(ref)
+    except PromptError as exc:
+        return str(exc)
+    return None
+
+
+def _example_canary(settings: Settings) -> str | None:
+    """The newest released version of the stable prompt other than the stable one (registry.yaml's labels)."""
+    from prompts.loader import PromptError
+
+    registry = _registry(settings)
+    try:
+        stable = registry.resolve(settings.prompt)
+    except PromptError:
+        return None
+    others = [version for version in registry.versions(stable.name) if version != stable.version]
+    return f"{stable.name}@{others[-1]}" if others else None
 
 
 def _text(view: CanaryView) -> str:
@@ -137,19 +183,20 @@ def _number(value: float | None) -> str:
 def _served(settings: Settings, state: StateStore) -> tuple[str, str, str]:
     """(prompt, canary version, stable version) of the settings' canary, through the live labels."""
     from prompts.loader import PromptError
-    from prompts.registry import PromptRegistry
     from serving.loop.labels import StoreLabels
 
     if not settings.canary.prompt:
-        raise CliError("no canary_prompt is set (RAGOPS_CANARY_PROMPT, e.g. rag_answer@canary)")
-    registry = PromptRegistry(settings.prompts_dir) if settings.prompts_dir else PromptRegistry()
+        raise CliError(f"no canary prompt is set: {_how_to_start(settings)}")
+    registry = _registry(settings)
     labels = StoreLabels(state)
     labels.adopt_declared(registry)
     live = registry.with_labels(labels)
     try:
         canary, stable = live.resolve(settings.canary.prompt), live.resolve(settings.prompt)
     except PromptError as exc:
-        raise CliError(str(exc)) from exc
+        example = _example_canary(settings)
+        instead = f": name a released version instead, e.g. RAGOPS_CANARY_PROMPT={example}" if example else ""
+        raise CliError(f"{exc}{instead}") from exc
     if canary.version == stable.version:
         raise CliError(f"{settings.canary.prompt} and {settings.prompt} both name {stable.version}: nothing to compare")
     return stable.name, canary.version, stable.version

@@ -26,6 +26,7 @@ Handler: TypeAlias = Callable[[argparse.Namespace], int]
 T = TypeVar("T")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+API_KEY_ENV = "RAGOPS_API_KEY"  # where a command that calls a server over HTTP finds its key
 GENERATORS = get_args(GeneratorBackend)
 
 
@@ -48,13 +49,16 @@ def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
         raise CliError(f"invalid setting {flat_name(first['loc'])}: {first['msg']}") from exc
 
 
-def open_services(settings: Settings) -> Services:
-    """The wired parts; close them when done. An index that cannot open is a runtime failure (exit 1)."""
+def open_services(settings: Settings, busy_hint: str | None = None) -> Services:
+    """The wired parts; close them when done. An index that cannot open is a runtime failure (exit 1); one that
+    a running server holds gets ``busy_hint`` (what the command can do through that server instead)."""
     from app.container import build_services
-    from retrieval.index import IndexUnavailableError
+    from retrieval.index import IndexBusyError, IndexUnavailableError
 
     try:
         return build_services(settings)
+    except IndexBusyError as exc:
+        raise CliError(f"{exc}; {busy_hint}" if busy_hint else str(exc), EXIT_FAILURE) from exc
     except IndexUnavailableError as exc:
         raise CliError(str(exc), EXIT_FAILURE) from exc
 

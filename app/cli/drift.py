@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from retrieval.embedding_cache import CachedEmbedder
     from serving.infra.state_store import StateStore
     from serving.loop.answer_log import AnswerRecord
-    from serving.loop.drift import DriftProfile, DriftReport, ProfileLineage
+    from serving.loop.drift import DriftProfile, DriftProfiles, DriftReport, ProfileLineage
     from serving.loop.drift_stats import AnswerSignals
 
 EXIT_DRIFT = 1
@@ -50,7 +51,7 @@ def add_parser(commands: Commands) -> None:
     baseline.set_defaults(handler=run_baseline)
     check = actions.add_parser("check", help="compare the latest answers with the profile (exit 1: drift)")
     check.add_argument("--window", type=int, help="latest answers to compare (default: drift_window)")
-    check.add_argument("--name", default="default", help="profile name")
+    check.add_argument("--name", help="profile name (default: default; without one, the only profile there is)")
     check.add_argument("--json", action="store_true")
     check.set_defaults(handler=run_check)
 
@@ -90,15 +91,12 @@ def _check(args: argparse.Namespace) -> int:
     from serving.loop.drift_stats import AnswerSignals
     from serving.loop.lineage import Lineage
 
-    name = _profile_name(args.name)
     settings = settings_from(args)
     window = settings.drift.window if args.window is None else args.window
     if not 1 <= window <= MAX_ANSWERS:
         raise CliError(f"--window must be within 1..{MAX_ANSWERS}")
     with _embedder(settings) as embedder, open_state(settings) as store:
-        profile = DriftProfiles(store).latest(name)
-        if profile is None:
-            raise CliError(f"no drift profile named {name!r}: make one with `ragops drift baseline`")
+        profile = _reference(DriftProfiles(store), args.name)
         records = _kept_answers(settings, store, None, window)
         if not records:
             raise CliError("no kept answers to check (none served yet, or feedback_retention_days is 0)")
@@ -113,6 +111,29 @@ def _check(args: argparse.Namespace) -> int:
     if not report.tested:
         raise CliError(f"could not check: {report.why_untested()}")
     return EXIT_DRIFT if report.drifted else EXIT_OK
+
+
+def _reference(profiles: DriftProfiles, asked: str | None) -> DriftProfile:
+    """The newest profile of the name asked for; without ``--name``, ``default`` (the server's), or else the only
+    profile there is (said on stderr). None found: one line naming the profiles that exist."""
+    from serving.loop.drift import DEFAULT_PROFILE
+
+    name = _profile_name(asked or DEFAULT_PROFILE)
+    if (profile := profiles.latest(name)) is not None:
+        return profile
+    existing = profiles.names()
+    if asked is None and len(existing) == 1:
+        (only,) = existing
+        print(f"no drift profile named {name!r} (the server's): checking against {only!r}, the only one",
+              file=sys.stderr)  # fmt: skip
+        if (profile := profiles.latest(only)) is not None:
+            return profile
+    make = "ragops drift baseline --from-suite SUITE.yaml" + ("" if name == DEFAULT_PROFILE else f" --name {name}")
+    if not existing:
+        raise CliError(f"no drift profile yet: make one with `{make}` (or --from-traffic --since 7d)")
+    there = ", ".join(f"{n} (from {source})" for n, source in existing.items())
+    raise CliError(f"no drift profile named {name!r} (profiles: {there}): check one of them with `ragops drift check "
+                   f"--name NAME`, or make {name!r} with `{make}`")  # fmt: skip
 
 
 def _suite_source(args: argparse.Namespace, embedder: CachedEmbedder) -> tuple[list[AnswerSignals], ProfileLineage]:

@@ -9,10 +9,12 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.cli.common import EXIT_FAILURE, EXIT_OK, GENERATORS, CliError, open_services, settings_from
+from app.cli.progress import progress_bar
 from prompts.loader import PromptError
 
 if TYPE_CHECKING:
@@ -57,8 +59,6 @@ def _broken_run() -> Iterator[None]:
 
 def _run_suite(args: argparse.Namespace, suite: Suite, prompt: str | None) -> EvalResults:
     """Run ``suite`` with ``prompt`` (default: the suite's), its own services, closed afterwards."""
-    from tqdm import tqdm
-
     from app.container import eval_parts
     from evals.runner import run_suite
 
@@ -75,8 +75,9 @@ def _run_suite(args: argparse.Namespace, suite: Suite, prompt: str | None) -> Ev
     )
     services = open_services(settings)
     try:
-        progress = lambda total: tqdm(total=total, unit="sample", desc=suite.name)  # noqa: E731
-        results, stats = run_suite(suite, eval_parts(services), progress)
+        progress = partial(progress_bar, unit="sample", desc=suite.name)
+        with alerts_above_the_bar():
+            results, stats = run_suite(suite, eval_parts(services), progress)
     finally:
         services.close()
     print(
@@ -85,6 +86,30 @@ def _run_suite(args: argparse.Namespace, suite: Suite, prompt: str | None) -> Ev
         file=sys.stderr,
     )
     return results
+
+
+@contextmanager
+def alerts_above_the_bar() -> Iterator[None]:
+    """The service's alerts while the suite runs (its rolling rates see the eval's answers too): each one line on
+    stderr naming the alert and its figures, written above the progress bar (``tqdm.write``), not through it."""
+    import logging
+
+    from tqdm import tqdm
+
+    from serving.observe.metrics import alert_line, alert_log
+
+    class AboveTheBar(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            tqdm.write(f"ragops: {alert_line(record)} (over this run's answers)", file=sys.stderr)
+
+    handler, propagates = AboveTheBar(logging.WARNING), alert_log.propagate
+    alert_log.addHandler(handler)
+    alert_log.propagate = False  # a root handler (logging.basicConfig, which a library may call) would print it bare
+    try:
+        yield
+    finally:
+        alert_log.removeHandler(handler)
+        alert_log.propagate = propagates
 
 
 def _read_results(path: Path) -> EvalResults:

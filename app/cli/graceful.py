@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from types import FrameType
 
 import uvicorn
@@ -25,11 +26,19 @@ HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class GracefulServer(uvicorn.Server):
     """Sets ``draining`` on the app's state (``/readyz`` reads it) when a shutdown begins."""
 
-    def __init__(self, config: uvicorn.Config, app_state: State, drain_s: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, app_state: State, drain_s: float, on_ready: Callable[[], None] | None = None
+    ) -> None:
         super().__init__(config)
         self._app_state = app_state
         self._drain_s = drain_s
         self._drain_until: float | None = None
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit and self._on_ready is not None:  # bound and listening
+            self._on_ready()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

@@ -68,20 +68,42 @@ def run_create(args: argparse.Namespace) -> int:
     with _key_store(args) as keys:
         expires = expiry_from(args.expires, parse_stamp(utc_now())) if args.expires else None
         issued = keys.create(args.tenant, Role(args.role), args.name, expires, KeyLimits(args.rpm, args.tokens_per_day))
+        every = _every_key(args, keys)
     _print_issued(issued, args.json)
+    _warn_without_admin(every)
     return EXIT_OK
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from serving.governance.keys import EnvKeys
-
     with _key_store(args) as keys:
-        records = keys.list() + EnvKeys(settings_from(args).access.api_keys).records()
+        records = _every_key(args, keys)
     if args.json:
         print(json.dumps([record.model_dump(mode="json") for record in records]))
     else:
         _print_table(records)
+    _warn_without_admin(records)
     return EXIT_OK
+
+
+def _every_key(args: argparse.Namespace, keys: KeyStore) -> list[ApiKeyRecord]:
+    """The store's keys and the settings' (``RAGOPS_API_KEYS``): every key a server checks."""
+    from serving.governance.keys import EnvKeys
+
+    return keys.list() + EnvKeys(settings_from(args).access.api_keys).records()
+
+
+ADMIN_KEY_COMMAND = "ragops keys create --tenant ops --role admin --name admin"
+
+
+def _warn_without_admin(records: list[ApiKeyRecord]) -> None:
+    """Keys but no active admin key: a server then refuses every caller its admin routes (keys, prompt labels,
+    the audit trail, erasure), and only the CLI can make an admin key. Said on stderr, with the command."""
+    from serving.infra.clock import utc_now
+
+    now = utc_now()
+    if records and not any(r.role == Role.admin and r.status(now) == "active" for r in records):
+        print(f"warning: no active admin key: a server with keys refuses every caller its admin routes (keys, "
+              f"labels, audit, erasure); make one with `{ADMIN_KEY_COMMAND}`", file=sys.stderr)  # fmt: skip
 
 
 def run_revoke(args: argparse.Namespace) -> int:

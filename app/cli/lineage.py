@@ -70,7 +70,7 @@ def _version_of(settings: Settings, state: StateStore, name: str, wanted: str | 
 def _registry(settings: Settings) -> PromptRegistry:
     from prompts.registry import PromptRegistry
 
-    return PromptRegistry(settings.prompts_dir) if settings.prompts_dir else PromptRegistry()
+    return PromptRegistry(settings.prompts_dir)
 
 
 def run_lineage(args: argparse.Namespace) -> int:

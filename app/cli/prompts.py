@@ -50,7 +50,7 @@ def _registry(args: argparse.Namespace) -> PromptRegistry:
     from prompts.registry import PromptRegistry
 
     settings = settings_from(args)
-    return PromptRegistry(settings.prompts_dir) if settings.prompts_dir else PromptRegistry()
+    return PromptRegistry(settings.prompts_dir)
 
 
 @contextmanager

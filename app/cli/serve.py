@@ -15,15 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import subprocess
 import sys
 from typing import TYPE_CHECKING
 
 from app.api.hosts import is_loopback
-from app.cli.common import EXIT_FAILURE, EXIT_OK, CliError, open_services, settings_from
+from app.cli.common import API_KEY_ENV, EXIT_FAILURE, EXIT_OK, CliError, open_services, settings_from
 from app.cli.doctor import Check
 from app.cli.exposure import check_exposure, store_has_keys
 from app.logs import SERVER_LOGGER
+from app.startup import start_step
 
 PREFLIGHT_TIMEOUT_S = 60.0
 
@@ -60,13 +62,18 @@ def run_serve(args: argparse.Namespace) -> int:
         )
     services = open_services(settings)  # an index that cannot open: its one line, exit 1
     try:
-        open_governance(services)
-        _ = services.pipeline  # load the generator now, not on the first question
-        report_preflight(preflight)
-        _ = services.retention  # apply every store's retention now and daily
+        with start_step("opening the state store and the audit trail"):
+            open_governance(services)
+        with start_step(f"loading the generator ({settings.generator})"):
+            _ = services.pipeline  # now, not on the first question
+        with start_step("waiting for ragops doctor's checks"):
+            report_preflight(preflight)
+        with start_step("applying retention (then daily)"):
+            _ = services.retention
         from app.parts import finish_erasures  # heavy: not at import, `ragops --help` stays fast
 
-        finish_erasures(services.eraser)
+        with start_step("finishing interrupted erasures"):
+            finish_erasures(services.eraser)
         app = create_app(settings, services=services, bind_host=args.host)
         # Our middleware logs one line per request, path without the query string; uvicorn's would log both.
         # proxy_headers off: uvicorn would otherwise take X-Forwarded-For from any loopback peer as the client;
@@ -75,10 +82,44 @@ def run_serve(args: argparse.Namespace) -> int:
             app, host=args.host, port=args.port, log_level=args.log_level, log_config=None, access_log=False,
             proxy_headers=False, timeout_graceful_shutdown=settings.shutdown.grace_s,
         )  # fmt: skip
-        GracefulServer(config, app.state, settings.shutdown.drain_s).run()
+        url = f"http://{'localhost' if is_loopback(args.host) else args.host}:{args.port}"
+        GracefulServer(
+            config, app.state, settings.shutdown.drain_s, on_ready=lambda: announce_ready(services, url, has_keys)
+        ).run()
     finally:
         services.close()
     return EXIT_OK
+
+
+# The README's first question: the sample corpus answers it.
+SAMPLE_COLLECTION, SAMPLE_QUESTION = "sample", "What part of the Earth's atmosphere is oxygen?"
+
+
+def announce_ready(services: Services, url: str, needs_key: bool) -> None:
+    """In the log, and as a plain line on stdout (the log's JSON escapes the quotes a reader would copy)."""
+    message = ready_message(services, url, needs_key)
+    logging.getLogger(SERVER_LOGGER).info(message)
+    print(message, flush=True)
+
+
+def ready_message(services: Services, url: str, needs_key: bool) -> str:
+    """The line that says the start is over: where the page is and a first question to ask, in the collection
+    that a client naming none would be answered from (``app.api.deps.answered_scope``'s rule), or how to add
+    documents when there are none."""
+    defaults = services.settings.defaults
+    filled = services.index.collections(defaults.tenant)
+    if not filled:
+        return (
+            f"ready: open {url}/ - no documents yet: upload files there (an editor key, when keys are on) "
+            f"or run `ragops ingest --url {url} PATH`"
+        )
+    collection = defaults.collection if defaults.collection in filled else filled[0]
+    question = SAMPLE_QUESTION if collection == SAMPLE_COLLECTION else "What are these documents about?"
+    body = shlex.quote(json.dumps({"question": question, "collection": collection}))
+    key = f' -H "authorization: Bearer ${API_KEY_ENV}"' if needs_key else ""  # the variable, never a key
+    return (
+        f"ready: open {url}/ and ask, or try: curl -s {url}/v1/chat{key} -H 'content-type: application/json' -d {body}"
+    )
 
 
 def start_preflight(args: argparse.Namespace) -> subprocess.Popen[str]:

@@ -81,7 +81,7 @@ class _ServedLabels:
 
 def served_prompts(settings: Settings, state: StateStore) -> list[tuple[str, Prompt]]:
     """(what for, prompt) of the stable prompt and the canary's, as a server would resolve them now."""
-    registry = PromptRegistry(settings.prompts_dir) if settings.prompts_dir else PromptRegistry()
+    registry = PromptRegistry(settings.prompts_dir)
     registry = registry.with_labels(_ServedLabels(state if settings.live_labels else None, registry))
     refs = [("production", settings.prompt)] + ([("canary", settings.canary.prompt)] if settings.canary.prompt else [])
     served = []

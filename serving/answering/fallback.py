@@ -131,7 +131,7 @@ class FallbackChain:
                         return
             except GeneratorError as exc:
                 self.breakers[generator.name].record_failure(trip=exc.kind == "crashed")
-                last_failure = Replaced(from_=generator.name, reason=f"{exc.kind}: {exc}")
+                last_failure = Replaced(from_=generator.name, reason=f"{exc.kind}: {exc}", code="generator_failed")
                 first_failure = first_failure or Fallback(from_=generator.name, reason=last_failure.reason)
             finally:
                 _close(events)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, cast
 
+import httpx
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
@@ -93,6 +94,12 @@ class OpenAICompatibleGenerator:
                 finish_reason = event.choices[0].finish_reason or finish_reason
         except openai.OpenAIError as exc:
             raise _translate(exc) from exc
+        # Once the stream has begun, the SDK no longer wraps transport failures: a read timeout or a dropped
+        # connection mid-answer reaches us as httpx's own exception.
+        except httpx.TimeoutException as exc:
+            raise GeneratorError("timeout", f"timed out while streaming: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise GeneratorError("connection", f"connection lost while streaming: {exc}") from exc
         except ValueError as exc:
             raise GeneratorError("malformed", f"unreadable stream: {exc}") from exc
         text = "".join(pieces)

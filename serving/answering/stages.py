@@ -22,7 +22,7 @@ from retrieval.documents import Hit
 from retrieval.embedding_cache import CachedEmbedder
 from retrieval.index import Scope
 from retrieval.search import Searcher
-from safety.guards import ContextVerdict, Guard, GuardAction, Guards, GuardVerdict
+from safety.guards import GROUNDEDNESS_CHECK, ContextVerdict, Guard, GuardAction, Guards, GuardVerdict
 from serving.answering.answer_cache import AnswerCache, CacheKey, normalise_question
 from serving.answering.fallback import ChainDelta, ChainResult, FallbackChain
 from serving.answering.sentences import compress_passages
@@ -43,6 +43,7 @@ from serving.contracts.generation import (
     GenerationRequest,
     GeneratorError,
     Replaced,
+    ReplacedCode,
     StreamDelta,
     Usage,
 )
@@ -316,7 +317,7 @@ class OutputGuard:
     ) -> Generator[str | Replaced, None, ChainResult | Answer | GeneratorError]:  # fmt: skip
         if isinstance(outcome, GeneratorError):
             if sentences is not None and sentences.text:  # shown text the failed answer cannot stand behind
-                yield Replaced(from_=sentences.generator, reason=str(outcome))
+                yield Replaced(from_=sentences.generator, reason=str(outcome), code="generator_failed")
             return outcome
         if sentences is None:  # a generator that gave its answer in no delta
             sentences = self._sentences(turn, outcome.generator)
@@ -335,7 +336,9 @@ class OutputGuard:
         assert stopped is not None and sentences.verdict is not None
         self._record(turn, sentences)
         reason = f"output guard: {stopped.reasons(stopped.action)}"
-        yield Replaced(from_=sentences.generator, reason=reason)
+        stoppers = {fired.kind for fired in stopped.fired if fired.action == stopped.action}
+        code: ReplacedCode = "ungrounded" if stoppers == {GROUNDEDNESS_CHECK} else "policy"
+        yield Replaced(from_=sentences.generator, reason=reason, code=code)
         if stopped.action == "block" or self._fallback is None:
             return refusal(turn, sentences.verdict)
         # The fallback's own verdict is reported, not enforced (as it always was): it is the last resort.

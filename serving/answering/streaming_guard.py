@@ -172,7 +172,7 @@ class SentenceGuard:
         assert merged is not None
         for fired in part.fired:
             if fired not in merged.fired:  # the same finding in two sentences is reported once
-                merged.fire(fired.validator, fired.action, fired.reason)  # type: ignore[arg-type]
+                merged.fire(fired.validator, fired.action, fired.reason, kind=fired.kind)  # type: ignore[arg-type]
         merged.latency_ms += part.latency_ms
         merged.groundedness = lowest(merged.groundedness, part.groundedness)
         if part.similarity is not None:

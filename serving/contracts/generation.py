@@ -95,6 +95,18 @@ class Fallback(BaseModel):
     reason: str
 
 
+# Why a streamed answer was withdrawn, for clients to say in their own words: the output guard found it not
+# supported by the passages ("ungrounded") or broke another of its rules ("policy"), or its generator failed or
+# timed out part-way ("generator_failed").
+ReplacedCode = Literal["ungrounded", "policy", "generator_failed"]
+
+
 class Replaced(Fallback):
     """An event of an answer's stream: the text streamed so far is withdrawn (a generator failed mid-answer, or
     the output guard stopped it); what follows replaces it."""
+
+    code: ReplacedCode = Field(
+        description="Why, machine-readable: ``ungrounded`` (the output guard found it unsupported by the "
+        "passages), ``policy`` (another output guard rule), ``generator_failed`` (it failed or timed out); "
+        "``reason`` says it in the operator's terms."
+    )

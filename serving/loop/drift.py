@@ -154,6 +154,16 @@ class DriftProfiles:
         body = _ProfileBody.model_validate_json(row["body"])
         return DriftProfile(row["id"], row["name"], parse_stamp(row["created_at"]), body.sample(), body.lineage)
 
+    def names(self) -> dict[str, str]:
+        """Each profile name with the source of its newest profile (``suite`` or ``traffic``), by name."""
+        sql = "SELECT name, source FROM drift_profiles ORDER BY name, created_at DESC"
+        with self._state.transaction() as cur:
+            rows = cur.execute(sql)
+        newest: dict[str, str] = {}
+        for row in rows:
+            newest.setdefault(str(row["name"]), str(row["source"]))
+        return newest
+
 
 class DriftError(Exception):
     """A check that cannot be made (a profile of another embedding model): never a verdict."""

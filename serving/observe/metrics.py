@@ -24,6 +24,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from serving.contracts.answer import Answer
 
 alert_log = logging.getLogger("ragops.alerts")
+# An alert's fields (its ``extra``, keys of the JSON log line), in the order a terminal line shows them.
+ALERT_FIELDS = ("prompt", "rate", "threshold", "answers", "rated", "raters", "signals", "profile")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -299,9 +301,13 @@ class ServiceMetrics:
                 firing = counts[name] >= self._alerts.min_answers and rate > limits[name]
                 if firing and name not in self._firing:
                     self._firing.add(name)
-                    alert_log.warning(
-                        "alert firing", extra={"alert": name, "rate": round(rate, 4), "threshold": limits[name]}
-                    )
+                    details = {
+                        "alert": name,
+                        "rate": round(rate, 4),
+                        "threshold": limits[name],
+                        "answers": counts[name],
+                    }
+                    alert_log.warning("alert firing", extra=details)
                 elif not firing and name in self._firing:
                     self._firing.discard(name)
                     alert_log.info("alert resolved", extra={"alert": name, "rate": round(rate, 4)})
@@ -352,6 +358,18 @@ class ServiceMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def alert_line(record: logging.LogRecord) -> str:
+    """An alert as one line for a terminal, named, with its fields: ``alert firing: hallucination_rate rate=0.45
+    threshold=0.2 answers=24`` (a plain handler would print the bare message; the JSON log has the fields)."""
+    fields = record.__dict__
+    shown = [f"{key}={_field(fields[key])}" for key in ALERT_FIELDS if key in fields]
+    return " ".join([f"{record.getMessage()}: {fields.get('alert', 'unnamed')}", *shown])
+
+
+def _field(value: object) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
 
 
 def _reason(text: str) -> str:
