@@ -87,14 +87,20 @@ def sample_diff(baseline: EvalResults, results: EvalResults) -> list[ChangedSamp
     return sorted(changed, key=lambda item: min(item.deltas.values(), default=0.0))
 
 
-def render_report(results: EvalResults, baseline: EvalResults | None = None) -> str:
-    environment = Environment(
-        loader=PackageLoader("evals", "templates"),
+def html_templates(package: str) -> Environment:
+    """The Jinja environment of a self-contained HTML report: ``package``'s ``templates/``, autoescaped, and an
+    undefined name an error (a page with a silent blank would mislead its reader)."""
+    return Environment(
+        loader=PackageLoader(package, "templates"),
         autoescape=select_autoescape(["html"]),
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+
+
+def render_report(results: EvalResults, baseline: EvalResults | None = None) -> str:
+    environment = html_templates("evals")
     charts = {
         name: histogram([v for row in results.samples if (v := row.metrics.get(name)) is not None])
         for name in results.aggregate

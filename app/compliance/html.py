@@ -5,20 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-
 from app.compliance.model import ComplianceReport
+from evals.report import html_templates
 
 
 def render_html(report: ComplianceReport) -> str:
-    environment = Environment(
-        loader=PackageLoader("app.compliance", "templates"),
-        autoescape=select_autoescape(["html"]),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
+    return (
+        html_templates("app.compliance").get_template("compliance.html").render(report=report, counts=report.counts())
     )
-    return environment.get_template("compliance.html").render(report=report, counts=report.counts())
 
 
 def write_html(path: Path, report: ComplianceReport) -> Path:
