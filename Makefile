@@ -131,6 +131,7 @@ bench: setup
 	$(PY) bench/load.py --out bench/results/load.json
 	$(PY) -m bench.erasure_index --out bench/results/erasure_index.json
 	$(PY) bench/erasure.py --out bench/results/erasure.json
+	$(PY) bench/conversations.py --out bench/results/conversations.json
 
 clean:
 	rm -rf .ragops .cache .pytest_cache .mypy_cache .ruff_cache .site

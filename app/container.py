@@ -6,6 +6,8 @@ import logging
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from app.conversation_parts import build_conversations, build_rewriter
+from app.governance_parts import build_admission, build_audit
 from app.parts import (
     UnavailableGenerator,
     build_answer_cache,
@@ -39,11 +41,13 @@ from retrieval.search import Searcher
 from retrieval.sparse import Bm25Encoder
 from retrieval.validation import DocumentLimits
 from serving.answering.answer_cache import AnswerCache
+from serving.answering.conversations import ConversationStore
 from serving.answering.extractive import ExtractiveGenerator
 from serving.answering.fallback import FallbackChain
 from serving.answering.index_digest import IndexDigest
 from serving.answering.llamacpp.supervisor import LlamaCppGenerator
-from serving.answering.pipeline import RagPipeline
+from serving.answering.output_stage import OutputGuard
+from serving.answering.pipeline import RagPipeline, Stages
 from serving.answering.stages import (
     Abstain,
     CachedAnswers,
@@ -51,14 +55,13 @@ from serving.answering.stages import (
     ComposePrompt,
     Generate,
     InputGuard,
-    OutputGuard,
     Retrieve,
+    RewriteQuery,
     ScreenPassages,
-    Stages,
 )
 from serving.contracts.answer import Answer, AnswerRequest
 from serving.contracts.generation import Generator
-from serving.governance.admission import Admission, BudgetCheck, KeyLookup, Limiter
+from serving.governance.admission import Admission
 from serving.governance.usage import AnswerPricing
 from serving.infra.state_store import StateStore
 from serving.loop.judge_sampler import SampledJudge
@@ -153,6 +156,7 @@ class Services:
             "answer",
             extra={"outcome": answer.outcome, "generator": answer.generator, "prompt": answer.prompt.version,
                    "fallback": answer.fallback.reason if answer.fallback else None,
+                   "retrieval_query": answer.rewrite.query if answer.rewrite and answer.rewrite.rewritten else None,
                    "ms": answer.timings_ms.get("total")},
         )  # fmt: skip
         self.metrics.observe(answer)
@@ -207,14 +211,12 @@ class Services:
     @cached_property
     def admission(self) -> Admission:
         """Authentication, roles, rate limits, quotas and budgets, in front of every route that is not public."""
-        return Admission(
-            build_keys(self), build_limiter(self), build_budgets(self), self.settings.costs.reservation_tokens
-        )
+        return build_admission(self.settings, self.state, self.metrics)
 
     @cached_property
     def audit(self) -> AuditLog | None:
         """The audit trail's writer (and the usage ledger's); None with ``audit`` off."""
-        return build_audit(self) if self.settings.audit else None
+        return build_audit(self.settings, self.state, self.metrics) if self.settings.audit else None
 
     @cached_property
     def answer_log(self) -> AnswerLog | None:
@@ -224,6 +226,11 @@ class Services:
         from serving.loop.answer_log import AnswerLog
 
         return AnswerLog(self.state, self.settings.retention.feedback_retention_days)
+
+    @cached_property
+    def conversations(self) -> ConversationStore | None:
+        """Server-side conversations: Redis with ``redis_url``, else the state store; None when none are kept."""
+        return build_conversations(self.settings, self.state)
 
     @cached_property
     def feedback(self) -> FeedbackStore | None:
@@ -237,12 +244,13 @@ class Services:
     @cached_property
     def retention(self) -> RetentionTask:
         """Every store's retention (``serving.rights.retention``), at start and daily (the server starts it)."""
-        return start_retention(self.settings, self.state, self.embedder)
+        return start_retention(self.settings, self.state, self.embedder, self.conversations)
 
     @cached_property
     def eraser(self) -> Eraser:
         """Erases a document or a user from every store here (``serving.rights.erasure``)."""
-        return build_eraser(self.settings, self.state, self.audit, self.ingestor, self.embedder, self.answer_cache)
+        return build_eraser(self.settings, self.state, self.audit, self.ingestor, self.embedder, self.answer_cache,
+                            self.conversations)  # fmt: skip
 
     @cached_property
     def lineage(self) -> Lineage:
@@ -280,6 +288,8 @@ class Services:
             self.state.close()
         if "tracer" in self.__dict__:
             self.tracer.close()
+        if "pipeline" in self.__dict__:
+            self.pipeline.stages.rewrite.rewriter.close()  # before the model it may be asking
         generator = self.__dict__.get("generator")
         if isinstance(generator, LlamaCppGenerator):
             generator.supervisor.close()  # the worker process with it: none outlives the API
@@ -289,39 +299,6 @@ class Services:
         self.index.close()
         self.ingestor.close()
         self._store.close()
-
-
-def build_keys(services: Services) -> KeyLookup:
-    from serving.governance.keys import Authenticator, KeyStore
-
-    settings = services.settings
-    return Authenticator(KeyStore(services.state), settings.access.api_keys, settings.access.key_cache_s)
-
-
-def build_limiter(services: Services) -> Limiter:
-    from serving.governance.rate_limits import RateLimits
-
-    s = services.settings
-    return RateLimits(
-        s.redis_url, s.access.rate_limit_fail, s.access.role_limits, s.access.auth_failures_per_minute, services.metrics
-    )
-
-
-def build_budgets(services: Services) -> BudgetCheck:
-    from serving.governance.usage import Budgets
-
-    s = services.settings
-    # Reservations are released by the audit writer, which also keeps the ledger budgets read: without it, none.
-    reservation_usd = s.costs.reservation_usd(s.answering.generation_timeout_s) if s.audit else 0.0
-    return Budgets(services.state, s.costs.budget_soft_ratio, services.metrics, reservation_usd=reservation_usd)
-
-
-def build_audit(services: Services) -> AuditLog:
-    from serving.governance.audit import AnchorSettings, AuditLog
-
-    s = services.settings
-    anchor = AnchorSettings(file=s.audit_anchor_file, every_s=s.audit_anchor_every_s)
-    return AuditLog(services.state, s.audit_content, services.metrics, anchor)
 
 
 def build_pipeline(services: Services) -> RagPipeline:
@@ -337,6 +314,7 @@ def build_pipeline(services: Services) -> RagPipeline:
     embedder = services.embedder
     stages = Stages(
         input_guard=InputGuard(guards.input if guards else None),
+        rewrite=RewriteQuery(build_rewriter(settings, primary), guards.input if guards else None),
         cache=CachedAnswers(
             services.answer_cache,
             embedder,
@@ -403,6 +381,7 @@ def eval_parts(services: Services) -> EvalParts:
         embedder=services.embedder,
         tenant=settings.defaults.tenant,
         generator=settings.generator,
+        rewriter=pipeline.stages.rewrite.rewriter.name,
         answers_path=settings.cache_dir / "eval-answers.sqlite",
         answer_settings=answer_settings,
         judge=judge_config(settings),

@@ -14,6 +14,7 @@ from app.api import (
     admin_subjects,
     admin_usage,
     chat,
+    conversations,
     documents,
     feedback,
     files,
@@ -35,7 +36,7 @@ from app.settings import Settings, load_settings
 
 # Public first (probes, metrics, the page), then the API, then the admin routes.
 _ROUTERS = (
-    health, metrics, web, search, documents, files, chat, openai_api, feedback,
+    health, metrics, web, search, documents, files, chat, conversations, openai_api, feedback,
     admin_keys, admin_prompts, admin_audit, admin_usage, admin_subjects,
 )  # fmt: skip
 

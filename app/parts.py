@@ -34,6 +34,7 @@ from serving.observe.tracing import LangSmithTracer, Tracer
 if TYPE_CHECKING:
     from retrieval.ingest import Ingestor
     from serving.answering.answer_cache import AnswerCache
+    from serving.answering.conversations import ConversationStore
     from serving.governance.audit import AuditLog
     from serving.infra.file_hashes import FileHashes
     from serving.infra.state_store import StateStore
@@ -360,6 +361,7 @@ def build_retention(
     query_vectors: EmbeddingStore | None,
     actor: Actor,
     forget_queries: Callable[[], None] | None = None,
+    conversations: ConversationStore | None = None,
 ) -> Retention:
     """Every store's retention (``serving.rights.retention``) with the periods these settings set: the server's daily
     run (``forget_queries``: its embedder's, emptying the in-memory question vectors) and ``ragops retention
@@ -367,14 +369,17 @@ def build_retention(
     from serving.rights.retention import Retention, periods_from
 
     periods = periods_from({name: value for name, _, value in flat_settings(settings)})
-    return Retention(state, query_vectors, periods, actor, forget_queries, record=settings.audit)
+    return Retention(state, query_vectors, periods, actor, forget_queries, record=settings.audit,
+                     conversations=conversations)  # fmt: skip
 
 
-def start_retention(settings: Settings, state: StateStore, embedder: CachedEmbedder) -> RetentionTask:
+def start_retention(
+    settings: Settings, state: StateStore, embedder: CachedEmbedder, conversations: ConversationStore | None
+) -> RetentionTask:
     """The server's retention: applied now, then daily, on a thread of its own (each replica runs it)."""
     from serving.rights.retention import SERVER, RetentionTask
 
-    retention = build_retention(settings, state, embedder.store, SERVER, embedder.forget_queries)
+    retention = build_retention(settings, state, embedder.store, SERVER, embedder.forget_queries, conversations)
     return RetentionTask(retention.apply)
 
 
@@ -397,6 +402,7 @@ def build_eraser(
     ingestor: Ingestor,
     embedder: CachedEmbedder,
     cache: AnswerCache,
+    conversations: ConversationStore | None,
 ) -> Eraser:
     """Erasure over every store these parts keep; with the audit trail off, no tombstone (nothing to erase there)."""
     from serving.governance.subjects import SubjectKeys
@@ -405,7 +411,7 @@ def build_eraser(
     stores = ErasureStores(
         state=state, subjects=audit.subjects if audit is not None else SubjectKeys(state), ingestor=ingestor,
         embeddings=embedder.store, forget_queries=embedder.forget_queries, answer_cache=cache,
-        suites_dir=settings.evals_dir, audit=audit is not None,
+        suites_dir=settings.evals_dir, audit=audit is not None, conversations=conversations,
     )  # fmt: skip
     return Eraser(stores)
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from retrieval.index import SCOPE_NAME_PATTERN, FusionParams, SearchMode
 from retrieval.rerank import RERANK_DEPTH, RerankWeights
+from serving.answering.rewrite import RewriterName
 
 EmbedderBackend = Literal["onnx", "torch"]
 CHANGES_ANSWERS: dict[str, Any] = {"changes_answers": True}
@@ -203,6 +204,20 @@ class AnswerSettings(SettingsGroup):
     )
     semantic_cache_threshold: float | None = Field(
         None, ge=0, le=1, description="Serve a cached answer to a question at least this similar; unset: exact only."
+    )
+    rewriter: RewriterName = Field(
+        "rules",
+        json_schema_extra=CHANGES_ANSWERS,
+        description="How a follow-up question becomes a standalone search query: word rules (no model), the "
+        "generator with the rewrite prompt (the rules decide when, and answer when it is slow or wrong), or none.",
+    )
+    rewrite_prompt: str = Field(
+        "query_rewrite@production",
+        json_schema_extra=CHANGES_ANSWERS,
+        description="The model rewriter's prompt (name@label or name@version).",
+    )
+    rewrite_budget_ms: int = Field(
+        1500, ge=50, le=30_000, description="The model rewriter's time budget; past it the rules' rewrite is used."
     )
 
 

@@ -203,6 +203,18 @@ class RequestLimits(SettingsGroup):
     max_metadata_keys: int = Field(
         DocumentLimits.max_metadata_keys, ge=1, description="Most keys in one document's metadata, all levels counted."
     )
+    conversation_max_turns: int = Field(
+        25,
+        ge=1,
+        le=25,  # a request's own history holds at most 50 messages (25 turns): a kept one is held to the same
+        description="Most turns a server-side conversation holds; the next one is refused (start a new one).",
+    )
+    conversation_max_chars: int = Field(
+        50_000,
+        ge=1,
+        description="Most characters of questions and answers a server-side conversation holds; a turn past it is "
+        "refused (start a new one).",
+    )
 
 
 class ShutdownSettings(SettingsGroup):
@@ -294,6 +306,12 @@ class RetentionSettings(SettingsGroup):
         ge=0,
         description="Days answers are kept (redacted) so feedback can refer to them; 0: not kept (no "
         "feedback, no canary analysis).",
+    )
+    conversation_retention_days: int = Field(
+        7,
+        ge=0,
+        description="Days a server-side conversation (its redacted questions and guarded answers) is kept after its "
+        "last turn; 0: conversations are not kept (requests carry their own history).",
     )
     query_vector_retention_days: int = Field(
         30,

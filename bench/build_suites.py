@@ -23,11 +23,11 @@ import collections
 import itertools
 import json
 import re
-import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench.corpora import write_or_check
 from evals.metrics import normalise
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -336,19 +336,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when a committed file differs")
     args = parser.parse_args()
-    stale = []
-    for path, content in built_files().items():
-        lines = content.count("\n")
-        if args.check:
-            if not path.is_file() or path.read_text(encoding="utf-8") != content:
-                stale.append(path)
-            continue
-        path.write_text(content, encoding="utf-8")
-        print(f"{path.relative_to(ROOT)}: {lines} lines", file=sys.stderr)
-    if stale:
-        sys.exit(
-            "out of date (run python -m bench.build_suites): " + ", ".join(str(p.relative_to(ROOT)) for p in stale)
-        )
+    write_or_check(built_files(), "python -m bench.build_suites", args.check)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,3 +52,16 @@ def emit(figures: dict[str, Any], out: Path | None) -> None:
     print(text)
     if out is not None:
         out.write_text(text + "\n")
+
+
+def write_or_check(files: dict[Path, str], command: str, check: bool) -> None:
+    """A builder's output: written (one line each on stderr), or with ``check`` compared with what is committed,
+    exiting 1 with the stale files named and the ``command`` that rebuilds them."""
+    stale = [path for path, content in files.items() if not path.is_file() or path.read_text("utf-8") != content]
+    if check:
+        if stale:
+            sys.exit(f"out of date (run {command}): " + ", ".join(str(p.relative_to(ROOT)) for p in stale))
+        return
+    for path, content in files.items():
+        path.write_text(content, encoding="utf-8")
+        print(f"{path.relative_to(ROOT)}: {content.count(chr(10))} lines", file=sys.stderr)

@@ -25,19 +25,27 @@ class GateError(Exception):
     """Runs the gate cannot judge: the gate's exit code 2, never a regression verdict."""
 
 
-def check_judges_prompts(generator: str) -> None:
-    """The gate compares prompts, so it needs a generator that reads them."""
-    if generator == "extractive":
-        raise GateError("the gate judges prompts through a model; the extractive generator ignores prompts")
+def check_judges_prompts(generator: str, rewriters: tuple[str | None, str | None] = (None, None)) -> None:
+    """The gate compares prompts, so it needs a generator that reads them; or query rewriters (baseline's,
+    candidate's), which change what is retrieved whatever the generator."""
+    if generator == "extractive" and rewriters[0] == rewriters[1]:
+        raise GateError(
+            "the gate judges prompts through a model; the extractive generator ignores prompts (it can compare "
+            "query rewriters: --baseline-rewriter, --candidate-rewriter)"
+        )
 
 
 def check_comparable(baseline: EvalResults, candidate: EvalResults) -> None:
     """Baseline and candidate must answer the same dataset with the same generator, and llama.cpp's runs the same
-    build (when both record it): only the prompt differs."""
+    build (when both record it): only the prompt differs, or the query rewriter."""
     if candidate.dataset.hash != baseline.dataset.hash:
         raise GateError("the baseline was run on another dataset (dataset hashes differ)")
     if candidate.generator != baseline.generator:
         raise GateError(f"the baseline was run on {baseline.generator}, not {candidate.generator}")
+    multi_turn = any(sample.turn > 1 for sample in candidate.samples)  # the rewriter reads earlier turns only
+    rewriters = {baseline.rewriter, candidate.rewriter}
+    if multi_turn and None not in rewriters and len(rewriters) == 2 and baseline.prompt.hash != candidate.prompt.hash:
+        raise GateError("the prompt and the query rewriter both differ: the gate could not tell which made the change")
     builds = [_build(run) for run in (baseline, candidate)]
     if None not in builds and builds[0] != builds[1]:
         raise GateError(

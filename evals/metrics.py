@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import collections
+import math
 import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from prompts.citations import cited_numbers, strip_citations
-from serving.contracts.answer import Answer
+from serving.contracts.answer import Answer, ChatMessage
 
 _PUNCTUATION = set(string.punctuation)
 
@@ -34,6 +35,9 @@ class Sample:
     reference_doc_ids: tuple[str, ...] = ()
     expected: str = "answer"  # answer | abstain | refuse
     reference_contexts: tuple[str, ...] = ()  # the reference documents' text, filled in from the suite's corpus
+    # A conversation's turn (multi-turn suites): the earlier turns as the client sends them, and which turn it is.
+    history: tuple[ChatMessage, ...] = ()
+    turn: int = 1
 
 
 def exact_match(sample: Sample, result: Answer) -> float | None:
@@ -117,6 +121,20 @@ def retrieval_recall(sample: Sample, result: Answer) -> float | None:
     return sum(doc in retrieved for doc in sample.reference_doc_ids) / len(sample.reference_doc_ids)
 
 
+def retrieval_ndcg(sample: Sample, result: Answer) -> float | None:
+    """nDCG of the retrieved passages against the reference documents (binary relevance; a document counts once,
+    at its best rank): 1 when they come first, less the lower they rank, 0 when none is retrieved."""
+    if not sample.reference_doc_ids:
+        return None
+    relevant, seen, gain = set(sample.reference_doc_ids), set(), 0.0
+    for rank, citation in enumerate(result.citations, 1):
+        if citation.doc_id in relevant and citation.doc_id not in seen:
+            seen.add(citation.doc_id)
+            gain += 1 / math.log2(rank + 1)
+    ideal = sum(1 / math.log2(rank + 1) for rank in range(1, len(relevant) + 1))  # every reference ranked first
+    return gain / ideal
+
+
 def groundedness(sample: Sample, result: Answer) -> float | None:
     """The service's own groundedness score of the answer (safety/groundedness.py): the support of its least
     supported sentence by the retrieved passages. Not applicable to abstentions and refusals."""
@@ -132,6 +150,7 @@ METRICS: dict[str, Metric] = {
     "citation_format": citation_format,
     "abstained_when_expected": abstained_when_expected,
     "retrieval_recall": retrieval_recall,
+    "retrieval_ndcg": retrieval_ndcg,
     "groundedness": groundedness,
     "refused_when_expected": refused_when_expected,
 }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from serving.contracts.answer import Outcome
 from serving.contracts.generation import Fallback
@@ -44,6 +44,8 @@ class SampleResult(BaseModel):
     tokens: int
     metrics: dict[str, float | None]  # None: not applicable, or failed (then in ``failures``)
     failures: dict[str, str]
+    turn: int = 1  # the turn of its conversation (multi-turn suites)
+    retrieval_query: str | None = None  # what retrieval searched with, when the sample came with earlier turns
 
 
 class MetricSummary(BaseModel):
@@ -91,6 +93,7 @@ class EvalResults(BaseModel):
     suite: str
     prompt: PromptRef
     generator: str
+    rewriter: str | None = None  # how follow-ups were made standalone (None: a run made before rewriters)
     model: str | list[str]
     embedder: str
     judge: str | None
@@ -99,6 +102,9 @@ class EvalResults(BaseModel):
     timestamp: str
     thresholds: dict[str, Limits]
     aggregate: dict[str, MetricSummary]
+    by_turn: dict[int, dict[str, MetricSummary]] | None = Field(
+        None, exclude_if=lambda value: value is None, description="A multi-turn suite's metrics per turn."
+    )
     performance: Performance
     samples: list[SampleResult]
     lineage: RunLineage | None = None  # None in runs made before lineage was recorded

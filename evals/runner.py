@@ -80,6 +80,7 @@ class EvalParts:
     tenant: str
     generator: str
     answers_path: Path
+    rewriter: str = "rules"
     answer_settings: str = ""  # the settings answers depend on, serialised: part of the answer cache key
     judge: JudgeConfig | None = None
     models: ModelHashes | None = None  # the models by content, for the run's lineage (None: not recorded)
@@ -124,6 +125,14 @@ def aggregate(rows: list[SampleResult], metrics: list[str]) -> dict[str, MetricS
             not_applicable=len(rows) - len(values) - failed,
         )
     return summary
+
+
+def by_turn(rows: list[SampleResult], metrics: list[str]) -> dict[int, dict[str, MetricSummary]] | None:
+    """A multi-turn suite's metrics per turn of its conversations (None for a single-turn suite)."""
+    turns = sorted({row.turn for row in rows})
+    if turns == [1]:
+        return None
+    return {turn: aggregate([row for row in rows if row.turn == turn], metrics) for turn in turns}
 
 
 def _percentile(values: list[float], share: float) -> float | None:
@@ -183,14 +192,16 @@ class _SampleScorer:
         self.cached = 0
 
     def answer(self, sample: Sample) -> tuple[str, Answer]:
-        key = _key(ANSWER_FORMAT, sample.question, self._prompt_hash, *self._context)
+        history = [turn.as_dict() for turn in sample.history]
+        key = _key(ANSWER_FORMAT, sample.question, self._prompt_hash, *self._context, *([history] if history else []))
         stored = self._store.get(key)
         if stored is not None:
             self.cached += 1
             return key, Answer.model_validate_json(stored)
-        answer = self._parts.pipeline.answer(
-            AnswerRequest(question=sample.question, scope=self._scope, top_k=self._suite.top_k)
+        request = AnswerRequest(
+            question=sample.question, scope=self._scope, top_k=self._suite.top_k, history=list(sample.history)
         )
+        answer = self._parts.pipeline.answer(request)
         if answer.fallback is None:  # a fallback answer says nothing about the prompt: retry next run
             self._store.put(key, answer.model_dump_json())
         return key, answer
@@ -225,6 +236,8 @@ def sample_result(sample: Sample, answer: Answer, scores: dict[str, Score]) -> S
         tokens=answer.usage.completion_tokens,
         metrics={name: s.value for name, s in scores.items()},
         failures={name: s.failure for name, s in scores.items() if s.failure},
+        turn=sample.turn,
+        retrieval_query=answer.rewrite.query if answer.rewrite is not None else None,
     )
 
 
@@ -264,6 +277,7 @@ def _results(
         suite=suite.name,
         prompt=PromptRef(ref=prompt.ref, name=prompt.name, version=prompt.version, hash=prompt.content_hash),
         generator=parts.generator,
+        rewriter=parts.rewriter,
         model=models[0] if len(models) == 1 else models,
         embedder=parts.embedder.model_id,
         judge=parts.judge.model if parts.judge else None,
@@ -272,6 +286,7 @@ def _results(
         timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
         thresholds={name: Limits(threshold=m.threshold, tolerance=m.tolerance) for name, m in suite.metrics.items()},
         aggregate=aggregate(rows, list(suite.metrics)),
+        by_turn=by_turn(rows, list(suite.metrics)),
         performance=performance(rows),
         samples=rows,
         lineage=lineage,

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from evals.metrics import METRICS, Sample
 from evals.ragas_metrics import JUDGE_METRICS, RAGAS_METRICS
+from prompts.messages import ChatMessage
 
 METRIC_NAMES = (*METRICS, *RAGAS_METRICS, *JUDGE_METRICS)
 
@@ -127,9 +129,11 @@ def load_dataset(path: Path, limit: int | None = None) -> list[Sample]:
                     answers=tuple(record.get("answers", ())),
                     reference_doc_ids=tuple(record.get("reference_doc_ids", ())),
                     expected=expected,
+                    history=tuple(ChatMessage.model_validate(turn) for turn in record.get("history", ())),
+                    turn=int(record.get("turn", 1)),
                 )
             )
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, ValidationError) as exc:
             raise SuiteError(f"{path}:{number}: bad sample: {exc}") from exc
         if limit is not None and len(samples) == limit:
             break
@@ -141,6 +145,14 @@ def load_dataset(path: Path, limit: int | None = None) -> list[Sample]:
 def dataset_hash(samples: list[Sample]) -> str:
     """The dataset's own content (reference contexts come from the corpus, which has its own hash)."""
     canonical = json.dumps(
-        [[s.id, s.question, s.answers, s.reference_doc_ids, s.expected] for s in samples], sort_keys=True
+        [[s.id, s.question, s.answers, s.reference_doc_ids, s.expected, *_conversation(s)] for s in samples],
+        sort_keys=True,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _conversation(sample: Sample) -> list[object]:
+    """A multi-turn sample's history and turn (nothing for a single-turn one: their hashes stay as they were)."""
+    if not sample.history:
+        return []
+    return [[turn.as_dict() for turn in sample.history], sample.turn]

@@ -12,7 +12,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
 import jinja2.meta
@@ -23,7 +23,13 @@ from prompts.messages import ChatMessage
 
 PROMPTS_DIR = Path(__file__).resolve().parent
 PROVIDED_VARIABLES = frozenset({"question", "passages", "history"})
-REQUIRED_VARIABLES = frozenset({"question", "passages"})
+# What a prompt is for, and the variables its templates must use: an answer prompt shows the passages; a rewrite
+# prompt (a follow-up made standalone for retrieval) reads the conversation before any passage is found.
+PromptPurpose = Literal["answer", "rewrite"]
+REQUIRED_VARIABLES: dict[PromptPurpose, frozenset[str]] = {
+    "answer": frozenset({"question", "passages"}),
+    "rewrite": frozenset({"question", "history"}),
+}
 _NAME = re.compile(r"^[a-z0-9_]{1,64}$")
 _VERSION = re.compile(r"^v[0-9]+[a-z0-9_.-]*$")
 
@@ -61,6 +67,7 @@ class Prompt:
     user: str
     params: ModelParams
     content_hash: str
+    purpose: PromptPurpose = "answer"
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -71,12 +78,23 @@ class Prompt:
         self, question: str, passages: list[PromptPassage], history: list[ChatMessage] | None = None
     ) -> list[dict[str, str]]:
         """Chat messages as the model takes them: system, earlier turns, then the user turn with the passages.
-        Templates see ``history`` as the ``ChatMessage`` list (``turn.role``, ``turn.content``)."""
+        Templates see ``history`` as the ``ChatMessage`` list (``turn.role``, ``turn.content``). A rewrite prompt
+        quotes the history in its own template: its turns are text to rewrite from, never messages the model takes
+        as instructions."""
         variables = {"question": question, "passages": passages, "history": history or []}
         messages = [{"role": "system", "content": _template(self.system).render(variables).strip()}]
-        messages.extend(message.as_dict() for message in history or [])
+        if self.purpose == "answer":
+            messages.extend(message.as_dict() for message in history or [])
         messages.append({"role": "user", "content": _template(self.user).render(variables).strip()})
         return messages
+
+
+def require_purpose(prompt: Prompt, purpose: PromptPurpose) -> Prompt:
+    """``prompt``, when it is for ``purpose``: an answer prompt where a rewrite prompt is wanted (or the reverse)
+    would render without what it needs."""
+    if prompt.purpose != purpose:
+        raise PromptError(f"{prompt.ref} has purpose {prompt.purpose!r}; one with purpose {purpose!r} is wanted here")
+    return prompt
 
 
 def _environment() -> jinja2.Environment:
@@ -98,7 +116,7 @@ def parse_prompt(text: str, path: Path | None = None) -> Prompt:
         raise PromptError(f"{where}: invalid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise PromptError(f"{where}: expected a mapping")
-    unknown = set(data) - {"name", "version", "description", "changelog", "params", "system", "user"}
+    unknown = set(data) - {"name", "version", "description", "changelog", "params", "system", "user", "purpose"}
     if unknown:
         raise PromptError(f"{where}: unknown key(s): {', '.join(sorted(unknown))}")
     for key in ("name", "version", "system", "user"):
@@ -117,8 +135,12 @@ def parse_prompt(text: str, path: Path | None = None) -> Prompt:
             f"{where}: unknown template variable(s): {', '.join(sorted(used - PROVIDED_VARIABLES))} "
             f"(provided: {', '.join(sorted(PROVIDED_VARIABLES))})"
         )
-    if REQUIRED_VARIABLES - used:
-        raise PromptError(f"{where}: templates must use {', '.join(sorted(REQUIRED_VARIABLES - used))}")
+    purpose = data.get("purpose", "answer")
+    if purpose not in REQUIRED_VARIABLES:
+        raise PromptError(f"{where}: purpose must be one of {', '.join(REQUIRED_VARIABLES)}")
+    if REQUIRED_VARIABLES[purpose] - used:
+        missing = ", ".join(sorted(REQUIRED_VARIABLES[purpose] - used))
+        raise PromptError(f"{where}: {purpose} templates must use {missing}")
     params = _params(data.get("params") or {}, where)
     return Prompt(
         name=data["name"],
@@ -129,6 +151,7 @@ def parse_prompt(text: str, path: Path | None = None) -> Prompt:
         user=data["user"],
         params=params,
         content_hash=hashlib.sha256(text.encode()).hexdigest()[:16],
+        purpose=purpose,
         path=path,
     )
 

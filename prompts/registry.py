@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from prompts.loader import PROMPTS_DIR, Prompt, PromptError, list_versions, load_prompt
+from prompts.loader import PROMPTS_DIR, Prompt, PromptError, list_versions, load_prompt, require_purpose
 
 DEFAULT_LABEL = "production"
 _LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -188,8 +188,8 @@ class PromptSelector:
     def __init__(self, stable: Prompt, canary: Prompt | None = None, canary_share: float = 0.0) -> None:
         if not 0.0 <= canary_share <= 1.0:
             raise ValueError("canary_share must be within [0, 1]")
-        self.stable = stable
-        self.canary = canary
+        self.stable = require_purpose(stable, "answer")
+        self.canary = None if canary is None else require_purpose(canary, "answer")
         self.canary_share = canary_share
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from retrieval.chunking import split_sentences
 
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'.,-]*[A-Za-z0-9]|[A-Za-z0-9]")
-_STOPWORDS = frozenset(
+STOPWORDS = frozenset(
     """a an the and or but if of to in on at by for with from as is are was were be been being it its this that
     these those he she they them his her their there here what which who whom whose when where why how not no
     do does did has have had can could would should will may might must shall than then so such also into about
@@ -53,7 +53,7 @@ def is_number(word: str) -> bool:
 
 def content_stems(text: str) -> set[str]:
     """Stems of the words that carry a claim: no stopwords, fillers or one-letter words."""
-    return {stem(t) for t in tokens(text) if t not in _STOPWORDS and t not in _FILLERS and len(t) > 1}
+    return {stem(t) for t in tokens(text) if t not in STOPWORDS and t not in _FILLERS and len(t) > 1}
 
 
 def normal_number(word: str) -> str:
@@ -67,7 +67,7 @@ def names_and_numbers(sentence: str, common_words: set[str]) -> set[str]:
     found = {normal_number(w) for w in words if is_number(w)}
     for i, word in enumerate(words):
         lower = word.lower().strip(".,")
-        if not word[:1].isupper() or lower in _STOPWORDS or lower in _FILLERS:
+        if not word[:1].isupper() or lower in STOPWORDS or lower in _FILLERS:
             continue
         if i > 0 or lower not in common_words:
             found.add(lower.removesuffix("'s"))

@@ -454,3 +454,29 @@ def test_langsmith_upload_to_a_local_receiver(tmp_path: Path, models_dir: Path, 
         assert all(r.headers.get("x-api-key") == "test" for r in receiver.requests if r.method == "POST")
     finally:
         receiver.close()
+
+
+def test_the_gate_compares_query_rewriters_on_the_multi_turn_suite(
+    tmp_path: Path, models_dir: Path, prompts_dir: Path
+) -> None:
+    """The conversations suite's first 90 turns, gated as CI would gate a rewriter change: dropping the rewrite
+    (the follow-ups searched as asked) is a regression; the rules against no rewrite pass. Both runs record
+    their rewriter, and the results break the metrics down by turn."""
+    suite = tmp_path / "conversations.yaml"
+    text = (ROOT / "evals" / "suites" / "conversations.yaml").read_text().replace("evals/", f"{ROOT}/evals/")
+    suite.write_text(text + "samples: 90\n")
+    common: dict[str, Any] = {"data_dir": tmp_path / "d", "models_dir": models_dir, "prompts_dir": prompts_dir}
+    rules = tmp_path / "rules"
+    ran = ragops_eval("run", str(suite), "--out", str(rules), **common)
+    assert ran.returncode == 0, ran.stderr
+    baseline = json.loads((rules / "results.json").read_text())
+    assert baseline["rewriter"] == "rules" and set(baseline["by_turn"]) >= {"1", "2", "3"}
+    follow_ups = [s for s in baseline["samples"] if s["turn"] > 1]
+    assert all(s["retrieval_query"] for s in follow_ups)
+    assert sum(s["retrieval_query"] != s["question"] for s in follow_ups) > len(follow_ups) / 2
+    dropped = ragops_eval("gate", str(suite), "--baseline", str(rules / "results.json"),
+                          "--candidate-rewriter", "none", **common)  # fmt: skip
+    assert dropped.returncode == 1, dropped.stdout + dropped.stderr
+    assert "with rewriter=none" in dropped.stdout and "**regression**" in dropped.stdout
+    same = ragops_eval("gate", str(suite), "--baseline", str(rules / "results.json"), **common)
+    assert same.returncode == 2 and "extractive generator ignores prompts" in same.stderr

@@ -27,8 +27,9 @@ from safety.pii import find_pii, iban_valid, luhn_valid, redact
 from serving.answering.answer_cache import InMemoryAnswerCache
 from serving.answering.extractive import ExtractiveGenerator
 from serving.answering.fallback import FallbackChain
+from serving.answering.output_stage import OutputGuard
 from serving.answering.pipeline import Answer, RagPipeline
-from serving.answering.stages import CachedAnswers, ComposePrompt, Generate, OutputGuard
+from serving.answering.stages import CachedAnswers, ComposePrompt, Generate
 from serving.contracts.answer import AnswerRequest
 from serving.contracts.generation import Generation, GenerationRequest, StreamDelta, Usage
 from serving.observe.metrics import AlertThresholds, ServiceMetrics

@@ -1,12 +1,15 @@
 """The chat page shows its work, in headless Chromium against real ``ragops serve`` processes: a status line from
 the moment Ask is clicked (searching, writing, done, or the API's error), the answer as it streams, a withdrawn
 draft explained in plain words (the server's reason kept under "Technical details"), citations by title and
-source, the API key kept for the tab and sent on every call, and the upload control.
+source, the API key kept for the tab and sent on every call, and the upload control. It keeps a conversation: each
+turn with its own answer, citations and notes, a follow-up's "Searched for" line, the turns shown again after a
+reload, a new conversation on request, and a full, expired or unkept conversation said plainly.
 
 The model is tests/stub_openai.py's OpenAI-compatible stub behind the vLLM generator: a well-formed stream whose
 chunks come ``GAP_S`` apart (so the page is caught mid-answer without the test sleeping), one that invents a claim
 (the output guard withdraws it), or one too slow to answer (the extractive fallback stands in). The answering
 server is tests/faulty_serve.py's, which fails a stream asked about ``fault-midstream`` after its first delta.
+Conversations are asked of the extractive generator (quotes, no model), as fast as a question can be answered.
 Screenshots are saved under each test's tmp_path at fixed points; the assertions are on the DOM."""
 
 from __future__ import annotations
@@ -61,6 +64,18 @@ GROUNDED = (  # sentences of the passage, in pieces: the page shows the first se
 INVENTED = (GROUNDED[0] + GROUNDED[1], "It was later carried to the Moon by Napoleon in 1999. [1] ")
 GAP_S = 0.5
 SEARCHING, WRITING = "Searching your documents…", "Writing the answer…"
+# A follow-up whose pronoun only the earlier turn explains (as in tests/test_conversations_api.py), and distractors.
+CONVERSATION_DOCUMENTS = [
+    {"id": "rollo", "text": "Rollo was a Viking leader who founded the Duchy of Normandy in 911. Rollo died around "
+     "the year 930 in Rouen, and his son William Longsword succeeded him."},
+    {"id": "curie", "text": "Marie Curie was a physicist who died in 1934 at Passy in France."},
+    {"id": "turing", "text": "Alan Turing was a mathematician who died in 1954 at his home in Wilmslow, England."},
+]  # fmt: skip
+FIRST, FOLLOW_UP, THIRD = "Who founded the Duchy of Normandy?", "When did he die?", "Where did he die?"
+EXPIRED = "The earlier conversation had expired; this question starts a new one."
+FULL = "This conversation is full; start a new one."
+NOT_KEPT = "This server does not keep conversations; the page sends the earlier questions and answers itself."
+CONVERSATION_ID = re.compile(r"conv_[0-9a-f]{32}")
 UNCHECKED = "The first draft could not be checked against your documents, so it was withdrawn."
 QUOTED = "Here instead are the sentences of your documents that answer it most closely."
 
@@ -99,6 +114,29 @@ def silent(module_live_server: LiveServers) -> Iterator[LiveServer]:
     stub = StubOpenAI("slow")
     yield keyed_server(module_live_server, "silent", stub, generation_timeout_s=0.5)
     stub.close()
+
+
+def conversing_server(servers: LiveServers, name: str, **settings: Any) -> LiveServer:
+    settings = {
+        "generator": "extractive", "api_keys": KEYS, "default_collection": "sample", "answer_cache_size": 0,
+        "conversation_max_turns": 3,  # the fourth question is a 413
+        **settings,
+    }  # fmt: skip
+    server = servers(settings, name=name)
+    server.ingest(CONVERSATION_DOCUMENTS, headers={"Authorization": f"Bearer {EDITOR}"})
+    return server
+
+
+@pytest.fixture(scope="module")
+def conversing(module_live_server: LiveServers) -> LiveServer:
+    """A server that keeps conversations (at most 3 turns each)."""
+    return conversing_server(module_live_server, "conversing")
+
+
+@pytest.fixture(scope="module")
+def forgetful(module_live_server: LiveServers) -> LiveServer:
+    """A server that keeps none: the page sends the earlier turns itself."""
+    return conversing_server(module_live_server, "forgetful", conversation_retention_days=0)
 
 
 # Installed before the page's own script runs: when Ask was clicked, and each text the status line showed.
@@ -159,6 +197,31 @@ def ask(page: Any, question: str, state: str = "done", key: str | None = READER)
 
 def visible_text(page: Any, selector: str) -> str:
     return str(page.inner_text(selector))
+
+
+TURNS = """Array.from(document.querySelectorAll("#turns > li"), (turn) => {
+  const searched = turn.querySelector(".searched-for");
+  return { question: turn.querySelector(".question").textContent, state: turn.dataset.state,
+           searched: searched.hidden ? null : searched.textContent, answer: turn.querySelector(".answer").textContent,
+           cited: Array.from(turn.querySelectorAll(".citations li.cited"), (c) => c.dataset.docId),
+           notes: turn.querySelector(".notice").textContent, status: turn.querySelector(".turn-status").textContent };
+})"""
+
+
+def turns_shown(page: Any) -> list[dict[str, Any]]:
+    """The conversation on the page, a dict a turn: question, state, "Searched for" line (None when not shown),
+    answer, cited documents, notes, and the turn's own status line."""
+    return list(page.evaluate(TURNS))
+
+
+def kept_conversation(page: Any) -> str | None:
+    """The id of the conversation the page keeps for the tab."""
+    return page.evaluate("sessionStorage.getItem('ragops-conversation')")  # type: ignore[no-any-return]
+
+
+def chats_sent(browser: Chromium) -> list[dict[str, Any]]:
+    """The bodies of the pages' POST /v1/chat requests."""
+    return [json.loads(r.post_data) for r in browser.requests if r.url.endswith("/v1/chat")]
 
 
 @needs_chromium
@@ -337,3 +400,107 @@ def test_the_upload_control_offers_exactly_the_formats_the_server_reads() -> Non
     accept = re.search(r'<input id="files"[^>]*accept="([^"]+)"', page)
     assert accept is not None
     assert set(accept.group(1).split(",")) == set(FILE_PARSERS)
+
+
+@needs_chromium
+def test_the_page_keeps_a_conversation_and_shows_it_again_after_a_reload(
+    conversing: LiveServer, tmp_path: Path
+) -> None:
+    with chromium() as browser:
+        page = browser.page(conversing.url)
+        ask(page, FIRST)
+        (first,) = turns_shown(page)
+        assert "Rollo" in first["answer"] and "rollo" in first["cited"] and first["searched"] is None
+        ask(page, FOLLOW_UP, key=None)
+        page.screenshot(path=str(tmp_path / "follow-up.png"), full_page=True)
+        shown = turns_shown(page)
+        assert [turn["question"] for turn in shown] == [FIRST, FOLLOW_UP] and shown[0] == first  # still there
+        assert shown[1]["searched"] == "Searched for: When did Rollo die?"  # how the follow-up was understood
+        assert "930" in shown[1]["answer"] and "rollo" in shown[1]["cited"] and shown[1]["state"] == "done"
+        assert visible_text(page, "#answer") == shown[1]["answer"]  # the current turn's parts carry the ids
+        assert page.locator("#turns > li").nth(1).locator("#status").count() == 1  # and the status line
+
+        conversation = kept_conversation(page)
+        assert conversation is not None and CONVERSATION_ID.fullmatch(conversation)
+        assert browser.keys_sent("/v1/conversations") == [f"Bearer {READER}"]  # started once, with the key
+        assert [chat.get("conversation_id") for chat in chats_sent(browser)] == [conversation] * 2
+        assert not any("history" in chat for chat in chats_sent(browser))  # the server holds the earlier turns
+        kept = httpx.get(f"{conversing.url}/v1/conversations/{conversation}",
+                         headers={"Authorization": f"Bearer {READER}"}, timeout=30).json()  # fmt: skip
+        assert [turn["answer"] for turn in kept["turns"]] == [first["answer"], shown[1]["answer"]]
+
+        page.reload()
+        page.wait_for_selector("body[data-conversation=restored]", timeout=30_000)
+        page.screenshot(path=str(tmp_path / "restored.png"), full_page=True)
+        restored = turns_shown(page)
+        assert [(turn["question"], turn["answer"], turn["searched"]) for turn in restored] == [
+            (turn["question"], turn["answer"], turn["searched"]) for turn in shown
+        ]
+        assert all(turn["cited"] == [] and turn["state"] == "restored" for turn in restored)  # none are kept
+        assert browser.keys_sent(f"/v1/conversations/{conversation}") == [f"Bearer {READER}"]
+
+        ask(page, THIRD, key=None)  # the reloaded page goes on with the same conversation
+        third = turns_shown(page)[2]
+        assert third["searched"] == "Searched for: Where did Rollo die?" and "Rouen" in third["answer"]
+        assert kept_conversation(page) == conversation and chats_sent(browser)[-1]["conversation_id"] == conversation
+    assert browser.errors == []
+
+
+@needs_chromium
+def test_a_new_conversation_starts_afresh_and_a_full_or_expired_one_is_said_plainly(
+    conversing: LiveServer, tmp_path: Path
+) -> None:
+    headers = {"Authorization": f"Bearer {READER}"}
+    with chromium() as browser:
+        page = browser.page(conversing.url)
+        assert page.is_disabled("#new-conversation")  # nothing to clear yet
+        for question in (FIRST, FOLLOW_UP, THIRD):
+            ask(page, question)
+        full = kept_conversation(page)
+        ask(page, "Who succeeded him?", state="error")  # the server keeps 3 turns: a 413
+        page.screenshot(path=str(tmp_path / "full.png"), full_page=True)
+        assert visible_text(page, "#status") == FULL and page.get_attribute("#status", "class") == "error"
+        assert page.is_enabled("#new-conversation") and "urge" in str(page.get_attribute("#new-conversation", "class"))
+        assert [turn["state"] for turn in turns_shown(page)] == ["done"] * 3 + ["error"]
+
+        page.click("#new-conversation")
+        assert turns_shown(page) == [] and kept_conversation(page) is None and page.is_disabled("#new-conversation")
+        assert page.get_attribute("#new-conversation", "class") in (None, "")
+        ask(page, FIRST, key=None)
+        fresh = kept_conversation(page)
+        assert fresh is not None and fresh != full and len(turns_shown(page)) == 1
+        kept = httpx.get(f"{conversing.url}/v1/conversations/{full}", headers=headers, timeout=30)
+        assert len(kept.json()["turns"]) == 3  # forgotten by the page, not deleted
+
+        # Gone on the server (as an expired one is): the question is asked again in a new conversation, once.
+        assert httpx.delete(f"{conversing.url}/v1/conversations/{fresh}", headers=headers, timeout=30).is_success
+        ask(page, "When did Rollo die?", key=None)
+        page.screenshot(path=str(tmp_path / "expired.png"), full_page=True)
+        latest = turns_shown(page)[-1]
+        assert EXPIRED in latest["notes"] and "930" in latest["answer"] and latest["state"] == "done"
+        assert kept_conversation(page) not in (None, full, fresh)
+        assert [chat["conversation_id"] for chat in chats_sent(browser)[-2:]] == [fresh, kept_conversation(page)]
+    assert browser.errors == []
+
+
+@needs_chromium
+def test_a_server_that_keeps_no_conversations_gets_the_earlier_turns_from_the_page(
+    forgetful: LiveServer, tmp_path: Path
+) -> None:
+    with chromium() as browser:
+        page = browser.page(forgetful.url)
+        ask(page, FIRST)
+        ask(page, FOLLOW_UP, key=None)
+        page.screenshot(path=str(tmp_path / "page-history.png"), full_page=True)
+        first, follow_up = turns_shown(page)
+        assert NOT_KEPT in first["notes"] and kept_conversation(page) is None
+        assert follow_up["searched"] == "Searched for: When did Rollo die?"
+        assert "930" in follow_up["answer"] and "rollo" in follow_up["cited"]
+        sent = chats_sent(browser)
+        assert not any("conversation_id" in chat for chat in sent)
+        assert sent[1]["history"] == [
+            {"role": "user", "content": FIRST},
+            {"role": "assistant", "content": first["answer"]},
+        ]
+        assert len(browser.keys_sent("/v1/conversations")) == 1  # the server said so once: not asked again
+    assert browser.errors == []

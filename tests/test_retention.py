@@ -217,9 +217,9 @@ def test_apply_removes_what_is_past_its_period_keeps_the_rest_and_records_it(
     assert (record["method"], record["route"], record["status"]) == ("CLI", "ragops retention apply", 200)
     detail = record["admin"]["detail"]
     assert detail["complete"] is True
-    assert detail["periods_days"] == {"answers": 30.0, "query_vectors": 30.0, "audit": 365.0}
-    assert detail["removed"] == {"answers": {"answers": 1, "feedback": 1}, "query_vectors": {"query_vectors": 1},
-                                 "audit": {"audit_records": 3}}  # fmt: skip
+    assert detail["periods_days"] == {"answers": 30.0, "conversations": 7.0, "query_vectors": 30.0, "audit": 365.0}
+    assert detail["removed"] == {"answers": {"answers": 1, "feedback": 1}, "conversations": {},  # no store given
+                                 "query_vectors": {"query_vectors": 1}, "audit": {"audit_records": 3}}  # fmt: skip
     # Deleted rows are gone from the file's bytes too: secure_delete, and the log checkpointed and truncated.
     assert report.reclaimed is True
     wal = path.with_name(path.name + "-wal")

@@ -78,6 +78,9 @@ CASES = [
         200,
     ),
     Case("POST", "/v1/feedback", Role.reader, "/v1/feedback", {"id": "ans_" + "0" * 32, "rating": "down"}, 404),
+    Case("POST", "/v1/conversations", Role.reader, "/v1/conversations", {}, 201),
+    Case("GET", "/v1/conversations/{conversation_id}", Role.reader, "/v1/conversations/conv_" + "0" * 32, None, 404),
+    Case("DELETE", "/v1/conversations/{conversation_id}", Role.reader, f"/v1/conversations/conv_{'0' * 32}", None, 404),
     Case("GET", "/v1/documents", Role.reader, f"/v1/documents?collection={COLLECTION}", None, 200),
     Case("POST", "/v1/documents", Role.editor, "/v1/documents", INGEST, 200),
     Case("POST", "/v1/files", Role.editor, "/v1/files", None, 400),  # no file part: tests/test_files.py uploads

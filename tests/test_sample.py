@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from app.container import Services
+from bench.build_conversations import built as build_conversations
 from bench.build_sample import SHIPPED, SOURCE, TITLE_CHARS, TOKENISED, build, detokenise, title_of
 from retrieval.index import Scope
 from retrieval.loaders import load_paths
@@ -129,6 +130,12 @@ def test_the_shipped_sample_holds_the_gold_answers_as_written() -> None:
 
 def test_the_builder_reproduces_the_shipped_sample() -> None:
     assert build() == SHIPPED.read_text(encoding="utf-8"), "run: python -m bench.build_sample"
+
+
+def test_the_conversation_builder_reproduces_the_committed_files() -> None:
+    files, _ = build_conversations()
+    stale = [str(path.relative_to(ROOT)) for path, text in files.items() if path.read_text(encoding="utf-8") != text]
+    assert not stale, f"run: python -m bench.build_conversations ({', '.join(stale)})"
 
 
 def test_the_shipped_sample_keeps_the_ids_and_has_titles_and_a_source() -> None:

@@ -30,8 +30,9 @@ from retrieval.index import Scope
 from serving.answering.answer_cache import InMemoryAnswerCache
 from serving.answering.extractive import ExtractiveGenerator
 from serving.answering.fallback import FallbackChain
+from serving.answering.output_stage import OutputGuard
 from serving.answering.pipeline import RagPipeline
-from serving.answering.stages import CachedAnswers, ComposePrompt, Generate, OutputGuard
+from serving.answering.stages import CachedAnswers, ComposePrompt, Generate
 from serving.answering.streaming_guard import SentenceGuard, SentenceSplitter
 from serving.contracts.answer import AnswerRequest, resolve_citations
 from serving.contracts.generation import Generation, GenerationRequest, GeneratorError, Replaced, StreamDelta, Usage
@@ -105,6 +106,7 @@ def scripted_pipeline(services: Services, model: Scripted, enforce: bool = True)
     return RagPipeline(
         type(stages)(
             input_guard=stages.input_guard,
+            rewrite=stages.rewrite,
             cache=CachedAnswers(
                 InMemoryAnswerCache(), services.embedder, lambda _: str(services.ingestor.version), "x"
             ),

@@ -176,7 +176,8 @@ def test_the_page_says_an_ai_system_writes_the_answers_before_and_after_one(serv
         after = ai_notice(page)
         assert "(extractive: sentences quoted from the sources, no language model)" in after
         assert "repeated" not in after and page.inner_text("#answer").strip()
-        page.click("#send")  # the same question again: the cached answer says so
+        page.fill("#question", question)  # the same question again, as the conversation's next turn: it names
+        page.click("#send")  # its subject, so it is searched as asked, and the cached answer says so
         page.wait_for_selector("body[data-state=done]", timeout=60_000)
         assert "repeated from an earlier answer" in ai_notice(page)
     assert errors == []

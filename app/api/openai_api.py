@@ -1,5 +1,6 @@
 """OpenAI-compatible ``/v1/chat/completions`` and ``/v1/models``, so the ``openai`` SDK and LangChain's
-``ChatOpenAI`` work unchanged. The last user message is the question, earlier turns are history; citations
+``ChatOpenAI`` work unchanged. The last user message is the question, earlier turns are history (or, with the
+extra field ``conversation_id``, a server-side conversation's kept turns); citations
 ride in an extra ``citations`` field (streaming: in the final chunk), ``ragops`` says how the answer was made and
 ``generated_by`` who wrote it (an AI system or not, which model and prompt).
 The shapes are in ``app.api.openai_protocol``.
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
+from app.api.conversations import ChatConversation
 from app.api.deps import Reader, ServicesDep, answer_request
 from app.api.errors import ApiError, error_responses
 from app.api.metering import MeteredAnswer
@@ -46,7 +48,7 @@ from serving.contracts.answer import Answer, AnswerRequest, ChatMessage
 from serving.contracts.generation import Replaced
 from serving.governance.access import Principal
 
-router = APIRouter(tags=["openai"], responses=error_responses(400, 401, 403, 404, 429, 503))
+router = APIRouter(tags=["openai"], responses=error_responses(400, 401, 403, 404, 413, 429, 503))
 
 WITHDRAWN_NOTICE = "\n\n[The answer above was withdrawn; a checked answer follows.]\n\n"
 
@@ -68,9 +70,19 @@ def models(services: ServicesDep, caller: Reader) -> ModelList:
 def chat_completions(
     body: ChatCompletionRequest, services: ServicesDep, caller: Reader
 ) -> ChatCompletion | StreamingResponse:
-    request = _answer_request(body, services, caller)
+    conversation = None
+    if body.conversation_id is not None:
+        conversation = ChatConversation.open(services, caller, body.conversation_id)
+    request = _answer_request(body, services, caller, conversation)
     completion_id, created = request.id, int(time.time())  # the completion id is the answer's (feedback)
     metered = MeteredAnswer(services, caller, request)
+
+    def details(answer: Answer) -> RagopsDetails:
+        if conversation is None:
+            return RagopsDetails.of(answer)
+        conversation.keep(request, answer)
+        return RagopsDetails.of(answer, conversation.id, conversation.note)
+
     if not body.stream:
         answer = metered.answer()
         return ChatCompletion(
@@ -80,7 +92,7 @@ def chat_completions(
             choices=[Choice(message=AssistantMessage(content=answer.answer))],
             usage=answer.usage,
             citations=answer.citations,
-            ragops=RagopsDetails.of(answer),
+            ragops=details(answer),
             generated_by=GeneratedBy.of(answer),
         )
 
@@ -90,11 +102,10 @@ def chat_completions(
 
     def last_chunk(answer: Answer) -> str:
         choice = ChunkChoice(delta=DeltaMessage(), finish_reason="stop")
-        details = RagopsDetails.of(answer)
         return sse_event(
             ChatCompletionChunk(
                 id=completion_id, created=created, model=body.model, choices=[choice], usage=answer.usage,
-                citations=answer.citations, ragops=details, generated_by=GeneratedBy.of(answer),
+                citations=answer.citations, ragops=details(answer), generated_by=GeneratedBy.of(answer),
             )
         )  # fmt: skip
 
@@ -124,8 +135,11 @@ def streamed_content(events: Iterator[str | Replaced | Answer]) -> Iterator[str 
             yield event
 
 
-def _answer_request(body: ChatCompletionRequest, services: ServicesDep, caller: Principal) -> AnswerRequest:
-    """The last user message is the question; earlier user and assistant turns are history."""
+def _answer_request(
+    body: ChatCompletionRequest, services: ServicesDep, caller: Principal, conversation: ChatConversation | None
+) -> AnswerRequest:
+    """The last user message is the question; earlier user and assistant turns are history, or with a
+    conversation, its kept turns (the messages then hold only the new one)."""
     collection = requested_collection(body)
     turns = [
         ChatMessage(role=m.role, content=m.text()) for m in body.messages if m.role == "user" or m.role == "assistant"
@@ -136,17 +150,25 @@ def _answer_request(body: ChatCompletionRequest, services: ServicesDep, caller: 
     if len(history) > MAX_HISTORY_TURNS or any(len(turn.content) > MAX_TURN_CHARS for turn in history):
         limit = f"at most {MAX_HISTORY_TURNS} earlier messages of at most {MAX_TURN_CHARS} characters each"
         raise ApiError(400, limit, param="messages")
-    question = turns[-1].content
-    return answer_request(
+    if conversation is not None:
+        if history:
+            raise ApiError(400, "with conversation_id, send only the new user message: the conversation holds the "
+                           "earlier turns", param="messages")  # fmt: skip
+        history = conversation.history
+    request = answer_request(
         services=services,
         caller=caller,
-        question=question,
+        question=turns[-1].content,
         collection=collection,
         top_k=body.top_k,
         history=history,
         user=body.user,
         id_prefix="chatcmpl-",
     )
+    if conversation is None:
+        return request
+    conversation.check_question(request.question)
+    return conversation.bind(request)
 
 
 def requested_collection(body: ChatCompletionRequest) -> str | None:

@@ -6,14 +6,14 @@ pick a collection by model: ``ragops/COLLECTION``."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field
 
 from app.api.schemas import COLLECTION_PATTERN, GENERATED_BY, GeneratedBy
 from safety.groundedness import Groundedness
 from safety.guards import is_none
-from serving.contracts.answer import Answer, Citation, GuardVerdicts, Outcome, PromptInfo
+from serving.contracts.answer import Answer, Citation, GuardVerdicts, Outcome, PromptInfo, QueryRewrite
 from serving.contracts.generation import Fallback, Usage
 
 MODEL_ID = "ragops"  # the caller's default collection, or the one the ``collection`` field names
@@ -55,6 +55,10 @@ class ChatCompletionRequest(BaseModel):
     user: str | None = Field(None, max_length=256)
     collection: str | None = Field(None, pattern=COLLECTION_PATTERN, description=RAGOPS_EXTENSION)
     top_k: int | None = Field(None, ge=1, le=20, description=RAGOPS_EXTENSION)
+    conversation_id: str | None = Field(
+        None, max_length=64, description=f"{RAGOPS_EXTENSION} A conversation from POST /v1/conversations: send only "
+        "the new user message, the server supplies the earlier turns and keeps this one."
+    )  # fmt: skip
 
 
 class RagopsDetails(BaseModel):
@@ -71,10 +75,15 @@ class RagopsDetails(BaseModel):
     guards: GuardVerdicts | None
     groundedness: Groundedness | None
     cost_usd: float
+    rewrite: QueryRewrite | None = Field(None, exclude_if=is_none)
+    conversation_id: str | None = Field(None, exclude_if=is_none)
+    conversation_note: str | None = Field(None, exclude_if=is_none)
 
     @classmethod
-    def of(cls, answer: Answer) -> RagopsDetails:
-        return cls(**{name: getattr(answer, name) for name in cls.model_fields})
+    def of(cls, answer: Answer, conversation_id: str | None = None, conversation_note: str | None = None) -> Self:
+        conversation = {"conversation_id": conversation_id, "conversation_note": conversation_note}
+        fields = {name: getattr(answer, name) for name in cls.model_fields if name not in conversation}
+        return cls(**fields, **conversation)
 
 
 class AssistantMessage(BaseModel):

@@ -19,6 +19,7 @@ from retrieval.validation import (
     METADATA_KEY_RULE,
     InvalidFieldError,
 )
+from safety.guards import is_none
 from serving.answering.extractive import ExtractiveGenerator
 from serving.contracts.answer import Answer, PromptInfo
 from serving.contracts.generation import Fallback, Replaced
@@ -130,6 +131,12 @@ class ChatRequest(StrictModel):
     stream: bool = False
     history: list[ChatTurn] = Field(default_factory=list, max_length=MAX_HISTORY_TURNS)
     user: str | None = Field(None, max_length=256, description="User or session id: keeps a user on one prompt.")
+    conversation_id: str | None = Field(
+        None,
+        max_length=64,
+        description="A conversation from POST /v1/conversations: the server supplies its earlier turns (send no "
+        "history) and keeps this one.",
+    )
 
 
 class ChatDelta(BaseModel):
@@ -187,10 +194,20 @@ class ChatAnswer(Answer):
     (or not) in one place."""
 
     generated_by: GeneratedBy = Field(description=GENERATED_BY)
+    retrieval_query: str | None = Field(
+        None, description="What retrieval searched with when the question came with earlier turns: the question "
+        "made standalone (``rewrite`` says how), or the question itself; null without earlier turns."
+    )  # fmt: skip
+    conversation_id: str | None = Field(None, exclude_if=is_none, description="The conversation this turn is in.")
+    conversation_note: str | None = Field(
+        None, exclude_if=is_none, description="Why the earlier turns were not used, or this turn not kept."
+    )
 
     @classmethod
-    def of(cls, answer: Answer) -> Self:
-        return cls(**dict(answer), generated_by=GeneratedBy.of(answer))
+    def of(cls, answer: Answer, conversation_id: str | None = None, conversation_note: str | None = None) -> Self:
+        query = answer.rewrite.query if answer.rewrite is not None else None
+        return cls(**dict(answer), generated_by=GeneratedBy.of(answer), retrieval_query=query,
+                   conversation_id=conversation_id, conversation_note=conversation_note)  # fmt: skip
 
 
 class ChatAnswerEvent(ChatAnswer):

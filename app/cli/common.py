@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from app.settings import GeneratorBackend, Settings, flat_name, load_settings
 from retrieval.index import SCOPE_NAME_RULE, Scope, is_scope_name
+from serving.answering.rewrite import RewriterName
 
 if TYPE_CHECKING:
     from app.container import Services
@@ -28,6 +29,7 @@ T = TypeVar("T")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 API_KEY_ENV = "RAGOPS_API_KEY"  # where a command that calls a server over HTTP finds its key
 GENERATORS = get_args(GeneratorBackend)
+REWRITERS = get_args(RewriterName)
 
 
 class CliError(Exception):

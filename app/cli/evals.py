@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.cli.common import EXIT_FAILURE, EXIT_OK, GENERATORS, CliError, open_services, settings_from
+from app.cli.common import EXIT_FAILURE, EXIT_OK, GENERATORS, REWRITERS, CliError, open_services, settings_from
 from app.cli.progress import progress_bar
 from prompts.loader import PromptError
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from evals.gate import MetricVerdict
     from evals.results import EvalResults
     from evals.suite import Suite
+    from serving.answering.rewrite import RewriterName
 
 
 def add_parser(commands: Commands) -> None:
@@ -41,6 +42,9 @@ def add_parser(commands: Commands) -> None:
     gate.add_argument("--baseline", required=True, help="a results.json, or a prompt reference to run")
     gate.add_argument("--candidate", metavar="NAME[@VERSION|@LABEL]", help="default: the suite's prompt")
     gate.add_argument("--generator", choices=GENERATORS, help="default: the suite's")
+    gate.add_argument("--baseline-rewriter", choices=REWRITERS, help="the baseline run's query rewriter (default: "
+                      "the rewriter setting's)")  # fmt: skip
+    gate.add_argument("--candidate-rewriter", choices=REWRITERS, help="the candidate run's (default: likewise)")
     gate.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     gate.add_argument("--out", type=Path, help="directory for the candidate's results.json and report.html")
     gate.set_defaults(handler=run_gate)
@@ -57,13 +61,17 @@ def _broken_run() -> Iterator[None]:
         raise CliError(f"broken eval run: {exc}") from exc
 
 
-def _run_suite(args: argparse.Namespace, suite: Suite, prompt: str | None) -> EvalResults:
-    """Run ``suite`` with ``prompt`` (default: the suite's), its own services, closed afterwards."""
+def _run_suite(
+    args: argparse.Namespace, suite: Suite, prompt: str | None, rewriter: RewriterName | None = None
+) -> EvalResults:
+    """Run ``suite`` with ``prompt`` (default: the suite's) and ``rewriter`` (default: the setting's), its own
+    services, closed afterwards."""
     from app.container import eval_parts
     from evals.runner import run_suite
 
     settings = settings_from(
         args,
+        **({"rewriter": rewriter} if rewriter else {}),
         prompt=prompt or suite.prompt,
         generator=args.generator or suite.generator,
         canary_prompt=None,
@@ -200,14 +208,25 @@ def _gate_runs(args: argparse.Namespace) -> tuple[Suite, EvalResults, EvalResult
 
     with _broken_run():
         suite = load_suite(args.suite)
+        baseline_path = Path(args.baseline)
+        stored = _read_results(baseline_path) if baseline_path.is_file() else None
+        configured = settings_from(args).answering.rewriter
+        rewriters = (stored.rewriter if stored else args.baseline_rewriter or configured,
+                     args.candidate_rewriter or configured)  # fmt: skip
         try:
-            check_judges_prompts(args.generator or suite.generator)
+            check_judges_prompts(args.generator or suite.generator, rewriters)
         except GateError as exc:
             raise CliError(str(exc)) from exc
-        baseline_path = Path(args.baseline)
-        baseline = _read_results(baseline_path) if baseline_path.is_file() else _run_suite(args, suite, args.baseline)
-        candidate = _run_suite(args, suite, args.candidate)
+        baseline = stored or _run_suite(args, suite, args.baseline, args.baseline_rewriter)
+        candidate = _run_suite(args, suite, args.candidate, args.candidate_rewriter)
     return suite, baseline, candidate
+
+
+def _run_labels(baseline: EvalResults, candidate: EvalResults) -> tuple[str, str]:
+    """What tells the two runs apart: their prompts, and their query rewriters when those differ."""
+    if baseline.rewriter == candidate.rewriter:
+        return baseline.prompt.ref, candidate.prompt.ref
+    return tuple(f"{run.prompt.ref} with rewriter={run.rewriter}" for run in (baseline, candidate))  # type: ignore[return-value]
 
 
 def run_gate(args: argparse.Namespace) -> int:
@@ -221,7 +240,7 @@ def run_gate(args: argparse.Namespace) -> int:
     if (warning := build_unknown(baseline, candidate)) is not None:
         print(warning, file=sys.stderr)
     verdicts = compare(baseline, candidate, suite, seed=args.seed)
-    print(verdict_table(verdicts, baseline.prompt.ref, candidate.prompt.ref))
+    print(verdict_table(verdicts, *_run_labels(baseline, candidate)))
     _record_gate(args, baseline, candidate, verdicts)
     if args.out:
         print(f"report: {_write_run(args.out, candidate, baseline)}", file=sys.stderr)

@@ -56,6 +56,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_apply(args: argparse.Namespace) -> int:
+    from app.conversation_parts import build_conversations
     from app.parts import build_retention, embedding_cache_path
     from retrieval.embedding_cache import SqliteEmbeddingStore
     from serving.rights.retention import CLI
@@ -66,7 +67,8 @@ def run_apply(args: argparse.Namespace) -> int:
     vectors = SqliteEmbeddingStore(cache) if cache.is_file() else None
     try:
         with open_state(settings) as state:
-            report = build_retention(settings, state, vectors, CLI).apply(dry_run=args.dry_run)
+            conversations = build_conversations(settings, state)
+            report = build_retention(settings, state, vectors, CLI, conversations=conversations).apply(args.dry_run)
     finally:
         if vectors is not None:
             vectors.close()

@@ -46,11 +46,15 @@ class CacheKey:
     prompt: str
     generator: str
     top_k: int  # how many passages the answer was made from
+    # A digest of the earlier turns when the answer was written from them (a model reads the history in its
+    # prompt): its answer is that conversation's, never another's. Empty when the answer reads none of it.
+    conversation: str = ""
 
     @property
-    def context(self) -> tuple[str, str, str, str, str, int]:
+    def context(self) -> tuple[str, str, str, str, str, int, str]:
         """Everything but the question: a semantic match must agree on all of it."""
-        return (self.collection, self.tenant, self.index_version, self.prompt, self.generator, self.top_k)
+        return (self.collection, self.tenant, self.index_version, self.prompt, self.generator, self.top_k,
+                self.conversation)  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)

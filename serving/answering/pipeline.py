@@ -15,18 +15,55 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from prompts.loader import Prompt
 from serving.answering.fallback import ChainDelta
-from serving.answering.stages import GenerateEvent, Stages, Turn, whole
+from serving.answering.output_stage import OutputGuard
+from serving.answering.stages import (
+    Abstain,
+    CachedAnswers,
+    Cite,
+    ComposePrompt,
+    Generate,
+    GenerateEvent,
+    InputGuard,
+    Retrieve,
+    RewriteQuery,
+    ScreenPassages,
+    Turn,
+)
 from serving.contracts.answer import Answer, AnswerRequest, CutOutcome, StreamProgress
 from serving.contracts.generation import GenerationRequest, GeneratorError, Replaced, Usage
 from serving.governance.usage import AnswerPricing
+from serving.infra.clock import elapsed_ms
 
 __all__ = ["Answer", "AnswerRequest", "RagPipeline", "Replaced", "Stages"]
 
 CHARS_PER_TOKEN = 4  # the usual English average: a cut stream's prompt tokens, estimated
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stages:
+    """The steps, in the order they run (``RagPipeline`` wires them; the composition root builds them)."""
+
+    input_guard: InputGuard
+    rewrite: RewriteQuery
+    cache: CachedAnswers
+    retrieve: Retrieve
+    screen: ScreenPassages
+    abstain: Abstain
+    compose: ComposePrompt
+    generate: Generate
+    output_guard: OutputGuard
+    cite: Cite = field(default_factory=Cite)
+
+
+def whole(answer: Answer) -> Iterator[str | Replaced | Answer]:
+    """An answer that was never streamed (refusal, cache hit, abstention, outage): its text as one delta, then
+    the answer."""
+    yield answer.answer
+    yield answer
 
 
 class RagPipeline:
@@ -84,7 +121,7 @@ class RagPipeline:
         if started is not None:
             prompt_tokens = math.ceil(progress.prompt_chars / CHARS_PER_TOKEN)
             usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=progress.deltas)
-            timings["generate"] = round((time.perf_counter() - started) * 1000, 3)
+            timings["generate"] = elapsed_ms(started)
         prompt = progress.prompt or Turn.start(request, self._prompts(request.canary_subject)).prompt_info
         answer = Answer(id=request.id, answer="".join(progress.shown), outcome=outcome, generator=progress.generator,
                         prompt=prompt, usage=usage, timings_ms=timings)  # fmt: skip
@@ -92,7 +129,10 @@ class RagPipeline:
 
     def _run(self, turn: Turn, progress: StreamProgress) -> Iterator[str | Replaced | Answer]:
         s = self.stages
-        early = s.input_guard.run(turn) or s.cache.lookup(turn)
+        early = s.input_guard.run(turn)
+        if early is None:
+            s.rewrite.run(turn)
+            early = s.cache.lookup(turn)
         if early is not None:
             yield from whole(early)
             return

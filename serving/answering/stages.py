@@ -1,16 +1,19 @@
 """The answering pipeline's steps. Each is a small class with one job, built by the composition root and
 testable on its own; they share one per-request state object, the ``Turn``.
 
-input guard -> answer cache -> retrieve -> screen passages -> abstain -> compose prompt -> generate (fallback
-chain) -> output guard -> cite. A step that ends the request early (a refusal, a cache hit, an abstention)
-returns the ``Answer``; otherwise it returns ``None`` or what the next step needs, and records on the turn what
-the final answer reports (verdicts, hits, relevance, timings).
+input guard -> rewrite the query -> answer cache -> retrieve -> screen passages -> abstain -> compose prompt ->
+generate (fallback chain) -> output guard (``serving.answering.output_stage``) -> cite. A step that ends the
+request early (a refusal, a cache hit, an abstention) returns the ``Answer``; otherwise it returns ``None`` or what
+the next step needs, and records on the turn what the final answer reports (verdicts, hits, relevance, timings).
+``RagPipeline`` wires them (``serving.answering.pipeline.Stages``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,11 +25,12 @@ from retrieval.documents import Hit
 from retrieval.embedding_cache import CachedEmbedder
 from retrieval.index import Scope
 from retrieval.search import Searcher
-from safety.guards import GROUNDEDNESS_CHECK, ContextVerdict, Guard, GuardAction, Guards, GuardVerdict
+from safety.guards import ContextVerdict, Guard, Guards, GuardVerdict
 from serving.answering.answer_cache import AnswerCache, CacheKey, normalise_question
+from serving.answering.extractive import ExtractiveGenerator
 from serving.answering.fallback import ChainDelta, ChainResult, FallbackChain
+from serving.answering.rewrite import QueryRewriter
 from serving.answering.sentences import compress_passages
-from serving.answering.streaming_guard import SentenceGuard, SplitGuard
 from serving.contracts.answer import (
     Answer,
     AnswerRequest,
@@ -34,20 +38,18 @@ from serving.contracts.answer import (
     GuardVerdicts,
     Outcome,
     PromptInfo,
+    QueryRewrite,
     resolve_citations,
 )
 from serving.contracts.generation import (
     NOT_IN_DOCUMENTS,
     Fallback,
-    Generation,
     GenerationRequest,
     GeneratorError,
     Replaced,
-    ReplacedCode,
-    StreamDelta,
     Usage,
 )
-from serving.contracts.generation import Generator as TextGenerator
+from serving.infra.clock import elapsed_ms
 
 REFUSAL = "I can't help with that request."
 GenerateEvent = ChainDelta | Replaced | ChainResult | GeneratorError  # what the generate stage streams
@@ -59,8 +61,12 @@ class Turn:
 
     request: AnswerRequest
     prompt: Prompt
-    question: str  # the question as the steps after the input guard see it (redacted)
+    question: str  # the question as the steps after the input guard see it (redacted): what the prompt renders
     history: list[ChatMessage] = field(default_factory=list)  # likewise the history (what the prompt renders)
+    # What retrieval, the cache, sentence choice and the groundedness check read: the question, or a follow-up
+    # made standalone (``RewriteQuery``).
+    retrieval_query: str = ""
+    rewrite: QueryRewrite | None = None
     started: float = field(default_factory=time.perf_counter)
     verdicts: GuardVerdicts = field(default_factory=GuardVerdicts)
     query_vector: np.ndarray[Any, Any] | None = None
@@ -72,14 +78,15 @@ class Turn:
 
     @classmethod
     def start(cls, request: AnswerRequest, prompt: Prompt) -> Turn:
-        return cls(request=request, prompt=prompt, question=request.question, history=list(request.history))
+        return cls(request=request, prompt=prompt, question=request.question, history=list(request.history),
+                   retrieval_query=request.question)  # fmt: skip
 
     @property
     def prompt_info(self) -> PromptInfo:
         return PromptInfo(name=self.prompt.name, version=self.prompt.version, hash=self.prompt.content_hash)
 
     def elapsed_ms(self) -> float:
-        return _ms(self.started)
+        return elapsed_ms(self.started)
 
     def ended(self, outcome: Outcome, text: str, **fields: Any) -> Answer:
         """The request's answer, with what the turn recorded on the way: prompt, timings, relevance, verdicts."""
@@ -89,6 +96,7 @@ class Turn:
             prompt=self.prompt_info,
             timings_ms={**self.timings_ms, "total": self.elapsed_ms()},
             relevance=self.relevance,
+            rewrite=self.rewrite,
             guards=self.verdicts if self.verdicts.model_fields_set else None,
             refused=outcome == "refused",
             abstained=outcome == "abstained",
@@ -119,13 +127,40 @@ class InputGuard:
             turn.history = self._guard.check_history(turn.request.history, verdict)
             if not verdict.passed:
                 return refusal(turn, verdict)
-        turn.question = verdict.text
+        turn.question = turn.retrieval_query = verdict.text
         return None
 
 
+class RewriteQuery:
+    """A follow-up made standalone for retrieval (``serving.answering.rewrite``), from the guarded question and
+    history. The rewrite passes the input guard as the question did; one it blocks, or would change (redact), is
+    not searched with: retrieval reads the question as asked."""
+
+    def __init__(self, rewriter: QueryRewriter, guard: Guard | None) -> None:
+        self.rewriter = rewriter
+        self._guard = guard
+
+    def run(self, turn: Turn) -> None:
+        if not turn.history:
+            return
+        started = time.perf_counter()
+        rewrite = self.rewriter.rewrite(turn.question, turn.history)
+        if rewrite.rewritten and self._guard is not None:
+            verdict = self._guard.check(rewrite.query)
+            if not verdict.passed or verdict.text != rewrite.query:
+                why = f"the input guard stopped the rewrite: {verdict.reasons(verdict.action)}"
+                rewrite = rewrite.model_copy(update={"query": turn.question, "rewritten": False, "reason": why})
+        turn.rewrite = rewrite.model_copy(update={"ms": elapsed_ms(started)})
+        turn.timings_ms["rewrite"] = turn.rewrite.ms
+        turn.retrieval_query = rewrite.query
+
+
 class CachedAnswers:
-    """The answer cache in front of retrieval. Its key holds everything an answer depends on: the question,
-    scope, index version, prompt version and first generator; conversations with history are not cached."""
+    """The answer cache in front of retrieval. Its key holds everything an answer depends on: the retrieval query
+    (a follow-up's standalone rewrite), scope, index version, prompt version and first generator, and the earlier
+    turns when that generator reads them. So with the extractive generator, which answers from the passages alone,
+    "When did he die?" after a question about Rollo and "When did Rollo die?" share an entry; a model's answer
+    to a follow-up, written with the conversation in its prompt, is only ever that conversation's."""
 
     def __init__(
         self, cache: AnswerCache, embedder: CachedEmbedder, index_version: Callable[[Scope], str], generator: str
@@ -136,29 +171,40 @@ class CachedAnswers:
         self._generator = generator
 
     def lookup(self, turn: Turn) -> Answer | None:
-        turn.query_vector = self._embedder.embed_query(turn.question)
+        turn.query_vector = self._embedder.embed_query(turn.retrieval_query)
         scope, prompt = turn.request.scope, turn.prompt
         turn.cache_key = CacheKey(
-            question=normalise_question(turn.question),
+            question=normalise_question(turn.retrieval_query),
             collection=scope.collection,
             tenant=scope.tenant,
             index_version=self._index_version(scope),  # a digest of the scope's documents (index_digest)
             prompt=f"{prompt.ref}#{prompt.content_hash}",
             generator=self._generator,
             top_k=turn.request.top_k,
+            conversation=self._conversation_digest(turn),
         )
-        if turn.request.history:
-            return None
         cached = self._cache.get(turn.cache_key, turn.query_vector)
         if not isinstance(cached, Answer):
             return None
         # A cache hit generated nothing: no tokens, no cost (it still counts as a request against rate limits).
         return cached.model_copy(
-            update={"outcome": "cached", "cached": True, "usage": Usage(), "timings_ms": {"total": _ms(turn.started)}}
+            update={
+                "outcome": "cached",
+                "cached": True,
+                "usage": Usage(),
+                "rewrite": turn.rewrite,
+                "timings_ms": {**turn.timings_ms, "total": elapsed_ms(turn.started)},
+            }
         )
 
+    def _conversation_digest(self, turn: Turn) -> str:
+        if not turn.history or self._generator == ExtractiveGenerator.name:
+            return ""
+        turns = json.dumps([message.as_dict() for message in turn.history], ensure_ascii=False)
+        return hashlib.sha256(turns.encode()).hexdigest()
+
     def store(self, turn: Turn, answer: Answer) -> None:
-        if turn.cache_key is not None and not turn.request.history:
+        if turn.cache_key is not None:
             self._cache.put(turn.cache_key, answer, turn.query_vector)
 
 
@@ -169,7 +215,7 @@ class Retrieve:
         self._searcher = searcher
 
     def run(self, turn: Turn) -> None:
-        result = self._searcher.search(turn.question, turn.request.scope, top_k=turn.request.top_k)
+        result = self._searcher.search(turn.retrieval_query, turn.request.scope, top_k=turn.request.top_k)
         turn.hits = result.hits
         turn.timings_ms.update(result.timings_ms)
 
@@ -238,10 +284,10 @@ class ComposePrompt:
     def run(self, turn: Turn) -> GenerationRequest:
         passages = [PromptPassage(i, h.doc_id, h.text, h.title) for i, h in enumerate(turn.hits, 1)]
         if self._context_sentences:
-            passages = compress_passages(turn.question, passages, self._embedder, self._context_sentences)
+            passages = compress_passages(turn.retrieval_query, passages, self._embedder, self._context_sentences)
         return GenerationRequest(
             messages=turn.prompt.render(turn.question, passages, turn.history),
-            question=turn.question,
+            question=turn.retrieval_query,
             passages=passages,
             params=turn.prompt.params,
         )
@@ -262,138 +308,18 @@ class Generate:
                 if isinstance(event, ChainDelta):
                     turn.timings_ms.setdefault("first_token", turn.elapsed_ms())
                 else:
-                    turn.timings_ms["generate"] = _ms(started)
+                    turn.timings_ms["generate"] = elapsed_ms(started)
                 yield event
         except GeneratorError as exc:
             yield exc
         finally:
             events.close()
-            turn.timings_ms.setdefault("generate", _ms(started))  # a stream the output guard stopped
+            turn.timings_ms.setdefault("generate", elapsed_ms(started))  # a stream the output guard stopped
 
     def failed(self, turn: Turn, error: GeneratorError) -> Answer:
         """Every generator failed: the fixed answer, saying so. An outage, never an abstention."""
         fallback = Fallback(from_=self.chain.names[0], reason=str(error))
         return turn.ended("failed", NOT_IN_DOCUMENTS, fallback=fallback)
-
-
-class OutputGuard:
-    """Checks the answer as it streams, sentence by sentence (``SentenceGuard``), so only checked, redacted text
-    reaches the client. With ``enforce``, a sentence the policy blocks, or sends to the fallback, stops the
-    model: a ``Replaced`` event follows, then the refusal or the fallback generator's answer (itself checked
-    and redacted). Without ``enforce`` (eval runs) verdicts are only reported and only redaction applies."""
-
-    def __init__(self, guard: Guard | None, fallback: TextGenerator | None, enforce: bool) -> None:
-        self._guard = None if guard is None else SplitGuard.of(guard)
-        self._fallback = fallback
-        self._enforce = enforce
-
-    def stream(
-        self, turn: Turn, events: Generator[GenerateEvent, None, None], request: GenerationRequest
-    ) -> Generator[str | Replaced, None, ChainResult | Answer | GeneratorError]:
-        """The released text (and a ``Replaced`` event where the chain cut an answer off), then the guarded
-        result, the refusal, or the error when every generator failed."""
-        sentences: SentenceGuard | None = None
-        try:
-            for event in events:
-                if isinstance(event, Replaced):  # a generator failed mid-answer; the next one's answer follows
-                    if sentences is not None and sentences.text:  # withdraw only what a client was shown
-                        yield event
-                    sentences = None
-                    continue
-                if not isinstance(event, ChainDelta):
-                    return (yield from self._finish(turn, sentences, event, request))
-                sentences = sentences or self._sentences(turn, event.generator)
-                yield from _shown(turn, sentences.feed(event.text))
-                if sentences.stopped is not None:
-                    events.close()  # the model stops now, before the fallback runs
-                    return (yield from self._replace(turn, sentences, request))
-        finally:
-            events.close()
-        raise AssertionError("the generate stage ends with its result or the error")
-
-    def _finish(
-        self, turn: Turn, sentences: SentenceGuard | None, outcome: ChainResult | GeneratorError,
-        request: GenerationRequest,
-    ) -> Generator[str | Replaced, None, ChainResult | Answer | GeneratorError]:  # fmt: skip
-        if isinstance(outcome, GeneratorError):
-            if sentences is not None and sentences.text:  # shown text the failed answer cannot stand behind
-                yield Replaced(from_=sentences.generator, reason=str(outcome), code="generator_failed")
-            return outcome
-        if sentences is None:  # a generator that gave its answer in no delta
-            sentences = self._sentences(turn, outcome.generator)
-            yield from _shown(turn, sentences.feed(outcome.generation.text))
-        yield from _shown(turn, sentences.finish())
-        if sentences.stopped is not None:
-            return (yield from self._replace(turn, sentences, request))
-        self._record(turn, sentences)
-        return replace(outcome, generation=replace(outcome.generation, text=sentences.text))
-
-    def _replace(
-        self, turn: Turn, sentences: SentenceGuard, request: GenerationRequest
-    ) -> Generator[str | Replaced, None, ChainResult | Answer | GeneratorError]:
-        """The model's answer stopped: say so, then the refusal (block) or the fallback's answer."""
-        stopped = sentences.stopped
-        assert stopped is not None and sentences.verdict is not None
-        self._record(turn, sentences)
-        reason = f"output guard: {stopped.reasons(stopped.action)}"
-        stoppers = {fired.kind for fired in stopped.fired if fired.action == stopped.action}
-        code: ReplacedCode = "ungrounded" if stoppers == {GROUNDEDNESS_CHECK} else "policy"
-        yield Replaced(from_=sentences.generator, reason=reason, code=code)
-        if stopped.action == "block" or self._fallback is None:
-            return refusal(turn, sentences.verdict)
-        # The fallback's own verdict is reported, not enforced (as it always was): it is the last resort.
-        checked = SentenceGuard(self._guard, [h.text for h in turn.hits], (), self._fallback.name, turn.question)
-        generation = yield from self._stream_fallback(turn, checked, request)
-        if isinstance(generation, GeneratorError):
-            return generation
-        assert checked.verdict is not None
-        turn.verdicts.fallback_output = checked.verdict
-        self._add_latency(turn, checked.verdict)
-        fallback = Fallback(from_=sentences.generator, reason=reason)
-        return ChainResult(replace(generation, text=checked.text), self._fallback.name, fallback)
-
-    def _stream_fallback(
-        self, turn: Turn, checked: SentenceGuard, request: GenerationRequest
-    ) -> Generator[str, None, Generation | GeneratorError]:
-        assert self._fallback is not None
-        generation: Generation | GeneratorError = GeneratorError("empty", f"{self._fallback.name} gave no answer")
-        try:
-            for event in self._fallback.stream(request):
-                if isinstance(event, StreamDelta):
-                    yield from _shown(turn, checked.feed(event.text))
-                else:
-                    generation = event
-        except GeneratorError as exc:
-            return exc
-        yield from _shown(turn, checked.finish())
-        return generation
-
-    def _sentences(self, turn: Turn, generator: str) -> SentenceGuard:
-        """The guard over ``generator``'s answer: a block always stops it, a fallback verdict unless it is the
-        fallback's own answer; neither without ``enforce``."""
-        stop_on: set[GuardAction] = set()
-        if self._enforce:
-            stop_on = {"block", "fallback"} if self._replaceable(generator) else {"block"}
-        return SentenceGuard(self._guard, [h.text for h in turn.hits], stop_on, generator, turn.question)
-
-    def _record(self, turn: Turn, sentences: SentenceGuard) -> None:
-        if sentences.verdict is not None:
-            turn.verdicts.output = sentences.verdict.model_copy(update={"enforced": self._enforce})
-            self._add_latency(turn, sentences.verdict)
-
-    @staticmethod
-    def _add_latency(turn: Turn, verdict: GuardVerdict) -> None:
-        turn.timings_ms["output_guard"] = round(turn.timings_ms.get("output_guard", 0.0) + verdict.latency_ms, 3)
-
-    def _replaceable(self, generator: str) -> bool:
-        return self._fallback is not None and generator != self._fallback.name
-
-
-def _shown(turn: Turn, texts: list[str]) -> Iterator[str]:
-    """Released text, on its way to the client; the first piece's time is the answer's ``first_shown``."""
-    for text in texts:
-        turn.timings_ms.setdefault("first_shown", turn.elapsed_ms())
-        yield text
 
 
 class Cite:
@@ -418,29 +344,3 @@ class Cite:
             usage=result.generation.usage,
             groundedness=checked.groundedness if checked is not None else None,
         )
-
-
-@dataclass(frozen=True, kw_only=True)
-class Stages:
-    """The steps, in the order they run (``RagPipeline`` wires them; the composition root builds them)."""
-
-    input_guard: InputGuard
-    cache: CachedAnswers
-    retrieve: Retrieve
-    screen: ScreenPassages
-    abstain: Abstain
-    compose: ComposePrompt
-    generate: Generate
-    output_guard: OutputGuard
-    cite: Cite = field(default_factory=Cite)
-
-
-def whole(answer: Answer) -> Iterator[str | Replaced | Answer]:
-    """An answer that was never streamed (refusal, cache hit, abstention, outage): its text as one delta, then
-    the answer."""
-    yield answer.answer
-    yield answer
-
-
-def _ms(since: float) -> float:
-    return round((time.perf_counter() - since) * 1000, 3)

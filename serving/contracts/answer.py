@@ -55,6 +55,18 @@ class PromptInfo(BaseModel):
     hash: str
 
 
+class QueryRewrite(BaseModel):
+    """How retrieval's query was made from the question: in the answer, its trace and the logs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    query: str = Field(description="What retrieval searched with: the question, or its standalone rewrite.")
+    rewritten: bool = Field(description="The query differs from the question.")
+    rewriter: str = Field(description="Which rewriter decided: rules, model, or none.")
+    reason: str = Field(description="Why: self-contained, what a pronoun or ellipsis was resolved to, a fallback.")
+    ms: float = 0.0
+
+
 class GuardVerdicts(BaseModel):
     """Every guard's verdict on one request; a guard that did not run is left out."""
 
@@ -94,6 +106,11 @@ class Answer(BaseModel):
     refused: bool = Field(False, description="A guard blocked the question or the answer.")
     abstained: bool = Field(False, description="The documents do not hold the answer (never set by an outage).")
     relevance: float | None = Field(None, description="Best cosine between the question and a retrieved passage.")
+    rewrite: QueryRewrite | None = Field(
+        None,
+        exclude_if=is_none,
+        description="How retrieval's query was made from a question that came with earlier turns (absent without any).",
+    )
     guards: GuardVerdicts | None = None
     groundedness: Groundedness | None = None
 

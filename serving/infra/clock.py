@@ -3,7 +3,13 @@ order in SQLite and Postgres alike."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
+
+
+def elapsed_ms(since: float) -> float:
+    """Milliseconds since ``since`` (a ``time.perf_counter()``), to the microsecond: what a timing reports."""
+    return round((time.perf_counter() - since) * 1000, 3)
 
 
 def utc_now() -> str:

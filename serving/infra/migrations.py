@@ -238,10 +238,31 @@ _DATA_RIGHTS = (
     "CREATE INDEX answers_user ON answers (tenant, user_hash)",
 )
 
+_CONVERSATIONS = (
+    # Conversations kept server-side (``serving.answering.conversations``), one row each, owned by a tenant and
+    # key; ``turns`` is a JSON list of the turns (the question as the input guard redacted it, the guarded answer,
+    # the answer's id, the retrieval query, when), ``chars`` their questions' and answers' length, ``user_hash``
+    # the request's canary subject (erasure finds a user's by it). Gone after ``expires_at`` (the last turn plus
+    # conversation_retention_days): invisible at once, deleted by the retention run.
+    """CREATE TABLE conversations (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        user_hash TEXT,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        turns TEXT NOT NULL,
+        chars BIGINT NOT NULL
+    )""",
+    "CREATE INDEX conversations_user ON conversations (tenant, user_hash)",
+    "CREATE INDEX conversations_expires ON conversations (expires_at)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "governance", _GOVERNANCE),
     Migration(2, "production_loop", _PRODUCTION_LOOP),
     Migration(3, "budget_reservations", _BUDGET_RESERVATIONS),
     Migration(4, "ratings_per_rater", _RATINGS_PER_RATER),
     Migration(5, "data_rights", _DATA_RIGHTS),
+    Migration(6, "conversations", _CONVERSATIONS),
 )

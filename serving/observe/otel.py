@@ -43,7 +43,8 @@ Attributes = dict[str, AttributeValue]
 TRACES_PATH = "/v1/traces"
 ROOT_SPAN = "ragops.chat"
 # OpenInference span kinds (what Phoenix and Arize draw a span as).
-_SPAN_KINDS: dict[StageKind, str] = {"guard": "GUARDRAIL", "retriever": "RETRIEVER", "prompt": "PROMPT", "llm": "LLM"}
+_SPAN_KINDS: dict[StageKind, str] = {"guard": "GUARDRAIL", "tool": "TOOL", "retriever": "RETRIEVER", "prompt": "PROMPT",
+                                     "llm": "LLM"}  # fmt: skip
 # In-process models are INTERNAL; a model behind HTTP is a CLIENT call (GenAI conventions).
 _REMOTE_GENERATORS = frozenset({"vllm"})
 

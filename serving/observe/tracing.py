@@ -72,8 +72,9 @@ def trace_runs(
     return runs
 
 
-StageKind = Literal["guard", "retriever", "prompt", "llm"]
-_RUN_TYPES: dict[StageKind, str] = {"guard": "tool", "retriever": "retriever", "prompt": "prompt", "llm": "llm"}
+StageKind = Literal["guard", "tool", "retriever", "prompt", "llm"]
+_RUN_TYPES: dict[StageKind, str] = {"guard": "tool", "tool": "tool", "retriever": "retriever", "prompt": "prompt",
+                                    "llm": "llm"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,13 @@ def answer_stages(request: AnswerRequest, answer: Answer) -> list[Stage]:
     if guards is not None and guards.input is not None:
         stages.append(Stage("guard.input", "guard", guards.input.latency_ms, question,
                             guards.input.model_dump(mode="json")))  # fmt: skip
+    query = request.question
+    if answer.rewrite is not None:  # a question with earlier turns: how retrieval's query was made from it
+        query = answer.rewrite.query
+        stages.append(Stage("rewrite", "tool", answer.rewrite.ms, {**question, "turns": len(request.history)},
+                            answer.rewrite.model_dump(mode="json")))  # fmt: skip
     stages.append(Stage("retrieval", "retriever", timings.get("embed", 0.0) + timings.get("search", 0.0),
-                        {"query": request.question}, {"documents": citations}))  # fmt: skip
+                        {"query": query}, {"documents": citations}))  # fmt: skip
     stages.append(Stage("prompt", "prompt", 0.0, question, {"prompt": prompt}))
     if "generate" in timings:
         stages.append(Stage("generation", "llm", timings["generate"], question,

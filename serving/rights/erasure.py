@@ -12,9 +12,10 @@ between any two of them) finishes the work:
    record who asked: ``serving.answering.answer_cache.Eviction``);
 5. a user's question vectors in the embedding cache (found by the kept questions) and the in-memory ones;
 6. kept answers that show the document or were given to the user, with their feedback;
-7. the audit trail: the tombstone appended, and the personal fields of the records that name the subject replaced
+7. a user's server-side conversations, by the subjects that name the user's kept answers (one for each key);
+8. the audit trail: the tombstone appended, and the personal fields of the records that name the subject replaced
    by keyed hashes, in one transaction (``serving.governance.audit_personal``): ``audit verify`` still passes;
-8. the journal row closed (the identifier dropped) and the state store's freed bytes reclaimed.
+9. the journal row closed (the identifier dropped) and the state store's freed bytes reclaimed.
 
 What it does not reach: another replica's in-process caches (a document's entries are never served again, the
 index version in their key changed; they age out of the LRU), copies outside the data dir (backups made before,
@@ -41,6 +42,7 @@ from retrieval.embedding_cache import EmbeddingStore, text_key
 from retrieval.index import IndexUnavailableError, Scope, StorageFullError
 from retrieval.ingest import CrashHook, Ingestor
 from serving.answering.answer_cache import AnswerCache, Eviction
+from serving.answering.conversations import ConversationStore, ConversationStoreUnavailableError
 from serving.contracts.answer import canary_subject
 from serving.governance.access import ANONYMOUS_KEY_ID
 from serving.governance.audit import AuditAction, AuditRecord, append_records
@@ -54,10 +56,10 @@ from serving.rights.erasure_suites import LineTest, files_holding, rewrite_witho
 IDENTIFIER_MAX_CHARS: dict[SubjectKind, int] = {"document": 512, "user": 256}  # as the API takes them
 # What a store that cannot be reached (or refuses a write) raises: the erasure stops there, and a re-run resumes it.
 STORE_FAILURES = (OSError, RuntimeError, sqlite3.Error, RedisError, IndexUnavailableError, StorageFullError,
-                  StateStoreUnavailableError)  # fmt: skip
+                  StateStoreUnavailableError, ConversationStoreUnavailableError)  # fmt: skip
 
 # The state store's tables an erasure deletes from or rewrites: their freed bytes are reclaimed at its end.
-ERASED_TABLES = ("answers", "feedback", "audit_records", "erasures")
+ERASED_TABLES = ("answers", "feedback", "conversations", "audit_records", "erasures")
 
 
 class ErasureIncompleteError(Exception):
@@ -98,8 +100,8 @@ class ErasureReport(BaseModel):
     collection: str | None
     subject_ref: str = Field(description="The subject's keyed hash, as the tombstone names it.")
     resumed: bool = Field(description="This run finished an erasure an earlier run left unfinished.")
-    removed: dict[str, int] = Field(description="Per store: chunks, embedding rows, cached answers, query "
-                                    "vectors, kept answers, feedback, audit records erased.")  # fmt: skip
+    removed: dict[str, int] = Field(description="Per store: chunks, embedding rows, cached answers, query vectors, "
+                                    "kept answers, feedback, conversations, audit records erased.")  # fmt: skip
     audit_legacy_kept: int = Field(description="Audit records naming the subject written before personal fields "
                                    "were kept apart: their chain would break, they stay as written.")  # fmt: skip
     suites: list[str] = Field(description="Eval-suite files that held the subject (rewritten with rewrite_suites).")
@@ -119,6 +121,7 @@ class ErasureStores:
     embeddings: EmbeddingStore | None = None
     forget_queries: Callable[[], None] | None = None  # empties the in-memory question vectors
     answer_cache: AnswerCache | None = None
+    conversations: ConversationStore | None = None
     suites_dir: Path | None = None
     audit: bool = True  # write the tombstone and replace personal fields (off: the audit trail is not kept)
 
@@ -131,10 +134,11 @@ class _Journal:
 
 @dataclass
 class _KeptAnswers:
-    """A subject's kept answers: their ids, and (a user's) the questions asked."""
+    """A subject's kept answers: their ids, and (a user's) the questions asked and the subjects that name them."""
 
     ids: list[str] = field(default_factory=list)
     questions: list[str] = field(default_factory=list)
+    subjects: list[str] = field(default_factory=list)
 
 
 class Eraser:
@@ -182,6 +186,7 @@ class Eraser:
         removed["cached_answers"] = self._answer_cache(subject)
         removed["query_vectors"] = self._query_vectors(kept)
         removed["answers"], removed["feedback"] = self._delete_answers(kept.ids)
+        removed.update(self._conversations(subject, kept))
         self._crash.step()
         tombstone, removed["audit_records"], legacy = self._audit(subject, ref, journal.id, removed, actor)
         self._crash.step()
@@ -277,15 +282,15 @@ class Eraser:
             return 0
         return self._stores.embeddings.delete_many(None, sorted({text_key(q) for q in kept.questions}))
 
-    # --- 6. kept answers and feedback ------------------------------------------------------------------------------
+    # --- 6-7. kept answers and feedback, conversations ---------------------------------------------------------------
 
     def _kept_answers(self, subject: ErasureSubject) -> _KeptAnswers:
         with self._stores.state.transaction() as cur:
             if subject.kind == "user":
-                rows = _answers_of_user(cur, subject.tenant, subject.identifier)
+                subjects, rows = _answers_of_user(cur, subject.tenant, subject.identifier)
             else:
-                rows = _answers_showing(cur, subject.tenant, subject.collection, subject.identifier)
-        kept = _KeptAnswers(ids=[str(row["id"]) for row in rows])
+                subjects, rows = [], _answers_showing(cur, subject.tenant, subject.collection, subject.identifier)
+        kept = _KeptAnswers(ids=[str(row["id"]) for row in rows], subjects=subjects)
         if subject.kind == "user":
             kept.questions = [str(row["question"]) for row in rows]
         return kept
@@ -301,7 +306,13 @@ class Eraser:
                 cur.execute(f"DELETE FROM answers WHERE id IN ({marks})", batch)
         return answers, feedback
 
-    # --- 7. the audit trail ----------------------------------------------------------------------------------------
+    def _conversations(self, subject: ErasureSubject, kept: _KeptAnswers) -> dict[str, int]:
+        store = self._stores.conversations
+        if subject.kind != "user":
+            return {}
+        return {"conversations": sum(store.erase_user(subject.tenant, s) for s in kept.subjects) if store else 0}
+
+    # --- 8. the audit trail ----------------------------------------------------------------------------------------
 
     def _audit(
         self, subject: ErasureSubject, ref: str, erasure_id: str, removed: dict[str, int], actor: AuditAction | None
@@ -365,10 +376,11 @@ def _names(part: PersonalPart, subject: ErasureSubject, ref: str) -> bool:
     return isinstance(cited, list) and subject.identifier in cited
 
 
-def _answers_of_user(cur: Cursor, tenant: str, user: str) -> list[Any]:
-    """Kept answers given to ``user``: they name their user by the canary subject (tenant, key, user hashed), so
-    every key that ever answered in the tenant is tried: the stored keys, the ones the usage ledger counted (keys
-    from the environment, deleted ones) and the keyless principal."""
+def _answers_of_user(cur: Cursor, tenant: str, user: str) -> tuple[list[str], list[Any]]:
+    """The subjects that may name ``user``, and the kept answers given to them: answers (and conversations) name
+    their user by the canary subject (tenant, key, user hashed), so every key that ever answered in the tenant is
+    tried: the stored keys, the ones the usage ledger counted (keys from the environment, deleted ones) and the
+    keyless principal."""
     keys = cur.execute(
         "SELECT id AS key_id FROM api_keys WHERE tenant = ? UNION SELECT key_id FROM usage_daily WHERE tenant = ?",
         (tenant, tenant),
@@ -380,7 +392,7 @@ def _answers_of_user(cur: Cursor, tenant: str, user: str) -> list[Any]:
             f"SELECT id, question FROM answers WHERE tenant = ? AND user_hash IN ({', '.join('?' * len(batch))})",
             (tenant, *batch),
         )
-    return rows
+    return subjects, rows
 
 
 def _answers_showing(cur: Cursor, tenant: str, collection: str | None, doc_id: str) -> list[Any]:

@@ -2,12 +2,13 @@
 table ``ragops retention show``, the docs page and the settings read); and the run that removes what is past its
 period (``Retention.apply``: ``ragops retention apply`` and the server's daily ``RetentionTask``).
 
-A run prunes the stores ragops removes data from itself: kept answers with their feedback, the embedding cache's
-query vectors, and the audit trail (by sequence, behind a checkpoint: ``serving.governance.audit_export.prune``,
-which writes its own record). Then it appends one admin record (``RETENTION_ACTION``) with what each store
-removed and the periods it applied, also when nothing was due: the compliance report reads when retention last
-ran from it. Every step is idempotent, so each replica runs it; a store that fails is reported, the others still
-run. Deleted rows are then reclaimed on disk (``StateStore.reclaim``: SQLite's log checkpointed and truncated).
+A run prunes the stores ragops removes data from itself: kept answers with their feedback, server-side
+conversations past their expiry (``ConversationStore.prune``), the embedding cache's query vectors, and the audit
+trail (by sequence, behind a checkpoint: ``serving.governance.audit_export.prune``, which writes its own record).
+Then it appends one admin record (``RETENTION_ACTION``) with what each store removed and the periods it applied,
+also when nothing was due: the compliance report reads when retention last ran from it. Every step is idempotent,
+so each replica runs it; a store that fails is reported, the others still run. Deleted rows are then reclaimed on
+disk (``StateStore.reclaim``: SQLite's log checkpointed and truncated).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
+from serving.answering.conversations import ConversationStore
 from serving.governance.audit import AuditAction, AuditRecord, AuditUnavailableError, append_records, status_outcome
 from serving.governance.audit_export import plan_prune, prune
 from serving.infra.clock import stamp
@@ -48,7 +50,7 @@ __all__ = [
 log = logging.getLogger("ragops.retention")
 
 Period = timedelta | None  # None: no period of ours (kept forever, or kept with something else)
-STATE_TABLES = {"answers": ("answers", "feedback"), "audit": ("audit_records",)}
+STATE_TABLES = {"answers": ("answers", "feedback"), "conversations": ("conversations",), "audit": ("audit_records",)}
 
 
 class QueryVectorStore(Protocol):
@@ -140,7 +142,8 @@ class Retention:
     with ``periods`` by store (``periods_from``). ``apply`` runs it; ``actor`` signs its audit record.
     ``forget_queries``: empties this process's in-memory question vectors once the stored ones were pruned (the
     server's ``CachedEmbedder.forget_queries``), so none outlives its period in memory either. ``record``: append
-    the run's ``RETENTION_ACTION`` record (off with the ``audit`` setting off)."""
+    the run's ``RETENTION_ACTION`` record (off with the ``audit`` setting off). ``conversations``: the server-side
+    conversation store (None: conversations are not kept, or not by this process)."""
 
     def __init__(
         self,
@@ -150,6 +153,7 @@ class Retention:
         actor: Actor,
         forget_queries: Callable[[], None] | None = None,
         record: bool = True,
+        conversations: ConversationStore | None = None,
     ) -> None:
         self.state = state
         self.query_vectors = query_vectors
@@ -157,6 +161,7 @@ class Retention:
         self.actor = actor
         self.forget_queries = forget_queries
         self.record = record
+        self.conversations = conversations
 
     def apply(self, dry_run: bool = False, now: datetime | None = None) -> RetentionReport:
         """Remove what each store holds past its period (``dry_run``: count it, remove nothing); then, unless a dry
@@ -201,6 +206,8 @@ class Retention:
                 self._audit(run, cut_off, now, dry_run)
             elif rule.store == "query_vectors":
                 self._query_vectors(run, cut_off, dry_run)
+            elif rule.store == "conversations":
+                self._conversations(run, now, dry_run)
             else:
                 raise NotImplementedError(f"no pruning for the store {rule.store!r}")
         except Exception as exc:  # a store that fails is reported; the other stores still run
@@ -213,6 +220,15 @@ class Retention:
         run.past_period = counts
         if not dry_run:
             run.removed = counts
+
+    def _conversations(self, run: StoreRun, now: datetime, dry_run: bool) -> None:
+        """Each conversation expires a period after its last turn (stamped then): those expired at ``now`` go."""
+        if self.conversations is None:
+            run.past_period, run.note = {}, "no conversation store here (conversations not kept)"
+        elif dry_run:
+            run.note = "not counted in a dry run: the conversation store counts what it removes"
+        else:
+            run.removed = {"conversations": self.conversations.prune(now)}
 
     def _audit(self, run: StoreRun, cut_off: datetime, now: datetime, dry_run: bool) -> None:
         plan = plan_prune(self.state, cut_off, now)

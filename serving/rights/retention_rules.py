@@ -55,6 +55,18 @@ RETENTION_RULES: tuple[RetentionRule, ...] = (
         "need them; redacted text can still describe a person. 0: answers are not kept.",
     ),
     RetentionRule(
+        store="conversations",
+        holds="Server-side conversations: each turn's question as the input guard redacted it, the guarded answer, "
+        "its answer id and retrieval query, keyed by tenant, API key and the user's hash: state store table "
+        "`conversations`, or Redis keys `ragops:conversation:*`.",
+        enforced="pruned",
+        setting="conversation_retention_days",
+        default_days=7,
+        legal_note="Storage limitation (GDPR art. 5(1)(e)): kept only while the conversation may go on, counted from "
+        "its last turn. In the state store a retention run deletes the expired ones; in Redis each key expires by "
+        "its TTL (refreshed on each turn). 0: conversations are not kept.",
+    ),
+    RetentionRule(
         store="query_vectors",
         holds="The embedding of each question asked, keyed by the question's SHA-256, in the embedding cache "
         "(`cache/embeddings.sqlite`).",
