@@ -114,6 +114,8 @@ def test_a_conversation_is_its_keys_alone(server: LiveServer, client: httpx.Clie
     for made_up in ("conv_" + "0" * 32, "conv_../../etc", "' OR 1=1 --", "conv_*"):
         assert client.get(f"/v1/conversations/{made_up}").status_code == 404
         assert ask(client, FIRST, made_up).status_code == 404
+    long = client.get(f"/v1/conversations/conv_{'x' * 60_000}")
+    assert long.status_code == 404 and len(long.content) < 1_000  # the message quotes the id cut short
     assert client.delete(f"/v1/conversations/{conversation}").json() == {
         "id": conversation, "object": "conversation.deleted", "deleted": True
     }  # fmt: skip

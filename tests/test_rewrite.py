@@ -75,6 +75,14 @@ def test_the_topic_carries_over_turns_that_named_nothing() -> None:
     assert rewrite("Where was he buried?", history).query == "Where was Rollo buried?"
 
 
+def test_what_redaction_left_of_personal_data_is_never_the_referent() -> None:
+    """The input guard's placeholders stand where an email or a card number was; they name no one."""
+    asked = "My email is [EMAIL] and card [CREDIT_CARD], phone [PHONE]. Who founded the Duchy of Normandy?"
+    history = [ChatMessage(role="user", content=asked), NORMANDY[1]]
+    assert rewrite("When did he die?", history).query == "When did Rollo die?"
+    assert rewrite("When did he die? Write to [EMAIL]", history).query == "When did Rollo die? Write to [EMAIL]"
+
+
 def test_an_instruction_in_an_earlier_turn_never_becomes_the_referent() -> None:
     history = [*NORMANDY, INJECTION, ChatMessage(role="assistant", content="The documents do not contain the answer.")]
     verdict = rewrite("When did it become a duchy?", history)

@@ -87,7 +87,8 @@ def conversation_store(services: Services) -> ConversationStore:
 
 
 def _not_found(conversation_id: str) -> ApiError:
-    return ApiError(404, f"no conversation {conversation_id!r}: unknown, expired, or not this key's; start a new one",
+    shown = conversation_id if len(conversation_id) <= 64 else f"{conversation_id[:64]}…"  # a path has no length cap
+    return ApiError(404, f"no conversation {shown!r}: unknown, expired, or not this key's; start a new one",
                     param="conversation_id")  # fmt: skip
 
 
@@ -173,7 +174,8 @@ class ChatConversation:
         if self._conversation is None:
             return request
         if request.user is not None and request.canary_subject != self._conversation.user_hash:
-            raise ApiError(400, "this conversation was started for another user: start one for this user",
+            raise ApiError(400, "this conversation was started for a different user, or for none: start one for this "
+                           "user",
                            param="user")  # fmt: skip
         return replace(request, canary_subject=self._conversation.user_hash)
 

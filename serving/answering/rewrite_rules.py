@@ -46,6 +46,10 @@ DETERMINERS = frozenset({"the", "this", "that", "these", "those"})
 _ADJECTIVE_ENDINGS = ("al", "ar", "ic", "ous", "ive", "an", "ern", "ese", "ish", "ary", "ful", "less", "ent", "ant")
 _NAME_JOINERS = frozenset({"of", "the", "de", "du", "von", "van", "and", "&", "for"})
 ELLIPSIS = re.compile(r"^\s*(?:and\s+what\s+about|and\s+how\s+about|what\s+about|how\s+about|and|also)\b[\s,]*", re.I)
+_PLACEHOLDER = re.compile(r"\[[A-Z][A-Z_]*\]")  # safety.pii's redaction marks
+_SENTENCE_END = re.compile(r"(\S*?)([.!?;]+)(?:\s+|$)")
+# A full stop after these ends no sentence: titles ("Dr. Salk", "Ms. Basford"), initials ("U.S.", "J. K.").
+_ABBREVIATION = re.compile(r"[A-Z][a-z]{0,2}|[A-Z](?:\.[A-Z])*")
 GENERIC_MAX_WORDS = 2  # a question with no name or number and at most this many content words names nothing
 SPECIFIC_MIN_WORDS = 5  # a question with a name and at least this many content words stands alone
 ELLIPSIS_MAX_WORDS = 4  # "and the capital?": an ellipsis is short; a long "what about ..." is a new question
@@ -92,8 +96,25 @@ def is_question(text: str) -> bool:
 
 def names(text: str) -> list[str]:
     """Runs of capitalised words ("Duchy of Normandy", "Don Mattingly"), not counting a capital that only opens
-    the sentence on a question word or a function word; numbers count as names too."""
-    tokens = words(text)
+    a sentence on a question word or a function word; numbers count as names too. A run never crosses a
+    sentence's end, and the input guard's placeholders ("[EMAIL]": what redaction left of personal data) are no
+    names: they end a run."""
+    return [name for sentence in sentences(_PLACEHOLDER.sub(" ; ", text)) for name in _names_in(sentence)]
+
+
+def sentences(text: str) -> list[str]:
+    """``text`` cut at each sentence's end (., !, ? or ;), not at a title's or an initial's full stop."""
+    parts, start = [], 0
+    for end in _SENTENCE_END.finditer(text):
+        if end.group(2) == "." and _ABBREVIATION.fullmatch(end.group(1)):
+            continue
+        parts.append(text[start : end.end()])
+        start = end.end()
+    return [*parts, text[start:]]
+
+
+def _names_in(sentence: str) -> list[str]:
+    tokens = words(sentence)
     found: list[str] = []
     run: list[str] = []
 
@@ -188,7 +209,7 @@ def find_referent(question: str, history: Sequence[ChatMessage]) -> Referent | N
         if turn.role != "user" or not is_question(turn.content):
             continue
         answer = history[i + 1].content if i + 1 < len(history) and history[i + 1].role == "assistant" else ""
-        if personal and turn.content.strip().lower().startswith("who") and names(answer):
+        if personal and _asks_who(turn.content) and names(answer):
             return Referent(names(answer)[0], turn.content)
         named, phrases = names(turn.content), noun_phrases(turn.content)
         if named:  # the longest: "Duchy of Normandy" over "911"
@@ -196,6 +217,12 @@ def find_referent(question: str, history: Sequence[ChatMessage]) -> Referent | N
         if phrases:  # the first: a question's subject comes before its complements ("the church" ... "the beginning")
             return Referent(phrases[0], turn.content)
     return None
+
+
+def _asks_who(text: str) -> bool:
+    """Its last sentence asks "who ...?" ("My name is [NAME]. Who founded Normandy?" does)."""
+    asked = [part.strip() for part in sentences(text) if part.strip()]
+    return bool(asked) and asked[-1].lower().startswith("who")
 
 
 def rewrite(question: str, history: Sequence[ChatMessage]) -> RuleRewrite:
