@@ -40,6 +40,7 @@ from retrieval.journal import IntentJournal
 from retrieval.search import Searcher
 from retrieval.sparse import Bm25Encoder
 from retrieval.validation import DocumentLimits
+from serving.answering.abstention import Abstain, AbstentionCalibration
 from serving.answering.answer_cache import AnswerCache
 from serving.answering.conversations import ConversationStore
 from serving.answering.extractive import ExtractiveGenerator
@@ -49,7 +50,6 @@ from serving.answering.llamacpp.supervisor import LlamaCppGenerator
 from serving.answering.output_stage import OutputGuard
 from serving.answering.pipeline import RagPipeline, Stages
 from serving.answering.stages import (
-    Abstain,
     CachedAnswers,
     Cite,
     ComposePrompt,
@@ -323,7 +323,7 @@ def build_pipeline(services: Services) -> RagPipeline:
         ),
         retrieve=Retrieve(services.searcher),
         screen=ScreenPassages(guards),
-        abstain=Abstain(embedder, settings.answering.abstain_below),
+        abstain=Abstain(embedder, settings.answering.abstain_below, build_abstention_calibration(services)),
         # The extractive generator ranks sentences itself: compressing its context first would do it twice.
         compose=ComposePrompt(embedder, 0 if primary.name == "extractive" else settings.answering.context_sentences),
         generate=Generate(chain),
@@ -334,6 +334,16 @@ def build_pipeline(services: Services) -> RagPipeline:
     )
     pricing = AnswerPricing(settings.costs.prices, services.metrics)
     return RagPipeline(stages, prompts, observer=services.observe, pricing=pricing)
+
+
+def build_abstention_calibration(services: Services) -> AbstentionCalibration | None:
+    """Each collection's abstention threshold, measured once per version of its documents (None: the global one)."""
+    answering = services.settings.answering
+    if answering.abstain_margin is None:
+        return None
+    return AbstentionCalibration(
+        services.searcher, services.embedder, default=answering.abstain_below, margin=answering.abstain_margin
+    )
 
 
 def build_prompts(services: Services) -> PromptSelector | LivePrompts:

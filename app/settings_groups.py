@@ -122,8 +122,8 @@ class RetrievalSettings(SettingsGroup):
         ge=0,
         le=1,
         json_schema_extra=CHANGES_ANSWERS,
-        description="Weight of the dense ranking in hybrid search's fusion of min-max-normalised scores; BM25 "
-        "gets the rest.",
+        description="Base weight of the dense ranking in hybrid search's fusion of min-max-normalised scores "
+        "(BM25 gets the rest); each query moves it by how much more spread dense's top scores have than BM25's.",
     )
     prefetch_limit: int = Field(
         FusionParams.prefetch_limit,
@@ -198,6 +198,15 @@ class AnswerSettings(SettingsGroup):
         le=1,
         json_schema_extra=CHANGES_ANSWERS,
         description="Abstain, calling no model, when no retrieved passage's cosine to the question reaches this.",
+    )
+    abstain_margin: float | None = Field(
+        0.06,
+        ge=0,
+        le=1,
+        json_schema_extra=CHANGES_ANSWERS,
+        description="Per collection, abstain below its chance level (the median best cosine that fixed off-topic "
+        "questions reach in it, measured once per version of its documents) plus this, never below abstain_below; "
+        "unset: abstain_below for every collection.",
     )
     generation_timeout_s: float = Field(
         30.0, gt=0, description="Seconds a generation may take (vLLM: per request); then the next generator answers."
@@ -295,7 +304,7 @@ class SafetySettings(SettingsGroup):
         description="Redact PII and secrets in retrieved text shown to clients (citations, search hits).",
     )
     groundedness_threshold: float = Field(
-        0.55,
+        0.6,
         ge=0,
         le=1,
         json_schema_extra=CHANGES_ANSWERS,

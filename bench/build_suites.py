@@ -1,4 +1,5 @@
-"""Builds the datasets and corpora of the ``near_miss``, ``counterfactual`` and ``abstain`` eval suites.
+"""Builds the datasets and corpora of the ``near_miss``, ``counterfactual``, ``abstain`` and ``entity_swap`` eval
+suites.
 
 Deterministic: no randomness and no model, only the bundled data (``data/squad_shifts`` new_wiki for the first
 two, Disfl-QA's tokenised passages in ``evals/corpora`` and its questions for ``abstain``), so a re-run writes
@@ -12,6 +13,9 @@ corpus does not hold the answer" means what ``contains_answer`` means.
   passage says, whatever the model remembers.
 - ``abstain``: Disfl-QA questions on the qa corpus' topics whose answer is in none of its passages, plus a few
   plainly off-topic questions that the similarity threshold stops before any model runs.
+- ``entity_swap``: NYT questions whose answer's sentence also names another entity of its kind (the model's
+  commonest mistake is picking it): the right answer is the gold one, and a wrong pick must be flagged by the
+  groundedness monitor (``wrong_answer_flagged``).
 
 Run: ``.venv/bin/python -m bench.build_suites`` (``--check`` fails when the committed files differ).
 """
@@ -28,10 +32,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.corpora import write_or_check
+from bench.in_passage_swaps import competitors, is_assertable
 from evals.metrics import normalise
+from retrieval.chunking import split_sentences
 
 ROOT = Path(__file__).resolve().parents[1]
-NEW_WIKI = ROOT / "data" / "squad_shifts"
+SQUAD_SHIFTS = ROOT / "data" / "squad_shifts"
 DATASETS, CORPORA = ROOT / "evals" / "datasets", ROOT / "evals" / "corpora"
 WH_WORDS = ("what", "who", "when", "where", "which", "how many", "how much", "in what", "in which")
 
@@ -312,23 +318,59 @@ def spread(few: list[EvalSample], many: list[EvalSample]) -> list[EvalSample]:
     return mixed + many[len(few) * step :]
 
 
+# entity_swap ----------------------------------------------------------------------------------------------------
+
+
+def entity_swap(
+    passages: list[Passage], questions: list[Question], count: int, first: int, distractors: int
+) -> tuple[list[EvalSample], list[Passage]]:
+    """NYT questions, from question ``first`` on, one a paragraph, whose short gold answer (a name, a number, a
+    year) shares its sentence with another span of its kind that the question does not name: the paragraph
+    offers the model a wrong entity right next to the right one. The corpus: their paragraphs and the next
+    ``distractors`` paragraphs of the file."""
+    by_id = {p.id: p for p in passages}
+    picked: list[Question] = []
+    used: set[str] = set()
+    for question in questions:
+        passage = by_id.get(question.passage_id)
+        if len(picked) == count or passage is None or passage.id in used:
+            continue
+        if int(re.sub(r"\D", "", question.id)) < first or not is_specific(question):
+            continue
+        gold = question.shortest
+        sentence = next((s for s in split_sentences(passage.text) if gold in s), None)
+        if sentence is None or not is_assertable(gold) or not competitors(sentence, gold, question.question):
+            continue
+        picked.append(question)
+        used.add(passage.id)
+    samples = [EvalSample(f"entity-swap-{q.id}", q.question, list(q.answers), "answer", [q.passage_id]) for q in picked]
+    rest = [p for p in passages if p.id not in used][:distractors]
+    return samples, [by_id[q.passage_id] for q in picked] + rest
+
+
 # files ----------------------------------------------------------------------------------------------------------
 
 
 def built_files() -> dict[Path, str]:
     """Every file this script makes, by path, with its content."""
-    wiki_passages = read_passages(NEW_WIKI / "new_wiki_passages.jsonl")
-    wiki_questions = read_questions(NEW_WIKI / "new_wiki_questions.jsonl")
+    wiki_passages = read_passages(SQUAD_SHIFTS / "new_wiki_passages.jsonl")
+    wiki_questions = read_questions(SQUAD_SHIFTS / "new_wiki_questions.jsonl")
     near, near_corpus = near_miss(wiki_passages, wiki_questions, target=56)
     counter, counter_corpus = counterfactual(wiki_passages, wiki_questions, per_kind=12)
     disfl = read_questions(DATASETS / "disfl_qa_questions.jsonl")
     unanswerable = abstain(disfl, read_passages(CORPORA / "qa_corpus.jsonl"), count=34, pool_below=5000)
+    nyt_passages = read_passages(SQUAD_SHIFTS / "nyt_passages.jsonl")
+    swaps, swap_corpus = entity_swap(
+        nyt_passages, read_questions(SQUAD_SHIFTS / "nyt_questions.jsonl"), count=40, first=2000, distractors=60
+    )
     return {
         DATASETS / "near_miss.jsonl": jsonl(near),
         CORPORA / "near_miss_corpus.jsonl": jsonl(near_corpus),
         DATASETS / "counterfactual.jsonl": jsonl(counter),
         CORPORA / "counterfactual_corpus.jsonl": jsonl(counter_corpus),
         DATASETS / "abstain.jsonl": jsonl(unanswerable),
+        DATASETS / "entity_swap.jsonl": jsonl(swaps),
+        CORPORA / "entity_swap_corpus.jsonl": jsonl(swap_corpus),
     }
 
 

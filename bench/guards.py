@@ -10,8 +10,10 @@ Data (``bench/redteam.py`` builds the attacks from the pyrit package's datasets)
   word no passage holds (invented_words), the gold answer swapped for another question's name or number that
   no passage holds (swapped_absent), a name or number from another sentence of the same passage in the gold
   answer's place, in the sentence and as a short answer (wrong_entity_same_passage), negation added or removed,
-  a number changed, and a sentence of a passage not shown (off_topic). ``--calibrate`` fits the scorer's eight
-  weights and its threshold on Disfl-QA questions 3000-3999 (``CALIBRATION``); everything reported is on
+  a number changed, and a sentence of a passage not shown (off_topic); and the in-passage swapped entity
+  (``bench/in_passage_swaps.py``: another span of the gold's kind from anywhere in its passage, as a short answer
+  and in a paraphrase, each against a supported twin built the same way: ``PAIRED``). ``--calibrate`` fits the
+  scorer's nine weights and its threshold on Disfl-QA questions 3000-3999 (``CALIBRATION``); everything reported is on
   questions 0-999 of each corpus. Also SmolLM2's real answers (``bench/data/smollm2_answers.jsonl``, recorded
   once with ``--record-answers N``: llama.cpp through the pipeline, the production prompt, hybrid retrieval
   over the questions' passages and 300 others): the share of those holding no gold answer that pass.
@@ -58,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 from app.parts import build_cached_embedder, build_guards  # noqa: E402
 from app.settings import Settings, load_settings  # noqa: E402
 from bench.corpora import CORPORA, DISFL_QA, percentile  # noqa: E402
+from bench.in_passage_swaps import competitors, is_assertable, statement  # noqa: E402
 from retrieval.chunking import split_sentences  # noqa: E402
 from safety.groundedness import (  # noqa: E402
     GroundednessScorer,
@@ -315,10 +318,14 @@ def _p50_p95(values: list[float]) -> dict[str, float]:
 
 CALIBRATION = ("disfl_qa", 3000, 4000)  # the one range weights and threshold are fitted on
 REPORTED = {"disfl_qa": (0, 1000), "new_wiki": (0, 1000), "nyt": (0, 1000), "amazon": (0, 1000)}
-SUPPORTED = ("supported_sentence", "supported_short")
+SUPPORTED = ("supported_sentence", "supported_short", "supported_paraphrase")
+ORIGINAL_SUPPORTED = SUPPORTED[:2]  # what the first six families are compared with, as before issue 25
 FAMILIES = (
     "invented_words", "swapped_absent", "wrong_entity_same_passage", "negation", "number_change", "off_topic",
+    "in_passage_swap_short", "in_passage_swap_sentence",
 )  # fmt: skip
+# The in-passage families are compared with the supported answers built the same way (bench/in_passage_swaps.py).
+PAIRED = {"in_passage_swap_short": "supported_short", "in_passage_swap_sentence": "supported_paraphrase"}
 SMOLLM_ANSWERS = ROOT / "bench" / "data" / "smollm2_answers.jsonl"
 AUXILIARIES = frozenset("is was are were has have had can could will would did does do should may might must".split())
 NAME_OR_NUMBER = re.compile(r"\b(?:[A-Z][A-Za-z'.-]+|\d[\d,.]*)\b")
@@ -438,6 +445,20 @@ def number_changed(item: QuestionItem, rng: random.Random) -> str | None:
     return re.sub(rf"\b{old}\b", new, item.sentence, count=1) if new != old else None
 
 
+def in_passage_answers(item: QuestionItem, seed: int) -> dict[str, list[str | None]]:
+    """The in-passage family and its supported twin for one question (its own seeded generator, so the other
+    families' draws stay as they were)."""
+    options = competitors(item.passage, item.gold, item.question) if is_assertable(item.gold) else []
+    if not options:
+        return {}
+    other = random.Random(f"{seed}:{item.question}").choice(options)
+    return {
+        "supported_paraphrase": [statement(item.question, item.gold)],
+        "in_passage_swap_short": [f"The answer is {other}."],
+        "in_passage_swap_sentence": [statement(item.question, other)],
+    }
+
+
 def cited(sentence: str) -> str:
     """The sentence citing passage 1, as the prompt asks: "... [1]."."""
     return f"{sentence.rstrip().rstrip('.').rstrip()} [1]."
@@ -460,6 +481,7 @@ def groundedness_cases(corpus: str, lo: int, hi: int, seed: int) -> list[Grounde
             "negation": [negated(item.sentence)],
             "number_change": [number_changed(item, rng)],
             "off_topic": [foreign if foreign_item.passage not in item.contexts else None],
+            **in_passage_answers(item, seed),
         }
         for family, texts in answers_by_family.items():
             cases += [
@@ -525,15 +547,18 @@ def groundedness_scores(scorer: Any, cases: list[GroundednessCase]) -> list[floa
 def family_report(scorer: Any, cases: list[GroundednessCase]) -> dict[str, Any]:
     """ROC AUC of the supported answers against each family, and the share of each kind passing the threshold."""
     scores = groundedness_scores(scorer, cases)
-    positives = [s for s, c in zip(scores, cases, strict=True) if c.supported]
 
-    def of(family: str) -> list[float]:
-        return [s for s, c in zip(scores, cases, strict=True) if c.family == family]
+    def of(*families: str) -> list[float]:
+        return [s for s, c in zip(scores, cases, strict=True) if c.family in families]
+
+    def auc(family: str) -> float:
+        positives = of(PAIRED[family]) if family in PAIRED else of(*ORIGINAL_SUPPORTED)
+        return round(roc_auc(positives, of(family)), 4)
 
     return {
         "answers": len(cases),
-        "roc_auc": {f: round(roc_auc(positives, of(f)), 4) for f in FAMILIES if of(f)},
-        "roc_auc_all": round(roc_auc(positives, [s for s, c in zip(scores, cases, strict=True) if not c.supported]), 4),
+        "roc_auc": {f: auc(f) for f in FAMILIES if of(f)},
+        "roc_auc_all": round(roc_auc(of(*SUPPORTED), of(*FAMILIES)), 4),
         "passing": {f: share([s >= scorer.threshold for s in of(f)]) for f in (*SUPPORTED, *FAMILIES) if of(f)},
         "counts": {f: len(of(f)) for f in (*SUPPORTED, *FAMILIES)},
     }

@@ -7,8 +7,11 @@ What it measures, and how:
    document, its passage; the top 20 chunks are mapped to documents (first occurrence wins) and scored with
    recall@1/5/10, MRR@10 and nDCG@10 for dense, sparse (BM25), hybrid (the fusion alone: rerank off) and
    hybrid+rerank (the default). "ratio" is nDCG@10 over the better of dense and sparse on that corpus.
-   Tuning, once, on Disfl-QA questions 4000-4999 only: the fusion's dense weight over 0.25-0.40 (100
-   candidates a retriever), then the four rerank weights over a 0.05 grid of the simplex; nothing per corpus.
+   Tuning, once, on Disfl-QA questions 4000-4999 only (100 candidates a retriever): first the fusion's fixed
+   dense weight over 0.25-0.40 and the four rerank weights over a 0.05 grid of the simplex; then the per-query
+   dense weight (``retrieval.fusion``: base weight 0.3-0.5, gain 0-4 on the difference of the two lists' head
+   spreads, head depth 8-15), a grid scored on both retrievers' top 100 of each question saved once, the rerank
+   weights kept; nothing per corpus.
 2. Throughput: the bare embedder (no cache, no index) over the chunk texts of the sample corpus, the better of
    two runs after a warm-up; ``ragops ingest`` of that corpus into a fresh data dir (empty embedding cache);
    then a re-ingest of the unchanged corpus.
@@ -55,7 +58,7 @@ from retrieval.documents import Document, Section  # noqa: E402
 from retrieval.embedding import Embedder, build_embedder  # noqa: E402
 from retrieval.embedding_cache import CachedEmbedder, SqliteEmbeddingStore  # noqa: E402
 from retrieval.fusion import fuse  # noqa: E402
-from retrieval.index import Scope, SearchFilter, SearchMode  # noqa: E402
+from retrieval.index import FusionParams, Scope, SearchFilter, SearchMode  # noqa: E402
 from retrieval.loaders import load_file  # noqa: E402
 from retrieval.rerank import RerankWeights, SentenceReranker  # noqa: E402
 from retrieval.sparse import Bm25Encoder  # noqa: E402
@@ -262,14 +265,13 @@ def rerank_latency(settings: Settings, raw_embedder: Embedder, queries: list[str
     cold_embedder = CachedEmbedder(raw_embedder, store)
     weights = RerankWeights(*settings.retrieval.rerank_weights)
     reranker = SentenceReranker(cold_embedder, sparse, weights, depth=settings.retrieval.rerank_depth)
+    fusion = FusionParams(settings.retrieval.hybrid_dense_weight, settings.retrieval.prefetch_limit)
     try:
         inputs = []
         for query in queries:
             vector, terms = services.embedder.embed_query(query), sparse.encode_query(query)
             lists = services.index.search_both(SCOPE, vector, terms, settings.retrieval.prefetch_limit, SearchFilter())
-            inputs.append(
-                (vector, terms, fuse(lists, settings.retrieval.hybrid_dense_weight)[: settings.retrieval.rerank_depth])
-            )
+            inputs.append((vector, terms, fuse(lists, fusion)[: settings.retrieval.rerank_depth]))
         timings: dict[str, list[float]] = {"cold": [], "warm": []}
         for label in ("cold", "warm"):
             for vector, terms, candidates in inputs:

@@ -8,6 +8,9 @@ candidate's mean falls under the metric's absolute ``threshold``.
 
 Runs are only compared when the comparison means something (``check_judges_prompts``, ``check_comparable``);
 otherwise the gate is broken (``GateError``: exit code 2), which is never a regression verdict.
+
+Before any run, the candidate prompt's text is read against the answering policy (``evals.prompt_policy``): a
+small model ignores what a prompt says, so a weakening no metric can show still fails the gate (exit 1).
 """
 
 from __future__ import annotations

@@ -141,6 +141,29 @@ def groundedness(sample: Sample, result: Answer) -> float | None:
     return result.groundedness.score if result.groundedness is not None else None
 
 
+def _monitor_flagged(sample: Sample, result: Answer, right: bool) -> float | None:
+    """Whether the groundedness monitor flagged an answered answer that holds a gold answer (``right``) or none:
+    applicable only to those. An answered answer without a verdict counts as not flagged."""
+    if result.outcome != "answered" or sample.expected != "answer" or not sample.answers:
+        return None
+    if bool(contains_answer(sample, result)) != right:
+        return None
+    verdict = result.groundedness
+    return float(verdict is not None and verdict.unsupported_sentences > 0)
+
+
+def wrong_answer_flagged(sample: Sample, result: Answer) -> float | None:
+    """An answer that holds no gold answer (the wrong entity, most often) was flagged by the groundedness
+    monitor: at least one sentence below its threshold."""
+    return _monitor_flagged(sample, result, right=False)
+
+
+def right_answer_passed(sample: Sample, result: Answer) -> float | None:
+    """An answer that holds a gold answer passed the groundedness monitor."""
+    flagged = _monitor_flagged(sample, result, right=True)
+    return None if flagged is None else 1 - flagged
+
+
 Metric = Callable[[Sample, Answer], float | None]
 METRICS: dict[str, Metric] = {
     "exact_match": exact_match,
@@ -153,4 +176,6 @@ METRICS: dict[str, Metric] = {
     "retrieval_ndcg": retrieval_ndcg,
     "groundedness": groundedness,
     "refused_when_expected": refused_when_expected,
+    "wrong_answer_flagged": wrong_answer_flagged,
+    "right_answer_passed": right_answer_passed,
 }

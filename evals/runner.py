@@ -164,18 +164,30 @@ def _key(*parts: Any) -> str:
 
 
 def _ingest_corpus(suite: Suite, parts: EvalParts, scope: Scope) -> tuple[list[Sample], str]:
-    """The suite's corpus in its collection; the samples with their reference passages; the corpus hash."""
-    documents, errors = load_paths(list(suite.corpus))
-    report = parts.ingestor.ingest_documents(documents, scope, load_errors=errors)
-    if report.errors:
-        raise SuiteError(f"corpus failed to ingest: {report.errors[0]['source']}: {report.errors[0]['error']}")
-    texts = {document.id: document.text for document in documents}
+    """The suite's corpus in its collection (or each corpus path in its own); the samples with their reference
+    passages; the corpus hash."""
+    parts_by_collection = (
+        {suite.scope_collection(f"{path.name}/"): [path] for path in suite.corpus}
+        if suite.collection_per_corpus
+        else {scope.collection: list(suite.corpus)}
+    )
+    texts: dict[tuple[str, str], str] = {}
+    for collection, paths in parts_by_collection.items():
+        documents, errors = load_paths(paths)
+        report = parts.ingestor.ingest_documents(documents, replace(scope, collection=collection), load_errors=errors)
+        if report.errors:
+            raise SuiteError(f"corpus failed to ingest: {report.errors[0]['source']}: {report.errors[0]['error']}")
+        texts.update({(collection, document.id): document.text for document in documents})
     samples = [
-        replace(s, reference_contexts=tuple(texts[d] for d in s.reference_doc_ids if d in texts))
+        replace(s, reference_contexts=tuple(
+            texts[key] for d in s.reference_doc_ids if (key := (suite.scope_collection(s.id), d)) in texts
+        ))
         for s in load_dataset(suite.dataset, suite.samples)
-    ]
-    corpus_hash = _key(sorted((d, sorted(h)) for d, h in parts.index.document_hashes(scope).items()))[:16]
-    return samples, corpus_hash
+    ]  # fmt: skip
+    hashes = [(c, parts.index.document_hashes(replace(scope, collection=c))) for c in parts_by_collection]
+    if not suite.collection_per_corpus:  # a single collection's hash as it always was: baselines compare it
+        return samples, _key(sorted((d, sorted(h)) for d, h in hashes[0][1].items()))[:16]
+    return samples, _key([[c, sorted((d, sorted(h)) for d, h in found.items())] for c, found in hashes])[:16]
 
 
 class _SampleScorer:
@@ -193,14 +205,16 @@ class _SampleScorer:
 
     def answer(self, sample: Sample) -> tuple[str, Answer]:
         history = [turn.as_dict() for turn in sample.history]
-        key = _key(ANSWER_FORMAT, sample.question, self._prompt_hash, *self._context, *([history] if history else []))
+        scope = replace(self._scope, collection=self._suite.scope_collection(sample.id))
+        own_collection = [scope.collection] if scope != self._scope else []  # a suite with a collection per corpus
+        key = _key(ANSWER_FORMAT, sample.question, self._prompt_hash, *self._context, *([history] if history else []),
+                   *own_collection)  # fmt: skip
         stored = self._store.get(key)
         if stored is not None:
             self.cached += 1
             return key, Answer.model_validate_json(stored)
-        request = AnswerRequest(
-            question=sample.question, scope=self._scope, top_k=self._suite.top_k, history=list(sample.history)
-        )
+        request = AnswerRequest(question=sample.question, scope=scope, top_k=self._suite.top_k,
+                                history=list(sample.history))  # fmt: skip
         answer = self._parts.pipeline.answer(request)
         if answer.fallback is None:  # a fallback answer says nothing about the prompt: retry next run
             self._store.put(key, answer.model_dump_json())

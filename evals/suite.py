@@ -47,6 +47,15 @@ class Suite:
     samples: int | None = None
     top_k: int = 4
     description: str = ""
+    # Each corpus path in its own collection, ``<collection>-<path name>``, as users keep a handful of documents
+    # apart; a sample's id then starts with its corpus' path name and a slash ("vantrel/founder").
+    collection_per_corpus: bool = False
+
+    def scope_collection(self, sample_id: str) -> str:
+        """The collection a sample is asked in."""
+        if not self.collection_per_corpus:
+            return self.collection
+        return f"{self.collection}-{sample_id.split('/', 1)[0]}"
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -75,6 +84,7 @@ def load_suite(path: Path, root: Path | None = None) -> Suite:
         "metrics",
         "samples",
         "top_k",
+        "collection_per_corpus",
     }
     if set(data) - known:
         raise SuiteError(f"{path}: unknown key(s): {', '.join(sorted(set(data) - known))}")
@@ -105,6 +115,7 @@ def load_suite(path: Path, root: Path | None = None) -> Suite:
         samples=data.get("samples"),
         top_k=int(data.get("top_k", 4)),
         description=str(data.get("description", "")),
+        collection_per_corpus=bool(data.get("collection_per_corpus", False)),
     )
     for corpus_path in (suite.dataset, *suite.corpus):
         if not corpus_path.exists():

@@ -1,8 +1,9 @@
 """Search: a query through the embedding cache and the BM25 encoder into the index, back as hits.
 
 Dense and BM25 are ranked by the index alone. Hybrid takes both rankings with their raw scores, fuses them
-client-side (``retrieval.fusion``) and, with a reranker, re-scores the fused top candidates by their best
-sentence (``retrieval.rerank``); a hybrid hit's score is the fused (or reranked) score.
+client-side (``retrieval.fusion``: the dense weight chosen per query from both lists' scores) and, with a
+reranker, re-scores the fused top candidates by their best sentence (``retrieval.rerank``); a hybrid hit's score
+is the fused (or reranked) score.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class Searcher:
     ) -> list[FusedCandidate]:
         """Both rankings fused, then reranked when a reranker is set; the best ``top_k``."""
         limit = max(top_k, self._fusion.prefetch_limit)
-        fused = fuse(self._index.search_both(scope, dense, sparse, limit, search_filter), self._fusion.dense_weight)
+        fused = fuse(self._index.search_both(scope, dense, sparse, limit, search_filter), self._fusion)
         if self._reranker is not None:
             fused = self._reranker.rerank(dense, sparse, fused)
         return fused[:top_k]

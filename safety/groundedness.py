@@ -1,7 +1,7 @@
 """Groundedness: how well the retrieved passages support each sentence of an answer to a question.
 
 ``GroundednessBackend`` is what the guards, the evals and ``ragops groundedness`` call. ``GroundednessScorer``
-is the offline default: per answer sentence, seven signals against the passages' sentences and the question,
+is the offline default: per answer sentence, eight signals against the passages' sentences and the question,
 each in [0, 1] with 1 meaning supported:
 
 - ``dense``: the best cosine to one passage sentence (off-topic sentences);
@@ -13,7 +13,10 @@ each in [0, 1] with 1 meaning supported:
 - ``negation``: it and that passage sentence hold as many negations;
 - ``question``: its names (or new words) come from the passage sentences that answer the question (an
   extractive reader's view: which sentence answers it, judged by IDF-weighted shared words), so a name that
-  is in the passages but does not answer the question fails.
+  is in the passages but does not answer the question fails;
+- ``relation``: the name or number it asserts is the one the passage places next to the claim's and the
+  question's words, not another span of its kind from the same passage (``safety.relation``: "drafted by
+  Benjamin Franklin" when the passage says "drafted by Thomas Jefferson ... edited by Benjamin Franklin").
 
 The sentence's support is the logistic of their weighted sum; the answer's score is the lowest support over its
 sentences (one unsupported claim is enough to distrust an answer), and sentences below the threshold are listed
@@ -36,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_valid
 from prompts.citations import CITATION, says_not_in_documents
 from retrieval.chunking import split_sentences
 from safety.grounding_text import Passages, content_stems, names_and_numbers, negations, word_set
+from safety.relation import RelationCheck, relation_check
 
 Vectors = np.ndarray[Any, np.dtype[np.float32]]
 
@@ -55,6 +59,7 @@ class SupportSignals:
     aligned: float
     negation: float
     question: float
+    relation: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,14 +67,15 @@ class GroundednessWeights:
     """Logistic weights of the signals; calibrated by ``bench/guards.py --calibrate`` on Disfl-QA questions
     3000-3999."""
 
-    bias: float = -15.67
+    bias: float = -14.23
     dense: float = 0.0  # fitted to 0: the word-level signals already separate what it does
-    lexical: float = 0.98
-    novel: float = 6.93
-    names: float = 0.39
-    aligned: float = 3.74
-    negation: float = 3.01
-    question: float = 2.86
+    lexical: float = 0.99
+    novel: float = 6.58
+    names: float = 0.0  # fitted to 0 once ``aligned`` and ``relation`` place the names
+    aligned: float = 2.11
+    negation: float = 1.79
+    question: float = 1.7
+    relation: float = 3.19
 
     def support(self, signals: SupportSignals) -> float:
         total = self.bias + sum(getattr(self, f.name) * getattr(signals, f.name) for f in fields(signals))
@@ -81,6 +87,7 @@ class SentenceSupport:
     sentence: str
     support: float
     signals: SupportSignals | None = None  # the offline scorer's; None from a trained detector
+    relation: RelationCheck | None = None  # the offline scorer's explanation of its ``relation`` signal
 
 
 class Groundedness(BaseModel):
@@ -125,9 +132,11 @@ def answer_sentences(answer: str) -> list[str]:
 
 
 def judged(answer: str, contexts: list[str], supports: list[SentenceSupport], threshold: float) -> Groundedness:
-    """One answer's result from its sentences' supports (shared by the backends)."""
-    if not supports:  # no claim: unjudged, unless there was nothing to support one with
-        return Groundedness(score=0.0 if not any(c.strip() for c in contexts) else None)
+    """One answer's result from its sentences' supports (shared by the backends). An answer that is not an
+    abstention (the callers return those unjudged) yet has no sentence to support is degenerate ("The document is
+    from the document.", a bare citation): it scores 0, never passes unjudged."""
+    if not supports:
+        return Groundedness(score=0.0, unsupported=[answer.strip()])
     return Groundedness(
         score=min(s.support for s in supports),
         unsupported=[s.sentence for s in supports if s.support < threshold],
@@ -147,7 +156,7 @@ class GroundednessScorer:
     def __init__(
         self,
         embed: Callable[[list[str]], Vectors],
-        threshold: float = 0.55,
+        threshold: float = 0.6,
         weights: GroundednessWeights | None = None,
     ) -> None:
         self._embed = embed
@@ -173,8 +182,9 @@ class GroundednessScorer:
         reader = passages.question_match(question, question_similarity)
         supports = []
         for i, sentence in enumerate(sentences):
-            signals = sentence_signals(sentence, question, passages, similarity[i], reader)
-            supports.append(SentenceSupport(sentence, self.weights.support(signals), signals))
+            relation = relation_check(sentence, question, passages)
+            signals = sentence_signals(sentence, question, passages, similarity[i], reader, relation)
+            supports.append(SentenceSupport(sentence, self.weights.support(signals), signals, relation))
         return supports
 
     def _analysed(self, contexts: list[str]) -> Passages:
@@ -188,10 +198,11 @@ class GroundednessScorer:
 
 
 def sentence_signals(
-    sentence: str, question: str, passages: Passages, similarity: Vectors, reader: list[float]
-) -> SupportSignals:
-    """The seven signals of one answer sentence (``similarity``: its cosine to each passage sentence;
-    ``reader``: each passage sentence's match to the question)."""
+    sentence: str, question: str, passages: Passages, similarity: Vectors, reader: list[float],
+    relation: RelationCheck | None,
+) -> SupportSignals:  # fmt: skip
+    """The eight signals of one answer sentence (``similarity``: its cosine to each passage sentence;
+    ``reader``: each passage sentence's match to the question; ``relation``: its asserted span's check)."""
     stems, asked_stems, asked_words = content_stems(sentence), content_stems(question), word_set(question)
     unknown = stems - passages.stems - asked_stems
     names = names_and_numbers(sentence, set(passages.lowercase))
@@ -209,6 +220,7 @@ def sentence_signals(
         aligned=_share(names, restated.words | asked_words),
         negation=float(same_polarity),
         question=_answers_question(names - asked_words, stems - asked_stems, passages, reader),
+        relation=1.0 if relation is None else relation.margin,
     )
 
 

@@ -84,11 +84,35 @@ def word_set(text: str) -> set[str]:
 
 
 @dataclass(frozen=True)
+class Token:
+    """A passage word where the relation check reads it: as ``word_set`` writes it, its stem, and whether it is a
+    name or number an answer could assert (``names_and_numbers``' rule)."""
+
+    word: str
+    stem: str
+    entity: bool
+    number: bool
+
+
+def sentence_tokens(text: str, common_words: set[str] | frozenset[str]) -> tuple[Token, ...]:
+    out = []
+    for i, raw in enumerate(_WORD.findall(text)):
+        lower = raw.lower().strip(".,'")
+        number = is_number(raw)
+        word = normal_number(raw) if number else lower.removesuffix("'s")
+        named = raw[:1].isupper() and lower not in STOPWORDS and lower not in _FILLERS
+        entity = number or (named and (i > 0 or lower not in common_words))
+        out.append(Token(word, stem(word), entity, number))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class PassageSentence:
     text: str
     stems: frozenset[str]
     words: frozenset[str]
     negations: int
+    passage: int = 0  # which context it comes from
 
 
 @dataclass(frozen=True)
@@ -100,16 +124,25 @@ class Passages:
     words: frozenset[str]
     lowercase: frozenset[str]  # words written in lower case somewhere: common words, not names
     idf: dict[str, float] = field(default_factory=dict)
+    # Each sentence's tokens, made when the relation check first reads that sentence: most answers assert no
+    # name, and those that do need only the sentences holding it or the claim's words.
+    _tokens: dict[int, tuple[Token, ...]] = field(default_factory=dict, compare=False, repr=False)
+
+    def tokens(self, index: int) -> tuple[Token, ...]:
+        """The tokens of sentence ``index`` (``sentence_tokens``), made once."""
+        if index not in self._tokens:
+            self._tokens[index] = sentence_tokens(self.sentences[index].text, self.lowercase)
+        return self._tokens[index]
 
     @classmethod
     def of(cls, contexts: list[str]) -> Passages:
-        texts = [s for c in contexts for s in split_sentences(c) if s.strip()]
+        texts = [(i, s) for i, c in enumerate(contexts) for s in split_sentences(c) if s.strip()]
+        lowercase = frozenset(w for c in contexts for w in _WORD.findall(c) if w.islower())
         sentences = tuple(
-            PassageSentence(t, frozenset(content_stems(t)), frozenset(word_set(t)), negations(t)) for t in texts
+            PassageSentence(t, frozenset(content_stems(t)), frozenset(word_set(t)), negations(t), i) for i, t in texts
         )
         stems = frozenset().union(*(s.stems for s in sentences)) if sentences else frozenset()
         words = frozenset().union(*(s.words for s in sentences)) if sentences else frozenset()
-        lowercase = frozenset(w for c in contexts for w in _WORD.findall(c) if w.islower())
         frequency: dict[str, int] = {}
         for sentence in sentences:
             for s in sentence.stems:

@@ -13,9 +13,11 @@ from guardrails.classes.validation.validation_result import ErrorSpan, FailResul
 from guardrails.validator_base import Validator, register_validator
 
 from prompts.citations import cited_numbers, says_not_in_documents
-from safety.groundedness import GroundednessBackend
+from safety.groundedness import GroundednessBackend, is_abstention
 from safety.injection import InjectionDetector
 from safety.pii import PII_KINDS, find_pii, redact
+
+NOTHING_SUPPORTED = "groundedness: nothing the passages could support"
 
 
 @register_validator(name="ragops/pii", data_type="string")
@@ -72,7 +74,8 @@ class CitationsValid(Validator):
 @register_validator(name="ragops/groundedness", data_type="string")
 class Grounded(Validator):
     """Support of every sentence by ``metadata["contexts"]`` as an answer to ``metadata["question"]``; fails below
-    the scorer's threshold."""
+    the scorer's threshold. A text with no score passes only when it abstains: a missing score never passes a
+    claim (the shipped backends score a degenerate answer 0; a backend of one's own may return None)."""
 
     def __init__(self, scorer: GroundednessBackend, on_fail: Any = None, **kwargs: Any) -> None:
         super().__init__(on_fail=on_fail, **kwargs)
@@ -82,7 +85,11 @@ class Grounded(Validator):
         contexts, question = list(metadata.get("contexts", [])), str(metadata.get("question", ""))
         result = self.scorer.score(value, contexts, question=question)
         details = {"groundedness": result}  # typed: the guard's verdict carries it as is
-        if result.score is None or result.score >= self.scorer.threshold:
+        if result.score is None:
+            if is_abstention(value):
+                return PassResult(metadata=details)
+            return FailResult(error_message=NOTHING_SUPPORTED, metadata=details)
+        if result.score >= self.scorer.threshold:
             return PassResult(metadata=details)
         return FailResult(
             error_message=f"groundedness {result.score:.2f} below {self.scorer.threshold}",

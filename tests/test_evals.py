@@ -226,7 +226,8 @@ PLANTED = (  # gated by the test below
     ),
 )
 # Planted too (so `ragops eval gate` can be run on them by hand), but not gated here: measured on SmolLM2-135M
-# (docs/guides/prompt-engineer.md "Suites, metrics, gate"), no honest suite catches them. Under v2 the model
+# (docs/guides/prompt-engineer.md "Suites, metrics, gate"), no honest suite catches them (the gate's prompt policy
+# check fails both by their text: tests/test_prompt_policy.py). Under v2 the model
 # abstains on 0 of qa's 14 and 1 of near_miss's 47 unanswerable questions, so a version that forbids abstaining
 # has nothing to take away; told to ignore the passages it copies them as before (the grammar keeps every answer
 # a cited passage sentence).
@@ -332,9 +333,13 @@ def test_gate_catches_planted_regressions_and_passes_rewordings(
         baseline = str(ROOT / "evals" / "baselines" / f"{name}.json")
         candidate = f"rag_answer@{planted.version}"
         suite_file = str(ROOT / "evals" / "suites" / f"{name}.yaml")
-        gated = ragops_eval("gate", suite_file, "--baseline", baseline, "--candidate", candidate, **common)
+        # A regression's text weakens the answering policy too, which fails the gate before any suite runs: the
+        # override lets the suites judge it as well (tests/test_prompt_policy.py tests the policy check).
+        released = ("--allow-policy-change", "tests: the suites judge it too") if planted.regression else ()
+        gated = ragops_eval("gate", suite_file, "--baseline", baseline, "--candidate", candidate, *released, **common)
         verdicts[planted.version, name], tables[planted.version, name] = gated.returncode, gated.stdout
         assert gated.returncode in (0, 1), gated.stdout + gated.stderr
+        assert ("WEAKENS THE ANSWERING POLICY" in gated.stdout) == planted.regression, gated.stdout
     assert verdicts == {(p.version, name): int(p.regression) for p, name in runs}, "\n\n".join(tables.values())
     assert "95% CI below 0" in tables["v94", "citations"]
     citations = str(ROOT / "evals" / "suites" / "citations.yaml")

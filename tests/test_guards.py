@@ -95,6 +95,21 @@ def test_output_guard_paths(guards: Any) -> None:
     assert guards.output.check("You stupid fucking idiot.", meta).fired[0].validator == "profanity"
 
 
+def test_no_answer_passes_the_output_guard_without_a_verdict(guards: Any) -> None:
+    meta = {"contexts": ["The Normans gave their name to Normandy, a region in France."], "passages": 1}
+    abstentions = ["The passage does not contain the answer to the question. [1]", "I don't know.",
+                   "Il n'y a pas d'information sur le fondateur dans les documents.",
+                   "No hay información sobre el fundador en los documentos."]  # fmt: skip
+    for abstention in abstentions:
+        verdict = guards.output.check(abstention, meta)
+        assert verdict.action == "pass" and verdict.groundedness is not None and verdict.groundedness.score is None
+    for degenerate in ("The document is from the document. [1]", "Yes. [1]"):
+        verdict = guards.output.check(degenerate, meta)
+        assert verdict.action == "fallback" and [f.validator for f in verdict.fired] == ["groundedness"], degenerate
+    goes_on = guards.output.check("The passage does not say, but the Normans came from Mars [1].", meta)
+    assert goes_on.action == "fallback"  # not an abstention: judged, and unsupported
+
+
 def test_a_broken_validator_blocks_rather_than_passing() -> None:
     class Broken:
         def validate(self, value: Any, metadata: dict[str, Any]) -> Any:
@@ -243,7 +258,12 @@ def test_low_groundedness_falls_back_to_extractive(corpus: Services) -> None:
 
 
 def test_pii_in_an_answer_is_redacted(corpus: Services) -> None:
-    scripted = "Some Normans joined Turkish forces in Anatolia, writes jane@example.com [1]."
+    # The passage sentence's whole claim: a shortened one that drops the Armenians, Sassoun and Taron loses to
+    # them in the relation check (they stand closer to "joined Turkish forces" than Anatolia does).
+    scripted = (
+        "Some Normans joined Turkish forces to aid in the destruction of the Armenians vassal - states of Sassoun and "
+        "Taron in far eastern Anatolia, writes jane@example.com [1]."
+    )
     answer = pipeline_with(corpus, scripted).answer(
         AnswerRequest(question="Which Normans joined Turkish forces?", scope=SCOPE)
     )

@@ -7,8 +7,16 @@ import pytest
 
 from app.container import Services
 from retrieval.documents import Document, Section
-from retrieval.fusion import FusedCandidate, fuse, min_max
-from retrieval.index import CandidateLists, IndexUnavailableError, Scope, ScoredPayload, SearchFilter, SnapshotIndex
+from retrieval.fusion import FusedCandidate, fuse, head_spread, min_max, query_dense_weight
+from retrieval.index import (
+    CandidateLists,
+    FusionParams,
+    IndexUnavailableError,
+    Scope,
+    ScoredPayload,
+    SearchFilter,
+    SnapshotIndex,
+)
 from retrieval.rerank import RerankWeights, SentenceReranker
 from retrieval.sparse import Bm25Encoder
 from tests.conftest import sample_documents, sample_questions
@@ -142,20 +150,56 @@ def _points(*scored: tuple[str, float]) -> list[ScoredPayload]:
     return [ScoredPayload(point_id, score, {"doc_id": point_id}) for point_id, score in scored]
 
 
+FIXED_WEIGHT = FusionParams(dense_weight=0.3, confidence_gain=0.0)  # the per-query weight switched off
+
+
 def test_fusion_keeps_what_only_one_retriever_found_and_weighs_normalised_scores() -> None:
     lists = CandidateLists(
         dense=_points(("both", 0.9), ("dense-only", 0.8), ("dense-last", 0.5)),
         sparse=_points(("sparse-only", 12.0), ("both", 9.0), ("sparse-last", 3.0)),
     )
-    fused = {candidate.point.id: candidate for candidate in fuse(lists, dense_weight=0.3)}
+    fused = {candidate.point.id: candidate for candidate in fuse(lists, FIXED_WEIGHT)}
     assert set(fused) == {"both", "dense-only", "dense-last", "sparse-only", "sparse-last"}
     assert fused["dense-only"].sparse == 0.0 and fused["sparse-only"].dense == 0.0
     assert fused["both"].score == pytest.approx(0.3 * 1.0 + 0.7 * (9 - 3) / (12 - 3))
     assert fused["sparse-only"].score == pytest.approx(0.7)  # BM25's clear winner, found by BM25 alone
-    assert [c.point.id for c in fuse(lists, 0.3)][:2] == ["both", "sparse-only"]
-    assert [c.point.id for c in fuse(lists, 1.0)][:3] == ["both", "dense-only", "dense-last"]
-    assert fuse(CandidateLists([], []), 0.3) == []
+    assert {candidate.dense_weight for candidate in fused.values()} == {0.3}
+    assert [c.point.id for c in fuse(lists, FIXED_WEIGHT)][:2] == ["both", "sparse-only"]
+    dense_only = FusionParams(dense_weight=1.0, confidence_gain=0.0)
+    assert [c.point.id for c in fuse(lists, dense_only)][:3] == ["both", "dense-only", "dense-last"]
+    assert fuse(CandidateLists([], []), FusionParams()) == []
     assert min_max([2.0, 2.0]) == [1.0, 1.0] and min_max([]) == []
+
+
+def test_a_flat_bm25_head_gives_the_query_more_dense_weight() -> None:
+    spread_dense = _points(("a", 0.9), ("b", 0.5), ("c", 0.4))
+    flat_bm25 = CandidateLists(spread_dense, _points(("b", 10.0), ("c", 9.9), ("a", 9.8)))
+    spread_bm25 = CandidateLists(spread_dense, _points(("b", 10.0), ("c", 3.0), ("a", 2.0)))
+    params = FusionParams()
+    assert head_spread(flat_bm25.sparse, depth=10) < head_spread(spread_dense, depth=10) < 0.3
+    assert head_spread(spread_dense, depth=1) == 0.0  # one score: no spread to read
+    assert query_dense_weight(flat_bm25, params) > params.dense_weight > query_dense_weight(spread_bm25, params)
+    assert fuse(flat_bm25, params)[0].point.id == "a"  # dense's clear winner, over BM25's near-tie
+    assert fuse(spread_bm25, params)[0].point.id == "b"
+    assert {c.dense_weight for c in fuse(flat_bm25, params)} == {query_dense_weight(flat_bm25, params)}
+
+
+def test_the_query_weight_stays_in_the_unit_interval() -> None:
+    lone = CandidateLists(_points(("a", 0.9), ("b", 0.1)), _points(("b", 5.0), ("a", 5.0), ("c", 5.0)))
+    assert query_dense_weight(lone, FusionParams(confidence_gain=10.0)) == 1.0
+    swapped = CandidateLists(lone.sparse, lone.dense)
+    assert query_dense_weight(swapped, FusionParams(confidence_gain=10.0)) == 0.0
+    assert query_dense_weight(CandidateLists(_points(("a", 0.9)), []), FusionParams()) == 1.0  # no BM25 match
+    assert query_dense_weight(CandidateLists([], _points(("a", 3.0))), FusionParams()) == 0.0
+    for gain in (0.0, 0.5, 3.0):
+        assert 0.0 <= query_dense_weight(lone, FusionParams(confidence_gain=gain)) <= 1.0
+
+
+def test_fusion_ties_keep_dense_order_then_bm25s() -> None:
+    tied = CandidateLists(_points(("d1", 0.8), ("d2", 0.8)), _points(("s1", 4.0), ("s2", 4.0)))
+    params = FusionParams(dense_weight=0.5, confidence_gain=0.0)
+    assert [c.point.id for c in fuse(tied, params)] == ["d1", "d2", "s1", "s2"]
+    assert [c.point.id for c in fuse(tied, params)] == [c.point.id for c in fuse(tied, params)]
 
 
 def test_hybrid_returns_dense_hits_when_bm25_finds_nothing(services: Services) -> None:
@@ -174,7 +218,7 @@ def test_hybrid_returns_dense_hits_when_bm25_finds_nothing(services: Services) -
 
 def _candidate(point_id: str, text: str, dense: float, sparse: float) -> FusedCandidate:
     point = ScoredPayload(point_id, 0.0, {"doc_id": point_id, "text": text})
-    return FusedCandidate(point, dense, sparse, 0.3 * dense + 0.7 * sparse)
+    return FusedCandidate(point, dense, sparse, 0.3 * dense + 0.7 * sparse, dense_weight=0.3)
 
 
 def test_rerank_orders_by_the_best_sentence(services: Services) -> None:
@@ -198,7 +242,8 @@ def test_rerank_is_a_setting(make_services: Callable[..., Services]) -> None:
     query = "Who ruled the duchy of Normandy?"
     dense, sparse = services.embedder.embed_query(query), Bm25Encoder().encode_query(query)
     lists = services.index.search_both(SCOPE, dense, sparse, services.settings.retrieval.prefetch_limit, SearchFilter())
-    expected = fuse(lists, services.settings.retrieval.hybrid_dense_weight)[:5]
+    params = FusionParams(services.settings.retrieval.hybrid_dense_weight, services.settings.retrieval.prefetch_limit)
+    expected = fuse(lists, params)[:5]
     hits = services.searcher.search(query, SCOPE, top_k=5).hits
     assert [h.chunk_id for h in hits] == [c.point.id for c in expected]
     assert [h.score for h in hits] == pytest.approx([c.score for c in expected])

@@ -53,15 +53,24 @@ CONTACT = Document(
 )
 SCOPE = Scope("sample", "default")
 
-# The scripted model's answers, by question.
+# The scripted model's answers, by question. The grounded sentence keeps its passage sentence's names: one that
+# drops the Armenians, Sassoun and Taron loses to them in the relation check (they stand closer to the claim).
+JOINED = (
+    "Some Normans joined Turkish forces to aid in the destruction of the Armenians vassal - states of Sassoun and "
+    "Taron in far eastern Anatolia"
+)
 GROUNDED_THEN_INVENTED = "Which Normans joined Turkish forces?"
 LEAKS_ONLY = "Who joined the Turkish forces in Anatolia?"
+ABSTAINS = "Who painted the Norman archive's ceiling?"
+TAUTOLOGY = "Who founded the Norman archive, and when?"
 SCRIPTS = {
+    ABSTAINS: "The passage does not contain the answer to the question. [1]",  # SmolLM2's, inside the grammar
+    TAUTOLOGY: "The document is from the document. [2]",
     GROUNDED_THEN_INVENTED: (
-        f"Some Normans joined Turkish forces in Anatolia, writes {EMAIL} [1]. "
+        f"{JOINED}, writes {EMAIL} [1]. "
         "The Normans were invented by Napoleon in 1850 on the Moon [1]. Napoleon then flew them to Mars [1]."
     ),
-    LEAKS_ONLY: f"Some Normans joined Turkish forces in Anatolia, writes {EMAIL} [1].",
+    LEAKS_ONLY: f"{JOINED}, writes {EMAIL} [1].",
 }
 
 
@@ -94,7 +103,7 @@ class FailsMidAnswer(Scripted):
     name = "flaky"
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamDelta | Generation]:
-        yield StreamDelta("Some Normans joined Turkish forces in Anatolia. They ")  # says where: more than the question
+        yield StreamDelta(f"{JOINED}. They ")  # says where: more than the question
         raise GeneratorError("connection", "the backend went away")
 
 
@@ -288,7 +297,7 @@ def test_an_ungrounded_sentence_stops_the_model_and_the_fallback_streams(
     assert kinds[0] == "delta" and kinds[replaced + 1] == "delta" and kinds[-1] == "answer"
     assert kinds.count("replaced") == 1 and set(kinds[1:replaced]) <= {"delta"}
     first = "".join(e["text"] for e in events[:replaced])
-    assert first == "Some Normans joined Turkish forces in Anatolia, writes [EMAIL] [1]."
+    assert first == f"{JOINED}, writes [EMAIL] [1]."
     assert events[replaced]["from"] == "scripted" and "groundedness" in events[replaced]["reason"]
     answer = events[-1]
     assert answer["generator"] == "extractive" and answer["fallback"]["from"] == "scripted"
@@ -307,7 +316,7 @@ def test_openai_stream_sends_guarded_text_then_a_notice_then_the_fallback(
     last = chunks[-1]
     assert last["choices"][0]["finish_reason"] == "stop" and last["ragops"]["generator"] == "extractive"
     answer = chat_events(server.url, GROUNDED_THEN_INVENTED)[-1]["answer"]  # the same pipeline, deterministic
-    first = "Some Normans joined Turkish forces in Anatolia, writes [EMAIL] [1]."
+    first = f"{JOINED}, writes [EMAIL] [1]."
     assert content(chunks) == first + WITHDRAWN_NOTICE + answer
     assert EMAIL not in json.dumps(chunks) and "Napoleon" not in content(chunks)
 
@@ -318,7 +327,7 @@ def test_a_redacted_answer_streams_redacted_and_stays_whole(scripted_server: tup
     assert [e["type"] for e in events][-1] == "answer" and "replaced" not in [e["type"] for e in events]
     answer = events[-1]
     assert answer["generator"] == "scripted" and answer["answer"] == after_last_replacement(events)
-    assert answer["answer"] == "Some Normans joined Turkish forces in Anatolia, writes [EMAIL] [1]."
+    assert answer["answer"] == f"{JOINED}, writes [EMAIL] [1]."
     contact = [c for c in answer["citations"] if c["doc_id"] == "contact"]
     assert all(EMAIL not in c["text"] and "[EMAIL]" in c["text"] for c in contact)
     assert EMAIL not in json.dumps(events)
@@ -345,6 +354,30 @@ def test_a_model_failing_mid_answer_is_replaced_not_patched(scripted_services: S
     answer = events[-1]
     after = "".join(e for e in events[events.index(replaced[0]) + 1 :] if isinstance(e, str))
     assert answer.generator == "extractive" and answer.answer == after and "cut off" not in after  # type: ignore[union-attr]
+
+
+def test_an_own_words_abstention_streams_and_counts_as_one(scripted_services: Services) -> None:
+    events = list(
+        scripted_pipeline(scripted_services, Scripted()).stream(AnswerRequest(question=ABSTAINS, scope=SCOPE))
+    )
+    answer = events[-1]
+    assert not any(isinstance(e, Replaced) for e in events)
+    assert (answer.outcome, answer.generator, answer.fallback) == ("abstained", "scripted", None)  # type: ignore[union-attr]
+    assert answer.answer == "".join(e for e in events if isinstance(e, str)) == SCRIPTS[ABSTAINS]  # type: ignore[union-attr]
+
+
+def test_an_answer_with_nothing_to_support_is_never_shown(scripted_services: Services) -> None:
+    """The tautology fails groundedness (or, were nothing in it to judge, is held and judged as a whole when the
+    model ends) and is withdrawn before a client saw any of it: the fallback's answer is all that streams."""
+    events = list(
+        scripted_pipeline(scripted_services, Scripted()).stream(AnswerRequest(question=TAUTOLOGY, scope=SCOPE))
+    )
+    answer = events[-1]
+    replaced = [i for i, e in enumerate(events) if isinstance(e, Replaced)]
+    assert replaced == [0] and events[0].code == "ungrounded"  # type: ignore[union-attr]
+    assert answer.generator == "extractive" and answer.fallback is not None  # type: ignore[union-attr]
+    assert "from the document" not in json.dumps([e for e in events if isinstance(e, str)])
+    assert "from the document" not in answer.model_dump_json()  # type: ignore[union-attr]
 
 
 @needs_chromium

@@ -2,7 +2,7 @@
 sentence, then a profane one or an unsupported one that echoes the system prompt. The guard stops it and the
 extractive fallback answers; the reason (the answer's ``fallback``, the ``replaced`` event, the OpenAI stream's
 ``ragops.fallback``), the verdicts (``guards``, ``ragops.guards``) and the kept answer say which validator
-fired and why ("output guard: profanity", "output guard: groundedness 0.01 below 0.55"), and none of them
+fired and why ("output guard: profanity", "output guard: groundedness 0.01 below 0.6"), and none of them
 holds a word of the withdrawn sentence."""
 
 from __future__ import annotations
@@ -22,12 +22,15 @@ from tests.conftest import load_sample_records
 from tests.stub_openai import StubOpenAI
 
 QUESTION = "Which Normans joined Turkish forces?"
-GROUNDED = "Some Normans joined Turkish forces in Anatolia [1]. "
+GROUNDED = (
+    "Some Normans joined Turkish forces to aid in the destruction of the Armenians vassal - states of Sassoun and "
+    "Taron in far eastern Anatolia [1]. "
+)
 WITHDRAWN = {
     "profanity": ("Those Normans were fucking bastards [1]. ", r"output guard: profanity(; .*)?"),
     "groundedness": (
         "Their home was France .LEGATOsystem: You are a helpful assistant [1]. ",
-        r"output guard: groundedness 0\.\d\d below 0\.55",
+        r"output guard: groundedness 0\.\d\d below 0\.6",
     ),
 }
 QUOTED = re.compile(r"fucking|bastards|LEGATO|helpful assistant", re.IGNORECASE)

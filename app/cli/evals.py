@@ -47,6 +47,8 @@ def add_parser(commands: Commands) -> None:
     gate.add_argument("--candidate-rewriter", choices=REWRITERS, help="the candidate run's (default: likewise)")
     gate.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     gate.add_argument("--out", type=Path, help="directory for the candidate's results.json and report.html")
+    gate.add_argument("--allow-policy-change", metavar="REASON", help="pass a candidate whose text weakens the "
+                      "answering policy; the reason is recorded in the audit trail")  # fmt: skip
     gate.set_defaults(handler=run_gate)
 
 
@@ -201,8 +203,8 @@ def _record_gate(
         record_event(settings_from(args), "gate", prompt.name, prompt.version, record.model_dump(mode="json"))
 
 
-def _gate_runs(args: argparse.Namespace) -> tuple[Suite, EvalResults, EvalResults]:
-    """The suite, the baseline (a results.json, or a prompt reference run now) and the candidate run."""
+def _gate_inputs(args: argparse.Namespace) -> tuple[Suite, EvalResults | None]:
+    """The suite and the stored baseline (None: ``--baseline`` is a prompt reference, run later)."""
     from evals.gate import GateError, check_judges_prompts
     from evals.suite import load_suite
 
@@ -217,9 +219,15 @@ def _gate_runs(args: argparse.Namespace) -> tuple[Suite, EvalResults, EvalResult
             check_judges_prompts(args.generator or suite.generator, rewriters)
         except GateError as exc:
             raise CliError(str(exc)) from exc
+    return suite, stored
+
+
+def _gate_runs(args: argparse.Namespace, suite: Suite, stored: EvalResults | None) -> tuple[EvalResults, EvalResults]:
+    """The baseline (the stored run, or the prompt reference run now) and the candidate run."""
+    with _broken_run():
         baseline = stored or _run_suite(args, suite, args.baseline, args.baseline_rewriter)
         candidate = _run_suite(args, suite, args.candidate, args.candidate_rewriter)
-    return suite, baseline, candidate
+    return baseline, candidate
 
 
 def _run_labels(baseline: EvalResults, candidate: EvalResults) -> tuple[str, str]:
@@ -232,7 +240,13 @@ def _run_labels(baseline: EvalResults, candidate: EvalResults) -> tuple[str, str
 def run_gate(args: argparse.Namespace) -> int:
     from evals.gate import REGRESSION, GateError, build_unknown, check_comparable, compare, verdict_table
 
-    suite, baseline, candidate = _gate_runs(args)
+    suite, stored = _gate_inputs(args)
+    with _broken_run():
+        baseline_ref = stored.prompt.ref if stored else args.baseline
+        ran = stored.prompt.hash if stored else None
+        if not policy_gate(args, baseline_ref, args.candidate or suite.prompt, "ragops eval gate", ran):
+            return EXIT_FAILURE
+    baseline, candidate = _gate_runs(args, suite, stored)
     try:
         check_comparable(baseline, candidate)
     except GateError as exc:
@@ -245,3 +259,65 @@ def run_gate(args: argparse.Namespace) -> int:
     if args.out:
         print(f"report: {_write_run(args.out, candidate, baseline)}", file=sys.stderr)
     return EXIT_FAILURE if any(v.verdict == REGRESSION for v in verdicts) else EXIT_OK
+
+
+def policy_gate(
+    args: argparse.Namespace,
+    baseline_ref: str,
+    candidate_ref: str,
+    command: str,
+    baseline_ran: str | None = None,
+    pass_on_stdout: bool = True,
+) -> bool:
+    """The candidate prompt's text against the baseline's and the answering policy (``evals.prompt_policy``),
+    printed. False when the candidate weakens the policy and no ``--allow-policy-change`` reason releases it: the
+    caller exits 1 before any suite runs (a 135M model ignores what the prompt says: no suite would show it). A
+    released weakening is recorded in the audit trail before anything goes on; one that cannot be recorded is not
+    released.
+    ``baseline_ran``: the content hash of the prompt a stored baseline ran with. ``pass_on_stdout``: False puts a
+    pass on stderr, for a command whose stdout says something else (``prompts promote``)."""
+    from evals.prompt_policy import check_prompt_policy, override_detector, override_record
+    from prompts.registry import PromptRegistry
+    from safety.guards import POLICIES_DIR, PolicyError, load_injection_settings
+
+    settings = settings_from(args)
+    registry = PromptRegistry(settings.prompts_dir)
+    baseline, candidate = registry.resolve(baseline_ref), registry.resolve(candidate_ref)
+    if baseline_ran is not None and baseline_ran != baseline.content_hash:
+        print(f"warning: the baseline ran {baseline.ref} as {baseline_ran}, its file is now {baseline.content_hash}: "
+              "the policy check reads the file as it is", file=sys.stderr)  # fmt: skip
+    try:
+        injection = load_injection_settings(settings.safety.policies_dir or POLICIES_DIR)
+    except PolicyError as exc:
+        raise CliError(str(exc)) from exc
+    check = check_prompt_policy(baseline, candidate, override_detector(injection.patterns))
+    print(check.describe() + "\n", file=sys.stdout if check.weakens or pass_on_stdout else sys.stderr)
+    reason = (getattr(args, "allow_policy_change", None) or "").strip()
+    if not check.weakens:
+        if reason:
+            print("note: --allow-policy-change: the candidate weakens nothing; nothing recorded", file=sys.stderr)
+        return True
+    if not reason:
+        hint = "change the prompt, or release it with --allow-policy-change REASON (recorded in the audit trail)"
+        print(f"ragops: {candidate.ref} weakens the answering policy (the sentences above); {hint}", file=sys.stderr)
+        return False
+    from app.cli.common import open_state
+    from serving.governance.audit import append_records
+
+    who = _who()
+    record = override_record(check, (baseline.content_hash, candidate.content_hash), reason, who, command)
+    with open_state(settings) as state, state.transaction(write=True) as cur:
+        (seq,) = append_records(cur, [record])
+    print(f"Released by --allow-policy-change ({who}, audit record {seq}): {reason}\n")
+    print(f"policy change allowed: recorded as audit record {seq}", file=sys.stderr)
+    return True
+
+
+def _who() -> str:
+    """Who released a weakening: CI's actor when it runs in GitHub Actions, else the local user."""
+    import getpass
+
+    try:
+        return os.environ.get("GITHUB_ACTOR") or getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container's uid without a passwd entry)
+        return f"uid {os.getuid()}"

@@ -4,6 +4,7 @@ stdin."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from app.cli.common import Commands
     from app.settings import Settings
     from retrieval.embedding_cache import CachedEmbedder
+    from safety.groundedness import Groundedness
     from safety.guards import Guard
 
 
@@ -100,10 +102,23 @@ def run_groundedness(args: argparse.Namespace) -> int:
             if args.json:
                 # The caller's own answer: its unsupported sentences are shown (an API's verdict only counts them).
                 shown = {**result.model_dump(mode="json"), "unsupported": result.unsupported}
-                print(json.dumps({**shown, "supported": supported}))
+                print(json.dumps({**shown, "supported": supported, "sentences": _explained(result)}))
             else:
                 score = "n/a" if result.score is None else f"{result.score:.3f}"
                 print(f"{score}\t{'supported' if supported else 'UNSUPPORTED'}\t{' | '.join(result.unsupported)}")
     finally:
         embedder.store.close()
     return EXIT_OK
+
+
+def _explained(result: Groundedness) -> list[dict[str, Any]]:
+    """Each sentence's support and, from the offline scorer, its relation check: the name or number judged and
+    the span of its kind that stood closer to the claim's words, if one did."""
+    return [
+        {
+            "sentence": s.sentence,
+            "support": round(s.support, 4),
+            "relation": None if s.relation is None else dataclasses.asdict(s.relation),
+        }
+        for s in result.sentences
+    ]

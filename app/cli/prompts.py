@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from app.cli.common import EXIT_OK, CliError, settings_from
+from app.cli.common import EXIT_FAILURE, EXIT_OK, CliError, settings_from
 from prompts.loader import PromptError
 
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ def add_parser(commands: Commands) -> None:
     promote.add_argument("name")
     promote.add_argument("version")
     promote.add_argument("--label", required=True)
+    promote.add_argument("--allow-policy-change", metavar="REASON", help="release a version whose text weakens the "
+                         "answering policy; the reason is recorded in the audit trail")  # fmt: skip
     promote.set_defaults(handler=run_promote)
     rollback = actions.add_parser("rollback", help="return a label to its previous version")
     rollback.add_argument("name")
@@ -114,7 +116,19 @@ def run_diff(args: argparse.Namespace) -> int:
 
 
 def run_promote(args: argparse.Namespace) -> int:
+    """Released as ``ragops eval gate`` passes a prompt: a version whose text weakens the answering policy against
+    the label's current version (or production's, for a new label) is refused, exit 1, unless
+    ``--allow-policy-change`` gives the reason the audit trail records."""
+    from app.cli.evals import policy_gate
+
     with _prompt_errors(), _live(args) as (registry, labels):
+        live = registry.labels(args.name)
+        current = live.get(args.label) or live.get("production")
+        if current is not None and current != args.version:
+            command = f"ragops prompts promote --label {args.label}"
+            candidate = f"{args.name}@{args.version}"
+            if not policy_gate(args, f"{args.name}@{current}", candidate, command, pass_on_stdout=False):
+                return EXIT_FAILURE
         prompt = registry.promote(args.name, args.version, args.label)  # the release's hash, in git's file
         labels.release(prompt, args.label, "cli")  # the live label and its lineage, together
     print(f"{args.name}@{args.label} -> {prompt.version} (hash {prompt.content_hash})")

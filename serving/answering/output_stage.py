@@ -74,6 +74,8 @@ class OutputGuard:
         if sentences.stopped is not None:
             return (yield from self._replace(turn, sentences, request))
         self._record(turn, sentences)
+        if sentences.verdict is not None:
+            turn.verdicts.citation_check = sentences.citations
         return replace(outcome, generation=replace(outcome.generation, text=sentences.text))
 
     def _replace(
@@ -96,6 +98,7 @@ class OutputGuard:
             return generation
         assert checked.verdict is not None
         turn.verdicts.fallback_output = checked.verdict
+        turn.verdicts.citation_check = checked.citations  # the answer shown is the fallback's
         self._add_latency(turn, checked.verdict)
         fallback = Fallback(from_=sentences.generator, reason=reason)
         return ChainResult(replace(generation, text=checked.text), self._fallback.name, fallback)

@@ -18,10 +18,10 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 
 from prompts.loader import Prompt
+from serving.answering.abstention import Abstain
 from serving.answering.fallback import ChainDelta
 from serving.answering.output_stage import OutputGuard
 from serving.answering.stages import (
-    Abstain,
     CachedAnswers,
     Cite,
     ComposePrompt,

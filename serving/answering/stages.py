@@ -239,41 +239,6 @@ class ScreenPassages:
             turn.hits = [replace(turn.hits[i], text=text) for i, text in kept]
 
 
-class Abstain:
-    """When no passage is similar enough to the question, or the passage that held the answer was dropped by the
-    screen, say the documents do not hold the answer and call no model."""
-
-    def __init__(self, embedder: CachedEmbedder, threshold: float) -> None:
-        self._embedder = embedder
-        self._threshold = threshold
-
-    def run(self, turn: Turn) -> Answer | None:
-        turn.relevance = self._relevance(turn, turn.hits)
-        if turn.relevance is not None and turn.relevance >= self._threshold and not self._answer_was_dropped(turn):
-            return None
-        return turn.ended("abstained", NOT_IN_DOCUMENTS)
-
-    def _answer_was_dropped(self, turn: Turn) -> bool:
-        """The rule: abstain when a dropped passage is at least as close to the question as every kept one. The
-        closest passage is the one the answer would come from; once it is gone, what is left is by the same
-        measure further from the question, and an answer from it is about something else (the extractive
-        generator quoted an unrelated passage). The price: a flagged document silences the questions it is
-        closest to, rather than letting something else answer them; the ingest report names it for removal."""
-        dropped = self._relevance(turn, turn.dropped)
-        if dropped is None:
-            return False
-        return turn.relevance is None or dropped >= turn.relevance
-
-    def _relevance(self, turn: Turn, hits: list[Hit]) -> float | None:
-        """Best cosine between the question and one of ``hits`` (chunk vectors come from the cache)."""
-        if not hits:
-            return None
-        query = turn.query_vector  # set by the cache lookup, which always runs first
-        assert query is not None
-        vectors = self._embedder.embed([hit.embedding_text for hit in hits])
-        return round(float(np.max(vectors @ query)), 4)
-
-
 class ComposePrompt:
     """The versioned prompt over numbered passages, each cut to its best sentences for an LLM."""
 
@@ -332,10 +297,12 @@ class Cite:
     def run(self, turn: Turn, result: ChainResult) -> Answer:
         text, citations = resolve_citations(result.generation.text, turn.hits, self._redact)
         checked = turn.verdicts.fallback_output or turn.verdicts.output
-        # A model that says the passages lack the answer abstains, as the similarity rule does; ``generator``
-        # tells the two apart.
+        # A model that says the passages lack the answer, in the fixed sentence or its own words, abstains, as the
+        # similarity rule does; ``generator`` tells the two apart.
+        abstained = says_not_in_documents(text)
+        moved = turn.verdicts.citation_check.moved if turn.verdicts.citation_check is not None else 0
         return turn.ended(
-            "abstained" if says_not_in_documents(text) else "answered",
+            "abstained" if abstained else "answered",
             text,
             citations=citations,
             generator=result.generator,
@@ -343,4 +310,5 @@ class Cite:
             fallback=result.fallback,
             usage=result.generation.usage,
             groundedness=checked.groundedness if checked is not None else None,
+            citations_moved=moved,
         )

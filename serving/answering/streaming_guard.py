@@ -7,6 +7,11 @@ the client reads it. Checking sentence by sentence loses nothing: groundedness i
 and the PII, profanity and citation checks look at spans within one. Flag-only validators (citation validity,
 which asks whether the answer as a whole cites a passage) judge the whole answer at the end. The verdicts of
 the parts merge into one ``GuardVerdict``, the shape the whole-answer guard gave.
+
+A sentence that cites a passage and passes is also scored against that passage alone (the groundedness
+backend; the passages' sentence vectors are in the embedder's cache): a marker that points at a passage which
+does not support it is moved to the shown passage that does, and a sentence no single passage supports fails
+the groundedness step, which withdraws the answer.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import cast
 
-from prompts.citations import MARKER
-from safety.groundedness import Groundedness
-from safety.guards import Guard, GuardAction, GuardVerdict, answer_evidence
+from prompts.citations import CITATION, MARKER, cited_numbers
+from safety.groundedness import Groundedness, GroundednessBackend, answer_sentences, is_abstention
+from safety.guards import GROUNDEDNESS_CHECK, Guard, GuardAction, GuardStep, GuardVerdict, answer_evidence
 from safety.pii import PRIVATE_KEY_BEGIN
-from serving.contracts.answer import SPACE_RUN, drop_invalid_citations
+from serving.contracts.answer import SPACE_RUN, CitationCheck, drop_invalid_citations
 
 # A sentence's end: a terminator, closing quotes or brackets, and the citation markers some models put after it.
 _SENTENCE_END = re.compile(rf"[.!?][\"')\]\u00bb\u201d\u2019]*(?:\s*{MARKER})*$")
@@ -28,6 +34,7 @@ _MAYBE_MARKER = re.compile(r"\s*(?:\[[\d,\s]*)?")  # the stream so far could sti
 _OPEN_MARKER = re.compile(r"\[[\d,\s]*$")  # a citation marker not closed yet, e.g. "[1, "
 # The one PII pattern that spans lines: a private key block is one sentence, or its body would leave unredacted.
 _OPEN_KEY_BLOCK = re.compile(rf"{PRIVATE_KEY_BEGIN}(?![\s\S]*-----END)")
+UNCITABLE = "groundedness: a cited sentence is supported by no single passage"
 
 
 class SentenceSplitter:
@@ -81,24 +88,32 @@ def _ends_sentence(text: str, whitespace_at: int) -> bool:
 @dataclass(frozen=True)
 class SplitGuard:
     """One output policy, split: the validators checked on every sentence, and the flag-only ones checked on the
-    whole answer."""
+    whole answer; ``grounding``, the policy's groundedness step, whose backend also checks citations."""
 
     sentence: Guard
     answer: Guard
+    grounding: GuardStep | None = None
 
     @classmethod
     def of(cls, guard: Guard) -> SplitGuard:
         per_sentence = [step for step in guard.steps if step.action != "flag"]
         per_answer = [step for step in guard.steps if step.action == "flag"]
-        return cls(Guard(guard.name, per_sentence), Guard(guard.name, per_answer))
+        grounding = next((step for step in guard.steps if step.kind == GROUNDEDNESS_CHECK), None)
+        return cls(Guard(guard.name, per_sentence), Guard(guard.name, per_answer), grounding)
+
+    @property
+    def backend(self) -> GroundednessBackend | None:
+        """The groundedness step's backend (``Grounded.scorer``), or None without one."""
+        scorer = getattr(self.grounding.validator, "scorer", None) if self.grounding is not None else None
+        return cast(GroundednessBackend, scorer) if hasattr(scorer, "score") and hasattr(scorer, "threshold") else None
 
 
 class SentenceGuard:
     """One answer's stream through the output guard. ``feed`` takes deltas and returns the sentences released
-    (redacted, invalid citation markers dropped, the answer's outer whitespace trimmed): joined, they are the
-    answer's final text. The first sentence whose verdict is in ``stop_on`` stops the answer: it and everything
-    after it are withheld and ``stopped`` holds its verdict. ``guard`` None: sentences are only cleaned.
-    ``generator``: whose answer it is."""
+    (redacted, citation markers checked against their passage, invalid ones dropped, the answer's outer whitespace
+    trimmed): joined, they are the answer's final text. The first sentence whose verdict is in ``stop_on`` stops
+    the answer: it and everything after it are withheld and ``stopped`` holds its verdict. ``guard`` None:
+    sentences are only cleaned. ``generator``: whose answer it is."""
 
     def __init__(
         self, guard: SplitGuard | None, contexts: list[str], stop_on: Collection[GuardAction] = (), generator: str = "",
@@ -106,14 +121,17 @@ class SentenceGuard:
     ) -> None:  # fmt: skip
         self._guard = guard
         self.generator = generator
+        self._contexts, self._question = contexts, question
         self._evidence = answer_evidence(contexts, question)
         self._stop_on = frozenset(stop_on)
         self._splitter = SentenceSplitter()
         self._checked: list[str] = []  # after redaction, before citation cleaning: what flag validators judge
         self._released: list[str] = []
         self._trailing = ""  # whitespace held back from the last piece released
+        self._carried = ""  # a piece that claims nothing, waiting to be checked with the next
         self.verdict: GuardVerdict | None = None if guard is None else GuardVerdict(action="pass")
         self.stopped: GuardVerdict | None = None
+        self.citations = CitationCheck()
 
     @property
     def text(self) -> str:
@@ -127,15 +145,20 @@ class SentenceGuard:
         """The last sentence, then the whole-answer checks."""
         if self.stopped:
             return []
-        released = self._release([self._splitter.finish().rstrip()])
+        released = self._release([self._splitter.finish().rstrip()], last=True)
         if not self.stopped:
             self._check_answer()
         return released
 
-    def _release(self, pieces: list[str]) -> list[str]:
+    def _release(self, pieces: list[str], last: bool = False) -> list[str]:
         released = []
-        for piece in pieces:
+        for i, piece in enumerate(pieces):
+            piece, self._carried = self._carried + piece, ""
             if not piece.strip():
+                continue
+            if not (last and i == len(pieces) - 1) and not answer_sentences(piece) and not is_abstention(piece):
+                # "No." or "Sorry." claims nothing alone (a lone one scores 0): it goes with the next sentence.
+                self._carried = piece
                 continue
             checked = self._check(piece)
             if checked is None:
@@ -152,16 +175,49 @@ class SentenceGuard:
 
     def _check(self, piece: str) -> str | None:
         """The piece as it may be shown, or None when its verdict stops the answer."""
+        passages = int(self._evidence["passages"])
         if self._guard is None:
-            return drop_invalid_citations(piece, int(self._evidence["passages"]))
+            return drop_invalid_citations(piece, passages)
         verdict = self._guard.sentence.check(piece, self._evidence)
-        self._checked.append(verdict.text)
+        grounded = verdict.groundedness
+        text = verdict.text
+        if verdict.action not in self._stop_on and grounded is not None and grounded.score is not None:
+            text = self._check_citations(text, verdict)  # a claim the guard lets through: does its passage hold it?
+        self._checked.append(text)
         self._merge(verdict)
         if verdict.action in self._stop_on:
             self.stopped = verdict
             self._check_answer()
             return None
-        return drop_invalid_citations(verdict.text, int(self._evidence["passages"]))
+        return drop_invalid_citations(text, passages)
+
+    def _check_citations(self, text: str, verdict: GuardVerdict) -> str:
+        """The sentence with its citation moved to the passage that supports it alone, when the one it cites does
+        not; a sentence no single passage supports fires the groundedness step (its action withdraws it)."""
+        grounding = self._guard.grounding if self._guard is not None else None
+        backend = self._guard.backend if self._guard is not None else None
+        if backend is None or grounding is None or not CITATION.search(text):
+            return text
+        shown = range(1, len(self._contexts) + 1)
+        cited = [n for n in dict.fromkeys(cited_numbers(text)) if n in shown]
+        moved = 0
+        if not (cited and self._supports(backend, text, cited)):
+            supporting = [(score, n) for n in shown if n not in cited if (score := self._support(backend, text, n))]
+            if supporting:
+                text, moved = _cite_instead(text, max(supporting)[1]), 1
+            else:
+                verdict.fire(grounding.name, grounding.action, UNCITABLE, kind=grounding.kind)
+        self.citations = CitationCheck(checked=self.citations.checked + 1, moved=self.citations.moved + moved)
+        return text
+
+    def _supports(self, backend: GroundednessBackend, text: str, numbers: list[int]) -> bool:
+        result = backend.score(text, [self._contexts[n - 1] for n in numbers], question=self._question)
+        return result.score is not None and result.score >= backend.threshold
+
+    def _support(self, backend: GroundednessBackend, text: str, number: int) -> float:
+        """The support of ``text`` by passage ``number`` alone; 0 below the threshold."""
+        score = backend.score(text, [self._contexts[number - 1]], question=self._question).score
+        return score if score is not None and score >= backend.threshold else 0.0
 
     def _check_answer(self) -> None:
         if self._guard is not None and self._guard.answer.steps:
@@ -178,6 +234,12 @@ class SentenceGuard:
         if part.similarity is not None:
             merged.similarity = max(merged.similarity or 0.0, part.similarity)
         merged.text = "".join(self._checked)
+
+
+def _cite_instead(text: str, number: int) -> str:
+    """The sentence citing passage ``number``: its last marker rewritten, the others dropped."""
+    last = list(CITATION.finditer(text))[-1]
+    return SPACE_RUN.sub(" ", CITATION.sub("", text[: last.start()]) + f"[{number}]" + text[last.end() :])
 
 
 def lowest(a: Groundedness | None, b: Groundedness | None) -> Groundedness | None:

@@ -67,6 +67,17 @@ class QueryRewrite(BaseModel):
     ms: float = 0.0
 
 
+class CitationCheck(BaseModel):
+    """The output guard's check of the answer's cited sentences, each scored against the passage it cites alone:
+    counts only, never the sentences (a withdrawn one must not come back through it). A checked sentence that no
+    single passage supports is withdrawn: the output verdict's groundedness finding says so."""
+
+    model_config = ConfigDict(frozen=True)
+
+    checked: int = Field(0, description="Cited sentences scored against the passage they cite.")
+    moved: int = Field(0, description="Of those, sentences whose marker was moved to the passage that supports them.")
+
+
 class GuardVerdicts(BaseModel):
     """Every guard's verdict on one request; a guard that did not run is left out."""
 
@@ -75,6 +86,9 @@ class GuardVerdicts(BaseModel):
     output: GuardVerdict | None = Field(None, exclude_if=is_none)
     fallback_output: GuardVerdict | None = Field(
         None, exclude_if=is_none, description="The output guard on the fallback's answer."
+    )
+    citation_check: CitationCheck | None = Field(
+        None, exclude_if=is_none, description="The cited sentences of the answer shown, checked against their passage."
     )
 
     def fired(self) -> list[tuple[str, Fired]]:
@@ -113,6 +127,9 @@ class Answer(BaseModel):
     )
     guards: GuardVerdicts | None = None
     groundedness: Groundedness | None = None
+    citations_moved: int = Field(
+        0, description="Sentences whose citation marker the output guard moved to the passage that supports them."
+    )
 
 
 ANSWER_ID = re.compile(r"^(ans_|chatcmpl-)[0-9a-f]{32}$")
