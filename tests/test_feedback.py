@@ -416,8 +416,11 @@ def test_thumbs_down_on_the_page_reaches_an_exported_suite_that_gates_a_regressi
     assert sample.question == QA_QUESTION and sample.answers == ("5,984",) and sample.reference_doc_ids == ("p1138",)
     prompts = planted_prompts(tmp_path / "prompts")
     common: dict[str, Any] = {"data_dir": tmp_path / "eval-data", "models_dir": models_dir, "prompts_dir": prompts}
+    # v94, the planted version that drops citations, weakens the answering policy: the override lets the exported
+    # suite judge it too (tests/test_prompt_policy.py tests the policy check itself).
     gate = ragops_eval("gate", str(suite_file), "--baseline", "rag_answer@production", "--candidate",
-                       "rag_answer@v94", **common)  # fmt: skip  # v94: the planted version that drops citations
+                       "rag_answer@v94", "--allow-policy-change", "tests: the suite judges it too",
+                       **common)  # fmt: skip
     assert gate.returncode == 1, gate.stdout + gate.stderr
     assert "citation_format" in gate.stdout and "regression" in gate.stdout
     same = ragops_eval("gate", str(suite_file), "--baseline", "rag_answer@production", **common)
