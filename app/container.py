@@ -41,11 +41,10 @@ from retrieval.search import Searcher
 from retrieval.sparse import Bm25Encoder
 from retrieval.validation import DocumentLimits
 from serving.answering.abstention import Abstain, AbstentionCalibration
-from serving.answering.answer_cache import AnswerCache
+from serving.answering.answer_cache import AnswerCache, IndexDigest
 from serving.answering.conversations import ConversationStore
 from serving.answering.extractive import ExtractiveGenerator
 from serving.answering.fallback import FallbackChain
-from serving.answering.index_digest import IndexDigest
 from serving.answering.llamacpp.supervisor import LlamaCppGenerator
 from serving.answering.output_stage import OutputGuard
 from serving.answering.pipeline import RagPipeline, Stages

@@ -31,7 +31,7 @@ from app.settings import load_settings  # noqa: E402
 from bench.corpora import emit, percentile  # noqa: E402
 from retrieval.documents import Document, Section  # noqa: E402
 from retrieval.index import Scope  # noqa: E402
-from serving.answering.index_digest import IndexDigest  # noqa: E402
+from serving.answering.answer_cache import IndexDigest  # noqa: E402
 from serving.contracts.answer import AnswerRequest  # noqa: E402
 from serving.governance.access import KeyLimits, Principal, Role, default_role_limits  # noqa: E402
 from serving.governance.rate_limits import RateLimits  # noqa: E402

@@ -15,7 +15,7 @@ from bench.build_small_corpora import built
 from retrieval.index import Scope
 from retrieval.loaders import load_paths
 from serving.answering.abstention import CEILING, AbstentionCalibration
-from serving.answering.index_digest import IndexDigest
+from serving.answering.answer_cache import IndexDigest
 from serving.contracts.answer import AnswerRequest
 from serving.contracts.generation import NOT_IN_DOCUMENTS
 from tests.conftest import sample_documents

@@ -20,7 +20,7 @@ import pytest
 from app.container import Services
 from retrieval.documents import Document, Section
 from retrieval.index import Scope
-from serving.answering.index_digest import IndexDigest
+from serving.answering.answer_cache import IndexDigest
 from tests.conftest import ROOT, load_sample_records, sample_documents
 from tests.live_server import LiveServer, LiveServers
 

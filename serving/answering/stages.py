@@ -177,7 +177,7 @@ class CachedAnswers:
             question=normalise_question(turn.retrieval_query),
             collection=scope.collection,
             tenant=scope.tenant,
-            index_version=self._index_version(scope),  # a digest of the scope's documents (index_digest)
+            index_version=self._index_version(scope),  # a digest of the scope's documents (answer_cache.IndexDigest)
             prompt=f"{prompt.ref}#{prompt.content_hash}",
             generator=self._generator,
             top_k=turn.request.top_k,
