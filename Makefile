@@ -19,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup system vllm run doctor ingest serve docs test compliance bench clean
+.PHONY: setup system vllm peer run doctor ingest serve docs test compliance bench clean
 
 setup: $(STAMP)
 
@@ -66,6 +66,15 @@ $(VLLM_VENV)/.installed:
 
 $(VLLM_MODEL)/config.json: | setup
 	$(PY) -m serving.answering.vllm_model $(VLLM_MODEL)
+
+# bench/peer_poc.py, the LangChain POC ragops is compared with, in its own venv (the product never imports it).
+peer: .venv-peer/.installed
+
+.venv-peer/.installed: bench/peer-requirements.txt
+	$(PYTHON) -m venv .venv-peer
+	.venv-peer/bin/python -m pip install --quiet torch==2.13.0
+	.venv-peer/bin/python -m pip install --quiet -r bench/peer-requirements.txt
+	touch $@
 
 # What would stop `make run` from answering, one line each with what to do (the llama.cpp build against this CPU
 # too, in a child process). Advisory: with a broken generator the server still answers, with the extractive one.

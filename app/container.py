@@ -311,18 +311,17 @@ def build_pipeline(services: Services) -> RagPipeline:
     prompts = services.prompts
     guards = build_guards(settings, services.embedder)
     embedder = services.embedder
+    index_digest = IndexDigest(services.index, lambda: services.ingestor.version)
+    calibration = build_abstention_calibration(services)
+    if calibration is not None:  # measured as documents change, not on the first question after
+        services.ingestor.after_change(lambda scope: calibration.for_scope(scope, index_digest(scope)))
     stages = Stages(
         input_guard=InputGuard(guards.input if guards else None),
         rewrite=RewriteQuery(build_rewriter(settings, primary), guards.input if guards else None),
-        cache=CachedAnswers(
-            services.answer_cache,
-            embedder,
-            IndexDigest(services.index, lambda: services.ingestor.version),
-            primary.name,
-        ),
+        cache=CachedAnswers(services.answer_cache, embedder, index_digest, primary.name),
         retrieve=Retrieve(services.searcher),
         screen=ScreenPassages(guards),
-        abstain=Abstain(embedder, settings.answering.abstain_below, build_abstention_calibration(services)),
+        abstain=Abstain(embedder, settings.answering.abstain_below, calibration),
         # The extractive generator ranks sentences itself: compressing its context first would do it twice.
         compose=ComposePrompt(embedder, 0 if primary.name == "extractive" else settings.answering.context_sentences),
         generate=Generate(chain),

@@ -14,7 +14,13 @@ from app.settings import Settings, flat_settings
 from app.startup import start_step
 from evals.ragas_metrics import JudgeConfig
 from retrieval.embedding import Embedder, build_embedder, model_fingerprint, onnx_export_path, resolve_model_dir
-from retrieval.embedding_cache import CachedEmbedder, EmbeddingStore, SeededEmbeddingStore, SqliteEmbeddingStore
+from retrieval.embedding_cache import (
+    CachedEmbedder,
+    EmbeddingStore,
+    MemoryFront,
+    SeededEmbeddingStore,
+    SqliteEmbeddingStore,
+)
 from retrieval.index import FusionParams, VectorIndex
 from retrieval.offline import apply_offline_environment
 from retrieval.rerank import RerankWeights, SentenceReranker
@@ -242,6 +248,9 @@ def build_groundedness(settings: Settings, embedder: CachedEmbedder) -> Grounded
     return GroundednessScorer(embedder.embed_questions, settings.safety.groundedness_threshold)
 
 
+INPUT_VERDICTS_KEPT = 4096  # the input guard's verdicts on recent questions: a repeated one is not checked again
+
+
 def build_guards(settings: Settings, embedder: CachedEmbedder) -> Guards | None:
     if not settings.safety.guards:
         return None
@@ -259,7 +268,7 @@ def build_guards(settings: Settings, embedder: CachedEmbedder) -> Guards | None:
     detector.warm()  # not on the first question
     context = GuardContext(detector, build_groundedness(settings, embedder))
     return Guards(
-        input=build_guard("input", policies / "input.yaml", context),
+        input=build_guard("input", policies / "input.yaml", context, remember=INPUT_VERDICTS_KEPT),
         output=build_guard("output", policies / "output.yaml", context),
         context=PatternDetector(injection.passage_patterns),
         context_action=load_context_action(policies),
@@ -338,7 +347,7 @@ def build_cached_embedder(settings: Settings, embedder: Embedder | None = None) 
     store: EmbeddingStore = SqliteEmbeddingStore(embedding_cache_path(settings))
     if settings.embedding.embedding_seed is not None:
         store = SeededEmbeddingStore(store, SqliteEmbeddingStore(settings.embedding.embedding_seed))
-    return CachedEmbedder(embedder, store, lru_size=settings.embedding.query_cache_size)
+    return CachedEmbedder(embedder, MemoryFront(store), lru_size=settings.embedding.query_cache_size)
 
 
 def embedder_load_step(settings: Settings) -> str:

@@ -279,8 +279,8 @@ def usage_between(samples: list[Sample], start: float, end: float) -> tuple[floa
     return round(cores, 2), round(max(s.rss_mb for s in inside), 1)
 
 
-def write_plan(path: Path, servers: list[LiveServer], workload: Workload, rate: float, step_s: float,
-               unique: list[str], seed: int) -> Path:  # fmt: skip
+def write_plan(path: Path, servers: list[Any], workload: Workload, rate: float, step_s: float,
+               unique: list[str], seed: int, extra: dict[str, Any] | None = None) -> Path:  # fmt: skip
     users = max(1, round(rate * USER_PERIOD_S))
     plan = {"hosts": [s.url for s in servers], "start_at": 0.0, "lead_s": SPAWN_LEAD_S, "duration_s": step_s,
             "rate": rate, "users": users, "repeated": workload.repeated, "unique": unique,
@@ -288,7 +288,7 @@ def write_plan(path: Path, servers: list[LiveServer], workload: Workload, rate: 
             "chat_collection": CHAT, "ingest_collection": TRICKLE, "ingest_every_s": INGEST_EVERY_S,
             "ingest_documents": workload.trickle[seed * 100:(seed + 1) * 100],
             "records_path": str(path.with_suffix(".records.jsonl")), "seed": seed}  # fmt: skip
-    path.write_text(json.dumps(plan))
+    path.write_text(json.dumps(plan | (extra or {})))
     return path
 
 
@@ -310,8 +310,11 @@ def run_locust(plan_path: Path, users: int, step_s: float, log: Path) -> tuple[d
     return json.loads(records_path.read_text()), used
 
 
-def run_step(servers: list[LiveServer], workload: Workload, rate: float, step_s: float, unique: list[str],
-             seed: int, work: Path) -> StepResult:  # fmt: skip
+def run_step(servers: list[Any], workload: Workload, rate: float, step_s: float, unique: list[str],
+             seed: int, work: Path, plan_extra: dict[str, Any] | None = None,
+             slo_ms: dict[str, float] | None = None, profile: Path | None = None) -> StepResult:  # fmt: skip
+    """One step; ``servers``: ``LiveServer``s, or anything with ``url`` and ``process`` (the peer). ``profile``: a
+    py-spy record of the first server's process over the step, written there (raw, collapsed stacks)."""
     plan = write_plan(
         path=work / f"plan-{seed}.json",
         servers=servers,
@@ -320,10 +323,11 @@ def run_step(servers: list[LiveServer], workload: Workload, rate: float, step_s:
         step_s=step_s,
         unique=unique,
         seed=seed,
+        extra=plan_extra,
     )
     processes = processes_of([s.process.pid for s in servers])
     started = time.monotonic()
-    with sampling(processes) as samples:
+    with sampling(processes) as samples, profiling(servers[0].process.pid, step_s, profile):
         written, locust_cpu = run_locust(plan, max(1, round(rate * USER_PERIOD_S)), step_s, work / f"locust-{seed}.log")
     wall = time.monotonic() - started
     records: list[dict[str, Any]] = written["records"]
@@ -334,8 +338,23 @@ def run_step(servers: list[LiveServer], workload: Workload, rate: float, step_s:
         server_cpu_cores=cores, server_rss_mb_peak=rss_mb,
         locust_cpu_cores=round(locust_cpu / wall, 2),
     )  # fmt: skip
-    result.slo_failures = slo_failures(records, result.by_type)
+    result.slo_failures = slo_failures(records, result.by_type, slo_ms or SLO_P95_MS)
     return result
+
+
+@contextmanager
+def profiling(pid: int, step_s: float, out: Path | None) -> Iterator[None]:
+    """py-spy sampling the process (100 Hz, without pausing it) over the step's arrivals, when ``out`` is set."""
+    if out is None:
+        yield
+        return
+    argv = [str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--pid", str(pid), "--rate", "100", "--nonblocking",
+            "--format", "raw", "--output", str(out), "--duration", f"{SPAWN_LEAD_S + step_s:.0f}"]  # fmt: skip
+    spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        spy.wait(timeout=120)
 
 
 # --- figures and SLOs -------------------------------------------------------------------------------------
@@ -358,12 +377,12 @@ def figures_by_type(records: list[dict[str, Any]], step_s: float) -> dict[str, T
     return by_type
 
 
-def slo_failures(records: list[dict[str, Any]], by_type: dict[str, TypeFigures]) -> list[str]:
+def slo_failures(records: list[dict[str, Any]], by_type: dict[str, TypeFigures], slo_ms: dict[str, float]) -> list[str]:
     failures = []
     server_errors = sum(r["status"] >= 500 or r["status"] == 0 for r in records)
     if server_errors:
         failures.append(f"{server_errors} requests with 5xx or no response")
-    for kind, limit in SLO_P95_MS.items():
+    for kind, limit in slo_ms.items():
         figures = by_type.get(kind)
         if figures is None:
             failures.append(f"{kind}: no requests")
@@ -431,6 +450,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rerank", nargs="+", default=["off", "on"], choices=["off", "on"])
     parser.add_argument("--passages", type=int, default=300)
     parser.add_argument("--models-dir", type=Path, default=ROOT / ".ragops" / "models")
+    parser.add_argument(
+        "--scenario",
+        choices=["mixed", "operator"],
+        default="mixed",
+        help="operator: each step right after an ingest of unseen documents (bench/load_operator.py)",
+    )
+    parser.add_argument("--peer", action="store_true", help="operator: the LangChain POC too (make peer)")
+    parser.add_argument("--peer-start", type=float, default=5.0, help="operator: the peer's first rate")
+    parser.add_argument("--profile", type=Path, help="operator: py-spy's raw stacks of the first step, written here")
+    parser.add_argument("--baseline", metavar="COMMIT", help="operator: that commit's ragops too, in the same run")
     parser.add_argument("--out", type=Path)
     return parser.parse_args()
 
@@ -445,6 +474,8 @@ def start_backing(work: Path, processes: list[int]) -> Backing | None:
 
 def main() -> int:
     args = parse_args()
+    if args.scenario == "operator":
+        return operator_main(args)
     configs = [Config(p, r == "on") for p in args.processes for r in args.rerank]
     started = time.monotonic()
     results: dict[str, Any] = {}
@@ -462,6 +493,24 @@ def main() -> int:
             if backing is not None:
                 backing.stop()
     results["method"] = method(args, time.monotonic() - started)
+    emit(results, args.out)
+    return 0
+
+
+def operator_main(args: argparse.Namespace) -> int:
+    from bench import load_operator
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ragops-bench-operator-") as tmp:
+        try:
+            results = load_operator.measure(args, Path(tmp), base_env(args.models_dir))
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False, timeout=60)
+    results["method"] = (
+        f"{load_operator.__doc__}\nopen loop, {args.step_s:g} s a step, rates {sorted(args.rates)} (ragops from "
+        f"{SLO_RATE:g}/s, the peer from {args.peer_start:g}/s, up while the SLOs hold, else down); "
+        f"whole run {time.monotonic() - started:.0f} s"
+    )
     emit(results, args.out)
     return 0
 

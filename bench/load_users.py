@@ -29,7 +29,7 @@ import gevent  # type: ignore[import-untyped]
 from locust import User, events, task
 from locust.contrib.fasthttp import FastHttpUser
 
-# The mix of request types, by share of arrivals.
+# The mix of request types, by share of arrivals (the plan may give its own).
 MIX = {"chat_cached": 50, "chat_unique": 30, "search": 15, "chat_stream": 5}
 IDLE_S = 3600.0  # a finished user's wait: the run ends before it does
 
@@ -51,6 +51,9 @@ class Plan:
     ingest_documents: list[dict[str, str]]
     records_path: str
     seed: int
+    mix: dict[str, int] = field(default_factory=lambda: dict(MIX))
+    api: str = "ragops"  # or "peer": bench/peer_poc.py's /chat and /search
+    api_key: str | None = None  # sent as a bearer key (ragops)
     records: list[dict[str, Any]] = field(default_factory=list)
     finished: int = 0  # users past the step's last arrival
 
@@ -98,10 +101,20 @@ def record(name: str, response_time: float, response: Any, exception: Any, conte
     if "plan" not in context:
         return
     status = int(getattr(response, "status_code", 0) or 0)
+    if name == "chat_cached" and status == 200 and not answered_from_cache(response):
+        name = "chat_unique"  # a repeated question's first ask (no warm-up): it is answered, not looked up
     context["plan"].records.append({
         "type": name, "status": status, "latency_ms": response_time, "lag_ms": context["lag_ms"],
         "error": None if exception is None else type(exception).__name__,
     })  # fmt: skip
+
+
+def answered_from_cache(response: Any) -> bool:
+    """ragops says so in the answer; the peer has no cache (its answers say nothing, and count as not cached)."""
+    try:
+        return bool(response.json().get("cached"))
+    except (ValueError, AttributeError):
+        return False
 
 
 def write_records(environment: Any, **_: Any) -> None:
@@ -144,10 +157,19 @@ class ScheduledUser(FastHttpUser):
             self.done = True
             finish(self, self.plan)
             return
-        kind = self.random.choices(list(MIX), weights=list(MIX.values()))[0]
+        kind = self.random.choices(list(self.plan.mix), weights=list(self.plan.mix.values()))[0]
         context = {"plan": self.plan, "lag_ms": max(0.0, (time.time() - due) * 1000)}
-        path, body = self.request_for(kind)
-        self.client.post(f"{self.base}{path}", json=body, name=kind, context=context)
+        path, body = self.request_for(kind) if self.plan.api == "ragops" else self.peer_request_for(kind)
+        headers = {"Authorization": f"Bearer {self.plan.api_key}"} if self.plan.api_key else {}
+        self.client.post(f"{self.base}{path}", json=body, name=kind, context=context, headers=headers)
+
+    def peer_request_for(self, kind: str) -> tuple[str, dict[str, Any]]:
+        """The peer POC's routes: no collections, no cache (a repeated question is answered again)."""
+        if kind == "search":
+            return "/search", {"query": self.random.choice(self.plan.searches), "top_k": 4}
+        if kind == "chat_cached":
+            return "/chat", {"question": self.random.choice(self.plan.repeated)}
+        return "/chat", {"question": next(self.plan.unique_left)}
 
     def request_for(self, kind: str) -> tuple[str, dict[str, Any]]:
         collection = self.plan.chat_collection

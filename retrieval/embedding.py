@@ -129,7 +129,6 @@ class OnnxEmbedder(_LocalModelEmbedder):
     def __init__(self, model_name: str, models_dir: Path, batch_size: int = 32, threads: int | None = None) -> None:
         import json
 
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         model_dir = resolve_model_dir(model_name)
@@ -149,10 +148,9 @@ class OnnxEmbedder(_LocalModelEmbedder):
         self._counter = Tokenizer.from_file(str(model_dir / "tokenizer.json"))  # untruncated, for budgets
         self._counter.no_truncation()
         self._counter.no_padding()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self._threads = threads or min(4, os.cpu_count() or 1)
+        self._session = self._new_session(1)
+        self._batch_session: Any = None  # made on the first large batch (an ingest)
         self._batch_size = batch_size
         self._dimension = int(json.loads((model_dir / "config.json").read_text())["hidden_size"])
 
@@ -165,11 +163,32 @@ class OnnxEmbedder(_LocalModelEmbedder):
             out[batch] = self._embed_batch([texts[i] for i in batch])
         return out
 
+    def _new_session(self, threads: int) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # Idle pool threads sleep instead of spinning: spinning burnt about as much CPU as the work itself on a
+        # loaded 2-core server (7.5 against 3.9 ms of CPU for one question's vector, bench/load.py's profile).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
+
+    def _session_for(self, texts: int) -> Any:
+        """One thread for a request's few texts (concurrent requests use the other cores), every core for an
+        ingest's full batches."""
+        if texts < self._batch_size or self._threads == 1:
+            return self._session
+        with self._export_lock:
+            if self._batch_session is None:
+                self._batch_session = self._new_session(self._threads)
+        return self._batch_session
+
     def _embed_batch(self, texts: list[str]) -> Vectors:
         encodings = self._tokenizer.encode_batch(texts)
         input_ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        hidden = self._session.run(
+        hidden = self._session_for(len(texts)).run(
             None, {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
         )[0]
         pooled = (hidden * mask[..., None]).sum(axis=1) / np.maximum(mask.sum(axis=1, keepdims=True), 1)

@@ -153,6 +153,12 @@ class Ingestor:
         # One writer at a time: a batch's journaled switch deletes every version of its documents but its own, so
         # two concurrent updates of one document must not interleave (each would delete the other's).
         self._writer = threading.Lock()
+        self._after_change: list[Callable[[Scope], object]] = []
+
+    def after_change(self, callback: Callable[[Scope], object]) -> None:
+        """``callback(scope)`` after each ingest that changed the scope's documents: the request path's
+        once-per-version work (the abstention threshold's measurement) is done there, not by a user's question."""
+        self._after_change.append(callback)
 
     def ingest_paths(
         self,
@@ -223,6 +229,9 @@ class Ingestor:
                     report.removed.append(doc_id)
         if report.removed or report.errors:
             self.version += 1  # written batches bumped it as they went
+        if report.added or report.updated or report.removed:
+            for callback in self._after_change:
+                callback(scope)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -317,9 +326,9 @@ class Ingestor:
         intents = [Intent(scope, item.document.id, item.document.content_hash) for item in batch]
         self._journal.begin(intents)
         self._crash.step()
-        computed_before = self._embedder.stats.computed
         try:
-            self._index.upsert(self._points(batch, scope, report))
+            points, computed = self._points(batch, scope, report)
+            self._index.upsert(points)
         except StorageFullError:
             self._journal.clear(intents)  # refused before the engine wrote anything
             raise
@@ -335,7 +344,6 @@ class Ingestor:
             return
         self._crash.step()
         self._switch(intents)
-        computed = self._embedder.stats.computed - computed_before
         chunks = sum(len(item.chunks) for item in batch)
         report.embeddings_computed += computed
         report.embeddings_cached += chunks - computed
@@ -355,10 +363,19 @@ class Ingestor:
         self.version += 1  # answer caches key on it
         self._crash.step()
 
-    def _points(self, batch: list[_PendingDocument], scope: Scope, report: IngestReport) -> list[IndexPoint]:
-        """The batch's chunks embedded (dense and BM25) with their payloads; flagged documents noted."""
+    def _points(
+        self, batch: list[_PendingDocument], scope: Scope, report: IngestReport
+    ) -> tuple[list[IndexPoint], int]:
+        """The batch's chunks embedded (dense and BM25) with their payloads, and how many chunk vectors the model
+        computed (the rest came from the cache); flagged documents noted."""
         chunks = [(item, chunk) for item in batch for chunk in item.chunks]
+        computed_before = self._embedder.stats.computed
         dense = self._embedder.embed([chunk.embedding_text for _, chunk in chunks])
+        computed = self._embedder.stats.computed - computed_before
+        # The sentences' vectors too, into the embedding cache with the passages': the reranker, the context
+        # compressor and the groundedness check read them there, so the first question after an ingest pays for
+        # none of them. Not counted in the report's embeddings (those are the chunks').
+        self._embedder.embed(list(dict.fromkeys(s for _, chunk in chunks for s in sentences_of(chunk.text))))
         now = datetime.now(UTC).isoformat(timespec="seconds")
         points = []
         for (item, chunk), vector in zip(chunks, dense, strict=True):
@@ -375,7 +392,7 @@ class Ingestor:
                     payload=payload,
                 )
             )
-        return points
+        return points, computed
 
     def _settle(self, intent: Intent, present: set[str]) -> None:
         """Leave one version of an interrupted update, given the hashes the index holds of its document: the new

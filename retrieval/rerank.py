@@ -5,9 +5,9 @@ embedding and its BM25 score. For each of the fused top ``depth`` candidates, tw
 the fusion's two normalised scores in one convex combination (``RerankWeights``):
 
 - sentence similarity: the highest cosine between the query and one of the candidate's sentences (the packaged
-  MiniLM; sentence vectors come through the persistent embedding cache, so each sentence is embedded once, on
-  its first rerank; the answer pipeline's context compression, which splits sentences the same way, finds the
-  vectors of the sentences it shortlists there);
+  MiniLM; sentence vectors are computed at ingest, beside the chunk's, into the persistent embedding cache,
+  where this stage, the answer pipeline's context compression and the groundedness check, which split
+  sentences the same way, find them);
 - sentence terms: the share of the query's BM25 terms (stemmed, stop words dropped) that the candidate's best
   sentence holds, each term weighted by its IDF among the candidates being reranked (a term every candidate
   holds tells none of them apart).
@@ -18,6 +18,8 @@ Each signal is min-max normalised over the reranked candidates; candidates below
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -25,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from retrieval.chunking import split_sentences
-from retrieval.embedding_cache import CachedEmbedder
+from retrieval.embedding_cache import CachedEmbedder, text_key
 from retrieval.fusion import FusedCandidate, min_max
 from retrieval.index import SparseVector
 from retrieval.sparse import SparseEncoder
@@ -33,6 +35,7 @@ from retrieval.sparse import SparseEncoder
 Terms = frozenset[int]
 
 
+SPLITS_KEPT = 8192  # passages whose sentences and terms are kept (a few MB)
 RERANK_DEPTH = 20  # fused candidates re-scored: depths 30 and 50 gained at most 0.002 nDCG@10, for more latency
 
 
@@ -111,6 +114,10 @@ class SentenceReranker:
         self._sparse = sparse
         self._weights = weights
         self._depth = depth
+        # Each recent passage's sentences and their BM25 terms: the same passages come back question after
+        # question, and splitting and encoding them again was a quarter of a search's CPU.
+        self._split: OrderedDict[bytes, tuple[list[str], list[Terms]]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def rerank(
         self, query_vector: npt.NDArray[np.float32], query_terms: SparseVector, candidates: Sequence[FusedCandidate]
@@ -133,18 +140,29 @@ class SentenceReranker:
         self, query_vector: npt.NDArray[np.float32], candidates: Sequence[FusedCandidate]
     ) -> list[CandidateSentences]:
         """Every candidate's sentences, embedded in one cached call."""
-        split = [sentences_of(candidate.point.payload.get("text", "")) for candidate in candidates]
-        vectors = self._embedder.embed([sentence for sentences in split for sentence in sentences])
+        split = [self._split_of(candidate.point.payload.get("text", "")) for candidate in candidates]
+        vectors = self._embedder.embed([sentence for sentences, _ in split for sentence in sentences])
         found, start = [], 0
-        for sentences in split:
-            found.append(
-                CandidateSentences(
-                    best_similarity=best_similarity(query_vector, vectors[start : start + len(sentences)]),
-                    terms=[frozenset(self._sparse.encode_document(sentence).indices) for sentence in sentences],
-                )
-            )
+        for sentences, terms in split:
+            similarity = best_similarity(query_vector, vectors[start : start + len(sentences)])
+            found.append(CandidateSentences(best_similarity=similarity, terms=terms))
             start += len(sentences)
         return found
+
+    def _split_of(self, text: str) -> tuple[list[str], list[Terms]]:
+        key = text_key(text)
+        with self._lock:
+            known = self._split.get(key)
+            if known is not None:
+                self._split.move_to_end(key)
+                return known
+        sentences = sentences_of(text)
+        known = sentences, [frozenset(self._sparse.encode_document(sentence).indices) for sentence in sentences]
+        with self._lock:
+            self._split[key] = known
+            while len(self._split) > SPLITS_KEPT:
+                self._split.popitem(last=False)
+        return known
 
 
 def sentences_of(text: str) -> list[str]:

@@ -88,6 +88,7 @@ class SentenceSupport:
     support: float
     signals: SupportSignals | None = None  # the offline scorer's; None from a trained detector
     relation: RelationCheck | None = None  # the offline scorer's explanation of its ``relation`` signal
+    passage: int | None = None  # the offline scorer's: which context holds the passage sentence it restates
 
 
 class Groundedness(BaseModel):
@@ -183,8 +184,10 @@ class GroundednessScorer:
         supports = []
         for i, sentence in enumerate(sentences):
             relation = relation_check(sentence, question, passages)
-            signals = sentence_signals(sentence, question, passages, similarity[i], reader, relation)
-            supports.append(SentenceSupport(sentence, self.weights.support(signals), signals, relation))
+            at = restated_at(sentence, passages, similarity[i])
+            signals = sentence_signals(sentence, question, passages, similarity[i], reader, relation, at)
+            support = self.weights.support(signals)
+            supports.append(SentenceSupport(sentence, support, signals, relation, passages.sentences[at].passage))
         return supports
 
     def _analysed(self, contexts: list[str]) -> Passages:
@@ -197,17 +200,27 @@ class GroundednessScorer:
         return passages
 
 
+def restated_at(sentence: str, passages: Passages, similarity: Vectors) -> int:
+    """The passage sentence an answer sentence restates: the best cosine plus word overlap."""
+    return int(np.argmax(similarity + _overlap(content_stems(sentence), passages)))
+
+
+def _overlap(stems: set[str], passages: Passages) -> Vectors:
+    """The share of the sentence's content stems in each passage sentence."""
+    return np.asarray([len(stems & p.stems) / len(stems) for p in passages.sentences], dtype=np.float32)
+
+
 def sentence_signals(
     sentence: str, question: str, passages: Passages, similarity: Vectors, reader: list[float],
-    relation: RelationCheck | None,
+    relation: RelationCheck | None, at: int,
 ) -> SupportSignals:  # fmt: skip
-    """The eight signals of one answer sentence (``similarity``: its cosine to each passage sentence;
-    ``reader``: each passage sentence's match to the question; ``relation``: its asserted span's check)."""
+    """The nine signals of one answer sentence (``similarity``: its cosine to each passage sentence;
+    ``reader``: each passage sentence's match to the question; ``relation``: its asserted span's check; ``at``:
+    the passage sentence it restates, ``restated_at``)."""
     stems, asked_stems, asked_words = content_stems(sentence), content_stems(question), word_set(question)
     unknown = stems - passages.stems - asked_stems
     names = names_and_numbers(sentence, set(passages.lowercase))
-    overlap = np.asarray([len(stems & p.stems) / len(stems) for p in passages.sentences], dtype=np.float32)
-    at = int(np.argmax(similarity + overlap))  # the passage sentence the answer sentence restates
+    overlap = _overlap(stems, passages)
     restated = passages.sentences[at]
     negated = negations(sentence)
     # Negations are counted alike only where the sentence restates that passage sentence (or negates itself).

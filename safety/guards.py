@@ -14,10 +14,13 @@ four Hub validators took 14.6 ms a call against 8 ms for the validators alone (i
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import threading
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -170,12 +173,44 @@ class GuardStep:
     kind: str = ""  # the policy's validator type, which its findings carry (``Fired.kind``)
 
 
+VALIDATOR_ERROR = "validator error"
+
+
 class Guard:
-    def __init__(self, name: str, steps: list[GuardStep]) -> None:
+    """A policy's validators in order. ``remember``: how many verdicts on texts checked without metadata (the
+    input guard's) are kept, keyed by a hash of the text and its part: the same question asked again (a cached
+    answer's usual way in) gets the same verdict without running the validators again. A verdict depends only on
+    the text and the policy, which is fixed for the guard's life."""
+
+    def __init__(self, name: str, steps: list[GuardStep], remember: int = 0) -> None:
         self.name = name
         self.steps = steps
+        self._remember = remember
+        self._verdicts: OrderedDict[bytes, GuardVerdict] = OrderedDict()
+        self._lock = threading.Lock()
 
     def check(self, text: str, metadata: dict[str, Any] | None = None, part: TextPart = "question") -> GuardVerdict:
+        if not self._remember or metadata:
+            return self._check(text, metadata, part)
+        started = time.perf_counter()
+        key = hashlib.sha256(f"{part}\0{text}".encode()).digest()
+        with self._lock:
+            known = self._verdicts.get(key)
+            if known is not None:
+                self._verdicts.move_to_end(key)
+        if known is None:
+            verdict = self._check(text, metadata, part)
+            if any(f.reason.startswith(VALIDATOR_ERROR) for f in verdict.fired):
+                return verdict  # a validator that failed may not fail next time: not remembered
+            with self._lock:
+                self._verdicts[key] = verdict.model_copy(deep=True)
+                while len(self._verdicts) > self._remember:
+                    self._verdicts.popitem(last=False)
+            return verdict
+        # A copy: the caller merges history turns into its verdict.
+        return known.model_copy(deep=True, update={"latency_ms": (time.perf_counter() - started) * 1000})
+
+    def _check(self, text: str, metadata: dict[str, Any] | None, part: TextPart) -> GuardVerdict:
         started = time.perf_counter()
         verdict = GuardVerdict(action="pass", text=text)
         for step in self.steps:
@@ -187,7 +222,7 @@ class Guard:
                 failed: GuardAction = "block" if step.action == "redact" else step.action
                 # The exception's message may hold the text: the operator's log gets it, the verdict its type.
                 log.warning("guard %s: validator %s failed", self.name, step.name, exc_info=True)
-                verdict.fire(step.name, failed, f"validator error: {type(exc).__name__}", kind=step.kind)
+                verdict.fire(step.name, failed, f"{VALIDATOR_ERROR}: {type(exc).__name__}", kind=step.kind)
                 continue
             if result.metadata:
                 verdict.absorb(result.metadata)
@@ -271,13 +306,12 @@ def load_policy(path: Path) -> list[dict[str, Any]]:
 QUOTING_VALIDATORS = {"profanity_free": "profanity", "secrets_present": "secrets"}
 
 
-def build_guard(name: str, path: Path, context: GuardContext) -> Guard:
+def build_guard(name: str, path: Path, context: GuardContext, remember: int = 0) -> Guard:
     steps = load_policy(path)
     disable_guardrails_metrics()
     # SecretsPresent warns on every one-line text (it prefers code); questions and answers are mostly one line.
     warnings.filterwarnings("ignore", message="The DetectSecrets validator works best", category=UserWarning)
     from guardrails_ai.ban_list import BanList
-    from guardrails_ai.profanity_free import ProfanityFree
     from guardrails_ai.regex_match import RegexMatch
     from guardrails_ai.secrets_present import SecretsPresent
     from guardrails_ai.valid_length import ValidLength
@@ -289,7 +323,7 @@ def build_guard(name: str, path: Path, context: GuardContext) -> Guard:
         "regex_match": RegexMatch,
         "secrets_present": SecretsPresent,
         "ban_list": lambda **p: BanList(**{"max_l_dist": 0, **p}),
-        "profanity_free": ProfanityFree,
+        "profanity_free": validators.ProfanityFree,
         "pii": validators.PersonalData,
         "citations_valid": validators.CitationsValid,
     }
@@ -309,7 +343,7 @@ def build_guard(name: str, path: Path, context: GuardContext) -> Guard:
         parts = tuple(step.get("applies_to", TEXT_PARTS))
         reason = QUOTING_VALIDATORS.get(step["type"])
         built.append(GuardStep(step["name"], validator, step["on_fail"], parts, reason, step["type"]))
-    return Guard(name, built)
+    return Guard(name, built, remember)
 
 
 @dataclass

@@ -32,11 +32,14 @@ class ServerProcess:
     """A child process serving HTTP: started in its own session, ready once ``ready_url`` answers 200, stopped
     with SIGTERM to its whole process group (then SIGKILL)."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, ready_url: str, timeout: float) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str], log_path: Path, ready_url: str, timeout: float,
+        cwd: Path | None = None,
+    ) -> None:  # fmt: skip
         self._log_path = log_path
         self._log = log_path.open("w")
         self.process = subprocess.Popen(
-            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -75,7 +78,9 @@ class LiveServer(ServerProcess):
         timeout: float = 120.0,
         log_level: str = "warning",
         module: str = "app.cli",
+        source: Path | None = None,
     ) -> None:
+        """``source``: another checkout of ragops to run (its ``module``, with this venv), e.g. an earlier commit."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -83,7 +88,7 @@ class LiveServer(ServerProcess):
         self.env = env  # what it was started with: a CLI run against the same data dir and settings takes it too
         self._clients: list[httpx.Client] = []
         argv = [sys.executable, "-m", module, "serve", "--port", str(self.port), "--log-level", log_level]
-        super().__init__(argv, {**os.environ, **env}, log_path, f"{self.url}/readyz", timeout)
+        super().__init__(argv, {**os.environ, **env}, log_path, f"{self.url}/readyz", timeout, cwd=source)
 
     def client(self, timeout: float = 30, **options: Any) -> httpx.Client:
         """An httpx client on this server, closed when it stops (or used as a context manager)."""

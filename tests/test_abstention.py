@@ -6,7 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +16,7 @@ from app.container import Services
 from bench.build_small_corpora import built
 from retrieval.index import Scope
 from retrieval.loaders import load_paths
-from serving.answering.abstention import CEILING, AbstentionCalibration
+from serving.answering.abstention import CEILING, OFF_TOPIC_PROBES, AbstentionCalibration
 from serving.answering.answer_cache import IndexDigest
 from serving.contracts.answer import AnswerRequest
 from serving.contracts.generation import NOT_IN_DOCUMENTS
@@ -119,3 +121,31 @@ def test_each_small_corpus_is_its_own_collection() -> None:
     asked = {suite.scope_collection(sample.id) for sample in samples}
     assert asked == {f"{suite.collection}-{name}" for name in ("handbook", "museum", "garden")}
     assert {s.expected for s in samples} == {"answer", "abstain"}
+
+
+def test_the_threshold_is_measured_at_ingest_and_once_for_concurrent_questions(
+    make_services: Callable[..., Services],
+) -> None:
+    """The composition root measures a collection's threshold right after an ingest through this process, so
+    the first question finds it; questions arriving together on a version not measured yet share one measure."""
+    services = make_services(generator="extractive")
+    pipeline = services.pipeline  # wires the measurement after each ingest
+    services.ingestor.ingest_documents(sample_documents(40), LARGE)
+    searches = 0
+    search = services.searcher.search
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal searches
+        searches += 1
+        return search(*args, **kwargs)
+
+    services.searcher.search = counted  # type: ignore[method-assign]
+    answer = pipeline.answer(AnswerRequest(question="How long should tea steep?", scope=LARGE))
+    assert answer.outcome in ("answered", "abstained") and searches == 1  # the question's own search only
+
+    calibrated = calibration(services)
+    current = version(services, LARGE)
+    searches = 0
+    with ThreadPoolExecutor(4) as pool:
+        measured = list(pool.map(lambda _: calibrated.for_scope(LARGE, current), range(4)))
+    assert len({id(m) for m in measured}) == 1 and searches == len(OFF_TOPIC_PROBES)

@@ -78,3 +78,27 @@ def test_a_seed_serves_a_new_data_dir_which_keeps_its_own_copy(tmp_path: Path, e
     assert SqliteEmbeddingStore(seed_path).get_many(embedder.model_id, [text_key("public passage one")])
     # A seed made by another model (another fingerprint) is never read back.
     assert not SqliteEmbeddingStore(seed_path).get_many("other-model:onnx-int8:0", [text_key("public passage one")])
+
+
+def test_the_memory_front_serves_reads_and_forgets_what_is_erased(tmp_path: Path) -> None:
+    """Rows read or written once are served from memory after; a deletion or a prune through it leaves memory
+    too, so an erased vector is never served again; the oldest rows go past its capacity."""
+    from datetime import UTC, datetime, timedelta
+
+    from retrieval.embedding_cache import MemoryFront
+
+    sqlite = SqliteEmbeddingStore(tmp_path / "cache.sqlite")
+    front = MemoryFront(sqlite, capacity=2)
+    a, b, c = (text_key(t) for t in "abc")
+    front.put_many("m", [(a, b"1"), (b, b"2")])
+    sqlite.close()  # every read below that reaches SQLite would fail
+    assert front.get_many("m", [a, b]) == {a: b"1", b: b"2"}
+    reopened = SqliteEmbeddingStore(tmp_path / "cache.sqlite")
+    front = MemoryFront(reopened, capacity=2)
+    assert front.get_many("m", [a]) == {a: b"1"}  # read once: remembered
+    assert front.delete_many(None, [a]) == 1
+    assert front.get_many("m", [a]) == {}
+    front.put_many("m", [(b, b"2"), (c, b"3")], kind="query")
+    assert front.prune_queries(datetime.now(UTC) + timedelta(seconds=1)) == 2
+    assert front.get_many("m", [b, c]) == {}
+    reopened.close()

@@ -110,6 +110,31 @@ def test_no_answer_passes_the_output_guard_without_a_verdict(guards: Any) -> Non
     assert goes_on.action == "fallback"  # not an abstention: judged, and unsupported
 
 
+def test_the_input_guard_remembers_a_verdict_but_not_a_failure() -> None:
+    """A repeated question is not checked again (the same text, the same policy: the same verdict); the copy it
+    gets back is its own, and a validator that failed is asked again next time."""
+    from guardrails.classes.validation.validation_result import FailResult, PassResult
+
+    calls: list[str] = []
+
+    class Counting:
+        def validate(self, value: Any, metadata: dict[str, Any]) -> Any:
+            calls.append(value)
+            if value == "flaky":
+                raise RuntimeError("busy")
+            return FailResult(error_message="pii", fix_value="[EMAIL]") if "@" in value else PassResult()
+
+    guard = Guard("input", [GuardStep("pii", Counting(), "redact")], remember=8)
+    first = guard.check("write to a@b.c")
+    first.fire("other", "block", "merged into by the caller")
+    again = guard.check("write to a@b.c")
+    assert (again.text, again.action, len(again.fired)) == ("[EMAIL]", "redact", 1) and len(calls) == 1
+    guard.check("write to a@b.c", part="history")  # another part: checked
+    guard.check("flaky")
+    guard.check("flaky")
+    assert calls == ["write to a@b.c", "write to a@b.c", "flaky", "flaky"]
+
+
 def test_a_broken_validator_blocks_rather_than_passing() -> None:
     class Broken:
         def validate(self, value: Any, metadata: dict[str, Any]) -> Any:
@@ -404,3 +429,20 @@ def test_groundedness_model_setting_picks_the_detector(tmp_path: Path, models_di
     failed = run(RAGOPS_GROUNDEDNESS_MODEL=str(broken))
     assert failed.returncode == 1 and len(failed.stderr.splitlines()) == 1
     assert failed.stderr.startswith(f"ragops: error: groundedness model {broken}: cannot load it")
+
+
+def test_the_profanity_check_decides_as_the_hub_validator_does() -> None:
+    """ragops' ProfanityFree computes the Hub model's decision without sklearn's per-call checks: the same
+    verdict on every sentence of 300 NYT passages and on profane ones."""
+    from guardrails_ai.profanity_free import ProfanityFree as HubProfanityFree
+
+    from retrieval.chunking import split_sentences
+    from safety.validators import ProfanityFree
+
+    passages = (ROOT / "data" / "squad_shifts" / "nyt_passages.jsonl").read_text().splitlines()[:300]
+    sentences = [s for line in passages for s in split_sentences(json.loads(line)["text"])]
+    sentences += ["You stupid fucking idiot.", "What the hell is this shit?", "Go to hell, bastard.", "Damn it."]
+    ours, hub = ProfanityFree(on_fail="noop"), HubProfanityFree(on_fail="noop")
+    verdicts = [(ours.validate(s, {}).outcome, hub.validate(s, {}).outcome) for s in sentences]
+    assert all(a == b for a, b in verdicts)
+    assert sum(a == "fail" for a, _ in verdicts) >= 4

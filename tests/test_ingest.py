@@ -127,3 +127,16 @@ def test_ingest_paths_with_jsonl_ids(services: Services, tmp_path: Path, fmt: st
     path.write_text("\n".join(json.dumps({"id": f"id-{i}", "text": f"Document number {i}."}) for i in range(3)))
     report = services.ingestor.ingest_paths([path], SCOPE)
     assert sorted(report.added) == ["id-0", "id-1", "id-2"]
+
+
+def test_the_first_search_after_an_ingest_embeds_nothing_but_the_query(
+    make_services: Callable[..., Services],
+) -> None:
+    """Sentence vectors are computed at ingest, beside the chunks': the reranker, the context compressor and the
+    groundedness check find them, so the first question after an ingest pays for none of them."""
+    services = make_services(rerank=True)
+    report = services.ingestor.ingest_documents(sample_documents(30), SCOPE)
+    assert report.embeddings_computed == report.chunks  # the report counts chunk vectors, as before
+    before = services.embedder.stats.computed
+    hits = services.searcher.search("How long should tea steep?", SCOPE, top_k=5).hits
+    assert hits and services.embedder.stats.computed - before <= 1  # the question's own vector

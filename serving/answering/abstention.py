@@ -82,8 +82,9 @@ class Calibration:
 class AbstentionCalibration:
     """The threshold of a (collection, tenant) for its current documents: measured with the probes the first time
     a version is asked for, then kept (the last ``max_scopes`` scopes, one version each). A version is the
-    scope's documents digest (``IndexDigest``), so any ingest, update or delete gives a new measurement; two
-    requests racing on a new version may both measure it, which costs a few searches, never a wrong figure."""
+    scope's documents digest (``IndexDigest``), so any ingest, update or delete gives a new measurement: made
+    right after an ingest through this process (``Ingestor.after_change``, wired in the composition root), else by
+    the first request that asks."""
 
     def __init__(
         self,
@@ -100,27 +101,44 @@ class AbstentionCalibration:
         self.default, self.margin = default, margin
         self._probes, self._top_k, self._max_scopes = probes, top_k, max_scopes
         self._known: OrderedDict[Scope, Calibration] = OrderedDict()
+        self._measuring: dict[Scope, threading.Lock] = {}  # one measurement at a time per scope
         self._lock = threading.Lock()
 
     def for_scope(self, scope: Scope, version: str | None) -> Calibration:
+        """The scope's calibration for this version of its documents, measured on first use. One request
+        measures; the others asking for the same scope wait for its result (an ingest's first questions arrive
+        together, and each measuring alone multiplied the work)."""
         if version is None:
             return Calibration(self.default, None, "")
+        known = self._known_for(scope, version)
+        if known is not None:
+            return known
+        with self._lock:
+            measuring = self._measuring.setdefault(scope, threading.Lock())
+        with measuring:
+            known = self._known_for(scope, version)
+            if known is not None:
+                return known
+            try:
+                calibration = self._measure(scope, version)
+            except Exception:  # a failed measurement never fails the answer: the global threshold, tried again
+                log.warning("abstention calibration of %s failed; the global threshold applies", scope, exc_info=True)
+                return Calibration(self.default, None, version)
+            with self._lock:
+                self._known[scope] = calibration
+                self._known.move_to_end(scope)
+                while len(self._known) > self._max_scopes:
+                    evicted, _ = self._known.popitem(last=False)
+                    self._measuring.pop(evicted, None)
+        return calibration
+
+    def _known_for(self, scope: Scope, version: str) -> Calibration | None:
         with self._lock:
             known = self._known.get(scope)
-            if known is not None and known.version == version:
-                self._known.move_to_end(scope)
-                return known
-        try:
-            calibration = self._measure(scope, version)
-        except Exception:  # a failed measurement never fails the answer: the global threshold, tried again next time
-            log.warning("abstention calibration of %s failed; the global threshold applies", scope, exc_info=True)
-            return Calibration(self.default, None, version)
-        with self._lock:
-            self._known[scope] = calibration
+            if known is None or known.version != version:
+                return None
             self._known.move_to_end(scope)
-            while len(self._known) > self._max_scopes:
-                self._known.popitem(last=False)
-        return calibration
+            return known
 
     def _measure(self, scope: Scope, version: str) -> Calibration:
         reached = [best for probe in self._probes if (best := self._best_cosine(probe, scope)) is not None]

@@ -8,8 +8,9 @@ and the PII, profanity and citation checks look at spans within one. Flag-only v
 which asks whether the answer as a whole cites a passage) judge the whole answer at the end. The verdicts of
 the parts merge into one ``GuardVerdict``, the shape the whole-answer guard gave.
 
-A sentence that cites a passage and passes is also scored against that passage alone (the groundedness
-backend; the passages' sentence vectors are in the embedder's cache): a marker that points at a passage which
+A sentence that cites a passage and passes is checked against that passage alone: when the groundedness score
+found it restating a sentence of the cited passage, nothing more is done (the common case, free); otherwise it
+is scored against the cited passage alone, then each other shown one. A marker that points at a passage which
 does not support it is moved to the shown passage that does, and a sentence no single passage supports fails
 the groundedness step, which withdraws the answer.
 """
@@ -19,12 +20,12 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import cast
 
 from prompts.citations import CITATION, MARKER, cited_numbers
 from safety.groundedness import Groundedness, GroundednessBackend, answer_sentences, is_abstention
 from safety.guards import GROUNDEDNESS_CHECK, Guard, GuardAction, GuardStep, GuardVerdict, answer_evidence
 from safety.pii import PRIVATE_KEY_BEGIN
+from safety.validators import Grounded
 from serving.contracts.answer import SPACE_RUN, CitationCheck, drop_invalid_citations
 
 # A sentence's end: a terminator, closing quotes or brackets, and the citation markers some models put after it.
@@ -103,9 +104,9 @@ class SplitGuard:
 
     @property
     def backend(self) -> GroundednessBackend | None:
-        """The groundedness step's backend (``Grounded.scorer``), or None without one."""
-        scorer = getattr(self.grounding.validator, "scorer", None) if self.grounding is not None else None
-        return cast(GroundednessBackend, scorer) if hasattr(scorer, "score") and hasattr(scorer, "threshold") else None
+        """The groundedness step's backend, or None without one."""
+        validator = self.grounding.validator if self.grounding is not None else None
+        return validator.scorer if isinstance(validator, Grounded) else None
 
 
 class SentenceGuard:
@@ -193,7 +194,10 @@ class SentenceGuard:
 
     def _check_citations(self, text: str, verdict: GuardVerdict) -> str:
         """The sentence with its citation moved to the passage that supports it alone, when the one it cites does
-        not; a sentence no single passage supports fires the groundedness step (its action withdraws it)."""
+        not; a sentence no single passage supports fires the groundedness step (its action withdraws it).
+
+        On the hot path nothing is scored again: a sentence citing the passage its groundedness score found it
+        restating is supported by that passage. Only a sentence citing another one is scored per passage."""
         grounding = self._guard.grounding if self._guard is not None else None
         backend = self._guard.backend if self._guard is not None else None
         if backend is None or grounding is None or not CITATION.search(text):
@@ -201,7 +205,7 @@ class SentenceGuard:
         shown = range(1, len(self._contexts) + 1)
         cited = [n for n in dict.fromkeys(cited_numbers(text)) if n in shown]
         moved = 0
-        if not (cited and self._supports(backend, text, cited)):
+        if not (cited and (_restates(verdict, cited, backend.threshold) or self._supports(backend, text, cited))):
             supporting = [(score, n) for n in shown if n not in cited if (score := self._support(backend, text, n))]
             if supporting:
                 text, moved = _cite_instead(text, max(supporting)[1]), 1
@@ -234,6 +238,15 @@ class SentenceGuard:
         if part.similarity is not None:
             merged.similarity = max(merged.similarity or 0.0, part.similarity)
         merged.text = "".join(self._checked)
+
+
+def _restates(verdict: GuardVerdict, cited: list[int], threshold: float) -> bool:
+    """Every claim of the sentence is supported and restates a sentence of a cited passage (the offline scorer
+    says which; a backend that does not leaves it to scoring)."""
+    supports = verdict.groundedness.sentences if verdict.groundedness is not None else []
+    return bool(supports) and all(
+        s.support >= threshold and s.passage is not None and s.passage + 1 in cited for s in supports
+    )
 
 
 def _cite_instead(text: str, number: int) -> str:
