@@ -102,6 +102,28 @@ def test_a_worker_dying_mid_answer_is_a_crash_and_is_restarted(
     assert generator.generate(SHORT).text
 
 
+def test_a_job_sent_to_a_worker_just_killed_names_the_signal(
+    supervised: tuple[LlamaCppGenerator, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job may reach the pipe after the worker died but before its reader has the exit status (a race CI hit):
+    the answer still names the signal, not the broken pipe. The fault: a reader slow to collect the status."""
+    generator, _ = supervised
+    process = generator.supervisor.worker()._process
+    collect = process.wait
+
+    def slow_wait(timeout: float | None = None) -> int:
+        time.sleep(1.0)
+        return collect(timeout)
+
+    monkeypatch.setattr(process, "wait", slow_wait)
+    worker = psutil.Process(process.pid)
+    worker.kill()
+    assert wait_until(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, 10)
+    with pytest.raises(GeneratorError) as failure:
+        list(generator.stream(SHORT))
+    assert failure.value.kind == "crashed" and "SIGKILL" in str(failure.value), failure.value
+
+
 def test_a_hung_worker_is_a_timeout_then_killed_and_the_fallback_answers(
     impatient: tuple[LlamaCppGenerator, list[str]], embedder: Any
 ) -> None:
@@ -177,6 +199,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, module_live_server: LiveSer
 
 
 def worker_of(server: LiveServer) -> psutil.Process:
+    """The worker taking jobs, once there is one: an earlier test may have killed the last."""
+    assert readiness_until_ready(server)[-1] == "ready"
     return psutil.Process(llamacpp_worker(server))
 
 

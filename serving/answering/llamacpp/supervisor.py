@@ -126,8 +126,9 @@ class WorkerProcess:
             if self.exit_reason is not None:
                 raise GeneratorError("crashed", f"llama.cpp worker {self.exit_reason}")
             self._jobs[job.id] = events
-            if not self._send(job):
-                events.put(Gone("closed its input"))
+            # A failed send means the worker is gone but its reader has not seen the exit status yet: the job stays
+            # open, and the reader ends it with the cause (SIGKILL, ...), not a guess.
+            self._send(job)
         return events
 
     def cancel(self, job_id: int) -> None:
@@ -139,13 +140,11 @@ class WorkerProcess:
         with self._lock:
             self._jobs.pop(job_id, None)
 
-    def _send(self, message: _Message) -> bool:
-        try:
+    def _send(self, message: _Message) -> None:
+        # A broken pipe (or a closed input) means the worker is gone: its reader says why.
+        with contextlib.suppress(BrokenPipeError, ValueError):
             self._stdin.write(encode(message))
             self._stdin.flush()
-            return True
-        except (BrokenPipeError, ValueError):  # the worker is gone (or its input closed): the reader says why
-            return False
 
     def kill(self, why: str) -> None:
         """SIGKILL, and ``why`` becomes the exit's reason."""
