@@ -150,9 +150,10 @@ def llamacpp_worker_config(settings: Settings) -> WorkerConfig:
     """The llama.cpp worker's command line, from the settings (the server's generator and ``ragops doctor``)."""
     from serving.answering.llamacpp.engine import bundled_model_path
 
+    llamacpp = settings.llamacpp
     return WorkerConfig(
-        settings.llamacpp.model_path or bundled_model_path(), settings.llamacpp.threads, settings.llamacpp.context,
-        settings.answering.generation_timeout_s,
+        llamacpp.model_path or bundled_model_path(), llamacpp.threads, llamacpp.context,
+        settings.answering.generation_timeout_s, prefix_cache=llamacpp.prefix_cache, flash_attn=llamacpp.flash_attn,
     )  # fmt: skip
 
 

@@ -241,6 +241,16 @@ class LlamaCppSettings(SettingsGroup):
     context: int = Field(
         2048, ge=256, json_schema_extra=CHANGES_ANSWERS, description="llama.cpp context window in tokens (n_ctx)."
     )
+    prefix_cache: bool = Field(
+        True,
+        description="Keep the KV cache of the last prompt per system message, so a prompt evaluates only what it "
+        "does not share with it (same answers, an earlier first token).",
+    )
+    flash_attn: bool = Field(
+        False,
+        json_schema_extra=CHANGES_ANSWERS,
+        description="llama.cpp's flash attention: faster prompt evaluation on CPU, answers may differ in a token.",
+    )
 
 
 class VllmSettings(SettingsGroup):

@@ -19,6 +19,8 @@ import openai
 import psutil  # type: ignore[import-untyped]
 import pytest
 
+from app.parts import llamacpp_worker_config
+from app.settings import load_settings
 from prompts.loader import ModelParams, PromptPassage
 from serving.answering.extractive import ExtractiveGenerator
 from serving.answering.fallback import ChainResult, FallbackChain
@@ -81,6 +83,15 @@ def test_the_build_is_portable(supervised: tuple[LlamaCppGenerator, list[str]]) 
 def test_build_parsing() -> None:
     native = LlamaBuild.parse("0.3.36", "CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | AVX512_BF16 = 0 | ")
     assert native.beyond_baseline == ("AMX_INT8", "AVX512") and native.variant == "native:AMX_INT8+AVX512"
+
+
+def test_the_engine_settings_reach_the_worker() -> None:
+    """The prefix cache is on unless turned off; flash attention (which changes answers) only when asked for."""
+    plain = llamacpp_worker_config(load_settings()).argv()
+    assert "--no-prefix-cache" not in plain and "--flash-attn" not in plain
+    changed = llamacpp_worker_config(load_settings(llamacpp_prefix_cache=False, llamacpp_flash_attn=True)).argv()
+    assert "--no-prefix-cache" in changed and "--flash-attn" in changed
+    assert load_settings(llamacpp_flash_attn=True).answer_fingerprint() != load_settings().answer_fingerprint()
 
 
 @pytest.mark.parametrize("fault", [signal.SIGILL, signal.SIGKILL, signal.SIGSEGV], ids=lambda s: s.name)

@@ -77,6 +77,10 @@ class Done(_Message):
     completion_tokens: int
     finish_reason: str
     worker_ms: float = Field(0.0, description="The job's time inside the worker, from its start to this event.")
+    prompt_ms: float = Field(0.0, description="From the job's start to its first token: prompt evaluation, mostly.")
+    prompt_tokens_reused: int = Field(
+        0, description="Prompt tokens (chat template applied) the KV cache held from earlier jobs: not evaluated."
+    )
 
 
 class Failed(_Message):

@@ -58,11 +58,14 @@ class WorkerConfig:
     context: int = 2048
     timeout_s: float = 30.0
     start_timeout_s: float = 120.0
+    prefix_cache: bool = True  # the engine's KV snapshots per system prompt (engine.PrefixCache)
+    flash_attn: bool = False  # faster prompt evaluation on CPU, but the answers' floating point changes
 
     def argv(self) -> list[str]:
         return [
             sys.executable, "-m", "serving.answering.llamacpp.worker", "--model", str(self.model_path),
             "--threads", str(self.threads), "--context", str(self.context), "--timeout", str(self.timeout_s),
+            *(() if self.prefix_cache else ("--no-prefix-cache",)), *(("--flash-attn",) if self.flash_attn else ()),
         ]  # fmt: skip
 
 

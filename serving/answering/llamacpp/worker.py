@@ -117,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--context", type=int, default=2048)
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false")
+    parser.add_argument("--flash-attn", action="store_true")
     args = parser.parse_args(argv)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
@@ -124,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     outbox = Outbox(events)
     try:
-        engine = LlamaEngine(args.model, args.threads, args.context, args.timeout)
+        engine = LlamaEngine(args.model, args.threads, args.context, args.timeout, args.prefix_cache, args.flash_attn)
         rate = warm_up(engine)
     except (OSError, ValueError, RuntimeError) as exc:
         outbox.send(Unusable(reason=str(exc)))
