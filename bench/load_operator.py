@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.corpora import CORPORA  # noqa: E402
+from bench.load_steps import SLO_RATE, Workload, run_step  # noqa: E402
 from tests.live_server import LiveServer, ServerProcess, free_port  # noqa: E402
 
 WIKI = CORPORA["new_wiki"]
@@ -141,10 +142,8 @@ def ladder_of(
     target: Target, pieces: list[Slice], args: Any, work: Path, profile: Path | None, start: float | None = None
 ) -> dict[str, Any]:
     """The target's ladder from ``start`` (bench/load.py's SLO rate when None), the server stopped after."""
-    from bench import load
-
     try:
-        return run_ladder(target, pieces, args.rates, args.step_s, work, profile, start or load.SLO_RATE)
+        return run_ladder(target, pieces, args.rates, args.step_s, work, profile, start or SLO_RATE)
     finally:
         target.server.stop()
 
@@ -152,8 +151,6 @@ def ladder_of(
 def run_ladder(target: Target, pieces: list[Slice], rates: list[float], step_s: float, work: Path,
                profile: Path | None, start: float) -> dict[str, Any]:  # fmt: skip
     """``start`` first, then up while the SLOs hold, or down until they do; each step on a fresh slice."""
-    from bench import load
-
     up = [start, *sorted(r for r in rates if r > start)]
     down = sorted((r for r in rates if r < start), reverse=True)
     left = iter(pieces)
@@ -165,11 +162,11 @@ def run_ladder(target: Target, pieces: list[Slice], rates: list[float], step_s: 
             raise SystemExit(f"{target.name}: more than {SLICES} steps; pass fewer --rates")
         collection = f"wiki{len(steps)}"
         ingest_s = target.ingest(piece, collection)
-        workload = load.Workload(Path(), piece.repeated, piece.unique, piece.searches, [])
+        workload = Workload(Path(), piece.repeated, piece.unique, piece.searches, [])
         step_work = work / f"{target.name}-step-{len(steps)}"
         step_work.mkdir()
         extra = {"mix": MIX, "api": target.api, "api_key": target.api_key, "chat_collection": collection}
-        result = load.run_step(
+        result = run_step(
             servers=[target.server], workload=workload, rate=rate, step_s=step_s, unique=piece.unique,
             seed=len(steps), work=step_work, plan_extra=extra, slo_ms=target.slo_ms,
             profile=profile if profile is not None and not steps else None,

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import load_operator  # noqa: E402
 from bench.corpora import emit  # noqa: E402
-from bench.load import base_env  # noqa: E402
+from bench.load_steps import base_env, cpu_seconds  # noqa: E402
 
 COLLECTION = "wiki0"
 
@@ -63,16 +63,11 @@ def main() -> None:
 
 def cost(client: httpx.Client, process: psutil.Process, requests: list[tuple[str, dict[str, Any]]]) -> dict[str, float]:
     """CPU and wall milliseconds per request, the requests sent one after the other."""
-
-    def cpu() -> float:
-        times = process.cpu_times()
-        return float(times.user + times.system)
-
-    cpu_before, wall_before = cpu(), time.perf_counter()
+    cpu_before, wall_before = cpu_seconds([process]), time.perf_counter()
     for path, body in requests:
         client.post(path, json=body).raise_for_status()
     n = len(requests)
-    return {"cpu_ms": round(1000 * (cpu() - cpu_before) / n, 1),
+    return {"cpu_ms": round(1000 * (cpu_seconds([process]) - cpu_before) / n, 1),
             "wall_ms": round(1000 * (time.perf_counter() - wall_before) / n, 1)}  # fmt: skip
 
 
