@@ -17,7 +17,6 @@ import hashlib
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from retrieval.embedding import Embedder, Vectors
+from retrieval.lru import Lru
 
 VectorKind = Literal["passage", "query"]
 _KIND_CODES: dict[VectorKind, int] = {"passage": 0, "query": 1}
@@ -324,8 +324,7 @@ class CachedEmbedder:
     def __init__(self, embedder: Embedder, store: EmbeddingStore, lru_size: int = 4096) -> None:
         self._embedder = embedder
         self._store = store
-        self._lru: OrderedDict[bytes, Vectors] = OrderedDict()
-        self._lru_size = lru_size
+        self._lru: Lru[bytes, Vectors] = Lru(lru_size)
         self._lock = threading.Lock()
         self.stats = CacheStats()
 
@@ -384,20 +383,15 @@ class CachedEmbedder:
     def embed_query(self, text: str) -> Vectors:
         """One text, through the LRU first: repeated queries cost a dictionary lookup. Stored as a question."""
         key = text_key(text)
-        with self._lock:
-            cached = self._lru.get(key)
-            if cached is not None:
-                self._lru.move_to_end(key)
+        cached = self._lru.get(key)
+        if cached is not None:
+            with self._lock:
                 self.stats.memory_hits += 1
-                return cached
+            return cached
         vector: Vectors = self.embed([text], kind="query")[0]
-        with self._lock:
-            self._lru[key] = vector
-            if len(self._lru) > self._lru_size:
-                self._lru.popitem(last=False)
+        self._lru.put(key, vector)
         return vector
 
     def forget_queries(self) -> None:
         """Empty the LRU of question vectors (after ``prune_queries``: none outlives its period in memory)."""
-        with self._lock:
-            self._lru.clear()
+        self._lru.clear()

@@ -18,8 +18,6 @@ Each signal is min-max normalised over the reranked candidates; candidates below
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -30,6 +28,7 @@ from retrieval.chunking import split_sentences
 from retrieval.embedding_cache import CachedEmbedder, text_key
 from retrieval.fusion import FusedCandidate, min_max
 from retrieval.index import SparseVector
+from retrieval.lru import Lru
 from retrieval.sparse import SparseEncoder
 
 Terms = frozenset[int]
@@ -116,8 +115,7 @@ class SentenceReranker:
         self._depth = depth
         # Each recent passage's sentences and their BM25 terms: the same passages come back question after
         # question, and splitting and encoding them again was a quarter of a search's CPU.
-        self._split: OrderedDict[bytes, tuple[list[str], list[Terms]]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._split: Lru[bytes, tuple[list[str], list[Terms]]] = Lru(SPLITS_KEPT)
 
     def rerank(
         self, query_vector: npt.NDArray[np.float32], query_terms: SparseVector, candidates: Sequence[FusedCandidate]
@@ -150,19 +148,11 @@ class SentenceReranker:
         return found
 
     def _split_of(self, text: str) -> tuple[list[str], list[Terms]]:
-        key = text_key(text)
-        with self._lock:
-            known = self._split.get(key)
-            if known is not None:
-                self._split.move_to_end(key)
-                return known
-        sentences = sentences_of(text)
-        known = sentences, [frozenset(self._sparse.encode_document(sentence).indices) for sentence in sentences]
-        with self._lock:
-            self._split[key] = known
-            while len(self._split) > SPLITS_KEPT:
-                self._split.popitem(last=False)
-        return known
+        def split() -> tuple[list[str], list[Terms]]:
+            sentences = sentences_of(text)
+            return sentences, [frozenset(self._sparse.encode_document(sentence).indices) for sentence in sentences]
+
+        return self._split.get_or_make(text_key(text), split)
 
 
 def sentences_of(text: str) -> list[str]:

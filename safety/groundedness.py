@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
@@ -38,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_valid
 
 from prompts.citations import CITATION, says_not_in_documents
 from retrieval.chunking import split_sentences
+from retrieval.lru import Lru
 from safety.grounding_text import Passages, content_stems, names_and_numbers, negations, word_set
 from safety.relation import RelationCheck, relation_check
 
@@ -163,7 +163,7 @@ class GroundednessScorer:
         self._embed = embed
         self.threshold = threshold
         self.weights = weights or GroundednessWeights()
-        self._passages: OrderedDict[tuple[str, ...], Passages] = OrderedDict()
+        self._passages: Lru[tuple[str, ...], Passages] = Lru(_PASSAGE_CACHE)
 
     def score(self, answer: str, contexts: list[str], *, question: str) -> Groundedness:
         if is_abstention(answer):
@@ -191,13 +191,7 @@ class GroundednessScorer:
         return supports
 
     def _analysed(self, contexts: list[str]) -> Passages:
-        key = tuple(contexts)
-        passages = self._passages.get(key)
-        if passages is None:
-            passages = self._passages[key] = Passages.of(contexts)
-            if len(self._passages) > _PASSAGE_CACHE:
-                self._passages.popitem(last=False)
-        return passages
+        return self._passages.get_or_make(tuple(contexts), lambda: Passages.of(contexts))
 
 
 def restated_at(sentence: str, passages: Passages, similarity: Vectors) -> int:

@@ -17,10 +17,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import threading
 import time
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -32,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_serializer
 
 from prompts.messages import ChatMessage
+from retrieval.lru import Lru
 from safety.groundedness import Groundedness, GroundednessBackend
 from safety.injection import (
     InjectionDetector,
@@ -185,27 +184,19 @@ class Guard:
     def __init__(self, name: str, steps: list[GuardStep], remember: int = 0) -> None:
         self.name = name
         self.steps = steps
-        self._remember = remember
-        self._verdicts: OrderedDict[bytes, GuardVerdict] = OrderedDict()
-        self._lock = threading.Lock()
+        self._verdicts: Lru[bytes, GuardVerdict] | None = Lru(remember) if remember else None
 
     def check(self, text: str, metadata: dict[str, Any] | None = None, part: TextPart = "question") -> GuardVerdict:
-        if not self._remember or metadata:
+        if self._verdicts is None or metadata:
             return self._check(text, metadata, part)
         started = time.perf_counter()
         key = hashlib.sha256(f"{part}\0{text}".encode()).digest()
-        with self._lock:
-            known = self._verdicts.get(key)
-            if known is not None:
-                self._verdicts.move_to_end(key)
+        known = self._verdicts.get(key)
         if known is None:
             verdict = self._check(text, metadata, part)
             if any(f.reason.startswith(VALIDATOR_ERROR) for f in verdict.fired):
                 return verdict  # a validator that failed may not fail next time: not remembered
-            with self._lock:
-                self._verdicts[key] = verdict.model_copy(deep=True)
-                while len(self._verdicts) > self._remember:
-                    self._verdicts.popitem(last=False)
+            self._verdicts.put(key, verdict.model_copy(deep=True))
             return verdict
         # A copy: the caller merges history turns into its verdict.
         return known.model_copy(deep=True, update={"latency_ms": (time.perf_counter() - started) * 1000})
