@@ -184,8 +184,9 @@ class GroundednessScorer:
         supports = []
         for i, sentence in enumerate(sentences):
             relation = relation_check(sentence, question, passages)
-            at = restated_at(sentence, passages, similarity[i])
-            signals = sentence_signals(sentence, question, passages, similarity[i], reader, relation, at)
+            overlap = stem_overlap(content_stems(sentence), passages)
+            at = int(np.argmax(similarity[i] + overlap))  # the passage sentence it restates: cosine plus overlap
+            signals = sentence_signals(sentence, question, passages, similarity[i], reader, relation, at, overlap)
             support = self.weights.support(signals)
             supports.append(SentenceSupport(sentence, support, signals, relation, passages.sentences[at].passage))
         return supports
@@ -194,27 +195,21 @@ class GroundednessScorer:
         return self._passages.get_or_make(tuple(contexts), lambda: Passages.of(contexts))
 
 
-def restated_at(sentence: str, passages: Passages, similarity: Vectors) -> int:
-    """The passage sentence an answer sentence restates: the best cosine plus word overlap."""
-    return int(np.argmax(similarity + _overlap(content_stems(sentence), passages)))
-
-
-def _overlap(stems: set[str], passages: Passages) -> Vectors:
+def stem_overlap(stems: set[str], passages: Passages) -> Vectors:
     """The share of the sentence's content stems in each passage sentence."""
     return np.asarray([len(stems & p.stems) / len(stems) for p in passages.sentences], dtype=np.float32)
 
 
 def sentence_signals(
     sentence: str, question: str, passages: Passages, similarity: Vectors, reader: list[float],
-    relation: RelationCheck | None, at: int,
+    relation: RelationCheck | None, at: int, overlap: Vectors,
 ) -> SupportSignals:  # fmt: skip
     """The nine signals of one answer sentence (``similarity``: its cosine to each passage sentence;
     ``reader``: each passage sentence's match to the question; ``relation``: its asserted span's check; ``at``:
-    the passage sentence it restates, ``restated_at``)."""
+    the passage sentence it restates; ``overlap``: its share of content stems in each passage sentence)."""
     stems, asked_stems, asked_words = content_stems(sentence), content_stems(question), word_set(question)
     unknown = stems - passages.stems - asked_stems
     names = names_and_numbers(sentence, set(passages.lowercase))
-    overlap = _overlap(stems, passages)
     restated = passages.sentences[at]
     negated = negations(sentence)
     # Negations are counted alike only where the sentence restates that passage sentence (or negates itself).
