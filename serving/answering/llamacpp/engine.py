@@ -15,12 +15,12 @@ import ctypes
 import importlib.util
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from retrieval.lru import Lru
 from serving.answering.llamacpp.protocol import Delta, Done, Failed, Job
 
 if TYPE_CHECKING:
@@ -44,15 +44,6 @@ def bundled_model_path() -> Path:
     return path
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 @dataclass(frozen=True)
 class _Snapshot:
     tokens: tuple[int, ...]  # what the KV cache held
@@ -69,9 +60,8 @@ class PrefixCache:
 
     def __init__(self, llm: Llama, capacity: int = 4, min_tokens: int = 16) -> None:
         self._llm = llm
-        self._capacity = capacity
         self._min_tokens = min_tokens
-        self._snapshots: OrderedDict[tuple[int, ...], _Snapshot] = OrderedDict()
+        self._snapshots: Lru[tuple[int, ...], _Snapshot] = Lru(capacity)
         self._last_key: tuple[int, ...] = ()  # the last prompt's first message (its tokens), and its length
         self._last_prompt = 0
         self.enabled = True
@@ -89,7 +79,7 @@ class PrefixCache:
     def prepare(self, tokens: Sequence[int]) -> int:
         """Leave the KV cache holding as much of ``tokens``' start as it or a snapshot can; returns how much."""
         llm = self._llm
-        held = common_prefix(llm._input_ids.tolist(), tokens)
+        held = int(llm.longest_token_prefix(llm._input_ids.tolist(), tokens))
         if not self.enabled:
             return held
         if self._last_key and held < len(self._last_key):  # about to be overwritten: keep it
@@ -99,10 +89,9 @@ class PrefixCache:
         snapshot = self._snapshots.get(key) if key else None
         if snapshot is None:
             return held
-        shared = common_prefix(snapshot.tokens, tokens)
+        shared = int(llm.longest_token_prefix(snapshot.tokens, tokens))
         if shared <= held:
             return held
-        self._snapshots.move_to_end(key, last=False)
         return shared if self._restore(snapshot, shared) else 0
 
     def _save(self, key: tuple[int, ...], length: int) -> None:
@@ -117,10 +106,7 @@ class PrefixCache:
         state = (ctypes.c_uint8 * size)()
         if llama_cpp.llama_state_seq_get_data(llm.ctx, state, size, 0) != size:
             return
-        self._snapshots[key] = _Snapshot(tuple(llm._input_ids.tolist()), state)
-        self._snapshots.move_to_end(key, last=False)
-        while len(self._snapshots) > self._capacity:
-            self._snapshots.popitem()
+        self._snapshots.put(key, _Snapshot(tuple(llm._input_ids.tolist()), state))
 
     def _restore(self, snapshot: _Snapshot, length: int) -> bool:
         """The snapshot's first ``length`` tokens in the KV cache; False (and the cache empty) if it failed."""
