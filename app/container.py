@@ -40,7 +40,7 @@ from retrieval.journal import IntentJournal
 from retrieval.search import Searcher
 from retrieval.sparse import Bm25Encoder
 from retrieval.validation import DocumentLimits
-from serving.answering.abstention import Abstain, AbstentionCalibration
+from serving.answering.abstention import Abstain, AbstentionCalibration, CalibrationRefresh
 from serving.answering.answer_cache import AnswerCache, IndexDigest
 from serving.answering.conversations import ConversationStore
 from serving.answering.extractive import ExtractiveGenerator
@@ -289,6 +289,7 @@ class Services:
             self.tracer.close()
         if "pipeline" in self.__dict__:
             self.pipeline.stages.rewrite.rewriter.close()  # before the model it may be asking
+            self.pipeline.stages.abstain.close()  # before the index it searches
         generator = self.__dict__.get("generator")
         if isinstance(generator, LlamaCppGenerator):
             generator.supervisor.close()  # the worker process with it: none outlives the API
@@ -313,15 +314,16 @@ def build_pipeline(services: Services) -> RagPipeline:
     embedder = services.embedder
     index_digest = IndexDigest(services.index, lambda: services.ingestor.version)
     calibration = build_abstention_calibration(services)
-    if calibration is not None:  # measured as documents change, not on the first question after
-        services.ingestor.after_change(lambda scope: calibration.for_scope(scope, index_digest(scope)))
+    refresh = CalibrationRefresh(calibration, index_digest) if calibration is not None else None
+    if refresh is not None:  # measured as documents change, not on the first question after
+        services.ingestor.after_change(refresh.changed)
     stages = Stages(
         input_guard=InputGuard(guards.input if guards else None),
         rewrite=RewriteQuery(build_rewriter(settings, primary), guards.input if guards else None),
         cache=CachedAnswers(services.answer_cache, embedder, index_digest, primary.name),
         retrieve=Retrieve(services.searcher),
         screen=ScreenPassages(guards),
-        abstain=Abstain(embedder, settings.answering.abstain_below, calibration),
+        abstain=Abstain(embedder, settings.answering.abstain_below, calibration, refresh),
         # The extractive generator ranks sentences itself: compressing its context first would do it twice.
         compose=ComposePrompt(embedder, 0 if primary.name == "extractive" else settings.answering.context_sentences),
         generate=Generate(chain),

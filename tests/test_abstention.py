@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +18,7 @@ from app.container import Services
 from bench.build_small_corpora import built
 from retrieval.index import Scope
 from retrieval.loaders import load_paths
-from serving.answering.abstention import CEILING, OFF_TOPIC_PROBES, AbstentionCalibration
+from serving.answering.abstention import CEILING, OFF_TOPIC_PROBES, AbstentionCalibration, CalibrationRefresh
 from serving.answering.answer_cache import IndexDigest
 from serving.contracts.answer import AnswerRequest
 from serving.contracts.generation import NOT_IN_DOCUMENTS
@@ -126,11 +128,13 @@ def test_each_small_corpus_is_its_own_collection() -> None:
 def test_the_threshold_is_measured_at_ingest_and_once_for_concurrent_questions(
     make_services: Callable[..., Services],
 ) -> None:
-    """The composition root measures a collection's threshold right after an ingest through this process, so
-    the first question finds it; questions arriving together on a version not measured yet share one measure."""
+    """The composition root measures a collection's threshold right after an ingest through this process (in the
+    background), so the first question finds it; questions arriving together on a version not measured yet share
+    one measure."""
     services = make_services(generator="extractive")
     pipeline = services.pipeline  # wires the measurement after each ingest
     services.ingestor.ingest_documents(sample_documents(40), LARGE)
+    assert pipeline.stages.abstain.settle(60)
     searches = 0
     search = services.searcher.search
 
@@ -149,3 +153,33 @@ def test_the_threshold_is_measured_at_ingest_and_once_for_concurrent_questions(
     with ThreadPoolExecutor(4) as pool:
         measured = list(pool.map(lambda _: calibrated.for_scope(LARGE, current), range(4)))
     assert len({id(m) for m in measured}) == 1 and searches == len(OFF_TOPIC_PROBES)
+
+
+def test_changes_made_while_a_measurement_runs_are_measured_once_after_it() -> None:
+    """An API ingest is many requests: the scope changed four times while its last version was being measured is
+    measured once more, at its version then, and the requests never wait for a measurement."""
+    measuring, release = threading.Event(), threading.Event()
+    measured: list[tuple[Scope, str | None]] = []
+    versions = iter(f"v{n}" for n in range(1, 10))
+
+    class SlowCalibration:
+        def for_scope(self, scope: Scope, version: str | None) -> None:
+            measured.append((scope, version))
+            measuring.set()
+            release.wait(10)
+
+    refresh = CalibrationRefresh(SlowCalibration(), lambda scope: next(versions))  # type: ignore[arg-type]
+    try:
+        refresh.changed(SMALL)
+        assert measuring.wait(10)
+        started = time.perf_counter()
+        for _ in range(4):
+            refresh.changed(SMALL)
+        refresh.changed(LARGE)
+        assert time.perf_counter() - started < 0.5  # nobody waited for the measurement running
+        release.set()
+        assert refresh.flush(10)
+        assert measured == [(SMALL, "v1"), (SMALL, "v2"), (LARGE, "v3")]
+    finally:
+        release.set()
+        refresh.close()

@@ -24,6 +24,7 @@ import logging
 import statistics
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,7 @@ from retrieval.search import Searcher
 from serving.answering.stages import Turn
 from serving.contracts.answer import Answer
 from serving.contracts.generation import NOT_IN_DOCUMENTS
+from serving.infra.background import BackgroundWorker
 
 log = logging.getLogger("ragops.abstention")
 
@@ -83,7 +85,7 @@ class AbstentionCalibration:
     """The threshold of a (collection, tenant) for its current documents: measured with the probes the first time
     a version is asked for, then kept (the last ``max_scopes`` scopes, one version each). A version is the
     scope's documents digest (``IndexDigest``), so any ingest, update or delete gives a new measurement: made
-    right after an ingest through this process (``Ingestor.after_change``, wired in the composition root), else by
+    right after an ingest through this process (``CalibrationRefresh``, wired in the composition root), else by
     the first request that asks."""
 
     def __init__(
@@ -155,17 +157,60 @@ class AbstentionCalibration:
         return float(np.max(vectors @ self._embedder.embed_query(question)))
 
 
+class CalibrationRefresh:
+    """Measures a scope's calibration after its documents change, off the request that changed them: one thread,
+    the scopes changed meanwhile measured once each afterwards, at their version then (an API ingest arrives as
+    many requests of a few documents; measuring after each was 24 searches apiece, in the ingest's response time).
+    A question that comes first measures it itself, and the two share the measurement (``for_scope``)."""
+
+    def __init__(self, calibration: AbstentionCalibration, version: Callable[[Scope], str | None]) -> None:
+        self._calibration, self._version = calibration, version
+        self._worker: BackgroundWorker[Scope] = BackgroundWorker(
+            "abstention-calibration", self._measure, max_pending=1024, batch_size=1024
+        )
+
+    def changed(self, scope: Scope) -> None:
+        self._worker.put(scope)  # a full queue drops it: the scope's first question measures it then
+
+    def flush(self, wait_s: float) -> bool:
+        return self._worker.flush(wait_s)
+
+    def close(self) -> None:
+        # What is pending after a few seconds is left: the next start's first question measures it.
+        self._worker.close(wait_s=5.0)
+
+    def _measure(self, scopes: list[Scope]) -> None:
+        for scope in dict.fromkeys(scopes):  # changed twice while the last one was measured: measured once
+            try:
+                self._calibration.for_scope(scope, self._version(scope))
+            except Exception:  # the worker must not die: the question that needs it measures it
+                log.warning("abstention calibration of %s after a change failed", scope, exc_info=True)
+
+
 class Abstain:
     """When no passage is similar enough to the question, or the passage that held the answer was dropped by the
     screen, say the documents do not hold the answer and call no model. "Similar enough": at least the
     collection's calibrated threshold (``calibration``), or the global one without it."""
 
     def __init__(
-        self, embedder: CachedEmbedder, threshold: float, calibration: AbstentionCalibration | None = None
+        self,
+        embedder: CachedEmbedder,
+        threshold: float,
+        calibration: AbstentionCalibration | None = None,
+        refresh: CalibrationRefresh | None = None,
     ) -> None:
         self._embedder = embedder
         self._threshold = threshold
         self._calibration = calibration
+        self._refresh = refresh  # owned here, with the calibration it measures: closed with the pipeline
+
+    def settle(self, wait_s: float) -> bool:
+        """Wait up to ``wait_s`` for the measurements after document changes; False if some are still pending."""
+        return self._refresh is None or self._refresh.flush(wait_s)
+
+    def close(self) -> None:
+        if self._refresh is not None:
+            self._refresh.close()
 
     def threshold(self, turn: Turn) -> float:
         """The request's collection's threshold, for the documents version the answer cache keyed it on."""
