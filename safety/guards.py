@@ -18,7 +18,6 @@ import hashlib
 import logging
 import re
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -300,14 +299,12 @@ QUOTING_VALIDATORS = {"profanity_free": "profanity", "secrets_present": "secrets
 def build_guard(name: str, path: Path, context: GuardContext, remember: int = 0) -> Guard:
     steps = load_policy(path)
     disable_guardrails_metrics()
-    # SecretsPresent warns on every one-line text (it prefers code); questions and answers are mostly one line.
-    warnings.filterwarnings("ignore", message="The DetectSecrets validator works best", category=UserWarning)
     from guardrails_ai.ban_list import BanList
     from guardrails_ai.regex_match import RegexMatch
-    from guardrails_ai.secrets_present import SecretsPresent
     from guardrails_ai.valid_length import ValidLength
 
     from safety import validators
+    from safety.secret_scan import SecretsPresent
 
     factories: dict[str, Callable[..., Any]] = {
         "valid_length": ValidLength,

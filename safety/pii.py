@@ -2,7 +2,7 @@
 
 Patterns find candidates; checks keep false positives down: a card number must pass Luhn, an IBAN the ISO 13616
 mod-97 check, an IP address must parse, a US SSN must not use a never-issued area. Secrets (API keys, tokens,
-private keys) come from known key formats here and from detect-secrets through guardrails' SecretsPresent.
+private keys) come from known key formats here and from detect-secrets (``safety.secret_scan``).
 """
 
 from __future__ import annotations
