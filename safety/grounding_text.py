@@ -48,12 +48,17 @@ def stem(word: str) -> str:
 
 
 def is_number(word: str) -> bool:
-    return any(ch.isdigit() for ch in word)
+    return any(map(str.isdigit, word))
 
 
 def content_stems(text: str) -> set[str]:
     """Stems of the words that carry a claim: no stopwords, fillers or one-letter words."""
-    return {stem(t) for t in tokens(text) if t not in STOPWORDS and t not in _FILLERS and len(t) > 1}
+    return stems_of(tokens(text))
+
+
+def stems_of(words: list[str]) -> set[str]:
+    """``content_stems`` of already ``tokens``-split words."""
+    return {stem(t) for t in words if t not in STOPWORDS and t not in _FILLERS and len(t) > 1}
 
 
 def normal_number(word: str) -> str:
@@ -75,12 +80,21 @@ def names_and_numbers(sentence: str, common_words: set[str]) -> set[str]:
 
 
 def negations(text: str) -> int:
-    return sum(t in _NEGATIONS for t in tokens(text))
+    return negations_of(tokens(text))
+
+
+def negations_of(words: list[str]) -> int:
+    return sum(t in _NEGATIONS for t in words)
 
 
 def word_set(text: str) -> set[str]:
     """Lower-case words and numbers as ``names_and_numbers`` writes them: what a name is looked up in."""
-    return {normal_number(t) if is_number(t) else t.removesuffix("'s") for t in tokens(text)}
+    return words_of(tokens(text))
+
+
+def words_of(words: list[str]) -> set[str]:
+    """``word_set`` of already ``tokens``-split words."""
+    return {normal_number(t) if is_number(t) else t.removesuffix("'s") for t in words}
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,11 @@ class PassageSentence:
     negations: int
     passage: int = 0  # which context it comes from
 
+    @classmethod
+    def of(cls, text: str, passage: int = 0) -> PassageSentence:
+        words = tokens(text)  # split once for the three readings of it
+        return cls(text, frozenset(stems_of(words)), frozenset(words_of(words)), negations_of(words), passage)
+
 
 @dataclass(frozen=True)
 class Passages:
@@ -138,9 +157,7 @@ class Passages:
     def of(cls, contexts: list[str]) -> Passages:
         texts = [(i, s) for i, c in enumerate(contexts) for s in split_sentences(c) if s.strip()]
         lowercase = frozenset(w for c in contexts for w in _WORD.findall(c) if w.islower())
-        sentences = tuple(
-            PassageSentence(t, frozenset(content_stems(t)), frozenset(word_set(t)), negations(t), i) for i, t in texts
-        )
+        sentences = tuple(PassageSentence.of(t, i) for i, t in texts)
         stems = frozenset().union(*(s.stems for s in sentences)) if sentences else frozenset()
         words = frozenset().union(*(s.words for s in sentences)) if sentences else frozenset()
         frequency: dict[str, int] = {}

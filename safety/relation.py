@@ -20,7 +20,7 @@ passages' analysis already holds.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from safety.grounding_text import (
     Passages,
@@ -61,9 +61,30 @@ def relation_check(sentence: str, question: str, passages: Passages) -> Relation
     asserted = (names_and_numbers(sentence, set(passages.lowercase)) - asked) & passages.words
     if not asserted:
         return None
-    anchors = _anchors(sentence, question, asserted, passages)
-    checks = [_check(word, asserted | asked, anchors, passages) for word in sorted(asserted)]
+    claim = _Claim(passages, _anchors(sentence, question, asserted, passages))
+    checks = [_check(word, asserted | asked, claim) for word in sorted(asserted)]
     return min(checks, key=lambda c: c.margin)
+
+
+@dataclass
+class _Claim:
+    """One sentence's claim as the passages' sentences read it: the anchors' positions and the entity spans of a
+    sentence, found once for all the words it asserts."""
+
+    passages: Passages
+    anchors: dict[str, float]
+    _near: dict[int, list[tuple[int, str]]] = field(default_factory=dict)
+    _spans: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+
+    def near(self, index: int) -> list[tuple[int, str]]:
+        if index not in self._near:
+            self._near[index] = _anchor_positions(self.passages.tokens(index), self.anchors)
+        return self._near[index]
+
+    def spans(self, index: int) -> list[tuple[int, int]]:
+        if index not in self._spans:
+            self._spans[index] = _spans(self.passages.tokens(index))
+        return self._spans[index]
 
 
 def _anchors(sentence: str, question: str, asserted: set[str], passages: Passages) -> dict[str, float]:
@@ -74,40 +95,38 @@ def _anchors(sentence: str, question: str, asserted: set[str], passages: Passage
     return {s: passages.idf.get(s, rarest) for s in stems}
 
 
-def _check(word: str, taken: set[str], anchors: dict[str, float], passages: Passages) -> RelationCheck:
+def _check(word: str, taken: set[str], claim: _Claim) -> RelationCheck:
     best: _Placed | None = None
     best_sentence: PassageSentence | None = None
-    for index, sentence in enumerate(passages.sentences):
+    for index, sentence in enumerate(claim.passages.sentences):
         if word not in sentence.words:
             continue
-        tokens = passages.tokens(index)
-        near = _anchor_positions(tokens, anchors)
-        for position, token in enumerate(tokens):
+        near = claim.near(index)
+        for position, token in enumerate(claim.passages.tokens(index)):
             if token.word == word:
-                placed = _Placed(word, _placement(position, near, anchors))
+                placed = _Placed(word, _placement(position, near, claim.anchors))
                 if best is None or placed.placement > best.placement:
                     best, best_sentence = placed, sentence
     if best is None or best_sentence is None:  # written otherwise in the tokens than in the words: not placed
         return RelationCheck(asserted=word, competitor=None, margin=1.0)
-    rival = _best_competitor(word, taken, anchors, passages, best_sentence.passage)
+    rival = _best_competitor(word, taken, claim, best_sentence.passage)
     if rival is None or rival.placement <= best.placement:
         return RelationCheck(asserted=word, competitor=None, margin=1.0)
     return RelationCheck(asserted=word, competitor=rival.text, margin=round(best.placement / rival.placement, 4))
 
 
-def _best_competitor(
-    word: str, taken: set[str], anchors: dict[str, float], passages: Passages, passage: int
-) -> _Placed | None:
+def _best_competitor(word: str, taken: set[str], claim: _Claim, passage: int) -> _Placed | None:
     """The best placed span of ``word``'s kind in the same passage that neither the answer nor the question
     holds; a span is a run of entity tokens (a multi-word name competes as one)."""
     numeric = is_number(word)
+    anchors = claim.anchors
     best: _Placed | None = None
-    for index, sentence in enumerate(passages.sentences):
+    for index, sentence in enumerate(claim.passages.sentences):
         if sentence.passage != passage or not sentence.stems & anchors.keys():
             continue  # another passage, or nothing of the claim here: every span in it is placed 0
-        tokens = passages.tokens(index)
-        near = _anchor_positions(tokens, anchors)
-        for start, end in _spans(tokens):
+        tokens = claim.passages.tokens(index)
+        near = claim.near(index)
+        for start, end in claim.spans(index):
             span = tokens[start:end]
             if any(t.number for t in span) != numeric or any(t.word in taken for t in span):
                 continue
