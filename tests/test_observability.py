@@ -58,6 +58,8 @@ def test_metrics_logs_and_traces_of_a_served_request(live_server: LiveServers) -
         assert samples[("ragops_groundedness_count", ())] == 1
         assert any(name == "ragops_stage_seconds_bucket" and ("stage", "search") in labels for name, labels in samples)
         assert ("ragops_alert_active", (("alert", "hallucination_rate"),)) in samples
+        # serve froze its start-up heap and times the collector's pauses since: the young ones have run
+        assert samples[("ragops_gc_pause_seconds_count", (("generation", "0"),))] > 0
 
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and len(receiver.paths("POST")) < 2:

@@ -48,6 +48,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from app.cli.graceful import GracefulServer
     from app.logs import configure_logging
     from app.main import create_app
+    from serving.observe.gc_pauses import CollectorPauses, freeze_startup_heap
 
     if not 0 < args.port < 65536:
         raise CliError("--port must be between 1 and 65535")
@@ -61,6 +62,7 @@ def run_serve(args: argparse.Namespace) -> int:
             "serving %s without API keys (RAGOPS_ALLOW_OPEN=true): anyone who reaches it reads and writes", args.host
         )
     services = open_services(settings)  # an index that cannot open: its one line, exit 1
+    pauses = CollectorPauses(services.metrics.gc_pauses)
     try:
         with start_step("opening the state store and the audit trail"):
             open_governance(services)
@@ -74,6 +76,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
         with start_step("finishing interrupted erasures"):
             finish_erasures(services.eraser)
+        with start_step("freezing the start-up heap"):  # out of every full collection's pass (gc_pauses)
+            freeze_startup_heap()
+        pauses.start()
         app = create_app(settings, services=services, bind_host=args.host)
         # Our middleware logs one line per request, path without the query string; uvicorn's would log both.
         # proxy_headers off: uvicorn would otherwise take X-Forwarded-For from any loopback peer as the client;
@@ -87,6 +92,7 @@ def run_serve(args: argparse.Namespace) -> int:
             config, app.state, settings.shutdown.drain_s, on_ready=lambda: announce_ready(services, url, has_keys)
         ).run()
     finally:
+        pauses.close()
         services.close()
     return EXIT_OK
 

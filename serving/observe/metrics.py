@@ -148,6 +148,10 @@ class ServiceMetrics:
             "ragops_generator_restarts", "llama.cpp worker processes restarted, by cause (SIGILL, SIGKILL, hung, ...).",
             ["cause"], registry=r,
         )  # fmt: skip
+        self.gc_pauses = Histogram(
+            "ragops_gc_pause_seconds", "Garbage collector pauses by generation (every thread waits; 2 is a full one).",
+            ["generation"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
         self.rates = Gauge("ragops_rolling_rate", "Rates over the recent answers.", ["rate"], registry=r)
         self.alert_active = Gauge(
             "ragops_alert_active", "1 while a rate is above its alert threshold.", ["alert"], registry=r
