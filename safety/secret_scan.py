@@ -8,16 +8,19 @@ let it through 1 time in 400 (tests/test_secret_scan.py makes the race likely an
 plugins on every switch was also most of the call's cost.
 
 ``SecretScanner`` enters those settings once, when it is built, and never leaves them: every scan then reads the
-same plugins. A text is scanned as ``detect_secrets.core.scan.scan_file`` scans a ``.txt`` file, from memory: its
-lines through the line scanner (``_process_line_based_plugins``, private: detect-secrets is pinned in
-constraints.txt, and the agreement test compares the Hub's validator on every run), then, when that finds nothing,
-the lines its eager transformers read from it. What it finds and how it masks them are the Hub validator's.
+same plugins. A text is scanned as ``detect_secrets.core.scan.scan_file`` scans a ``.txt`` file, from memory: as
+its transformers read it (an ini-like text as its values), else its lines, through the line scanner
+(``_process_line_based_plugins``, private: detect-secrets is pinned in constraints.txt, and the agreement test
+compares the Hub's validator on every run), then, when that finds nothing, as its eager transformers read it.
+What it finds is what the Hub validator finds; it masks each secret everywhere in the text, where the Hub's masks
+it only on the line of its first finding.
 """
 
 from __future__ import annotations
 
 import io
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from guardrails.validator_base import FailResult, PassResult, ValidationResult, Validator, register_validator
@@ -42,26 +45,32 @@ class SecretScanner:
                 cache_bust()  # what default_settings() does on entry: fresh settings with the default filters
                 configure_settings_from_baseline({"plugins_used": every_plugin})
 
-    def find(self, text: str) -> tuple[dict[str, list[int]], list[str]]:
-        """The secrets found, each with the (1-based) lines it is on, and the text's lines."""
+    def find(self, text: str) -> tuple[list[str], list[str]]:
+        """The secrets found, in the order detect-secrets reports them, and the text's lines."""
         from detect_secrets.core.scan import _process_line_based_plugins
-        from detect_secrets.transformers import get_transformed_file
 
         lines = io.StringIO(text, newline=None).readlines()  # as a text file reads back: universal newlines
-        found = list(_process_line_based_plugins(list(enumerate(lines, start=1)), SCANNED_NAME))
-        if not found:
-            named = _NamedText(text)
-            eager = get_transformed_file(named, use_eager_transformers=True)  # type: ignore[arg-type]
-            if eager:
-                found = list(_process_line_based_plugins(list(enumerate(eager, start=1)), SCANNED_NAME))
-        secrets: dict[str, list[int]] = {}
-        for secret in found:
-            if secret.secret_value is None:  # a finding read back from a baseline file; never from a scan
-                continue
-            places = secrets.setdefault(secret.secret_value, [])
-            if secret.line_number not in places:
-                places.append(secret.line_number)
-        return secrets, lines
+        found: dict[Any, None] = {}  # detect-secrets' set: one finding per (secret, type), its first kept
+        for reading in _readings(text, lines):
+            for secret in _process_line_based_plugins(list(enumerate(reading, start=1)), SCANNED_NAME):
+                found.setdefault(secret)
+            if found:
+                break
+        ordered = sorted(found, key=lambda s: (s.line_number, s.secret_hash, s.type))  # SecretsCollection's order
+        # secret_value is None only for a finding read back from a baseline file, never from a scan.
+        secrets = dict.fromkeys(s.secret_value for s in ordered if s.secret_value is not None)
+        return list(secrets), lines
+
+
+def _readings(text: str, lines: list[str]) -> Iterator[list[str]]:
+    """The text as ``scan_file`` reads a file: as its transformers parse it (an ini-like text as its values), else
+    as its lines; then, for a caller that found nothing in those, as its eager transformers parse it."""
+    from detect_secrets.transformers import get_transformed_file
+
+    yield get_transformed_file(_NamedText(text)) or lines  # type: ignore[arg-type]
+    eager = get_transformed_file(_NamedText(text), use_eager_transformers=True)  # type: ignore[arg-type]
+    if eager:
+        yield eager
 
 
 class _NamedText(io.StringIO):
@@ -74,8 +83,8 @@ class _NamedText(io.StringIO):
 
 @register_validator(name="ragops/secrets_present", data_type="string")
 class SecretsPresent(Validator):
-    """The Hub's ``secrets_present`` decision and fix (each secret masked on its lines), thread-safe and without a
-    temp file. Like the Hub's, a text without a line break is scanned as one line ending in one."""
+    """The Hub's ``secrets_present`` decision and message, each secret masked wherever it is, thread-safe and
+    without a temp file. Like the Hub's, a text without a line break is scanned as one line ending in one."""
 
     def __init__(self, on_fail: Any = None, **kwargs: Any) -> None:
         super().__init__(on_fail=on_fail, **kwargs)
@@ -88,10 +97,10 @@ class SecretsPresent(Validator):
         secrets, lines = self._scanner.find(text)
         if not secrets:
             return PassResult()
-        for secret, line_numbers in secrets.items():
-            for number in line_numbers:
-                lines[number - 1] = lines[number - 1].replace(secret, MASK)
+        masked = "".join(lines)
+        for secret in secrets:  # everywhere (module docstring)
+            masked = masked.replace(secret, MASK)
         return FailResult(
             error_message="The following secrets were detected in your response:\n" + "\n".join(secrets),
-            fix_value="".join(lines),
+            fix_value=masked,
         )
