@@ -61,6 +61,7 @@ from retrieval.fusion import fuse  # noqa: E402
 from retrieval.index import FusionParams, Scope, SearchFilter, SearchMode  # noqa: E402
 from retrieval.loaders import load_file  # noqa: E402
 from retrieval.rerank import RerankWeights, SentenceReranker  # noqa: E402
+from retrieval.search import with_payloads  # noqa: E402
 from retrieval.sparse import Bm25Encoder  # noqa: E402
 
 SAMPLE = DISFL_QA.passages
@@ -271,7 +272,8 @@ def rerank_latency(settings: Settings, raw_embedder: Embedder, queries: list[str
         for query in queries:
             vector, terms = services.embedder.embed_query(query), sparse.encode_query(query)
             lists = services.index.search_both(SCOPE, vector, terms, settings.retrieval.prefetch_limit, SearchFilter())
-            inputs.append((vector, terms, fuse(lists, fusion)[: settings.retrieval.rerank_depth]))
+            head = with_payloads(services.index, fuse(lists, fusion)[: settings.retrieval.rerank_depth])
+            inputs.append((vector, terms, head))
         timings: dict[str, list[float]] = {"cold": [], "warm": []}
         for label in ("cold", "warm"):
             for vector, terms, candidates in inputs:

@@ -168,10 +168,20 @@ class VectorIndex(Protocol):
         limit: int,
         search_filter: SearchFilter,
     ) -> CandidateLists:
-        """Both retrievers' top ``limit`` with raw scores, in one round trip where the engine allows."""
+        """Both retrievers' top ``limit`` with raw scores, in one round trip where the engine allows: ids and
+        scores only, every payload empty (``payloads`` fetches those of the candidates kept)."""
+        ...
+
+    def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Point id -> payload, for those of ``ids`` that still exist (an ingest may have replaced a document
+        since its points were ranked)."""
         ...
 
     def count(self, scope: Scope | None = None) -> int: ...
+
+    def has_points(self, scope: Scope) -> bool:
+        """Whether the scope holds any point: one point read, where ``count`` walks them all (every chat asks)."""
+        ...
 
     def collections(self, tenant: str) -> list[str]:
         """The names of the tenant's collections that hold documents, sorted."""

@@ -85,9 +85,9 @@ class EdgeDialect:
     def idf_params(self, corpus: qe.Filter) -> qe.SearchParams:
         return qe.SearchParams(idf=qe.IdfParams(corpus=corpus))
 
-    def request(self, ranking: Ranking, limit: int, condition: qe.Filter) -> qe.QueryRequest:
+    def request(self, ranking: Ranking, limit: int, condition: qe.Filter, with_payload: bool) -> qe.QueryRequest:
         return qe.QueryRequest(
-            limit=limit, query=_nearest(ranking), filter=condition, with_payload=True, params=ranking.params
+            limit=limit, query=_nearest(ranking), filter=condition, with_payload=with_payload, params=ranking.params
         )
 
 
@@ -169,8 +169,10 @@ class QdrantEdgeIndex(QdrantIndexBase[qe.Filter, qe.QueryRequest]):
         with self._write_lock:
             self._shard.update(qe.UpdateOperation.delete_points_by_filter(condition))
 
-    def _scroll_page(self, condition: qe.Filter, offset: Any, fields: list[str]) -> PayloadPage:
-        request = qe.ScrollRequest(offset=offset, limit=SCROLL_PAGE_SIZE, filter=condition, with_payload=fields)
+    def _scroll_page(
+        self, condition: qe.Filter, offset: Any, fields: list[str], limit: int = SCROLL_PAGE_SIZE
+    ) -> PayloadPage:
+        request = qe.ScrollRequest(offset=offset, limit=limit, filter=condition, with_payload=fields)
         records, next_offset = self._shard.scroll(request)
         return [record.payload for record in records], next_offset
 
@@ -179,6 +181,9 @@ class QdrantEdgeIndex(QdrantIndexBase[qe.Filter, qe.QueryRequest]):
 
     def _count_where(self, condition: qe.Filter | None) -> int:
         return int(self._shard.count(qe.CountRequest(filter=condition, exact=True)))
+
+    def _retrieve(self, ids: list[str]) -> list[Any]:
+        return list(self._shard.retrieve(ids, True, False))
 
     # --- erasure ----------------------------------------------------------------------------------------
     def purge_deleted(self) -> None:

@@ -41,14 +41,16 @@ class ClientDialect:
     def idf_params(self, corpus: models.Filter) -> models.SearchParams:
         return models.SearchParams(idf=models.IdfCorpusParams(corpus=corpus))
 
-    def request(self, ranking: Ranking, limit: int, condition: models.Filter) -> models.QueryRequest:
+    def request(
+        self, ranking: Ranking, limit: int, condition: models.Filter, with_payload: bool
+    ) -> models.QueryRequest:
         return models.QueryRequest(
             query=ranking.vector,
             using=ranking.using,
             filter=condition,
             params=ranking.params,
             limit=limit,
-            with_payload=True,
+            with_payload=with_payload,
         )
 
 
@@ -100,9 +102,11 @@ class QdrantServerIndex(QdrantIndexBase[models.Filter, models.QueryRequest]):
     def _delete_where(self, condition: models.Filter) -> None:
         self._client.delete(self._collection, models.FilterSelector(filter=condition), wait=True)
 
-    def _scroll_page(self, condition: models.Filter, offset: Any, fields: list[str]) -> PayloadPage:
+    def _scroll_page(
+        self, condition: models.Filter, offset: Any, fields: list[str], limit: int = SCROLL_PAGE_SIZE
+    ) -> PayloadPage:
         records, next_offset = self._client.scroll(
-            self._collection, scroll_filter=condition, limit=SCROLL_PAGE_SIZE, offset=offset, with_payload=fields
+            self._collection, scroll_filter=condition, limit=limit, offset=offset, with_payload=fields
         )
         return [record.payload for record in records], next_offset
 
@@ -117,6 +121,9 @@ class QdrantServerIndex(QdrantIndexBase[models.Filter, models.QueryRequest]):
 
     def _count_where(self, condition: models.Filter | None) -> int:
         return int(self._client.count(self._collection, count_filter=condition, exact=True).count)
+
+    def _retrieve(self, ids: list[str]) -> list[Any]:
+        return self._client.retrieve(self._collection, ids, with_payload=True, with_vectors=False)
 
     def close(self) -> None:
         self._client.close()

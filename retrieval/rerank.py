@@ -112,7 +112,7 @@ class SentenceReranker:
         self._embedder = embedder
         self._sparse = sparse
         self._weights = weights
-        self._depth = depth
+        self.depth = depth
         # Each recent passage's sentences and their BM25 terms: the same passages come back question after
         # question, and splitting and encoding them again was a quarter of a search's CPU.
         self._split: Lru[bytes, tuple[list[str], list[Terms]]] = Lru(SPLITS_KEPT)
@@ -121,7 +121,7 @@ class SentenceReranker:
         self, query_vector: npt.NDArray[np.float32], query_terms: SparseVector, candidates: Sequence[FusedCandidate]
     ) -> list[FusedCandidate]:
         """``query_terms``: the query's BM25 vector, as hybrid search already encoded it."""
-        head, tail = list(candidates[: self._depth]), list(candidates[self._depth :])
+        head, tail = list(candidates[: self.depth]), list(candidates[self.depth :])
         if len(head) < 2:
             return head + tail
         sentences = self._sentences(query_vector, head)

@@ -3,13 +3,14 @@
 Dense and BM25 are ranked by the index alone. Hybrid takes both rankings with their raw scores, fuses them
 client-side (``retrieval.fusion``: the dense weight chosen per query from both lists' scores) and, with a
 reranker, re-scores the fused top candidates by their best sentence (``retrieval.rerank``); a hybrid hit's score
-is the fused (or reranked) score.
+is the fused (or reranked) score. The rankings carry ids and scores only: the payloads of the fused head (what
+the rerank reads and the hits return) are fetched in one call after fusion (``with_payloads``).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +42,17 @@ def _hit(point: ScoredPayload, score: float) -> Hit:
         headings=tuple(payload.get("headings") or ()),
         chunk_index=int(payload.get("chunk_index", 0)),
     )
+
+
+def with_payloads(index: VectorIndex, candidates: list[FusedCandidate]) -> list[FusedCandidate]:
+    """The candidates with their points' payloads, in order; one whose point is gone since it was ranked (an
+    ingest replaced its document) is dropped."""
+    payloads = index.payloads([candidate.point.id for candidate in candidates])
+    return [
+        replace(candidate, point=replace(candidate.point, payload=payloads[candidate.point.id]))
+        for candidate in candidates
+        if candidate.point.id in payloads
+    ]
 
 
 class Searcher:
@@ -99,6 +111,8 @@ class Searcher:
         """Both rankings fused, then reranked when a reranker is set; the best ``top_k``."""
         limit = max(top_k, self._fusion.prefetch_limit)
         fused = fuse(self._index.search_both(scope, dense, sparse, limit, search_filter), self._fusion)
+        # Below the head nothing is read: the rerank moves only its top ``depth``, the rest keep their order.
+        head = with_payloads(self._index, fused[: max(top_k, self._reranker.depth if self._reranker else 0)])
         if self._reranker is not None:
-            fused = self._reranker.rerank(dense, sparse, fused)
-        return fused[:top_k]
+            head = self._reranker.rerank(dense, sparse, head)
+        return head[:top_k]

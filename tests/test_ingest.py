@@ -116,9 +116,11 @@ def test_collections_and_tenants_are_separate(services: Services) -> None:
     services.ingestor.ingest_documents([doc("a", "Shared id, tenant two.")], Scope("docs", "t2"))
     services.ingestor.ingest_documents([doc("a", "Shared id, other collection.")], Scope("other", "t1"))
     assert services.index.count(Scope("docs", "t1")) == 1
+    assert services.index.has_points(Scope("docs", "t1")) and not services.index.has_points(Scope("docs", "t3"))
     services.ingestor.ingest_documents([], Scope("docs", "t1"), prune=True)  # prune one scope only
-    assert services.index.count(Scope("docs", "t1")) == 0
+    assert services.index.count(Scope("docs", "t1")) == 0 and not services.index.has_points(Scope("docs", "t1"))
     assert services.index.count(Scope("docs", "t2")) == services.index.count(Scope("other", "t1")) == 1
+    assert services.index.has_points(Scope("docs", "t2")) and services.index.has_points(Scope("other", "t1"))
 
 
 @pytest.mark.parametrize("fmt", ["jsonl"])

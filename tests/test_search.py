@@ -18,6 +18,7 @@ from retrieval.index import (
     SnapshotIndex,
 )
 from retrieval.rerank import RerankWeights, SentenceReranker
+from retrieval.search import with_payloads
 from retrieval.sparse import Bm25Encoder
 from tests.conftest import sample_documents, sample_questions
 
@@ -247,6 +248,31 @@ def test_rerank_is_a_setting(make_services: Callable[..., Services]) -> None:
     hits = services.searcher.search(query, SCOPE, top_k=5).hits
     assert [h.chunk_id for h in hits] == [c.point.id for c in expected]
     assert [h.score for h in hits] == pytest.approx([c.score for c in expected])
+
+
+@pytest.mark.parametrize("backend", ["edge", "qdrant-local"])
+def test_rankings_carry_no_payloads_and_the_head_gets_them(
+    make_services: Callable[..., Services], backend: str
+) -> None:
+    """Hybrid ranks ids and scores only; the fused head's payloads come in one fetch, and a candidate whose document
+    was replaced between the ranking and the fetch is dropped, not returned without its text."""
+    services = make_services(backend)
+    documents = sample_documents(30)
+    services.ingestor.ingest_documents(documents, SCOPE)
+    query = "Who ruled the duchy of Normandy?"
+    dense, sparse = services.embedder.embed_query(query), Bm25Encoder().encode_query(query)
+    lists = services.index.search_both(SCOPE, dense, sparse, 20, SearchFilter())
+    assert lists.dense and lists.sparse
+    assert all(point.payload == {} for point in (*lists.dense, *lists.sparse))
+    head = fuse(lists, FusionParams())[:8]
+    gone = head[1].point.id
+    gone_doc = services.index.payloads([gone])[gone]["doc_id"]
+    services.index.delete_document(SCOPE, gone_doc)
+    kept = with_payloads(services.index, head)
+    assert [c.point.id for c in kept] == [c.point.id for c in head if c.point.id != gone]
+    assert all(c.point.payload["doc_id"] != gone_doc and c.point.payload["text"] for c in kept)
+    assert services.index.payloads([]) == {}
+    services.close()
 
 
 def test_both_backends_agree_on_hybrid(make_services: Callable[..., Services]) -> None:

@@ -120,7 +120,7 @@ def answered_scope(services: Services, tenant: str, collection: str | None) -> S
     collection that holds documents (the sample, after ``make run``): a chat client that picks the plain
     ``ragops`` model is answered. A collection without documents is a 404 naming the ones that have some."""
     scope = Scope(collection or services.settings.defaults.collection, tenant)
-    if services.index.count(scope) > 0:
+    if services.index.has_points(scope):
         return scope
     filled = services.index.collections(tenant)
     if collection is None and len(filled) == 1:
