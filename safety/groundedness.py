@@ -38,14 +38,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_valid
 from prompts.citations import CITATION, says_not_in_documents
 from retrieval.chunking import split_sentences
 from retrieval.lru import Lru
-from safety.grounding_text import Passages, content_stems, names_and_numbers, negations, word_set
+from safety.grounding_text import PassageReading, Passages, content_stems, names_and_numbers, negations, word_set
 from safety.relation import RelationCheck, relation_check
 
 Vectors = np.ndarray[Any, np.dtype[np.float32]]
 
 _PLACEHOLDER = re.compile(r"\[[A-Z_]+\]")  # redactions such as [EMAIL]: no claim to support
 RESTATES = 0.5  # share of an answer sentence's words in a passage sentence for it to restate that sentence
-_PASSAGE_CACHE = 64  # analysed passage sets kept: a streamed answer is scored sentence by sentence
+_PASSAGE_SET_CACHE = 64  # analysed passage sets kept: a streamed answer is scored sentence by sentence
+# Single passages read: the same passages come back question after question, in other sets (about 2 KB each).
+_PASSAGE_CACHE = 4096
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,7 +165,8 @@ class GroundednessScorer:
         self._embed = embed
         self.threshold = threshold
         self.weights = weights or GroundednessWeights()
-        self._passages: Lru[tuple[str, ...], Passages] = Lru(_PASSAGE_CACHE)
+        self._passage_sets: Lru[tuple[str, ...], Passages] = Lru(_PASSAGE_SET_CACHE)
+        self._readings: Lru[str, PassageReading] = Lru(_PASSAGE_CACHE)
 
     def score(self, answer: str, contexts: list[str], *, question: str) -> Groundedness:
         if is_abstention(answer):
@@ -192,7 +195,10 @@ class GroundednessScorer:
         return supports
 
     def _analysed(self, contexts: list[str]) -> Passages:
-        return self._passages.get_or_make(tuple(contexts), lambda: Passages.of(contexts))
+        return self._passage_sets.get_or_make(tuple(contexts), lambda: Passages.of(contexts, self._reading))
+
+    def _reading(self, text: str) -> PassageReading:
+        return self._readings.get_or_make(text, lambda: PassageReading.of(text))
 
 
 def stem_overlap(stems: set[str], passages: Passages) -> Vectors:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from retrieval.chunking import split_sentences
 
@@ -38,6 +39,7 @@ def tokens(text: str) -> list[str]:
     return [t.lower().strip(".,'") for t in _WORD.findall(text.replace("n't", " n't"))]
 
 
+@lru_cache(maxsize=1 << 16)  # a pure function of the word: vocabularies repeat (a tenth of a guard's time was here)
 def stem(word: str) -> str:
     """Crude, but the same on both sides: plurals, -ed, -ing, possessives."""
     word = word.removesuffix("'s")
@@ -135,6 +137,20 @@ class PassageSentence:
 
 
 @dataclass(frozen=True)
+class PassageReading:
+    """One passage as ``Passages`` reads it, the same in every set it is retrieved in: its sentences (numbered as
+    passage 0) and its words written in lower case."""
+
+    sentences: tuple[PassageSentence, ...]
+    lowercase: frozenset[str]
+
+    @classmethod
+    def of(cls, text: str) -> PassageReading:
+        sentences = tuple(PassageSentence.of(s) for s in split_sentences(text) if s.strip())
+        return cls(sentences, frozenset(w for w in _WORD.findall(text) if w.islower()))
+
+
+@dataclass(frozen=True)
 class Passages:
     """The passages' sentences with their stems and words, and vocabularies over all of them."""
 
@@ -154,10 +170,15 @@ class Passages:
         return self._tokens[index]
 
     @classmethod
-    def of(cls, contexts: list[str]) -> Passages:
-        texts = [(i, s) for i, c in enumerate(contexts) for s in split_sentences(c) if s.strip()]
-        lowercase = frozenset(w for c in contexts for w in _WORD.findall(c) if w.islower())
-        sentences = tuple(PassageSentence.of(t, i) for i, t in texts)
+    def of(cls, contexts: list[str], read: Callable[[str], PassageReading] = PassageReading.of) -> Passages:
+        """``read``: each passage's reading (``PassageReading.of``, or a cache of it)."""
+        readings = [read(c) for c in contexts]
+        lowercase = frozenset().union(*(r.lowercase for r in readings))
+        sentences = tuple(
+            PassageSentence(s.text, s.stems, s.words, s.negations, i)
+            for i, r in enumerate(readings)
+            for s in r.sentences
+        )
         stems = frozenset().union(*(s.stems for s in sentences)) if sentences else frozenset()
         words = frozenset().union(*(s.words for s in sentences)) if sentences else frozenset()
         frequency: dict[str, int] = {}

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from retrieval.lru import Lru
 from safety.pii import redact
 from serving.contracts.answer import Answer, AnswerRequest, Outcome
 from serving.infra.background import BackgroundWorker
@@ -31,6 +32,7 @@ _COLUMNS = (
 )
 
 
+PASSAGES_KEPT = 2048  # passages' kept texts remembered by the answer log (a passage is a kilobyte or two)
 _COLUMN_NAMES = tuple(column.strip() for column in _COLUMNS.split(","))
 
 
@@ -86,10 +88,15 @@ class AnswerRecord:
     completion_tokens: int
 
     @classmethod
-    def of(cls, request: AnswerRequest, answer: Answer, now: datetime | None = None) -> AnswerRecord:
+    def of(
+        cls, request: AnswerRequest, answer: Answer, now: datetime | None = None,
+        keep_passage: Callable[[str], str] | None = None,
+    ) -> AnswerRecord:  # fmt: skip
+        """``keep_passage``: ``kept_text`` for the passages' titles and texts, or a memo of it."""
+        keep = keep_passage or kept_text
         passages = tuple(
             KeptPassage(index=c.index, doc_id=c.doc_id, chunk_id=c.chunk_id,
-                        title=None if c.title is None else kept_text(c.title), text=kept_text(c.text), cited=c.cited)
+                        title=None if c.title is None else keep(c.title), text=keep(c.text), cited=c.cited)
             for c in answer.citations
         )  # fmt: skip
         return cls(
@@ -180,6 +187,9 @@ class AnswerLog:
         self._worker: BackgroundWorker[_Kept] = BackgroundWorker(
             "ragops-answer-log", self._insert, max_pending, batch_size=200
         )
+        # The same passages come back answer after answer (a cached answer cites the same ones every time), and
+        # redacting them was a seventh of a cached chat's CPU: each passage's kept text is made once.
+        self._kept_passages: Lru[str, str] = Lru(PASSAGES_KEPT)
 
     def record(self, request: AnswerRequest, answer: Answer) -> None:
         """Enqueue the answer; redacting and writing it happen on the worker's thread."""
@@ -218,10 +228,13 @@ class AnswerLog:
             rows = cur.execute(f"SELECT {_COLUMNS} FROM answers WHERE id = ? AND tenant = ?", [answer_id, tenant])
         return AnswerRecord.from_row(rows[0]) if rows else None
 
+    def _kept_passage(self, text: str) -> str:
+        return self._kept_passages.get_or_make(text, lambda: kept_text(text))
+
     def _insert(self, kept: list[_Kept]) -> None:
         placeholders = ", ".join("?" * len(_COLUMN_NAMES))
         try:
-            records = [AnswerRecord.of(k.request, k.answer, k.ts) for k in kept]
+            records = [AnswerRecord.of(k.request, k.answer, k.ts, self._kept_passage) for k in kept]
             with self.state.transaction(write=True) as cur:
                 cur.executemany(f"INSERT INTO answers ({_COLUMNS}) VALUES ({placeholders})", [r.row() for r in records])
         except Exception as exc:  # a store outage loses these records, never a request
