@@ -40,6 +40,7 @@ from retrieval.journal import IntentJournal
 from retrieval.search import Searcher
 from retrieval.sparse import Bm25Encoder
 from retrieval.validation import DocumentLimits
+from safety.pii import RedactionMemo
 from serving.answering.abstention import Abstain, AbstentionCalibration, CalibrationRefresh
 from serving.answering.answer_cache import AnswerCache, IndexDigest
 from serving.answering.conversations import ConversationStore
@@ -224,7 +225,14 @@ class Services:
             return None
         from serving.loop.answer_log import AnswerLog
 
-        return AnswerLog(self.state, self.settings.retention.feedback_retention_days)
+        return AnswerLog(
+            self.state, self.settings.retention.feedback_retention_days, redact_passage=self.passage_redaction
+        )
+
+    @cached_property
+    def passage_redaction(self) -> RedactionMemo:
+        """Retrieved passages as search hits and the answer log show them: redacted, each once."""
+        return RedactionMemo()
 
     @cached_property
     def conversations(self) -> ConversationStore | None:

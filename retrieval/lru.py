@@ -1,7 +1,8 @@
 """A bounded map that drops the least recently used entry first, safe to share between request threads: the one
-memo behind the embedder's question vectors, the rerank's sentence splits, the input guard's verdicts and the
-groundedness check's analysed passages. (``embedding_cache.MemoryFront`` is not one: its reads take no lock; nor
-is a pure function of a word, such as ``grounding_text.stem``: ``functools.lru_cache`` memoises those.)"""
+memo behind the embedder's question vectors, the rerank's sentence splits, the input guard's verdicts, the
+groundedness check's analysed passages and the retrieved passages' redactions. (``embedding_cache.MemoryFront``
+is not one: its reads take no lock; nor is a pure function of a word, such as ``grounding_text.stem``:
+``functools.lru_cache`` memoises those.)"""
 
 from __future__ import annotations
 

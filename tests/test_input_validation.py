@@ -28,6 +28,7 @@ from retrieval.validation import (
     check_filter,
     check_metadata,
 )
+from safety.pii import RedactionMemo
 from tests.live_server import LiveServer, LiveServers
 
 COLLECTION = "valid"
@@ -175,9 +176,11 @@ def test_search_hits_are_redacted_for_clients() -> None:
         metadata={},
         headings=("SSN 123-45-6789",),
     )
-    shown = _hit_body(hit, redact_retrieved=True)
-    assert (shown.text, shown.title, shown.headings) == ("mail [EMAIL]", "Call [PHONE]", ["SSN [US_SSN]"])
-    assert _hit_body(hit, redact_retrieved=False).text == hit.text
+    memo = RedactionMemo(capacity=2)
+    for _ in range(2):  # the second time from the memo: the same masks
+        shown = _hit_body(hit, memo)
+        assert (shown.text, shown.title, shown.headings) == ("mail [EMAIL]", "Call [PHONE]", ["SSN [US_SSN]"])
+    assert _hit_body(hit, None).text == hit.text
 
 
 # --- over HTTP --------------------------------------------------------------------------------------------

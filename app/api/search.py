@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import APIRouter
 
 from app.api.deps import Reader, ServicesDep, require_text
@@ -8,7 +10,6 @@ from app.api.schemas import HitBody, SearchFilterBody, SearchRequest, SearchResp
 from retrieval.documents import Hit
 from retrieval.index import Scope, SearchFilter
 from retrieval.validation import DocumentLimits, InvalidFieldError, check_filter
-from safety.pii import redact
 
 router = APIRouter(tags=["search"], responses=error_responses(400, 401, 403, 429, 503))
 
@@ -24,7 +25,10 @@ def search(body: SearchRequest, services: ServicesDep, caller: Reader) -> Search
         query, Scope(collection, caller.tenant), body.top_k or settings.defaults.top_k, mode, search_filter
     )
     return SearchResponse(
-        hits=[_hit_body(hit, settings.safety.redact_retrieved) for hit in result.hits],
+        hits=[
+            _hit_body(hit, services.passage_redaction if settings.safety.redact_retrieved else None)
+            for hit in result.hits
+        ],
         collection=collection,
         mode=mode,
         timings_ms=result.timings_ms,
@@ -42,11 +46,11 @@ def _search_filter(body: SearchFilterBody | None, limits: DocumentLimits) -> Sea
     return SearchFilter(tuple(body.doc_ids), dict(body.metadata))
 
 
-def _hit_body(hit: Hit, redact_retrieved: bool) -> HitBody:
-    """A hit as clients see it: with ``redact_retrieved``, PII and secrets in the retrieved text are masked,
-    as they are in answers (the index keeps the original, which the prompt's guards see)."""
+def _hit_body(hit: Hit, redact: Callable[[str], str] | None) -> HitBody:
+    """A hit as clients see it: with ``redact`` (``redact_retrieved`` on), PII and secrets in the retrieved text
+    are masked, as they are in answers (the index keeps the original, which the prompt's guards see)."""
     body = HitBody.model_validate(hit.to_dict())
-    if not redact_retrieved:
+    if redact is None:
         return body
     return body.model_copy(
         update={

@@ -17,8 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from retrieval.lru import Lru
-from safety.pii import redact
+from safety.pii import RedactionMemo, redact
 from serving.contracts.answer import Answer, AnswerRequest, Outcome
 from serving.infra.background import BackgroundWorker
 from serving.infra.clock import parse_stamp, stamp, utc_now
@@ -32,7 +31,6 @@ _COLUMNS = (
 )
 
 
-PASSAGES_KEPT = 2048  # passages' kept texts remembered by the answer log (a passage is a kilobyte or two)
 _COLUMN_NAMES = tuple(column.strip() for column in _COLUMNS.split(","))
 
 
@@ -92,7 +90,7 @@ class AnswerRecord:
         cls, request: AnswerRequest, answer: Answer, now: datetime | None = None,
         keep_passage: Callable[[str], str] | None = None,
     ) -> AnswerRecord:  # fmt: skip
-        """``keep_passage``: ``kept_text`` for the passages' titles and texts, or a memo of it."""
+        """``keep_passage``: ``kept_text`` for the passages' titles and texts, or one through a memo."""
         keep = keep_passage or kept_text
         passages = tuple(
             KeptPassage(index=c.index, doc_id=c.doc_id, chunk_id=c.chunk_id,
@@ -178,7 +176,11 @@ def kept_text(text: str) -> str:
 class AnswerLog:
     """The ``answers`` table: ``record`` (off the request path), ``find``, ``window`` and ``prune``."""
 
-    def __init__(self, state: StateStore, retention_days: int, max_pending: int = 10_000) -> None:
+    def __init__(
+        self, state: StateStore, retention_days: int, max_pending: int = 10_000,
+        redact_passage: Callable[[str], str] | None = None,
+    ) -> None:  # fmt: skip
+        """``redact_passage``: how passages are redacted (the service's shared ``RedactionMemo``)."""
         self.state = state
         self.retention = timedelta(days=retention_days)
         self.dropped = 0
@@ -188,8 +190,8 @@ class AnswerLog:
             "ragops-answer-log", self._insert, max_pending, batch_size=200
         )
         # The same passages come back answer after answer (a cached answer cites the same ones every time), and
-        # redacting them was a seventh of a cached chat's CPU: each passage's kept text is made once.
-        self._kept_passages: Lru[str, str] = Lru(PASSAGES_KEPT)
+        # redacting them was a seventh of a cached chat's CPU: a memo redacts each once.
+        self._redact_passage = redact_passage or RedactionMemo()
 
     def record(self, request: AnswerRequest, answer: Answer) -> None:
         """Enqueue the answer; redacting and writing it happen on the worker's thread."""
@@ -229,7 +231,7 @@ class AnswerLog:
         return AnswerRecord.from_row(rows[0]) if rows else None
 
     def _kept_passage(self, text: str) -> str:
-        return self._kept_passages.get_or_make(text, lambda: kept_text(text))
+        return self._redact_passage(text).replace("\x00", "")
 
     def _insert(self, kept: list[_Kept]) -> None:
         placeholders = ", ".join("?" * len(_COLUMN_NAMES))
