@@ -8,8 +8,10 @@ filter, scroll one page, run queries, retrieve points), so the two backends cann
 asks for both retrievers' rankings with their raw scores (``search_both``) and fuses them client-side
 (``retrieval.fusion``): the engine's own fusions (RRF, DBSF) cannot take a normalised convex combination. The
 rankings come without payloads: fusion needs ids and scores only, and reading 200 candidates' payloads into
-Python cost three quarters of the engine call (3.0 against 0.8 ms a ranking of 100); the searcher fetches the
-payloads of the few it keeps (``payloads``). Before every write it asks
+Python cost three quarters of the engine call (3.0 against 0.8 ms a ranking of 100, embedded); the searcher
+fetches the payloads of the few it keeps (``payloads``). Against a server that is a second round trip a search
+(measured only embedded); a replica behind the one that ranked may miss a point, which the searcher then replaces
+with the next candidate. Before every write it asks
 ``_before_write`` with an estimate of the bytes the write needs: the embedded engine refuses a write that would
 fill its disk there (``retrieval.storage``); a server minds its own disk.
 

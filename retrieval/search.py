@@ -112,7 +112,18 @@ class Searcher:
         limit = max(top_k, self._fusion.prefetch_limit)
         fused = fuse(self._index.search_both(scope, dense, sparse, limit, search_filter), self._fusion)
         # Below the head nothing is read: the rerank moves only its top ``depth``, the rest keep their order.
-        head = with_payloads(self._index, fused[: max(top_k, self._reranker.depth if self._reranker else 0)])
+        head = self._head(fused, max(top_k, self._reranker.depth if self._reranker else 0))
         if self._reranker is not None:
             head = self._reranker.rerank(dense, sparse, head)
         return head[:top_k]
+
+    def _head(self, fused: list[FusedCandidate], size: int) -> list[FusedCandidate]:
+        """The best ``size`` candidates with their payloads; one whose point went meanwhile (an ingest replaced
+        its document) gives its place to the next."""
+        head: list[FusedCandidate] = []
+        start = 0
+        while len(head) < size and start < len(fused):
+            taken = fused[start : start + size - len(head)]
+            head += with_payloads(self._index, taken)
+            start += len(taken)
+        return head

@@ -46,8 +46,9 @@ Vectors = np.ndarray[Any, np.dtype[np.float32]]
 _PLACEHOLDER = re.compile(r"\[[A-Z_]+\]")  # redactions such as [EMAIL]: no claim to support
 RESTATES = 0.5  # share of an answer sentence's words in a passage sentence for it to restate that sentence
 _PASSAGE_SET_CACHE = 64  # analysed passage sets kept: a streamed answer is scored sentence by sentence
-# Single passages read: the same passages come back question after question, in other sets (about 2 KB each).
-_PASSAGE_CACHE = 4096
+# Single passages read: the same passages come back question after question, in other sets. A reading of an
+# 800-character passage holds about 26 KB (each sentence's text and two sets): 512 of them, about 13 MB.
+_PASSAGE_CACHE = 512
 
 
 @dataclass(frozen=True, kw_only=True)

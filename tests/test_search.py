@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,9 +17,10 @@ from retrieval.index import (
     ScoredPayload,
     SearchFilter,
     SnapshotIndex,
+    VectorIndex,
 )
 from retrieval.rerank import RerankWeights, SentenceReranker
-from retrieval.search import with_payloads
+from retrieval.search import Searcher, with_payloads
 from retrieval.sparse import Bm25Encoder
 from tests.conftest import sample_documents, sample_questions
 
@@ -272,6 +274,42 @@ def test_rankings_carry_no_payloads_and_the_head_gets_them(
     assert [c.point.id for c in kept] == [c.point.id for c in head if c.point.id != gone]
     assert all(c.point.payload["doc_id"] != gone_doc and c.point.payload["text"] for c in kept)
     assert services.index.payloads([]) == {}
+    services.close()
+
+
+class ReplacedMeanwhile:
+    """Injects a race: the first payload fetch finds the best candidate's document deleted since the ranking."""
+
+    def __init__(self, inner: VectorIndex) -> None:
+        self.inner = inner
+        self.fetches = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        self.fetches += 1
+        if self.fetches == 1:
+            self.inner.delete_document(SCOPE, self.inner.payloads(ids[:1])[ids[0]]["doc_id"])
+        return self.inner.payloads(ids)
+
+
+def test_a_candidate_gone_before_its_payload_is_fetched_gives_its_place(
+    make_services: Callable[..., Services],
+) -> None:
+    services = make_services(rerank=False)
+    services.ingestor.ingest_documents(sample_documents(30), SCOPE)
+    query = "Who ruled the duchy of Normandy?"
+    params = FusionParams(services.settings.retrieval.hybrid_dense_weight, services.settings.retrieval.prefetch_limit)
+    dense, sparse = services.embedder.embed_query(query), Bm25Encoder().encode_query(query)
+    fused = [c.point.id for c in fuse(services.index.search_both(SCOPE, dense, sparse, 100, SearchFilter()), params)]
+    doc_of = {point_id: payload["doc_id"] for point_id, payload in services.index.payloads(fused).items()}
+    racing = ReplacedMeanwhile(services.index)
+    searcher = Searcher(racing, services.embedder, Bm25Encoder(), params)  # type: ignore[arg-type]
+    hits = searcher.search(query, SCOPE, top_k=5).hits
+    gone = doc_of[fused[0]]
+    assert racing.fetches >= 2  # the next candidates fetched in the gone ones' place (the document may have more)
+    assert [h.chunk_id for h in hits] == [i for i in fused if doc_of[i] != gone][:5]
     services.close()
 
 

@@ -88,10 +88,13 @@ class AnswerRecord:
     @classmethod
     def of(
         cls, request: AnswerRequest, answer: Answer, now: datetime | None = None,
-        keep_passage: Callable[[str], str] | None = None,
+        redact_passage: Callable[[str], str] = redact,
     ) -> AnswerRecord:  # fmt: skip
-        """``keep_passage``: ``kept_text`` for the passages' titles and texts, or one through a memo."""
-        keep = keep_passage or kept_text
+        """``redact_passage``: how the passages' titles and texts are redacted (``redact``, or a memo of it)."""
+
+        def keep(text: str) -> str:
+            return kept_text(text, redact_passage)
+
         passages = tuple(
             KeptPassage(index=c.index, doc_id=c.doc_id, chunk_id=c.chunk_id,
                         title=None if c.title is None else keep(c.title), text=keep(c.text), cited=c.cited)
@@ -168,9 +171,10 @@ def answers_before(state: StateStore, before: datetime, remove: bool) -> dict[st
     return {"answers": int(counts["answers"]), "feedback": int(counts["feedback"])}
 
 
-def kept_text(text: str) -> str:
-    """Text as the store keeps it: redacted, and without NUL characters (Postgres text cannot hold them)."""
-    return redact(text).replace("\x00", "")
+def kept_text(text: str, redacted: Callable[[str], str] = redact) -> str:
+    """Text as the store keeps it: redacted (by ``redacted``: ``redact``, or a memo of it), and without NUL
+    characters (Postgres text cannot hold them)."""
+    return redacted(text).replace("\x00", "")
 
 
 class AnswerLog:
@@ -230,13 +234,10 @@ class AnswerLog:
             rows = cur.execute(f"SELECT {_COLUMNS} FROM answers WHERE id = ? AND tenant = ?", [answer_id, tenant])
         return AnswerRecord.from_row(rows[0]) if rows else None
 
-    def _kept_passage(self, text: str) -> str:
-        return self._redact_passage(text).replace("\x00", "")
-
     def _insert(self, kept: list[_Kept]) -> None:
         placeholders = ", ".join("?" * len(_COLUMN_NAMES))
         try:
-            records = [AnswerRecord.of(k.request, k.answer, k.ts, self._kept_passage) for k in kept]
+            records = [AnswerRecord.of(k.request, k.answer, k.ts, self._redact_passage) for k in kept]
             with self.state.transaction(write=True) as cur:
                 cur.executemany(f"INSERT INTO answers ({_COLUMNS}) VALUES ({placeholders})", [r.row() for r in records])
         except Exception as exc:  # a store outage loses these records, never a request
