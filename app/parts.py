@@ -121,10 +121,8 @@ def model_hashes(settings: Settings, embedder: Embedder) -> ModelHashes:
 def _gguf_lineage(settings: Settings, hashes: FileHashes) -> dict[str, str | None]:
     """The GGUF's name and sha256; a model file that is missing is recorded as such (its answers fall back and
     say why), never a failed run."""
-    from serving.answering.llamacpp.engine import bundled_model_path
-
     try:
-        gguf = settings.llamacpp.model_path or bundled_model_path()
+        gguf = llamacpp_model_path(settings)
         return {"generator_model": gguf.name, "generator_sha256": hashes.sha256(gguf)}
     except OSError as exc:
         return {"generator_model": f"unavailable: {exc}"[:200], "generator_sha256": None}
@@ -146,13 +144,18 @@ def build_generator(settings: Settings, embedder: CachedEmbedder, metrics: Servi
     return build_llamacpp(settings, metrics)
 
 
+def llamacpp_model_path(settings: Settings) -> Path:
+    """The GGUF the llamacpp generator loads: the setting's, or the bundled model's Q8_0 (made on first use)."""
+    from serving.answering.llamacpp.model_file import default_model_path
+
+    return settings.llamacpp.model_path or default_model_path(settings.model_cache_dir)
+
+
 def llamacpp_worker_config(settings: Settings) -> WorkerConfig:
     """The llama.cpp worker's command line, from the settings (the server's generator and ``ragops doctor``)."""
-    from serving.answering.llamacpp.engine import bundled_model_path
-
     llamacpp = settings.llamacpp
     return WorkerConfig(
-        llamacpp.model_path or bundled_model_path(), llamacpp.threads, llamacpp.context,
+        llamacpp_model_path(settings), llamacpp.threads, llamacpp.context,
         settings.answering.generation_timeout_s, prefix_cache=llamacpp.prefix_cache, flash_attn=llamacpp.flash_attn,
     )  # fmt: skip
 

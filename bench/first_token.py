@@ -9,11 +9,14 @@ context compression with the bundled embedder; ``--sentences 0``: whole passages
 Engines (``LlamaEngine``, as the worker holds it), each in this process with its own KV cache, and every question
 asked of each in turn (the order rotating), so the machine's load falls on all alike:
 - ``before``: as at HEAD before issue 27: llama-cpp-python alone (it reuses the longest common prefix with the
-  *previous* prompt only; its sampler applies the grammar to the whole vocabulary at every token);
-- ``after``: the engine's defaults now: its prefix cache (the KV cache of the last prompt of each system message,
-  restored when the live one holds another) and greedy decoding that tries the grammar on the best token first;
-- ``after_fa``: the same with flash attention, which changes answers (``--no-flash-attn``: not run);
-- ``--model NAME=PATH``: ``after`` with another GGUF (e.g. the bundled model requantized to Q8_0 or Q4_0).
+  *previous* prompt only; its sampler applies the grammar to the whole vocabulary at every token), on the
+  bundled Q4_1 GGUF;
+- ``after_q4_1``: the engine's defaults now: its prefix cache (the KV cache of the last prompt of each system
+  message, restored when the live one holds another) and greedy decoding that tries the grammar on the best token
+  first; on the bundled Q4_1, as the engine ran until the default GGUF became its Q8_0;
+- ``after``: the same on the default GGUF (``model_file``: the bundled one requantized to Q8_0);
+- ``after_fa``: ``after`` with flash attention, which changes answers (``--no-flash-attn``: not run);
+- ``--model NAME=PATH``: ``after`` with another GGUF (e.g. the bundled model requantized to Q4_0).
 Two scenarios: ``consecutive`` (answers one after the other) and ``other_prompt_between`` (the worker's warm-up
 job, another system prompt, runs before each answer, as a model rewrite or a warm-up does).
 
@@ -50,7 +53,8 @@ sys.path.insert(0, str(ROOT))
 from bench.corpora import DISFL_QA, emit, percentile  # noqa: E402
 from prompts.loader import PromptPassage, load_prompt  # noqa: E402
 from retrieval.embedding import build_embedder  # noqa: E402
-from serving.answering.llamacpp.engine import LlamaEngine, bundled_model_path  # noqa: E402
+from serving.answering.llamacpp.engine import LlamaEngine  # noqa: E402
+from serving.answering.llamacpp.model_file import bundled_model_path, default_model_path  # noqa: E402
 from serving.answering.llamacpp.protocol import Delta, Done, Failed, Job  # noqa: E402
 from serving.answering.llamacpp.worker import WARMUP  # noqa: E402
 from serving.answering.sentences import compress_passages  # noqa: E402
@@ -58,9 +62,11 @@ from serving.contracts.generation import GenerationRequest  # noqa: E402
 
 ENGINES: dict[str, dict[str, bool]] = {
     "before": {"prefix_cache": False, "fast_grammar": False},
+    "after_q4_1": {},
     "after": {},
     "after_fa": {"flash_attn": True},
 }
+ON_THE_BUNDLED_MODEL = {"before", "after_q4_1"}  # Q4_1 as shipped; the others run the default GGUF (Q8_0)
 
 
 def requests(count: int, sentences: int) -> list[GenerationRequest]:
@@ -208,7 +214,10 @@ def main() -> None:
     chosen: dict[str, dict[str, Any]] = {
         name: kw for name, kw in ENGINES.items() if not (args.no_flash_attn and kw.get("flash_attn"))
     }
-    engines = {name: LlamaEngine(bundled_model_path(), **kw) for name, kw in chosen.items()}
+    models = {True: bundled_model_path(), False: default_model_path(ROOT / ".ragops" / "models")}
+    engines = {name: LlamaEngine(models[name in ON_THE_BUNDLED_MODEL], **kw) for name, kw in chosen.items()}
+    for name in chosen:
+        chosen[name] = {**chosen[name], "model": models[name in ON_THE_BUNDLED_MODEL].name}
     for name, path in (spec.split("=", 1) for spec in args.model):
         chosen[name] = {"model": path}
         engines[name] = LlamaEngine(Path(path))

@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.corpora import DISFL_QA, percentile  # noqa: E402
 from prompts.loader import PromptPassage, load_prompt  # noqa: E402
-from serving.answering.llamacpp.engine import LlamaEngine, bundled_model_path  # noqa: E402
+from serving.answering.llamacpp.engine import LlamaEngine  # noqa: E402
+from serving.answering.llamacpp.model_file import default_model_path  # noqa: E402
 from serving.answering.llamacpp.protocol import Delta, Done, Job, Started  # noqa: E402
 from serving.answering.llamacpp.supervisor import WorkerConfig, WorkerSupervisor  # noqa: E402
 from serving.contracts.generation import GenerationRequest  # noqa: E402
@@ -60,7 +61,7 @@ def requests(count: int) -> list[GenerationRequest]:
 
 
 def boundary_overhead(count: int) -> dict[str, Any]:
-    config = WorkerConfig(bundled_model_path(), timeout_s=120)
+    config = WorkerConfig(default_model_path(ROOT / ".ragops" / "models"), timeout_s=120)
     engine = LlamaEngine(config.model_path, config.threads, config.context, config.timeout_s)
     supervisor = WorkerSupervisor(config)
     assert supervisor.start().up

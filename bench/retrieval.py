@@ -272,7 +272,7 @@ def rerank_latency(settings: Settings, raw_embedder: Embedder, queries: list[str
         for query in queries:
             vector, terms = services.embedder.embed_query(query), sparse.encode_query(query)
             lists = services.index.search_both(SCOPE, vector, terms, settings.retrieval.prefetch_limit, SearchFilter())
-            head = with_payloads(services.index, fuse(lists, fusion)[: settings.retrieval.rerank_depth])
+            head = with_payloads(services.index, fuse(lists, fusion), settings.retrieval.rerank_depth)
             inputs.append((vector, terms, head))
         timings: dict[str, list[float]] = {"cold": [], "warm": []}
         for label in ("cold", "warm"):

@@ -30,7 +30,7 @@ from bench.corpora import emit, percentile  # noqa: E402
 from retrieval.index import Scope  # noqa: E402
 from safety.groundedness import Groundedness  # noqa: E402
 from safety.guards import GuardVerdict  # noqa: E402
-from serving.answering.llamacpp.engine import bundled_model_path  # noqa: E402
+from serving.answering.llamacpp.model_file import default_model_path  # noqa: E402
 from serving.contracts.answer import (  # noqa: E402
     Answer,
     AnswerRequest,
@@ -115,7 +115,7 @@ def export_rate(answers: int) -> dict[str, float]:
 
 
 def lineage_figures() -> dict[str, float]:
-    gguf = bundled_model_path()
+    gguf = default_model_path(ROOT / ".ragops" / "models")
     with tempfile.TemporaryDirectory() as tmp:
         hashes = FileHashes(Path(tmp) / "file-hashes.sqlite")
         started = time.perf_counter()

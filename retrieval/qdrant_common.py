@@ -11,9 +11,9 @@ rankings come without payloads: fusion needs ids and scores only, and reading 20
 Python cost three quarters of the engine call (3.0 against 0.8 ms a ranking of 100, embedded); the searcher
 fetches the payloads of the few it keeps (``payloads``). Against a server that is a second round trip a search
 (measured only embedded); a replica behind the one that ranked may miss a point, which the searcher then replaces
-with the next candidate. Before every write it asks
-``_before_write`` with an estimate of the bytes the write needs: the embedded engine refuses a write that would
-fill its disk there (``retrieval.storage``); a server minds its own disk.
+with the next candidate. Before every write it asks ``_before_write`` with an estimate of the bytes the write
+needs: the embedded engine refuses a write that would fill its disk there (``retrieval.storage``); a server minds
+its own disk.
 
 BM25's IDF is per scope on both backends. The sparse vector keeps the IDF modifier (the encoder emits BM25
 term weights and the engine multiplies in IDF at query time), and every request that ranks by it carries

@@ -44,15 +44,21 @@ def _hit(point: ScoredPayload, score: float) -> Hit:
     )
 
 
-def with_payloads(index: VectorIndex, candidates: list[FusedCandidate]) -> list[FusedCandidate]:
-    """The candidates with their points' payloads, in order; one whose point is gone since it was ranked (an
-    ingest replaced its document) is dropped."""
-    payloads = index.payloads([candidate.point.id for candidate in candidates])
-    return [
-        replace(candidate, point=replace(candidate.point, payload=payloads[candidate.point.id]))
-        for candidate in candidates
-        if candidate.point.id in payloads
-    ]
+def with_payloads(index: VectorIndex, fused: list[FusedCandidate], size: int) -> list[FusedCandidate]:
+    """The best ``size`` candidates with their points' payloads, in order; one whose point went since it was ranked
+    (an ingest replaced its document) gives its place to the next."""
+    head: list[FusedCandidate] = []
+    start = 0
+    while len(head) < size and start < len(fused):
+        taken = fused[start : start + size - len(head)]
+        payloads = index.payloads([candidate.point.id for candidate in taken])
+        head += [
+            replace(candidate, point=replace(candidate.point, payload=payloads[candidate.point.id]))
+            for candidate in taken
+            if candidate.point.id in payloads
+        ]
+        start += len(taken)
+    return head
 
 
 class Searcher:
@@ -112,18 +118,7 @@ class Searcher:
         limit = max(top_k, self._fusion.prefetch_limit)
         fused = fuse(self._index.search_both(scope, dense, sparse, limit, search_filter), self._fusion)
         # Below the head nothing is read: the rerank moves only its top ``depth``, the rest keep their order.
-        head = self._head(fused, max(top_k, self._reranker.depth if self._reranker else 0))
+        head = with_payloads(self._index, fused, max(top_k, self._reranker.depth if self._reranker else 0))
         if self._reranker is not None:
             head = self._reranker.rerank(dense, sparse, head)
         return head[:top_k]
-
-    def _head(self, fused: list[FusedCandidate], size: int) -> list[FusedCandidate]:
-        """The best ``size`` candidates with their payloads; one whose point went meanwhile (an ingest replaced
-        its document) gives its place to the next."""
-        head: list[FusedCandidate] = []
-        start = 0
-        while len(head) < size and start < len(fused):
-            taken = fused[start : start + size - len(head)]
-            head += with_payloads(self._index, taken)
-            start += len(taken)
-        return head

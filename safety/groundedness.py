@@ -153,6 +153,15 @@ def is_abstention(answer: str) -> bool:
     return not answer.strip() or says_not_in_documents(answer)
 
 
+@dataclass(frozen=True)
+class _AnalysedSet:
+    """A passage set as every sentence of a streamed answer is scored against it: read, and each sentence
+    embedded (fetching the vectors from the embedder's cache again cost a hash of every sentence a check)."""
+
+    passages: Passages
+    vectors: Vectors
+
+
 class GroundednessScorer:
     """The offline backend: embeddings of the answer's sentences (the passages' come from the embedder's cache)
     and word-level checks against the passages and the question."""
@@ -166,7 +175,7 @@ class GroundednessScorer:
         self._embed = embed
         self.threshold = threshold
         self.weights = weights or GroundednessWeights()
-        self._passage_sets: Lru[tuple[str, ...], Passages] = Lru(_PASSAGE_SET_CACHE)
+        self._passage_sets: Lru[tuple[str, ...], _AnalysedSet] = Lru(_PASSAGE_SET_CACHE)
         self._readings: Lru[str, PassageReading] = Lru(_PASSAGE_CACHE)
 
     def score(self, answer: str, contexts: list[str], *, question: str) -> Groundedness:
@@ -176,12 +185,12 @@ class GroundednessScorer:
 
     def sentence_supports(self, answer: str, contexts: list[str], question: str) -> list[SentenceSupport]:
         sentences = answer_sentences(answer)
-        passages = self._analysed(contexts)
+        analysed = self._analysed(contexts)
+        passages, passage_vectors = analysed.passages, analysed.vectors
         if not sentences or not passages.sentences:
             return []
         asked = [question] if question.strip() else []  # in the embedder's cache: retrieval embedded it
-        vectors = self._embed(sentences + asked + [p.text for p in passages.sentences])
-        passage_vectors = vectors[len(sentences) + len(asked) :]
+        vectors = self._embed(sentences + asked)
         similarity = vectors[: len(sentences)] @ passage_vectors.T
         question_similarity = passage_vectors @ vectors[len(sentences)] if asked else None
         reader = passages.question_match(question, question_similarity)
@@ -195,8 +204,13 @@ class GroundednessScorer:
             supports.append(SentenceSupport(sentence, support, signals, relation, passages.sentences[at].passage))
         return supports
 
-    def _analysed(self, contexts: list[str]) -> Passages:
-        return self._passage_sets.get_or_make(tuple(contexts), lambda: Passages.of(contexts, self._reading))
+    def _analysed(self, contexts: list[str]) -> _AnalysedSet:
+        return self._passage_sets.get_or_make(tuple(contexts), lambda: self._analyse(contexts))
+
+    def _analyse(self, contexts: list[str]) -> _AnalysedSet:
+        passages = Passages.of(contexts, self._reading)
+        texts = [p.text for p in passages.sentences]
+        return _AnalysedSet(passages, self._embed(texts) if texts else np.zeros((0, 0), dtype=np.float32))
 
     def _reading(self, text: str) -> PassageReading:
         return self._readings.get_or_make(text, lambda: PassageReading.of(text))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from retrieval.chunking import split_sentences
@@ -111,15 +111,28 @@ class Token:
 
 
 def sentence_tokens(text: str, common_words: set[str] | frozenset[str]) -> tuple[Token, ...]:
+    """The sentence's tokens; its first word is a name only where ``common_words`` lacks it in lower case."""
+    read, first_lower = _tokens_read(text)
+    if first_lower is not None and first_lower in common_words:
+        return (replace(read[0], entity=False), *read[1:])
+    return read
+
+
+@lru_cache(maxsize=4096)  # passage sentences come back in other sets (an eighth of the groundedness time was here)
+def _tokens_read(text: str) -> tuple[tuple[Token, ...], str | None]:
+    """The tokens with the first word named as any other capitalised word, and that word in lower case when the
+    set's common words may unname it (None: it is a number or not capitalised)."""
     out = []
+    first_lower = None
     for i, raw in enumerate(_WORD.findall(text)):
         lower = raw.lower().strip(".,'")
         number = is_number(raw)
         word = normal_number(raw) if number else lower.removesuffix("'s")
         named = raw[:1].isupper() and lower not in STOPWORDS and lower not in _FILLERS
-        entity = number or (named and (i > 0 or lower not in common_words))
-        out.append(Token(word, stem(word), entity, number))
-    return tuple(out)
+        if i == 0 and named and not number:
+            first_lower = lower
+        out.append(Token(word, stem(word), number or named, number))
+    return tuple(out), first_lower
 
 
 @dataclass(frozen=True)

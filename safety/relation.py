@@ -61,20 +61,24 @@ def relation_check(sentence: str, question: str, passages: Passages) -> Relation
     asserted = (names_and_numbers(sentence, set(passages.lowercase)) - asked) & passages.words
     if not asserted:
         return None
-    claim = _Claim(passages, _anchors(sentence, question, asserted, passages))
-    checks = [_check(word, asserted | asked, claim) for word in sorted(asserted)]
+    claim = _Claim(passages, _anchors(sentence, question, asserted, passages), taken=asserted | asked)
+    checks = [_check(word, claim) for word in sorted(asserted)]
     return min(checks, key=lambda c: c.margin)
 
 
 @dataclass
 class _Claim:
-    """One sentence's claim as the passages' sentences read it: the anchors' positions and the entity spans of a
-    sentence, found once for all the words it asserts."""
+    """One sentence's claim as the passages' sentences read it: the anchors' positions, the entity spans of a
+    sentence, each token's placement and each passage's best competitor, found once for all the words it asserts
+    (``taken``: what the answer asserts and the question names, which no competitor may be)."""
 
     passages: Passages
     anchors: dict[str, float]
+    taken: set[str]
     _near: dict[int, list[tuple[int, str]]] = field(default_factory=dict)
     _spans: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    _placements: dict[tuple[int, int], float] = field(default_factory=dict)
+    _competitors: dict[tuple[bool, int], _Placed | None] = field(default_factory=dict)
 
     def near(self, index: int) -> list[tuple[int, str]]:
         if index not in self._near:
@@ -86,6 +90,20 @@ class _Claim:
             self._spans[index] = _spans(self.passages.tokens(index))
         return self._spans[index]
 
+    def placement(self, index: int, position: int) -> float:
+        """The placement of passage sentence ``index``'s token at ``position`` (``_placement``)."""
+        key = (index, position)
+        if key not in self._placements:
+            self._placements[key] = _placement(position, self.near(index), self.anchors)
+        return self._placements[key]
+
+    def competitor(self, numeric: bool, passage: int) -> _Placed | None:
+        """``_best_competitor`` of a number (or a name) in ``passage``: the same for every word this claim asserts."""
+        key = (numeric, passage)
+        if key not in self._competitors:
+            self._competitors[key] = _best_competitor(numeric, self, passage)
+        return self._competitors[key]
+
 
 def _anchors(sentence: str, question: str, asserted: set[str], passages: Passages) -> dict[str, float]:
     """The claim's predicate words, stem -> IDF weight (a word every sentence holds says little)."""
@@ -95,43 +113,39 @@ def _anchors(sentence: str, question: str, asserted: set[str], passages: Passage
     return {s: passages.idf.get(s, rarest) for s in stems}
 
 
-def _check(word: str, taken: set[str], claim: _Claim) -> RelationCheck:
+def _check(word: str, claim: _Claim) -> RelationCheck:
     best: _Placed | None = None
     best_sentence: PassageSentence | None = None
     for index, sentence in enumerate(claim.passages.sentences):
         if word not in sentence.words:
             continue
-        near = claim.near(index)
         for position, token in enumerate(claim.passages.tokens(index)):
             if token.word == word:
-                placed = _Placed(word, _placement(position, near, claim.anchors))
+                placed = _Placed(word, claim.placement(index, position))
                 if best is None or placed.placement > best.placement:
                     best, best_sentence = placed, sentence
     if best is None or best_sentence is None:  # written otherwise in the tokens than in the words: not placed
         return RelationCheck(asserted=word, competitor=None, margin=1.0)
-    rival = _best_competitor(word, taken, claim, best_sentence.passage)
+    rival = claim.competitor(is_number(word), best_sentence.passage)
     if rival is None or rival.placement <= best.placement:
         return RelationCheck(asserted=word, competitor=None, margin=1.0)
     return RelationCheck(asserted=word, competitor=rival.text, margin=round(best.placement / rival.placement, 4))
 
 
-def _best_competitor(word: str, taken: set[str], claim: _Claim, passage: int) -> _Placed | None:
-    """The best placed span of ``word``'s kind in the same passage that neither the answer nor the question
+def _best_competitor(numeric: bool, claim: _Claim, passage: int) -> _Placed | None:
+    """The best placed span of the kind (number or name) in ``passage`` that neither the answer nor the question
     holds; a span is a run of entity tokens (a multi-word name competes as one)."""
-    numeric = is_number(word)
-    anchors = claim.anchors
     best: _Placed | None = None
     for index, sentence in enumerate(claim.passages.sentences):
-        if sentence.passage != passage or not sentence.stems & anchors.keys():
+        if sentence.passage != passage or not sentence.stems & claim.anchors.keys():
             continue  # another passage, or nothing of the claim here: every span in it is placed 0
         tokens = claim.passages.tokens(index)
-        near = claim.near(index)
         for start, end in claim.spans(index):
             span = tokens[start:end]
-            if any(t.number for t in span) != numeric or any(t.word in taken for t in span):
+            if any(t.number for t in span) != numeric or any(t.word in claim.taken for t in span):
                 continue
             words = [t.word for t in span]
-            placement = max(_placement(i, near, anchors) for i in range(start, end))
+            placement = max(claim.placement(index, i) for i in range(start, end))
             if best is None or placement > best.placement:
                 best = _Placed(" ".join(words), placement)
     return best

@@ -16,6 +16,7 @@ from app.settings import Settings, load_settings
 from retrieval.documents import Document, Section
 from retrieval.embedding import Embedder, OnnxEmbedder
 from retrieval.offline import apply_offline_environment
+from serving.answering.llamacpp.model_file import default_model_path
 from serving.contracts.answer import Answer, PromptInfo
 from serving.infra.state_store import StateStore
 from tests.backing_services import PostgresServer, RedisServer, postgres_bin_dir, redis_binary
@@ -53,6 +54,12 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One ONNX export for the whole run (ragops keeps it under RAGOPS_MODELS_DIR)."""
     shared = os.environ.get("RAGOPS_TEST_MODELS_DIR")
     return Path(shared) if shared else tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def gguf(models_dir: Path) -> Path:
+    """The GGUF the llamacpp generator loads by default (the bundled model's Q8_0, made once in the models dir)."""
+    return default_model_path(models_dir)
 
 
 @pytest.fixture(scope="session")

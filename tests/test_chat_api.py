@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from prompts.registry import PromptRegistry
-from serving.answering.llamacpp.engine import BUNDLED_GGUF
+from serving.answering.llamacpp.model_file import DEFAULT_GGUF
 from tests.browser import ai_notice, asked_on_the_page, needs_chromium
 from tests.conftest import load_sample_records
 from tests.live_server import LiveServer, LiveServers
@@ -217,6 +217,6 @@ def test_web_page_streams_an_answer_with_citations(server: LiveServer, tmp_path:
         assert answer.strip() and citations.count() >= 1
         assert "generator: llamacpp" in page.inner_text("#meta")
         # Visible before asking (the helper checks) and after, naming the model and the prompt version.
-        assert f"({Path(BUNDLED_GGUF).stem}, prompt rag_answer@{PRODUCTION}" in ai_notice(page)
+        assert f"({Path(DEFAULT_GGUF).stem}, prompt rag_answer@{PRODUCTION}" in ai_notice(page)
         page.screenshot(path=str(tmp_path / "chat.png"))
     assert errors == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from guardrails.classes.validation.validation_result import PassResult
@@ -16,7 +17,6 @@ from retrieval.embedding import Embedder
 from safety.validators import CitationsValid
 from serving.answering.extractive import ExtractiveGenerator
 from serving.answering.fallback import ChainDelta, ChainResult, CircuitBreaker, FallbackChain
-from serving.answering.llamacpp.engine import bundled_model_path
 from serving.answering.llamacpp.supervisor import LlamaCppGenerator, WorkerConfig, WorkerSupervisor
 from serving.answering.openai_compat import OpenAICompatibleGenerator
 from serving.answering.streaming_guard import SentenceSplitter
@@ -44,16 +44,16 @@ def request(question: str = "What is the capital of France?", max_tokens: int = 
     )
 
 
-def start_llamacpp(timeout_s: float = 30.0) -> LlamaCppGenerator:
+def start_llamacpp(gguf: Path, timeout_s: float = 30.0) -> LlamaCppGenerator:
     """llama.cpp as the server runs it: a supervised worker process."""
-    supervisor = WorkerSupervisor(WorkerConfig(bundled_model_path(), timeout_s=timeout_s))
+    supervisor = WorkerSupervisor(WorkerConfig(gguf, timeout_s=timeout_s))
     assert supervisor.start().up
     return LlamaCppGenerator(supervisor)
 
 
 @pytest.fixture(scope="session")
-def llamacpp() -> Iterator[LlamaCppGenerator]:
-    generator = start_llamacpp()
+def llamacpp(gguf: Path) -> Iterator[LlamaCppGenerator]:
+    generator = start_llamacpp(gguf)
     yield generator
     generator.supervisor.close()
 
@@ -92,9 +92,9 @@ def test_llamacpp_consumer_stopping_early_does_not_wedge_the_model(llamacpp: Lla
     assert time.monotonic() - started < 20
 
 
-def test_llamacpp_deadline_is_a_timeout_and_the_worker_lives_on() -> None:
+def test_llamacpp_deadline_is_a_timeout_and_the_worker_lives_on(gguf: Path) -> None:
     """The worker's own deadline, checked between tokens: a ``timeout``, and the same worker takes the next job."""
-    slow = start_llamacpp(timeout_s=0.05)
+    slow = start_llamacpp(gguf, timeout_s=0.05)
     try:
         pid = slow.supervisor.status().pid
         for _ in range(2):
@@ -272,10 +272,10 @@ def test_llamacpp_streams_cited_sentences_whole(llamacpp: LlamaCppGenerator) -> 
 
 
 def test_a_version_without_the_format_generates_free_text(llamacpp: LlamaCppGenerator) -> None:
-    free = constrained(ADVERSARIAL[0], answer_format="free_text")
+    free = constrained(ADVERSARIAL[1], answer_format="free_text")
     assert free.grammar is None
     assert not CITED_ANSWER.fullmatch(llamacpp.generate(free).text)  # the model follows the question instead
-    assert CITED_ANSWER.fullmatch(llamacpp.generate(constrained(ADVERSARIAL[0])).text)
+    assert CITED_ANSWER.fullmatch(llamacpp.generate(constrained(ADVERSARIAL[1])).text)
 
 
 def test_extractive_ignores_the_format_and_cites(embedder: Embedder) -> None:

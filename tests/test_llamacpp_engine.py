@@ -6,11 +6,12 @@ either (llama-cpp-python alone). The real model, in this process."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from prompts.loader import PromptPassage, load_prompt
-from serving.answering.llamacpp.engine import GreedyGrammarSampler, LlamaEngine, bundled_model_path
+from serving.answering.llamacpp.engine import GreedyGrammarSampler, LlamaEngine
 from serving.answering.llamacpp.protocol import Done, Job
 from serving.answering.llamacpp.worker import WARMUP
 from serving.contracts.generation import GenerationRequest
@@ -35,8 +36,8 @@ def done(engine: LlamaEngine, job: Job) -> Done:
 
 
 @pytest.fixture(scope="module")
-def engines() -> Iterator[tuple[LlamaEngine, LlamaEngine]]:
-    yield LlamaEngine(bundled_model_path()), LlamaEngine(bundled_model_path(), prefix_cache=False, fast_grammar=False)
+def engines(gguf: Path) -> Iterator[tuple[LlamaEngine, LlamaEngine]]:
+    yield LlamaEngine(gguf), LlamaEngine(gguf, prefix_cache=False, fast_grammar=False)
 
 
 def test_a_prompt_between_answers_does_not_cost_the_system_prompt(engines: tuple[LlamaEngine, LlamaEngine]) -> None:

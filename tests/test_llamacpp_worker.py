@@ -25,7 +25,6 @@ from prompts.loader import ModelParams, PromptPassage
 from serving.answering.extractive import ExtractiveGenerator
 from serving.answering.fallback import ChainResult, FallbackChain
 from serving.answering.llamacpp.build import BEYOND_BASELINE, LlamaBuild
-from serving.answering.llamacpp.engine import bundled_model_path
 from serving.answering.llamacpp.supervisor import LlamaCppGenerator, WorkerConfig, WorkerSupervisor
 from serving.contracts.generation import GenerationRequest, GeneratorError, StreamDelta
 from tests.conftest import load_sample_records
@@ -49,24 +48,24 @@ def wait_until(condition: Any, timeout: float, step: float = 0.05) -> bool:
     return False
 
 
-def supervise(timeout_s: float) -> tuple[LlamaCppGenerator, list[str]]:
+def supervise(gguf: Path, timeout_s: float) -> tuple[LlamaCppGenerator, list[str]]:
     """A supervised worker, as the server runs it, and the causes of its exits as the restarts metric hears them."""
     causes: list[str] = []
-    supervisor = WorkerSupervisor(WorkerConfig(bundled_model_path(), timeout_s=timeout_s), on_exit=causes.append)
+    supervisor = WorkerSupervisor(WorkerConfig(gguf, timeout_s=timeout_s), on_exit=causes.append)
     assert supervisor.start().up
     return LlamaCppGenerator(supervisor), causes
 
 
 @pytest.fixture
-def supervised() -> Iterator[tuple[LlamaCppGenerator, list[str]]]:
-    generator, causes = supervise(timeout_s=60.0)
+def supervised(gguf: Path) -> Iterator[tuple[LlamaCppGenerator, list[str]]]:
+    generator, causes = supervise(gguf, timeout_s=60.0)
     yield generator, causes
     generator.supervisor.close()
 
 
 @pytest.fixture
-def impatient() -> Iterator[tuple[LlamaCppGenerator, list[str]]]:
-    generator, causes = supervise(timeout_s=HANG_TIMEOUT_S)
+def impatient(gguf: Path) -> Iterator[tuple[LlamaCppGenerator, list[str]]]:
+    generator, causes = supervise(gguf, timeout_s=HANG_TIMEOUT_S)
     yield generator, causes
     generator.supervisor.close()
 
@@ -172,8 +171,8 @@ def test_a_stream_closed_early_cancels_the_job(supervised: tuple[LlamaCppGenerat
     assert time.monotonic() - started < 2.5  # 400 tokens take several seconds here
 
 
-def test_close_leaves_no_worker() -> None:
-    supervisor = WorkerSupervisor(WorkerConfig(bundled_model_path()))
+def test_close_leaves_no_worker(gguf: Path) -> None:
+    supervisor = WorkerSupervisor(WorkerConfig(gguf))
     pid = supervisor.start().pid
     assert pid is not None and psutil.pid_exists(pid)
     supervisor.close()

@@ -11,7 +11,7 @@ from prompts.answer_format import MAX_SENTENCE_CHARS, answer_grammar
 from prompts.citations import NOT_IN_DOCUMENTS
 from prompts.loader import PromptError, PromptPassage, list_versions, load_prompt, parse_prompt
 from prompts.messages import ChatMessage
-from serving.answering.llamacpp.engine import bundled_model_path
+from serving.answering.llamacpp.model_file import bundled_model_path
 
 VALID = """
 name: demo

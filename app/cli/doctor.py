@@ -170,14 +170,14 @@ def _cpu_flags(cpuinfo: str) -> set[str] | None:
 def check_model_files(settings: Settings) -> Check:
     """The GGUF the llamacpp generator loads exists and reads as GGUF (the worker would fail later, and answers
     would fall back without a word at start)."""
-    from serving.answering.llamacpp.engine import bundled_model_path
+    from app.parts import llamacpp_model_path
 
     if settings.generator != "llamacpp":
         return _ok("model files", f"not used (generator: {settings.generator})")
     try:
-        path = settings.llamacpp.model_path or bundled_model_path()
-    except FileNotFoundError as exc:
-        return _fail("model files", f"no bundled GGUF: {exc}", fix=MODEL_FIX)
+        path = llamacpp_model_path(settings)
+    except OSError as exc:
+        return _fail("model files", f"no default GGUF: {exc}", fix=MODEL_FIX)
     if not path.is_file():
         what = "is not a file" if path.exists() else "does not exist"
         return _fail("model files", f"{path} {what}", fix=MODEL_FIX)

@@ -112,11 +112,11 @@ def _generator(settings: Settings) -> str:
         return f"vllm, model {settings.vllm.model}"
     if settings.generator == "extractive":
         return "extractive (no model)"
-    from serving.answering.llamacpp.engine import bundled_model_path
+    from app.parts import llamacpp_model_path
     from serving.infra.file_hashes import sha256_of
 
     try:
-        gguf = settings.llamacpp.model_path or bundled_model_path()
+        gguf = llamacpp_model_path(settings)
         return f"llamacpp, {gguf.name} sha256 {sha256_of(gguf)[:12]}"
     except OSError as exc:
         return f"llamacpp, model unavailable: {exc}"

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serving.answering.llamacpp.engine import bundled_model_path
+from serving.answering.llamacpp.model_file import bundled_model_path
 
 
 def convert(target: Path) -> Path:

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from safety.pii import RedactionMemo, redact
 from serving.contracts.answer import Answer, AnswerRequest, Outcome
@@ -91,10 +92,7 @@ class AnswerRecord:
         redact_passage: Callable[[str], str] = redact,
     ) -> AnswerRecord:  # fmt: skip
         """``redact_passage``: how the passages' titles and texts are redacted (``redact``, or a memo of it)."""
-
-        def keep(text: str) -> str:
-            return kept_text(text, redact_passage)
-
+        keep = partial(kept_text, redacted=redact_passage)
         passages = tuple(
             KeptPassage(index=c.index, doc_id=c.doc_id, chunk_id=c.chunk_id,
                         title=None if c.title is None else keep(c.title), text=keep(c.text), cited=c.cited)

