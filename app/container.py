@@ -385,13 +385,19 @@ def build_canary_monitor(services: Services) -> CanaryMonitor | None:
                          prompt=stable.name, labels=labels, metrics=services.metrics)  # fmt: skip
 
 
+def eval_answer_settings(settings: Settings, models: ModelHashes) -> str:
+    """What the eval answer store keys a sample's answer by, besides the sample: the settings that change answers,
+    and the llama.cpp build and GGUF, which decode differently (the default GGUF's path is no setting: the model
+    changed under an unchanged fingerprint when it became Q8_0)."""
+    return settings.answer_fingerprint() + (models.generator_build or "") + (models.generator_sha256 or "")
+
+
 def eval_parts(services: Services) -> EvalParts:
     """What the eval runner needs of the wired services."""
     settings = services.settings
     pipeline = services.pipeline  # first: the models' lineage names the llama.cpp build its worker loaded
     models = services.model_hashes
-    # Another llama.cpp build decodes differently: its answers are never read back as this one's.
-    answer_settings = settings.answer_fingerprint() + (models.generator_build or "")
+    answer_settings = eval_answer_settings(settings, models)
     return EvalParts(
         pipeline=pipeline,
         ingestor=services.ingestor,

@@ -4,7 +4,8 @@ fresh clone, the venv's setup excluded, with a progress line at least every 5 s)
 What `make run` does after setup, one process at a time, each timed from its start to its end (ingest) or to its
 "ready:" line (serve), with the longest wait between two lines it printed (stdout and stderr, merged):
 
-* ``cold``: a fresh models dir (the int8 ONNX export runs) and a fresh data dir: ``ragops ingest`` of the sample
+* ``cold``: a fresh models dir (the int8 ONNX export runs, and ``serve`` makes the default GGUF, the bundled
+  SmolLM2 requantized to Q8_0: about a second) and a fresh data dir: ``ragops ingest`` of the sample
   corpus with ``RAGOPS_EMBEDDING_SEED`` pointing at a fresh seed (as ``make ingest`` runs it; ``serve`` without), then
   ``ragops serve`` (the default generator: llama.cpp with SmolLM2) until it prints its ready line;
 * ``new data dir``: the same with the models dir and the seed of the cold run: what a second data dir, a

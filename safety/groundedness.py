@@ -47,7 +47,8 @@ _PLACEHOLDER = re.compile(r"\[[A-Z_]+\]")  # redactions such as [EMAIL]: no clai
 RESTATES = 0.5  # share of an answer sentence's words in a passage sentence for it to restate that sentence
 _PASSAGE_SET_CACHE = 64  # analysed passage sets kept: a streamed answer is scored sentence by sentence
 # Single passages read: the same passages come back question after question, in other sets. A reading of an
-# 800-character passage holds about 26 KB (each sentence's text and two sets): 512 of them, about 13 MB.
+# 800-character passage holds about 26 KB (each sentence's text and two sets), and 23 KB more once the relation
+# check has read its sentences' tokens: 512 of them, 13-25 MB. A set's vectors add 1.5 KB a sentence (384 floats).
 _PASSAGE_CACHE = 512
 
 

@@ -110,29 +110,32 @@ class Token:
     number: bool
 
 
-def sentence_tokens(text: str, common_words: set[str] | frozenset[str]) -> tuple[Token, ...]:
-    """The sentence's tokens; its first word is a name only where ``common_words`` lacks it in lower case."""
-    read, first_lower = _tokens_read(text)
-    if first_lower is not None and first_lower in common_words:
-        return (replace(read[0], entity=False), *read[1:])
-    return read
+@dataclass(frozen=True)
+class SentenceTokens:
+    """A sentence's tokens as any set reads them, but for its first word: a capitalised first word is a name only
+    where the set's passages never write it in lower case (``names_and_numbers``' rule), so ``in_set`` decides."""
 
+    tokens: tuple[Token, ...]
+    first_lower: str | None  # the first word in lower case when the set may unname it (a capitalised non-number)
 
-@lru_cache(maxsize=4096)  # passage sentences come back in other sets (an eighth of the groundedness time was here)
-def _tokens_read(text: str) -> tuple[tuple[Token, ...], str | None]:
-    """The tokens with the first word named as any other capitalised word, and that word in lower case when the
-    set's common words may unname it (None: it is a number or not capitalised)."""
-    out = []
-    first_lower = None
-    for i, raw in enumerate(_WORD.findall(text)):
-        lower = raw.lower().strip(".,'")
-        number = is_number(raw)
-        word = normal_number(raw) if number else lower.removesuffix("'s")
-        named = raw[:1].isupper() and lower not in STOPWORDS and lower not in _FILLERS
-        if i == 0 and named and not number:
-            first_lower = lower
-        out.append(Token(word, stem(word), number or named, number))
-    return tuple(out), first_lower
+    @classmethod
+    def of(cls, text: str) -> SentenceTokens:
+        out = []
+        first_lower = None
+        for i, raw in enumerate(_WORD.findall(text)):
+            lower = raw.lower().strip(".,'")
+            number = is_number(raw)
+            word = normal_number(raw) if number else lower.removesuffix("'s")
+            named = raw[:1].isupper() and lower not in STOPWORDS and lower not in _FILLERS
+            if i == 0 and named and not number:
+                first_lower = lower
+            out.append(Token(word, stem(word), number or named, number))
+        return cls(tuple(out), first_lower)
+
+    def in_set(self, common_words: frozenset[str]) -> tuple[Token, ...]:
+        if self.first_lower is not None and self.first_lower in common_words:
+            return (replace(self.tokens[0], entity=False), *self.tokens[1:])
+        return self.tokens
 
 
 @dataclass(frozen=True)
@@ -152,10 +155,17 @@ class PassageSentence:
 @dataclass(frozen=True)
 class PassageReading:
     """One passage as ``Passages`` reads it, the same in every set it is retrieved in: its sentences (numbered as
-    passage 0) and its words written in lower case."""
+    passage 0), its words written in lower case, and its sentences' tokens once the relation check reads them
+    (kept here, so a reading cache keeps them for the passage's next set: an eighth of groundedness's time)."""
 
     sentences: tuple[PassageSentence, ...]
     lowercase: frozenset[str]
+    _tokens: dict[int, SentenceTokens] = field(default_factory=dict, compare=False, repr=False)
+
+    def tokens(self, index: int) -> SentenceTokens:
+        if index not in self._tokens:
+            self._tokens[index] = SentenceTokens.of(self.sentences[index].text)
+        return self._tokens[index]
 
     @classmethod
     def of(cls, text: str) -> PassageReading:
@@ -172,14 +182,17 @@ class Passages:
     words: frozenset[str]
     lowercase: frozenset[str]  # words written in lower case somewhere: common words, not names
     idf: dict[str, float] = field(default_factory=dict)
+    # Where each sentence comes from (its passage's reading, and its place there): its tokens are read there.
+    sources: tuple[tuple[PassageReading, int], ...] = field(default=(), compare=False, repr=False)
     # Each sentence's tokens, made when the relation check first reads that sentence: most answers assert no
     # name, and those that do need only the sentences holding it or the claim's words.
     _tokens: dict[int, tuple[Token, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     def tokens(self, index: int) -> tuple[Token, ...]:
-        """The tokens of sentence ``index`` (``sentence_tokens``), made once."""
+        """The tokens of sentence ``index`` as this set reads them, made once."""
         if index not in self._tokens:
-            self._tokens[index] = sentence_tokens(self.sentences[index].text, self.lowercase)
+            reading, place = self.sources[index]
+            self._tokens[index] = reading.tokens(place).in_set(self.lowercase)
         return self._tokens[index]
 
     @classmethod
@@ -192,6 +205,7 @@ class Passages:
             for i, r in enumerate(readings)
             for s in r.sentences
         )
+        sources = tuple((r, place) for r in readings for place in range(len(r.sentences)))
         stems = frozenset().union(*(s.stems for s in sentences)) if sentences else frozenset()
         words = frozenset().union(*(s.words for s in sentences)) if sentences else frozenset()
         frequency: dict[str, int] = {}
@@ -199,7 +213,7 @@ class Passages:
             for s in sentence.stems:
                 frequency[s] = frequency.get(s, 0) + 1
         idf = {s: math.log(1 + len(sentences) / n) for s, n in frequency.items()}
-        return cls(sentences, stems, words, lowercase, idf)
+        return cls(sentences, stems, words, lowercase, idf, sources)
 
     def question_match(self, question: str, similarity: Sequence[float] | None = None) -> list[float]:
         """Per passage sentence, how well it matches the question: IDF-weighted shared stems (scaled to 1 at

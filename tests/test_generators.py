@@ -272,6 +272,7 @@ def test_llamacpp_streams_cited_sentences_whole(llamacpp: LlamaCppGenerator) -> 
 
 
 def test_a_version_without_the_format_generates_free_text(llamacpp: LlamaCppGenerator) -> None:
+    # The second question: to the first, SmolLM2 in Q8_0 answers with the exact abstention, which the grammar allows.
     free = constrained(ADVERSARIAL[1], answer_format="free_text")
     assert free.grammar is None
     assert not CITED_ANSWER.fullmatch(llamacpp.generate(free).text)  # the model follows the question instead

@@ -184,3 +184,15 @@ def test_the_gate_compares_runs_of_one_llama_build_only() -> None:
     warning = build_unknown(built(None), portable)
     assert warning is not None and "baseline does not record its llama.cpp build" in warning
     assert build_unknown(portable, portable) is None
+
+
+def test_eval_answers_of_another_gguf_are_never_read_back(make_settings: Callable[..., Any]) -> None:
+    """The eval answer store's key holds the GGUF's sha256: the default GGUF changed (Q4_1 to Q8_0) under settings
+    that did not, and an answer of one model must not be scored as the other's."""
+    from app.container import eval_answer_settings
+
+    settings = make_settings()
+    q4_1 = ModelHashes(embedder="e", generator="llamacpp", generator_build="b", generator_sha256="b179c952")
+    q8_0 = q4_1.model_copy(update={"generator_sha256": "7b46609d"})
+    assert eval_answer_settings(settings, q4_1) == eval_answer_settings(settings, q4_1.model_copy())
+    assert eval_answer_settings(settings, q4_1) != eval_answer_settings(settings, q8_0)

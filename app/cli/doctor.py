@@ -168,16 +168,17 @@ def _cpu_flags(cpuinfo: str) -> set[str] | None:
 
 
 def check_model_files(settings: Settings) -> Check:
-    """The GGUF the llamacpp generator loads exists and reads as GGUF (the worker would fail later, and answers
-    would fall back without a word at start)."""
-    from app.parts import llamacpp_model_path
+    """The GGUF the llamacpp generator loads (or, by default, the bundled one its Q8_0 is made from) exists and
+    reads as GGUF (the worker would fail later, and answers would fall back without a word at start). Nothing is
+    made here: ``serve`` runs this check beside its own start, which makes the Q8_0."""
+    from serving.answering.llamacpp.model_file import bundled_model_path
 
     if settings.generator != "llamacpp":
         return _ok("model files", f"not used (generator: {settings.generator})")
     try:
-        path = llamacpp_model_path(settings)
-    except OSError as exc:
-        return _fail("model files", f"no default GGUF: {exc}", fix=MODEL_FIX)
+        path = settings.llamacpp.model_path or bundled_model_path()
+    except FileNotFoundError as exc:
+        return _fail("model files", f"no bundled GGUF: {exc}", fix=MODEL_FIX)
     if not path.is_file():
         what = "is not a file" if path.exists() else "does not exist"
         return _fail("model files", f"{path} {what}", fix=MODEL_FIX)

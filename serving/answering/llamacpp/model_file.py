@@ -3,10 +3,11 @@ requantized from the package's Q4_1 to Q8_0 on first use and kept in the models 
 ONNX export is.
 
 Why Q8_0 (issue 27): prompt evaluation is most of the first token's time on CPU, and llama.cpp's batched matrix
-products have fast kernels for Q8_0 (and Q4_0) but not for Q4_1. The bundled model's first token took 588-620 ms
-p50; the requantized one about 400 (``bench/first_token.py``). Q8_0 holds each Q4_1 weight to within a 254th of
-its block's largest, so the weights barely move, but greedy answers from a 135M model do follow near ties: the
-eval gate judged the change on the six llama.cpp suites against the Q4_1 baselines before it shipped.
+products have fast kernels for Q8_0 (and Q4_0) but not for Q4_1. On the same run of ``bench/first_token.py`` the
+bundled model's first token took 599-641 ms p50, the requantized one's 326-349. Q8_0 holds each Q4_1 weight to
+within a 254th of its block's largest, so the weights barely move, but greedy answers from a 135M model do follow
+near ties: the eval gate judged the change on the six llama.cpp suites against the Q4_1 baselines before it
+shipped.
 
 The requantization runs in a child process (``python -m serving.answering.llamacpp.model_file SOURCE TARGET``):
 it is native code, and a native crash must not take the caller, the API process, down.
@@ -15,6 +16,7 @@ it is native code, and a native crash must not take the caller, the API process,
 from __future__ import annotations
 
 import importlib.util
+import logging
 import subprocess
 import sys
 import tempfile
@@ -23,6 +25,8 @@ from pathlib import Path
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q8_0.gguf"
 REQUANTIZE_TIMEOUT_S = 300
+
+log = logging.getLogger("ragops.llamacpp")
 
 
 def bundled_model_path() -> Path:
@@ -37,10 +41,17 @@ def bundled_model_path() -> Path:
 
 
 def default_model_path(models_dir: Path) -> Path:
-    """The default GGUF in ``models_dir``, made from the bundled one when absent (a second or two)."""
+    """The default GGUF in ``models_dir``, made from the bundled one when absent (a second or two); the bundled
+    Q4_1 itself when it cannot be made there (a read-only models dir: the answers of before, and a warning)."""
     target = models_dir / DEFAULT_GGUF
-    if not target.is_file():
-        requantize_q8_0(bundled_model_path(), target)
+    if target.is_file():
+        return target
+    source = bundled_model_path()
+    try:
+        requantize_q8_0(source, target)
+    except OSError as exc:
+        log.warning("llama.cpp loads the bundled %s: %s", source.name, exc)
+        return source
     return target
 
 
