@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_valid
 from prompts.citations import CITATION, says_not_in_documents
 from retrieval.chunking import split_sentences
 from retrieval.lru import Lru
-from safety.grounding_text import PassageReading, Passages, content_stems, names_and_numbers, negations, word_set
+from safety.grounding_text import PassageReading, Passages, Wording, content_stems, names_and_numbers
 from safety.relation import RelationCheck, relation_check
 
 Vectors = np.ndarray[Any, np.dtype[np.float32]]
@@ -47,8 +47,9 @@ _PLACEHOLDER = re.compile(r"\[[A-Z_]+\]")  # redactions such as [EMAIL]: no clai
 RESTATES = 0.5  # share of an answer sentence's words in a passage sentence for it to restate that sentence
 _PASSAGE_SET_CACHE = 64  # analysed passage sets kept: a streamed answer is scored sentence by sentence
 # Single passages read: the same passages come back question after question, in other sets. A reading of an
-# 800-character passage holds about 26 KB (each sentence's text and two sets), and 23 KB more once the relation
-# check has read its sentences' tokens: 512 of them, 13-25 MB. A set's vectors add 1.5 KB a sentence (384 floats).
+# 826-character passage (Disfl-QA's mean) holds about 23 KB (each sentence's text and two sets; the words in them
+# are shared), and 2 KB more once the relation check has read its sentences' tokens (shared Token objects): 512 of
+# them, about 13 MB. A set's vectors add 1.5 KB a sentence (384 floats).
 _PASSAGE_CACHE = 512
 
 
@@ -190,17 +191,20 @@ class GroundednessScorer:
         passages, passage_vectors = analysed.passages, analysed.vectors
         if not sentences or not passages.sentences:
             return []
-        asked = [question] if question.strip() else []  # in the embedder's cache: retrieval embedded it
-        vectors = self._embed(sentences + asked)
+        embedded = [question] if question.strip() else []  # in the embedder's cache: retrieval embedded it
+        vectors = self._embed(sentences + embedded)
         similarity = vectors[: len(sentences)] @ passage_vectors.T
-        question_similarity = passage_vectors @ vectors[len(sentences)] if asked else None
-        reader = passages.question_match(question, question_similarity)
+        question_similarity = passage_vectors @ vectors[len(sentences)] if embedded else None
+        asked = Wording.of(question)
+        reader = passages.question_match(asked.stems, question_similarity)
         supports = []
         for i, sentence in enumerate(sentences):
-            relation = relation_check(sentence, question, passages)
-            overlap = stem_overlap(content_stems(sentence), passages)
+            said = Wording.of(sentence)
+            names = names_and_numbers(sentence, passages.lowercase)
+            relation = relation_check(said, asked, names, passages)
+            overlap = stem_overlap(said.stems, passages)
             at = int(np.argmax(similarity[i] + overlap))  # the passage sentence it restates: cosine plus overlap
-            signals = sentence_signals(sentence, question, passages, similarity[i], reader, relation, at, overlap)
+            signals = sentence_signals(said, asked, names, passages, similarity[i], reader, relation, at, overlap)
             support = self.weights.support(signals)
             supports.append(SentenceSupport(sentence, support, signals, relation, passages.sentences[at].passage))
         return supports
@@ -217,23 +221,23 @@ class GroundednessScorer:
         return self._readings.get_or_make(text, lambda: PassageReading.of(text))
 
 
-def stem_overlap(stems: set[str], passages: Passages) -> Vectors:
+def stem_overlap(stems: frozenset[str], passages: Passages) -> Vectors:
     """The share of the sentence's content stems in each passage sentence."""
     return np.asarray([len(stems & p.stems) / len(stems) for p in passages.sentences], dtype=np.float32)
 
 
 def sentence_signals(
-    sentence: str, question: str, passages: Passages, similarity: Vectors, reader: list[float],
+    said: Wording, asked: Wording, names: set[str], passages: Passages, similarity: Vectors, reader: list[float],
     relation: RelationCheck | None, at: int, overlap: Vectors,
 ) -> SupportSignals:  # fmt: skip
-    """The nine signals of one answer sentence (``similarity``: its cosine to each passage sentence;
-    ``reader``: each passage sentence's match to the question; ``relation``: its asserted span's check; ``at``:
-    the passage sentence it restates; ``overlap``: its share of content stems in each passage sentence)."""
-    stems, asked_stems, asked_words = content_stems(sentence), content_stems(question), word_set(question)
+    """The nine signals of answer sentence ``said`` to question ``asked`` (``names``: the sentence's names and
+    numbers; ``similarity``: its cosine to each passage sentence; ``reader``: each passage sentence's match to the
+    question; ``relation``: its asserted span's check; ``at``: the passage sentence it restates; ``overlap``: its
+    share of content stems in each passage sentence)."""
+    stems, asked_stems, asked_words = said.stems, asked.stems, asked.words
     unknown = stems - passages.stems - asked_stems
-    names = names_and_numbers(sentence, set(passages.lowercase))
     restated = passages.sentences[at]
-    negated = negations(sentence)
+    negated = said.negations
     # Negations are counted alike only where the sentence restates that passage sentence (or negates itself).
     same_polarity = negated == restated.negations or (not negated and overlap[at] < RESTATES)
     return SupportSignals(
@@ -252,7 +256,7 @@ def _share(found: set[str], vocabulary: set[str] | frozenset[str]) -> float:
     return sum(f in vocabulary for f in found) / len(found) if found else 1.0
 
 
-def _answers_question(names: set[str], stems: set[str], passages: Passages, reader: list[float]) -> float:
+def _answers_question(names: set[str], stems: frozenset[str], passages: Passages, reader: list[float]) -> float:
     """How well the sentences holding the answer's new names (else its new words) match the question: the
     least for names (one wrong name is wrong), the mean for words (a paraphrase spreads them); 0 for a sentence
     with nothing new, which only restates the question (small models often do)."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import Self
 
 from retrieval.chunking import split_sentences
 
@@ -53,21 +55,32 @@ def is_number(word: str) -> bool:
     return any(map(str.isdigit, word))
 
 
-def content_stems(text: str) -> set[str]:
+@dataclass(frozen=True, slots=True)
+class WordReading:
+    """One word as ``tokens`` writes it, read the three ways the checks read words."""
+
+    content_stem: str | None  # its stem, None for a stopword, filler or one-letter word (no claim)
+    word: str  # as ``word_set`` writes it
+    negation: bool
+
+
+@lru_cache(maxsize=1 << 16)  # a pure function of the word: vocabularies repeat (passages are read per request)
+def read_word(word: str) -> WordReading:
+    content = word not in STOPWORDS and word not in _FILLERS and len(word) > 1
+    written = normal_number(word) if is_number(word) else word.removesuffix("'s")
+    return WordReading(stem(word) if content else None, written, word in _NEGATIONS)
+
+
+def content_stems(text: str) -> frozenset[str]:
     """Stems of the words that carry a claim: no stopwords, fillers or one-letter words."""
-    return stems_of(tokens(text))
-
-
-def stems_of(words: list[str]) -> set[str]:
-    """``content_stems`` of already ``tokens``-split words."""
-    return {stem(t) for t in words if t not in STOPWORDS and t not in _FILLERS and len(t) > 1}
+    return Wording.of(text).stems
 
 
 def normal_number(word: str) -> str:
     return word.lower().strip(".,").replace(",", "")
 
 
-def names_and_numbers(sentence: str, common_words: set[str]) -> set[str]:
+def names_and_numbers(sentence: str, common_words: AbstractSet[str]) -> set[str]:
     """Numbers, and capitalised words: inside the sentence, or first when ``common_words`` (lower-case words of
     the passages) does not hold them in lower case (so "Rollo led" counts Rollo, "The" and "Many" do not)."""
     words = _WORD.findall(sentence)
@@ -81,22 +94,22 @@ def names_and_numbers(sentence: str, common_words: set[str]) -> set[str]:
     return found
 
 
-def negations(text: str) -> int:
-    return negations_of(tokens(text))
+@dataclass(frozen=True)
+class Wording:
+    """A text's words as the checks read them, read once: its content stems (``content_stems``), its words in
+    lower case and numbers as ``names_and_numbers`` writes them (what a name is looked up in), and how many
+    negations it holds."""
 
+    text: str
+    stems: frozenset[str]
+    words: frozenset[str]
+    negations: int
 
-def negations_of(words: list[str]) -> int:
-    return sum(t in _NEGATIONS for t in words)
-
-
-def word_set(text: str) -> set[str]:
-    """Lower-case words and numbers as ``names_and_numbers`` writes them: what a name is looked up in."""
-    return words_of(tokens(text))
-
-
-def words_of(words: list[str]) -> set[str]:
-    """``word_set`` of already ``tokens``-split words."""
-    return {normal_number(t) if is_number(t) else t.removesuffix("'s") for t in words}
+    @classmethod
+    def of(cls, text: str) -> Self:
+        read = list(map(read_word, tokens(text)))
+        stems = frozenset(r.content_stem for r in read if r.content_stem is not None)
+        return cls(text, stems, frozenset(r.word for r in read), sum(r.negation for r in read))
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,15 @@ class Token:
     number: bool
 
 
+@lru_cache(maxsize=1 << 16)  # a pure function of the word as written; passages share their Token objects
+def _token(raw: str) -> Token:
+    lower = raw.lower().strip(".,'")
+    number = is_number(raw)
+    word = normal_number(raw) if number else lower.removesuffix("'s")
+    named = raw[:1].isupper() and lower not in STOPWORDS and lower not in _FILLERS
+    return Token(word, stem(word), number or named, number)
+
+
 @dataclass(frozen=True)
 class SentenceTokens:
     """A sentence's tokens as any set reads them, but for its first word: a capitalised first word is a name only
@@ -120,17 +142,10 @@ class SentenceTokens:
 
     @classmethod
     def of(cls, text: str) -> SentenceTokens:
-        out = []
-        first_lower = None
-        for i, raw in enumerate(_WORD.findall(text)):
-            lower = raw.lower().strip(".,'")
-            number = is_number(raw)
-            word = normal_number(raw) if number else lower.removesuffix("'s")
-            named = raw[:1].isupper() and lower not in STOPWORDS and lower not in _FILLERS
-            if i == 0 and named and not number:
-                first_lower = lower
-            out.append(Token(word, stem(word), number or named, number))
-        return cls(tuple(out), first_lower)
+        written = _WORD.findall(text)
+        out = tuple(map(_token, written))
+        named_first = out and out[0].entity and not out[0].number  # (a number is an entity that stays one)
+        return cls(out, written[0].lower().strip(".,'") if named_first else None)
 
     def in_set(self, common_words: frozenset[str]) -> tuple[Token, ...]:
         if self.first_lower is not None and self.first_lower in common_words:
@@ -139,17 +154,10 @@ class SentenceTokens:
 
 
 @dataclass(frozen=True)
-class PassageSentence:
-    text: str
-    stems: frozenset[str]
-    words: frozenset[str]
-    negations: int
-    passage: int = 0  # which context it comes from
+class PassageSentence(Wording):
+    """A passage's sentence, read as an answer's is."""
 
-    @classmethod
-    def of(cls, text: str, passage: int = 0) -> PassageSentence:
-        words = tokens(text)  # split once for the three readings of it
-        return cls(text, frozenset(stems_of(words)), frozenset(words_of(words)), negations_of(words), passage)
+    passage: int = 0  # which context it comes from
 
 
 @dataclass(frozen=True)
@@ -170,7 +178,7 @@ class PassageReading:
     @classmethod
     def of(cls, text: str) -> PassageReading:
         sentences = tuple(PassageSentence.of(s) for s in split_sentences(text) if s.strip())
-        return cls(sentences, frozenset(w for w in _WORD.findall(text) if w.islower()))
+        return cls(sentences, frozenset(filter(str.islower, _WORD.findall(text))))
 
 
 @dataclass(frozen=True)
@@ -215,12 +223,12 @@ class Passages:
         idf = {s: math.log(1 + len(sentences) / n) for s, n in frequency.items()}
         return cls(sentences, stems, words, lowercase, idf, sources)
 
-    def question_match(self, question: str, similarity: Sequence[float] | None = None) -> list[float]:
+    def question_match(self, asked: AbstractSet[str], similarity: Sequence[float] | None = None) -> list[float]:
         """Per passage sentence, how well it matches the question: IDF-weighted shared stems (scaled to 1 at
         best) plus COSINE_WEIGHT times ``similarity`` (its cosine to the question), each sentence also taking
         NEIGHBOUR_WEIGHT of its neighbours' match. An extractive reader's guess at where the answer is, scaled so
-        the best sentence has 1 (all 1 when the question matches nothing)."""
-        asked = content_stems(question)
+        the best sentence has 1 (all 1 when the question matches nothing). ``asked``: the question's content
+        stems."""
         shared = [sum(self.idf.get(s, 0.0) for s in asked & sentence.stems) for sentence in self.sentences]
         most = max(shared, default=0.0) or 1.0
         cosines = similarity if similarity is not None else [0.0] * len(shared)

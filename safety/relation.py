@@ -22,16 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from safety.grounding_text import (
-    Passages,
-    PassageSentence,
-    Token,
-    content_stems,
-    is_number,
-    names_and_numbers,
-    stem,
-    word_set,
-)
+from safety.grounding_text import Passages, PassageSentence, Token, Wording, is_number, stem
 
 DISTANCE_SCALE = 6.0  # tokens; chosen on the calibration range (bench/guards.py --calibrate)
 
@@ -52,16 +43,16 @@ class _Placed:
     placement: float
 
 
-def relation_check(sentence: str, question: str, passages: Passages) -> RelationCheck | None:
-    """The weakest asserted span's check; None when the sentence asserts no name or number that the passages
-    hold beyond the question's (nothing to place)."""
-    asked = word_set(question)
+def relation_check(said: Wording, asked: Wording, names: set[str], passages: Passages) -> RelationCheck | None:
+    """The weakest asserted span's check of sentence ``said`` (``names``: its names and numbers, as
+    ``names_and_numbers`` reads them against the passages), asked ``asked``; None when the sentence asserts no
+    name or number that the passages hold beyond the question's (nothing to place)."""
     # Only what the passages hold is placed: a name they lack is the ``names`` and ``aligned`` signals' to judge,
     # and a capitalised opener the passages never write ("Initially, ...", "Yes, ...") is no entity.
-    asserted = (names_and_numbers(sentence, set(passages.lowercase)) - asked) & passages.words
+    asserted = (names - asked.words) & passages.words
     if not asserted:
         return None
-    claim = _Claim(passages, _anchors(sentence, question, asserted, passages), taken=asserted | asked)
+    claim = _Claim(passages, _anchors(said, asked, asserted, passages), taken=asserted | asked.words)
     checks = [_check(word, claim) for word in sorted(asserted)]
     return min(checks, key=lambda c: c.margin)
 
@@ -105,10 +96,10 @@ class _Claim:
         return self._competitors[key]
 
 
-def _anchors(sentence: str, question: str, asserted: set[str], passages: Passages) -> dict[str, float]:
+def _anchors(said: Wording, asked: Wording, asserted: set[str], passages: Passages) -> dict[str, float]:
     """The claim's predicate words, stem -> IDF weight (a word every sentence holds says little)."""
     excluded = {stem(word) for word in asserted}
-    stems = (content_stems(sentence) | content_stems(question)) - excluded
+    stems = (said.stems | asked.stems) - excluded
     rarest = max(passages.idf.values(), default=1.0)
     return {s: passages.idf.get(s, rarest) for s in stems}
 

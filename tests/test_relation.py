@@ -10,8 +10,8 @@ import pytest
 
 from retrieval.embedding import Embedder
 from safety.groundedness import GroundednessScorer
-from safety.grounding_text import Passages
-from safety.relation import relation_check
+from safety.grounding_text import Passages, Wording, names_and_numbers
+from safety.relation import RelationCheck, relation_check
 from tests.test_cli import ragops
 
 DECLARATION = [
@@ -23,10 +23,16 @@ RIGHT = ["Thomas Jefferson.", "The Declaration was drafted by Thomas Jefferson [
 WRONG = ["Benjamin Franklin.", "The Declaration was drafted by Benjamin Franklin [1]."]
 
 
+def relation_of(sentence: str, question: str, passages: Passages) -> RelationCheck | None:
+    """The check of ``sentence`` read as the scorer reads it."""
+    names = names_and_numbers(sentence, passages.lowercase)
+    return relation_check(Wording.of(sentence), Wording.of(question), names, passages)
+
+
 def test_the_swapped_entity_loses_to_the_one_the_passage_connects_to_the_predicate() -> None:
     passages = Passages.of(DECLARATION)
-    right = relation_check("The Declaration was drafted by Thomas Jefferson.", WHO_WROTE, passages)
-    wrong = relation_check("The Declaration was drafted by Benjamin Franklin.", WHO_WROTE, passages)
+    right = relation_of("The Declaration was drafted by Thomas Jefferson.", WHO_WROTE, passages)
+    wrong = relation_of("The Declaration was drafted by Benjamin Franklin.", WHO_WROTE, passages)
     assert right is not None and right.margin == 1.0 and right.competitor is None
     assert wrong is not None and wrong.margin < 0.5 and wrong.competitor == "thomas jefferson"
     assert wrong.asserted in {"benjamin", "franklin"}
@@ -34,19 +40,19 @@ def test_the_swapped_entity_loses_to_the_one_the_passage_connects_to_the_predica
 
 def test_restating_the_whole_sentence_asserts_every_entity_in_it() -> None:
     """A competitor the answer itself names is no competitor: the passage's own sentence is fully placed."""
-    check = relation_check(DECLARATION[0], WHO_WROTE, Passages.of(DECLARATION))
-    assert check is not None and check.margin == 1.0
+    found = relation_of(DECLARATION[0], WHO_WROTE, Passages.of(DECLARATION))
+    assert found is not None and found.margin == 1.0
 
 
 def test_nothing_to_place_and_nothing_found() -> None:
     passages = Passages.of(DECLARATION)
-    assert relation_check("It was edited before adoption.", WHO_WROTE, passages) is None  # no name or number
-    assert relation_check("Declaration of Independence.", WHO_WROTE, passages) is None  # the question's own
+    assert relation_of("It was edited before adoption.", WHO_WROTE, passages) is None  # no name or number
+    assert relation_of("Declaration of Independence.", WHO_WROTE, passages) is None  # the question's own
     # A name the passages lack is the other signals' to judge; an opener they never write is no entity.
-    assert relation_check("George Washington wrote it.", WHO_WROTE, passages) is None
-    opener = relation_check("Initially, Thomas Jefferson drafted it.", WHO_WROTE, passages)
+    assert relation_of("George Washington wrote it.", WHO_WROTE, passages) is None
+    opener = relation_of("Initially, Thomas Jefferson drafted it.", WHO_WROTE, passages)
     assert opener is not None and opener.margin == 1.0
-    assert relation_check("Thomas Jefferson.", WHO_WROTE, Passages.of([])) is None  # no passages: nothing placed
+    assert relation_of("Thomas Jefferson.", WHO_WROTE, Passages.of([])) is None  # no passages: nothing placed
 
 
 @pytest.mark.parametrize(
@@ -54,8 +60,8 @@ def test_nothing_to_place_and_nothing_found() -> None:
     ["", "[1]", "1776 1776 1776", "Jefferson " * 500, "\u200b\u200b", "Franklin? Adams! Congress."],
 )
 def test_hostile_answers_never_raise(answer: str) -> None:
-    check = relation_check(answer, WHO_WROTE, Passages.of(DECLARATION))
-    assert check is None or 0.0 <= check.margin <= 1.0
+    found = relation_of(answer, WHO_WROTE, Passages.of(DECLARATION))
+    assert found is None or 0.0 <= found.margin <= 1.0
 
 
 def test_the_scorer_passes_the_right_entity_and_fails_the_swapped_one(embedder: Embedder) -> None:
