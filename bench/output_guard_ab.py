@@ -4,14 +4,16 @@ Why interleaved: this machine's speed drifts by a third from one minute to the n
 measured 4.5 and 7.8 ms a mean answer in runs minutes apart), more than the change under test; two runs one after
 the other cannot tell the versions apart. Here both versions are loaded side by side (each its own import of the
 packages, its own embedder, guards and caches) and each answer is checked by one and then the other, the order
-alternating, so a slow minute slows both. Checked with the same commit on both sides: means within 2%.
+alternating, so a slow minute slows both. An A/A run (ca810bc on both sides, by a probe script not kept) gave
+means 2% apart.
 
 Method: this checkout's extractive pipeline answers Disfl-QA questions 0-299 over the Disfl-QA passages with the
 guards on (answer cache off), and what its output guard was fed is recorded: the passages shown, the question and
 the streamed deltas. Each pass then replays every answer through each version's ``SentenceGuard`` (the streaming
 output guard a request runs), their groundedness caches emptied first, so each pass meets the passages cold as a
 server meets new questions over a corpus larger than its caches. The first pass warms what lives as long as the
-process (the word caches, the embedder's) and is not counted. Reported per version: an answer's check, mean, p50
+process (the word caches, the embedder's) and is not counted: a running server has them warm too, and they are
+part of what is measured (a word is read once per process). Reported per version: an answer's check, mean, p50
 and p95 in ms; and how many answers' verdicts differ (text, actions, findings, and every sentence's support and
 signals, floats compared to 10 decimals).
 
@@ -119,6 +121,8 @@ def load(name: str, root: Path) -> Version:
         from app.settings import load_settings
         from retrieval.lru import Lru
 
+        if not Path(groundedness.__file__ or "").is_relative_to(root):  # never the same code on both sides
+            raise SystemExit(f"{name}: safety.groundedness came from {groundedness.__file__}, not {root}")
         settings = load_settings()
         guards = build_guards(settings, build_cached_embedder(settings))
         assert guards is not None and guards.output is not None
@@ -126,6 +130,9 @@ def load(name: str, root: Path) -> Version:
     finally:
         sys.path.remove(str(root))
     scorer = split.backend
+
+    if not (hasattr(scorer, "_passage_sets") and hasattr(scorer, "_readings")):
+        raise SystemExit(f"{name}: the groundedness scorer's caches are not where this script empties them")
 
     def empty_caches() -> None:  # the scorer's private caches: no API empties them, and serving never needs to
         scorer._passage_sets = Lru(groundedness._PASSAGE_SET_CACHE)  # type: ignore[union-attr]

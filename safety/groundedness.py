@@ -230,7 +230,7 @@ def sentence_signals(
     said: Wording, asked: Wording, names: set[str], passages: Passages, similarity: Vectors, reader: list[float],
     relation: RelationCheck | None, at: int, overlap: Vectors,
 ) -> SupportSignals:  # fmt: skip
-    """The nine signals of answer sentence ``said`` to question ``asked`` (``names``: the sentence's names and
+    """The eight signals of answer sentence ``said`` to question ``asked`` (``names``: the sentence's names and
     numbers; ``similarity``: its cosine to each passage sentence; ``reader``: each passage sentence's match to the
     question; ``relation``: its asserted span's check; ``at``: the passage sentence it restates; ``overlap``: its
     share of content stems in each passage sentence)."""

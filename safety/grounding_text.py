@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Self
+from typing import Self, TypeVar
 
 from retrieval.chunking import split_sentences
 
@@ -35,13 +35,30 @@ _FILLERS = frozenset(
 _NEGATIONS = frozenset("not no never none neither nor without cannot n't nobody nothing".split())
 NEIGHBOUR_WEIGHT = 0.3  # an answer sometimes sits next to the sentence that restates the question
 COSINE_WEIGHT = 0.5  # the question's embedding adds to its shared words (measured on the calibration range)
+_Read = TypeVar("_Read")
+
+
+# Words longer than this are read without a cache: real words are shorter, and a hostile text's long tokens would
+# otherwise pin their strings in it. Each word cache holds at most 16,384 words: with the longest, about 6 MB.
+_CACHED_WORD = 40
+
+
+def word_cache(read: Callable[[str], _Read]) -> Callable[[str], _Read]:
+    """``read``, a pure function of a word, cached for words of up to _CACHED_WORD characters: vocabularies repeat,
+    and passages are read again in every request that retrieves them."""
+    cached = lru_cache(maxsize=1 << 14)(read)
+
+    def reading(word: str) -> _Read:
+        return cached(word) if len(word) <= _CACHED_WORD else read(word)
+
+    return reading
 
 
 def tokens(text: str) -> list[str]:
     return [t.lower().strip(".,'") for t in _WORD.findall(text.replace("n't", " n't"))]
 
 
-@lru_cache(maxsize=1 << 16)  # a pure function of the word: vocabularies repeat (a tenth of a guard's time was here)
+@word_cache  # (a tenth of a guard's time was here)
 def stem(word: str) -> str:
     """Crude, but the same on both sides: plurals, -ed, -ing, possessives."""
     word = word.removesuffix("'s")
@@ -60,11 +77,11 @@ class WordReading:
     """One word as ``tokens`` writes it, read the three ways the checks read words."""
 
     content_stem: str | None  # its stem, None for a stopword, filler or one-letter word (no claim)
-    word: str  # as ``word_set`` writes it
+    word: str  # lower case, a number without its separators: as ``names_and_numbers`` writes a name or number
     negation: bool
 
 
-@lru_cache(maxsize=1 << 16)  # a pure function of the word: vocabularies repeat (passages are read per request)
+@word_cache
 def read_word(word: str) -> WordReading:
     content = word not in STOPWORDS and word not in _FILLERS and len(word) > 1
     written = normal_number(word) if is_number(word) else word.removesuffix("'s")
@@ -114,7 +131,7 @@ class Wording:
 
 @dataclass(frozen=True)
 class Token:
-    """A passage word where the relation check reads it: as ``word_set`` writes it, its stem, and whether it is a
+    """A passage word where the relation check reads it: as ``read_word`` writes it, its stem, and whether it is a
     name or number an answer could assert (``names_and_numbers``' rule)."""
 
     word: str
@@ -123,11 +140,11 @@ class Token:
     number: bool
 
 
-@lru_cache(maxsize=1 << 16)  # a pure function of the word as written; passages share their Token objects
+@word_cache  # (of the word as written: passages share their Token objects)
 def _token(raw: str) -> Token:
     lower = raw.lower().strip(".,'")
     number = is_number(raw)
-    word = normal_number(raw) if number else lower.removesuffix("'s")
+    word = read_word(lower).word
     named = raw[:1].isupper() and lower not in STOPWORDS and lower not in _FILLERS
     return Token(word, stem(word), number or named, number)
 
@@ -144,7 +161,7 @@ class SentenceTokens:
     def of(cls, text: str) -> SentenceTokens:
         written = _WORD.findall(text)
         out = tuple(map(_token, written))
-        named_first = out and out[0].entity and not out[0].number  # (a number is an entity that stays one)
+        named_first = bool(out) and out[0].entity and not out[0].number  # (a number is an entity that stays one)
         return cls(out, written[0].lower().strip(".,'") if named_first else None)
 
     def in_set(self, common_words: frozenset[str]) -> tuple[Token, ...]:
