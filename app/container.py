@@ -338,7 +338,7 @@ def build_pipeline(services: Services) -> RagPipeline:
         output_guard=OutputGuard(
             guards.output if guards else None, generators[-1], enforce=settings.safety.output_guard == "enforce"
         ),
-        cite=Cite(redact_retrieved=settings.safety.redact_retrieved),
+        cite=Cite(services.passage_redaction if settings.safety.redact_retrieved else None),
     )
     pricing = AnswerPricing(settings.costs.prices, services.metrics)
     return RagPipeline(stages, prompts, observer=services.observe, pricing=pricing)

@@ -49,11 +49,25 @@ class RerankWeights:
 
 
 @dataclass(frozen=True)
+class SplitPassage:
+    """A passage's sentences as the rerank reads them: each sentence's BM25 terms, and their union (whether the
+    passage holds a term, for the IDF among candidates)."""
+
+    sentences: list[str]
+    terms: list[Terms]
+    held: Terms
+
+    @classmethod
+    def of(cls, sentences: list[str], terms: list[Terms]) -> SplitPassage:
+        return cls(sentences, terms, frozenset().union(*terms))
+
+
+@dataclass(frozen=True)
 class CandidateSentences:
-    """One candidate's sentences: the best cosine to the query, and each sentence's BM25 terms."""
+    """One candidate's sentences: the best cosine to the query, and its sentences' BM25 terms."""
 
     best_similarity: float
-    terms: list[Terms]
+    split: SplitPassage
 
 
 def best_similarity(query_vector: npt.NDArray[np.float32], sentence_vectors: npt.NDArray[np.float32]) -> float:
@@ -61,9 +75,8 @@ def best_similarity(query_vector: npt.NDArray[np.float32], sentence_vectors: npt
     return float(np.max(sentence_vectors @ query_vector))
 
 
-def pool_idf(query_terms: Terms, candidates: Sequence[Sequence[Terms]]) -> dict[int, float]:
-    """BM25's IDF of each query term, counted over the candidates (a candidate holds a term if a sentence does)."""
-    holders = [frozenset().union(*sentences) for sentences in candidates]
+def pool_idf(query_terms: Terms, holders: Sequence[Terms]) -> dict[int, float]:
+    """BM25's IDF of each query term, counted over the candidates, each given by the terms it holds."""
     total = len(holders)
     idf = {}
     for term in query_terms:
@@ -115,7 +128,7 @@ class SentenceReranker:
         self.depth = depth
         # Each recent passage's sentences and their BM25 terms: the same passages come back question after
         # question, and splitting and encoding them again was a quarter of a search's CPU.
-        self._split: Lru[bytes, tuple[list[str], list[Terms]]] = Lru(SPLITS_KEPT)
+        self._split: Lru[bytes, SplitPassage] = Lru(SPLITS_KEPT)
 
     def rerank(
         self, query_vector: npt.NDArray[np.float32], query_terms: SparseVector, candidates: Sequence[FusedCandidate]
@@ -126,8 +139,8 @@ class SentenceReranker:
             return head + tail
         sentences = self._sentences(query_vector, head)
         term_ids = frozenset(query_terms.indices)
-        idf = pool_idf(term_ids, [candidate.terms for candidate in sentences])
-        terms = [best_sentence_terms(term_ids, candidate.terms, idf) for candidate in sentences]
+        idf = pool_idf(term_ids, [candidate.split.held for candidate in sentences])
+        terms = [best_sentence_terms(term_ids, candidate.split.terms, idf) for candidate in sentences]
         similarity = [candidate.best_similarity for candidate in sentences]
         reranked = combine(head, similarity, terms, self._weights)
         # The tail stays below the reranked head: scores there are on the fusion's scale, not comparable.
@@ -138,19 +151,20 @@ class SentenceReranker:
         self, query_vector: npt.NDArray[np.float32], candidates: Sequence[FusedCandidate]
     ) -> list[CandidateSentences]:
         """Every candidate's sentences, embedded in one cached call."""
-        split = [self._split_of(candidate.point.payload.get("text", "")) for candidate in candidates]
-        vectors = self._embedder.embed([sentence for sentences, _ in split for sentence in sentences])
+        splits = [self._split_of(candidate.point.payload.get("text", "")) for candidate in candidates]
+        vectors = self._embedder.embed([sentence for split in splits for sentence in split.sentences])
         found, start = [], 0
-        for sentences, terms in split:
-            similarity = best_similarity(query_vector, vectors[start : start + len(sentences)])
-            found.append(CandidateSentences(best_similarity=similarity, terms=terms))
-            start += len(sentences)
+        for split in splits:
+            similarity = best_similarity(query_vector, vectors[start : start + len(split.sentences)])
+            found.append(CandidateSentences(best_similarity=similarity, split=split))
+            start += len(split.sentences)
         return found
 
-    def _split_of(self, text: str) -> tuple[list[str], list[Terms]]:
-        def split() -> tuple[list[str], list[Terms]]:
+    def _split_of(self, text: str) -> SplitPassage:
+        def split() -> SplitPassage:
             sentences = sentences_of(text)
-            return sentences, [frozenset(self._sparse.encode_document(sentence).indices) for sentence in sentences]
+            terms = [frozenset(self._sparse.encode_document(sentence).indices) for sentence in sentences]
+            return SplitPassage.of(sentences, terms)
 
         return self._split.get_or_make(text_key(text), split)
 

@@ -27,6 +27,7 @@ from app.settings import load_settings
 from retrieval.documents import Document, Hit, Section
 from retrieval.embedding import Embedder
 from retrieval.index import Scope
+from safety.pii import RedactionMemo
 from serving.answering.answer_cache import InMemoryAnswerCache
 from serving.answering.extractive import ExtractiveGenerator
 from serving.answering.fallback import FallbackChain
@@ -280,10 +281,10 @@ def test_citations_show_retrieved_text_redacted() -> None:
         source=None,
         metadata={},
     )
-    _, [redacted] = resolve_citations("Reach Alice Secret [1].", [hit], redact_retrieved=True)
+    _, [redacted] = resolve_citations("Reach Alice Secret [1].", [hit], RedactionMemo())
     assert EMAIL not in redacted.text and "[EMAIL]" in redacted.text and "[PHONE]" in redacted.text
     assert redacted.title == "Mail [EMAIL]" and redacted.cited
-    _, [raw] = resolve_citations("Reach Alice Secret [1].", [hit], redact_retrieved=False)
+    _, [raw] = resolve_citations("Reach Alice Secret [1].", [hit])
     assert EMAIL in raw.text
 
 

@@ -26,6 +26,7 @@ from retrieval.embedding_cache import CachedEmbedder
 from retrieval.index import Scope
 from retrieval.search import Searcher
 from safety.guards import ContextVerdict, Guard, Guards, GuardVerdict
+from safety.pii import redact
 from serving.answering.answer_cache import AnswerCache, CacheKey, normalise_question
 from serving.answering.extractive import ExtractiveGenerator
 from serving.answering.fallback import ChainDelta, ChainResult, FallbackChain
@@ -289,9 +290,10 @@ class Generate:
 
 class Cite:
     """The final answer: citation markers resolved against the passages shown, every verdict attached. With
-    ``redact_retrieved``, the passages' text and titles come with personal data redacted, as the answer's own."""
+    ``redact_retrieved`` (``redact``, or the service's ``RedactionMemo`` of it), the passages' text and titles come
+    with personal data redacted, as the answer's own; None: as retrieved."""
 
-    def __init__(self, redact_retrieved: bool = True) -> None:
+    def __init__(self, redact_retrieved: Callable[[str], str] | None = redact) -> None:
         self._redact = redact_retrieved
 
     def run(self, turn: Turn, result: ChainResult) -> Answer:

@@ -30,6 +30,10 @@ from serving.contracts.answer import SPACE_RUN, CitationCheck, drop_invalid_cita
 
 # A sentence's end: a terminator, closing quotes or brackets, and the citation markers some models put after it.
 _SENTENCE_END = re.compile(rf"[.!?][\"')\]\u00bb\u201d\u2019]*(?:\s*{MARKER})*$")
+# Where a cut may fall: whitespace after what ends a sentence's match (a terminator, a closer, a marker's "]"),
+# or a newline. Only these are checked against the patterns, which read the text from its start.
+_CUT_CANDIDATE = re.compile(r"(?<=[.!?\"')\]\u00bb\u201d\u2019])\s|\n")
+_TEXT = re.compile(r"\S")
 _MARKERS_AFTER = re.compile(rf"(?:\s+{MARKER})*")  # "Text. [1]": the marker belongs to the sentence before it
 _MAYBE_MARKER = re.compile(r"\s*(?:\[[\d,\s]*)?")  # the stream so far could still become a marker
 _OPEN_MARKER = re.compile(r"\[[\d,\s]*$")  # a citation marker not closed yet, e.g. "[1, "
@@ -65,8 +69,12 @@ class SentenceSplitter:
 
     def _next_cut(self) -> int | None:
         buffer = self._buffer
-        for i in range(max(self._scanned, 1), len(buffer)):
-            if not (buffer[i].isspace() and buffer[:i].strip() and _ends_sentence(buffer, i)) or _held(buffer, i):
+        text = _TEXT.search(buffer)  # no cut before the sentence has any text
+        if text is None:
+            return None
+        for candidate in _CUT_CANDIDATE.finditer(buffer, max(self._scanned, text.start() + 1)):
+            i = candidate.start()
+            if not _ends_sentence(buffer, i) or _held(buffer, i):
                 continue
             end = _MARKERS_AFTER.match(buffer, i).end()  # type: ignore[union-attr]  # (matches the empty string)
             if _MAYBE_MARKER.fullmatch(buffer, end):  # what follows could still be this sentence's marker

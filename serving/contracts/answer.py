@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,7 +21,6 @@ from retrieval.documents import Hit
 from retrieval.index import Scope
 from safety.groundedness import Groundedness
 from safety.guards import ContextVerdict, Fired, GuardVerdict, is_none
-from safety.pii import redact
 from serving.contracts.generation import Fallback, Usage
 
 # client_closed / cut_by_shutdown: a stream that ended before its answer (the client left; the server shut down),
@@ -174,12 +174,15 @@ def drop_invalid_citations(text: str, passages: int) -> str:
     return SPACE_RUN.sub(" ", CITATION.sub(keep, text))
 
 
-def resolve_citations(text: str, hits: list[Hit], redact_retrieved: bool = False) -> tuple[str, list[Citation]]:
+def resolve_citations(
+    text: str, hits: list[Hit], redact_retrieved: Callable[[str], str] | None = None
+) -> tuple[str, list[Citation]]:
     """Keep citation markers that point at a retrieved passage, drop the others; list every passage shown, its
-    text and title with personal data redacted when ``redact_retrieved`` (as the answer's own text is)."""
+    text and title passed through ``redact_retrieved`` when given (personal data redacted, as the answer's own
+    text is: the service's ``RedactionMemo``, since the same passages come back answer after answer)."""
     cleaned = drop_invalid_citations(text, len(hits)).strip()
     cited = set(cited_numbers(cleaned))
-    shown = redact if redact_retrieved else _unchanged
+    shown = redact_retrieved or _unchanged
     citations = [
         Citation(
             index=i, doc_id=h.doc_id, chunk_id=h.chunk_id, title=None if h.title is None else shown(h.title),
