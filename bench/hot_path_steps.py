@@ -63,8 +63,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ragops-bench-steps-") as tmp:
-        settings = load_settings().model_copy(update={"generator": "extractive", "data_dir": Path(tmp)})
-        services = build_services(settings)
+        services = build_services(load_settings(data_dir=Path(tmp), generator="extractive"))
         try:
             scope = Scope("bench", "default")
             records = [json.loads(line) for line in CORPUS.read_text().splitlines()]
