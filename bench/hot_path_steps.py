@@ -34,7 +34,7 @@ from bench.corpora import emit  # noqa: E402
 from bench.guards import CORPUS, load_questions  # noqa: E402
 from retrieval.documents import Document, Section  # noqa: E402
 from retrieval.index import Scope  # noqa: E402
-from retrieval.rerank import SplitPassage, pool_idf, sentences_of  # noqa: E402
+from retrieval.rerank import SplitPassage, pool_idf  # noqa: E402
 from retrieval.sparse import Bm25Encoder  # noqa: E402
 from safety.pii import RedactionMemo, redact  # noqa: E402
 from serving.answering.streaming_guard import SentenceSplitter  # noqa: E402
@@ -73,13 +73,10 @@ def main() -> None:
         finally:
             services.close()
     sparse = Bm25Encoder()
-    pools = []
-    for question, found in zip(questions, hits, strict=True):
-        splits = []
-        for hit in found:
-            sentences = sentences_of(hit.text)
-            splits.append(SplitPassage.of(sentences, [frozenset(sparse.encode_document(s).indices) for s in sentences]))
-        pools.append((frozenset(sparse.encode_query(question).indices), splits))
+    pools = [
+        (frozenset(sparse.encode_query(question).indices), [SplitPassage.read(hit.text, sparse) for hit in found])
+        for question, found in zip(questions, hits, strict=True)
+    ]
     memo = RedactionMemo()
     shown = [found[:5] for found in hits]
     figures: dict[str, Any] = {"method": __doc__.split("\n\n")[1], "rounds": args.rounds}

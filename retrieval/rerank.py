@@ -58,7 +58,10 @@ class SplitPassage:
     held: Terms
 
     @classmethod
-    def of(cls, sentences: list[str], terms: list[Terms]) -> SplitPassage:
+    def read(cls, text: str, sparse: SparseEncoder) -> SplitPassage:
+        """``text`` split into the sentences that get embedded, each read for its BM25 terms by ``sparse``."""
+        sentences = sentences_of(text)
+        terms = [frozenset(sparse.encode_document(sentence).indices) for sentence in sentences]
         return cls(sentences, terms, frozenset().union(*terms))
 
 
@@ -161,12 +164,7 @@ class SentenceReranker:
         return found
 
     def _split_of(self, text: str) -> SplitPassage:
-        def split() -> SplitPassage:
-            sentences = sentences_of(text)
-            terms = [frozenset(self._sparse.encode_document(sentence).indices) for sentence in sentences]
-            return SplitPassage.of(sentences, terms)
-
-        return self._split.get_or_make(text_key(text), split)
+        return self._split.get_or_make(text_key(text), lambda: SplitPassage.read(text, self._sparse))
 
 
 def sentences_of(text: str) -> list[str]:

@@ -28,11 +28,12 @@ from safety.pii import PRIVATE_KEY_BEGIN
 from safety.validators import Grounded
 from serving.contracts.answer import SPACE_RUN, CitationCheck, drop_invalid_citations
 
-# A sentence's end: a terminator, closing quotes or brackets, and the citation markers some models put after it.
-_SENTENCE_END = re.compile(rf"[.!?][\"')\]\u00bb\u201d\u2019]*(?:\s*{MARKER})*$")
+_CLOSERS = "\"')\\]\u00bb\u201d\u2019"  # closing quotes and brackets, which may follow a sentence's terminator
+# A sentence's end: a terminator, closers, and the citation markers some models put after it.
+_SENTENCE_END = re.compile(rf"[.!?][{_CLOSERS}]*(?:\s*{MARKER})*$")
 # Where a cut may fall: whitespace after what ends a sentence's match (a terminator, a closer, a marker's "]"),
 # or a newline. Only these are checked against the patterns, which read the text from its start.
-_CUT_CANDIDATE = re.compile(r"(?<=[.!?\"')\]\u00bb\u201d\u2019])\s|\n")
+_CUT_CANDIDATE = re.compile(rf"(?<=[.!?{_CLOSERS}])\s|\n")
 _TEXT = re.compile(r"\S")
 _MARKERS_AFTER = re.compile(rf"(?:\s+{MARKER})*")  # "Text. [1]": the marker belongs to the sentence before it
 _MAYBE_MARKER = re.compile(r"\s*(?:\[[\d,\s]*)?")  # the stream so far could still become a marker
