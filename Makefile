@@ -101,13 +101,17 @@ docs: setup
 
 # The three set-ups run side by side: the llama.cpp build is CPU-bound, the vLLM venv and Debian's packages are
 # downloads (on a fresh machine this saves minutes of `make test`'s time).
+# The tests run in TEST_WORKERS processes (pytest-xdist), one test file each at a time (--dist loadfile: a
+# module's shared server or vLLM engine, and its tests' order, stay as written). Run one by one, they kept 1.06 of
+# 2 cores busy: most of a test is a child process starting or a model answering on one thread.
+TEST_WORKERS ?= 2
 test:
 	$(MAKE) --no-print-directory -j3 setup system vllm
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(MAKE) --no-print-directory docs
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The compliance report against a scratch deployment (a temporary data dir: an admin key, a retention run, a
 # backup in its backup dir), as CI runs it (.ci/compliance): exit 1 names each control that fails. The page
