@@ -28,7 +28,7 @@ from safety.pii import PRIVATE_KEY_BEGIN
 from safety.validators import Grounded
 from serving.contracts.answer import SPACE_RUN, CitationCheck, drop_invalid_citations
 
-_CLOSERS = "\"')\\]\u00bb\u201d\u2019"  # closing quotes and brackets, which may follow a sentence's terminator
+_CLOSERS = "\"')\\]\u00bb\u201d\u2019"  # closing quotes and brackets, escaped for a [character class]
 # A sentence's end: a terminator, closers, and the citation markers some models put after it.
 _SENTENCE_END = re.compile(rf"[.!?][{_CLOSERS}]*(?:\s*{MARKER})*$")
 # Where a cut may fall: whitespace after what ends a sentence's match (a terminator, a closer, a marker's "]"),
